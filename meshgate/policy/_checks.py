@@ -1,0 +1,137 @@
+"""Checks across the whole document: names unique, references resolve, weights add up.
+
+Each check yields (field path, message); `load.py` turns paths into file:line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from fnmatch import fnmatchcase
+from typing import Any
+
+from .errors import Path
+from .model import Model, Policy
+
+__all__ = ["cross_check"]
+
+Found = Iterator[tuple[Path, str]]
+
+
+def cross_check(policy: Policy) -> list[tuple[Path, str]]:
+    checks: tuple[Callable[[Policy], Found], ...] = (
+        _unique_names,
+        _api_keys,
+        _tenants,
+        _roles,
+        _models,
+        _quotas,
+    )
+    return [found for check in checks for found in check(policy)]
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def _duplicates(section: str, items: Iterable[Any], attr: str, what: str) -> Found:
+    seen: dict[Any, int] = {}
+    for i, item in enumerate(items):
+        value = getattr(item, attr)
+        if value in seen:
+            yield (section, i, attr), f"duplicate {what} {value!r} (first at {section}[{seen[value]}])"
+        else:
+            seen[value] = i
+
+
+def _unique_names(p: Policy) -> Found:
+    for section in ("issuers", "tiers", "tenants", "roles", "models", "quotas"):
+        yield from _duplicates(section, getattr(p, section), "name", section.rstrip("s") + " name")
+    yield from _duplicates("issuers", p.issuers, "issuer", "issuer URL")
+    yield from _duplicates("api_keys", p.api_keys, "id", "api key id")
+    yield from _duplicates("api_keys", p.api_keys, "sha256", "api key hash")
+    for m, model in enumerate(p.models):
+        for path, msg in _duplicates("versions", model.versions, "name", "version name"):
+            yield ("models", m, *path), msg
+
+
+def _api_keys(p: Policy) -> Found:
+    tenants = {t.name for t in p.tenants}
+    roles = {r.name for r in p.roles}
+    for i, key in enumerate(p.api_keys):
+        if key.tenant not in tenants:
+            yield ("api_keys", i, "tenant"), f"unknown tenant {key.tenant!r}"
+        for j, role in enumerate(key.roles):
+            if role not in roles:
+                yield ("api_keys", i, "roles", j), f"unknown role {role!r}"
+
+
+def _tenants(p: Policy) -> Found:
+    tiers = {t.name for t in p.tiers}
+    quotas = {q.name for q in p.quotas}
+    for i, tenant in enumerate(p.tenants):
+        if tenant.tier is not None and tenant.tier not in tiers:
+            yield ("tenants", i, "tier"), f"unknown tier {tenant.tier!r}"
+        for j, quota in enumerate(tenant.quotas):
+            if quota not in quotas:
+                yield ("tenants", i, "quotas", j), f"unknown quota {quota!r}"
+
+
+def _match_models(p: Policy, pattern: str) -> list[Model]:
+    return [m for m in p.models if fnmatchcase(m.name, pattern)]
+
+
+def _roles(p: Policy) -> Found:
+    for i, role in enumerate(p.roles):
+        matched: list[Model] = []
+        for j, pattern in enumerate(role.models):
+            hits = _match_models(p, pattern)
+            if not hits:
+                what = "matches no model" if _is_glob(pattern) else "is not a model"
+                yield ("roles", i, "models", j), f"{pattern!r} {what}"
+            matched += hits
+        versions = {v.name for m in matched for v in m.versions}
+        for j, pattern in enumerate(role.versions):
+            if matched and not any(fnmatchcase(v, pattern) for v in versions):
+                yield ("roles", i, "versions", j), f"{pattern!r} matches no version of the role's models"
+
+
+def _models(p: Policy) -> Found:
+    tenants = {t.name for t in p.tenants}
+    for i, model in enumerate(p.models):
+        at: Path = ("models", i)
+        if model.owner is not None and model.owner not in tenants:
+            yield (*at, "owner"), f"unknown tenant {model.owner!r}"
+        yield from _weights(model, at)
+        if model.shadow is not None:
+            shadow = model.version(model.shadow.version)
+            if shadow is None:
+                yield (*at, "shadow", "version"), f"unknown version {model.shadow.version!r}"
+            elif shadow.weight:
+                yield (*at, "shadow", "version"), (
+                    f"shadow version {shadow.name!r} also has weight {shadow.weight}: give it weight 0"
+                )
+        seen: set[tuple[str, str]] = set()
+        for j, ab in enumerate(model.ab):
+            if model.version(ab.version) is None:
+                yield (*at, "ab", j, "version"), f"unknown version {ab.version!r}"
+            if (ab.header, ab.value) in seen:
+                yield (*at, "ab", j), f"duplicate match {ab.header}: {ab.value!r}"
+            seen.add((ab.header, ab.value))
+
+
+def _weights(model: Model, at: Path) -> Found:
+    unset = [j for j, v in enumerate(model.versions) if v.weight is None]
+    for j in unset:
+        yield (*at, "versions", j, "weight"), "weight is required when a model has several versions"
+    if not unset:
+        total = sum(v.weight or 0 for v in model.versions)
+        if total != 100:
+            parts = " + ".join(f"{v.name}={v.weight}" for v in model.versions)
+            yield (*at, "versions"), f"version weights must add up to 100, got {total} ({parts})"
+
+
+def _quotas(p: Policy) -> Found:
+    for i, quota in enumerate(p.quotas):
+        for j, pattern in enumerate(quota.models):
+            if pattern != "*" and not _match_models(p, pattern):
+                yield ("quotas", i, "models", j), f"{pattern!r} matches no model"

@@ -1,0 +1,140 @@
+"""Parse a policy document once into a frozen Policy, or fail with every problem at once."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path as FsPath
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from . import model as _model
+from ._checks import cross_check
+from ._yaml import LineMap, load_yaml
+from .errors import Issue, Path, PolicyError, format_path
+from .model import Policy
+
+__all__ = ["load_policy", "parse_policy"]
+
+MAX_POLICY_BYTES = 8 << 20
+
+_PATTERN_HELP = {
+    _model.Name.__metadata__[0].metadata[0].pattern: (  # type: ignore[attr-defined]
+        "lowercase letters, digits, '-', '_' or '.', starting and ending with a letter or digit, at most 63"
+    ),
+    _model.ModelName.__metadata__[0].metadata[0].pattern: (  # type: ignore[attr-defined]
+        "letters, digits, '-', '_' or '.', starting and ending with a letter or digit, at most 128"
+    ),
+    _model.Glob.__metadata__[0].metadata[0].pattern: "letters, digits, '-', '_', '.' and the globs * ? [ ]",
+    _model.HeaderName.__metadata__[0].metadata[0].pattern: "a lowercase HTTP header name",
+    "^[0-9a-f]{64}$": "64 lowercase hex digits (the SHA-256 of the key)",
+    "^https?://": "an http:// or https:// URL",
+}
+
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+_TYPE_NAMES = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "tuple_type": "a list",
+    "model_type": "a mapping",
+    "mapping_type": "a mapping",
+    "dict_type": "a mapping",
+}
+
+
+def _all_field_names() -> set[str]:
+    names: set[str] = set()
+    for obj in vars(_model).values():
+        if isinstance(obj, type) and issubclass(obj, BaseModel):
+            names.update(obj.model_fields)
+    return names
+
+
+_FIELDS = _all_field_names()
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, tuple):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _message(err: Any) -> str:
+    kind, ctx, value = err["type"], err.get("ctx", {}), err.get("input")
+    if kind == "extra_forbidden":
+        key = err["loc"][-1]
+        close = difflib.get_close_matches(str(key), _FIELDS, n=1)
+        return f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+    if kind == "missing":
+        return "required field is missing"
+    if kind in _TYPE_NAMES:
+        return f"expected {_TYPE_NAMES[kind]}, got {_describe(value)}"
+    if kind == "literal_error":
+        return f"{value!r} is not one of {ctx.get('expected')}"
+    if kind == "string_pattern_mismatch":
+        pattern = ctx.get("pattern", "")
+        return f"invalid value {value!r}: expected {_PATTERN_HELP.get(pattern, 'a match for ' + pattern)}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    if kind in _BOUNDS:
+        bound = next(iter(ctx.values()))
+        return f"must be {_BOUNDS[kind]} {bound}, got {value!r}"
+    if kind == "too_short":
+        return f"needs at least {ctx.get('min_length')} item(s)"
+    if kind == "string_too_short":
+        return "must not be empty"
+    return f"{err['msg'][0].lower()}{err['msg'][1:]}, got {_describe(value)}"
+
+
+def _loc_path(loc: tuple[Any, ...]) -> Path:
+    # pydantic inserts validator tags (e.g. 'function-after[...]') into locations: they are not fields
+    return tuple(p for p in loc if isinstance(p, int) or "[" not in p)
+
+
+def parse_policy(text: str, source: str = "<policy>") -> Policy:
+    """Parse and validate one policy document. Raises PolicyError listing every problem."""
+    data, lines = load_yaml(text, source)
+    if not isinstance(data, dict):
+        raise PolicyError([Issue(source, 1, "<document>", "a policy must be a mapping at the top level")])
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(_issues(exc, lines, source)) from None
+    problems = cross_check(policy)
+    if problems:
+        raise PolicyError(Issue(source, lines.line(path), format_path(path), msg) for path, msg in problems)
+    return policy
+
+
+def _issues(exc: ValidationError, lines: LineMap, source: str) -> list[Issue]:
+    errors = [(_loc_path(err["loc"]), err) for err in exc.errors()]
+    out = []
+    for path, err in errors:
+        # a list whose items failed is also reported "too short": the item errors say it better
+        if err["type"] == "too_short" and any(p[: len(path)] == path and p != path for p, _ in errors):
+            continue
+        out.append(Issue(source, lines.line(path), format_path(path), _message(err)))
+    return out
+
+
+def load_policy(path: str | FsPath) -> Policy:
+    """Read and parse a policy file. A file that cannot be read is a PolicyError too."""
+    source = str(path)
+    try:
+        raw = FsPath(path).read_bytes()
+    except OSError as exc:
+        raise PolicyError([Issue(source, 0, "<file>", f"cannot read: {exc.strerror}")]) from None
+    if len(raw) > MAX_POLICY_BYTES:
+        raise PolicyError([Issue(source, 0, "<file>", f"larger than {MAX_POLICY_BYTES} bytes")])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError([Issue(source, 0, "<file>", f"not UTF-8: {exc.reason}")]) from None
+    return parse_policy(text, source)

@@ -1,0 +1,179 @@
+"""The composition root of `meshgate serve`: one process, every service, wired in one place.
+
+Nothing here runs at import time. `run(config)` loads the policy, builds the services, binds the
+gRPC servers (services sharing an address share a server), the health service and /metrics,
+then serves until SIGTERM/SIGINT: health goes NOT_SERVING first, then the servers drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+from prometheus_client import CollectorRegistry, start_http_server
+
+from .health import Health
+from .policy.errors import PolicyError
+from .policy.load import load_policy
+from .policy.store import PolicyStore
+
+__all__ = ["Context", "ServeConfig", "Service", "run"]
+
+log = logging.getLogger("meshgate.server")
+
+ROLES = ("extauthz", "ratelimit", "xds")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig:
+    policy: Path
+    listen: dict[str, str] = field(
+        default_factory=lambda: {"extauthz": "0.0.0.0:9001", "ratelimit": "0.0.0.0:9002", "xds": "0.0.0.0:18000"}
+    )
+    metrics: str = "0.0.0.0:9090"
+    ready_file: Path | None = None
+    watch: bool = True
+    drain_delay: float = 2.0
+    grace: float = 10.0
+    redis_url: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Context:
+    """What every service gets: the config, the live policy, health and the metrics registry."""
+
+    config: ServeConfig
+    policy: PolicyStore
+    health: Health
+    registry: CollectorRegistry
+
+
+class Service(Protocol):
+    """One gRPC service. `grpc_names` are the full service names, published in grpc.health.v1."""
+
+    grpc_names: tuple[str, ...]
+
+    def add_to_server(self, server: grpc.aio.Server) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def build_services(ctx: Context) -> dict[str, list[Service]]:
+    """Which services run under each role. Each role's package adds its own here."""
+    return {role: [] for role in ROLES}
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def _bind(
+    ctx: Context, services: dict[str, list[Service]]
+) -> tuple[list[grpc.aio.Server], dict[str, int]]:
+    """One grpc.aio server per distinct address (port 0: one each); each carries the health service."""
+    by_address: dict[tuple[str, str], list[str]] = {}
+    for role in ROLES:
+        address = ctx.config.listen[role]
+        key = (address, role if _split(address)[1] == 0 else "")
+        by_address.setdefault(key, []).append(role)
+    servers, ports = [], {}
+    for (address, _), roles in by_address.items():
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(ctx.health.servicer, server)
+        for role in roles:
+            for service in services[role]:
+                service.add_to_server(server)
+                for name in service.grpc_names:
+                    ctx.health.add_service(name)
+        port = server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        await server.start()
+        servers.append(server)
+        for role in roles:
+            ports[role] = port
+            log.info("%s listening on %s:%d", role, _split(address)[0], port)
+    return servers, ports
+
+
+def _write_ready_file(path: Path, ports: dict[str, int]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**ports, "pid": os.getpid()}))
+    tmp.replace(path)
+
+
+async def run(config: ServeConfig) -> int:
+    """Serve until a signal. Returns the process exit code."""
+    registry = CollectorRegistry()
+    store = PolicyStore(config.policy, registry=registry)
+    try:
+        first = load_policy(config.policy)
+    except PolicyError as exc:
+        for issue in exc.issues:
+            log.error("%s", issue)
+        return 1
+    health = Health(registry=registry)
+    ctx = Context(config=config, policy=store, health=health, registry=registry)
+    services = build_services(ctx)
+    store.apply(first)
+    await health.set("policy", store.loaded)
+
+    every = [s for role in ROLES for s in services[role]]
+    for service in every:
+        await service.start()
+    servers, ports = await _bind(ctx, services)
+    host, port = _split(config.metrics)
+    metrics_server, _ = start_http_server(port, addr=host, registry=registry)
+    ports["metrics"] = metrics_server.server_port
+    log.info("metrics listening on %s:%d", host, ports["metrics"])
+    await health.publish()
+
+    stop = asyncio.Event()
+    _install_signals(stop, store)
+    watcher = asyncio.create_task(store.watch(stop)) if config.watch else None
+    if config.ready_file is not None:
+        _write_ready_file(config.ready_file, ports)
+    log.info("meshgate serving policy generation %d", store.generation)
+
+    await stop.wait()
+    log.info("stopping: NOT_SERVING, draining for %.1fs, then %.1fs grace", config.drain_delay, config.grace)
+    await health.shutdown()
+    await asyncio.sleep(config.drain_delay)
+    await asyncio.gather(*(s.stop(config.grace) for s in servers))
+    for service in reversed(every):
+        await service.stop()
+    if watcher is not None:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    metrics_server.shutdown()
+    log.info("stopped")
+    return 0
+
+
+def _install_signals(stop: asyncio.Event, store: PolicyStore) -> None:
+    loop = asyncio.get_running_loop()
+    handlers: dict[signal.Signals, Callable[[], object]] = {
+        signal.SIGTERM: stop.set,
+        signal.SIGINT: stop.set,
+        signal.SIGHUP: store.reload,
+    }
+    for sig, handler in handlers.items():
+        loop.add_signal_handler(sig, handler)
+
+
+def main(config: ServeConfig, *, runner: Callable[[Awaitable[int]], int] = asyncio.run) -> int:
+    return runner(run(config))

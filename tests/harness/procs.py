@@ -1,0 +1,247 @@
+"""Real processes on free ports: start, wait for a condition with a deadline, stop by PID.
+
+Every process writes stdout and stderr to one log file; every startup error carries its tail.
+Nothing here sleeps as synchronisation: ``wait_until`` polls a predicate until a deadline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+__all__ = [
+    "Proc",
+    "StartupError",
+    "child_env",
+    "free_port",
+    "http_get",
+    "http_request",
+    "tcp_open",
+    "wait_for_http",
+    "wait_for_tcp",
+    "wait_until",
+]
+
+T = TypeVar("T")
+
+_POLL_S = 0.05
+_log_serial = itertools.count(1)
+# urllib honours http_proxy & co from the environment; the harness only talks to 127.0.0.1.
+_NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class StartupError(RuntimeError):
+    """A process did not reach a condition in time, or exited while we waited."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (bind to port 0, read it back, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class Proc:
+    """One child process, its argv, and a log file holding its stdout and stderr.
+
+    ``start()`` may be called again after ``stop()`` (same argv, log appended); ``stop()`` signals only
+    this PID: SIGTERM, wait up to ``timeout`` seconds, then SIGKILL.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | str | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{name}-{next(_log_serial)}.log"
+        self._popen: subprocess.Popen[bytes] | None = None
+
+    def __repr__(self) -> str:
+        state = "running" if self.alive() else f"exited {self.returncode}"
+        return f"Proc({self.name!r}, pid={self.pid}, {state}, log={self.log_path})"
+
+    def start(self) -> Proc:
+        if self.alive():
+            raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
+        with self.log_path.open("ab") as log:
+            log.write(f"--- start: {' '.join(self.argv)}\n".encode())
+            log.flush()
+            self._popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,  # a Ctrl-C in the terminal reaches pytest only; we stop children
+            )
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid if self._popen is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll() if self._popen is not None else None
+
+    def alive(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def describe_failure(self, lines: int = 40) -> str:
+        status = "still running" if self.alive() else f"exited with {self.returncode}"
+        return f"{self.name} (pid {self.pid}) {status}; last lines of {self.log_path}:\n{self.tail(lines)}"
+
+    def send_signal(self, sig: int) -> None:
+        if self.alive():
+            assert self._popen is not None
+            self._popen.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM this PID, wait up to ``timeout`` s, then SIGKILL. Returns the exit code."""
+        popen = self._popen
+        if popen is None:
+            return None
+        if popen.poll() is None:
+            popen.send_signal(signal.SIGTERM)
+            try:
+                popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait(timeout=timeout)
+        return popen.returncode
+
+    def wait_exit(self, timeout: float) -> int:
+        if self._popen is None:
+            raise RuntimeError(f"{self.name} was never started")
+        return self._popen.wait(timeout=timeout)
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float,
+    *,
+    what: str,
+    proc: Proc | None = None,
+    interval: float = _POLL_S,
+) -> T:
+    """Poll ``predicate`` until it returns a truthy value, which is returned.
+
+    Raises StartupError after ``timeout`` seconds, or as soon as ``proc`` exits, with the last exception
+    the predicate raised and the tail of ``proc``'s log.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            result = predicate()
+        except Exception as exc:
+            last_error = exc
+        else:
+            if result:
+                return result
+        if proc is not None and not proc.alive():
+            raise StartupError(_message(f"{proc.name} exited while waiting for {what}", last_error, proc))
+        if time.monotonic() >= deadline:
+            raise StartupError(_message(f"timed out after {timeout:g}s waiting for {what}", last_error, proc))
+        time.sleep(interval)  # polling interval, not synchronisation
+
+
+def _message(headline: str, last_error: BaseException | None, proc: Proc | None) -> str:
+    parts = [headline]
+    if last_error is not None:
+        parts.append(f"last error: {last_error!r}")
+    if proc is not None:
+        parts.append(proc.describe_failure())
+    return "\n".join(parts)
+
+
+def http_request(
+    url: str,
+    *,
+    method: str = "GET",
+    data: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 2.0,
+) -> tuple[int, bytes]:
+    """One HTTP request without proxies; returns (status, body) for any HTTP status.
+
+    Connection errors (refused, reset, timeout) raise.
+    """
+    request = urllib.request.Request(url, method=method, data=data, headers=dict(headers or {}))
+    try:
+        with _NO_PROXY_OPENER.open(request, timeout=timeout) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as err:
+        return int(err.code), err.read()
+
+
+def http_get(url: str, *, timeout: float = 2.0) -> tuple[int, bytes]:
+    """GET without proxies; returns (status, body) for any HTTP status, raises on connection errors."""
+    return http_request(url, timeout=timeout)
+
+
+def wait_for_http(
+    url: str,
+    timeout: float,
+    *,
+    proc: Proc | None = None,
+    status: int = 200,
+    body_contains: bytes | None = None,
+) -> bytes:
+    """Wait until GET ``url`` answers ``status`` (and its body contains ``body_contains``)."""
+
+    def ready() -> bytes | None:
+        code, body = http_get(url)
+        if code != status:
+            raise StartupError(f"HTTP {code}: {body[:200]!r}")
+        if body_contains is not None and body_contains not in body:
+            raise StartupError(f"body lacks {body_contains!r}: {body[:200]!r}")
+        return body or b"<empty>"
+
+    return wait_until(ready, timeout, what=f"GET {url} -> {status}", proc=proc)
+
+
+def tcp_open(host: str, port: int, *, timeout: float = 1.0) -> bool:
+    with socket.create_connection((host, port), timeout=timeout):
+        return True
+
+
+def wait_for_tcp(host: str, port: int, timeout: float, *, proc: Proc | None = None) -> None:
+    """Wait until a TCP connect to host:port succeeds."""
+    wait_until(lambda: tcp_open(host, port), timeout, what=f"TCP {host}:{port}", proc=proc)
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The current environment plus ``extra``, with PYTHONPATH leading to the repository root."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.update(extra or {})
+    return env
