@@ -68,17 +68,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--policy", default=_env("policy", "policy.yaml"), help="policy file (watched)")
     serve.add_argument("--extauthz", default=_env("extauthz", "0.0.0.0:9001"), help="ext_authz gRPC address")
-    serve.add_argument("--ratelimit", default=_env("ratelimit", "0.0.0.0:9002"), help="ratelimit gRPC address")
+    serve.add_argument(
+        "--ratelimit", default=_env("ratelimit", "0.0.0.0:9002"), help="ratelimit gRPC address"
+    )
     serve.add_argument("--xds", default=_env("xds", "0.0.0.0:18000"), help="ADS gRPC address")
-    serve.add_argument("--metrics", default=_env("metrics", "0.0.0.0:9090"), help="Prometheus /metrics address")
-    serve.add_argument("--redis-url", default=os.environ.get("MESHGATE_REDIS_URL"),
-                       help="Redis for shared rate-limit counters (default: in memory)")
+    serve.add_argument(
+        "--metrics", default=_env("metrics", "0.0.0.0:9090"), help="Prometheus /metrics address"
+    )
+    serve.add_argument(
+        "--redis-url",
+        default=os.environ.get("MESHGATE_REDIS_URL"),
+        help="Redis for shared rate-limit counters (default: in memory)",
+    )
     serve.add_argument("--ready-file", default=None, help="write the bound ports as JSON here once serving")
-    serve.add_argument("--no-watch", action="store_true", help="do not watch the policy file (SIGHUP still reloads)")
-    serve.add_argument("--drain-delay", type=float, default=float(_env("drain_delay", "2")),
-                       help="seconds NOT_SERVING before the servers stop accepting")
-    serve.add_argument("--grace", type=float, default=float(_env("grace", "10")),
-                       help="seconds in-flight calls get to finish")
+    serve.add_argument(
+        "--no-watch", action="store_true", help="do not watch the policy file (SIGHUP still reloads)"
+    )
+    serve.add_argument(
+        "--drain-delay",
+        type=float,
+        default=float(_env("drain_delay", "2")),
+        help="seconds NOT_SERVING before the servers stop accepting",
+    )
+    serve.add_argument(
+        "--grace",
+        type=float,
+        default=float(_env("grace", "10")),
+        help="seconds in-flight calls get to finish",
+    )
     serve.set_defaults(func=_cmd_serve)
     return parser
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from grpc_health.v1 import health_pb2
-from grpc_health.v1.health import aio as health_aio
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from prometheus_client import CollectorRegistry, Gauge
 
 __all__ = ["Health"]
@@ -28,7 +28,9 @@ class Health:
         self._services: set[str] = {""}
         self._shutting_down = False
         self._gauge = Gauge(
-            "meshgate_health_component_up", "1 when the named health component is up.", ["component"],
+            "meshgate_health_component_up",
+            "1 when the named health component is up.",
+            ["component"],
             registry=registry,
         )
 
@@ -44,8 +46,12 @@ class Health:
 
     async def set(self, component: str, up: bool) -> None:
         if self._components.get(component) != up:
-            log.log(logging.INFO if up else logging.WARNING, "health component %s is %s", component,
-                    "up" if up else "down")
+            log.log(
+                logging.INFO if up else logging.WARNING,
+                "health component %s is %s",
+                component,
+                "up" if up else "down",
+            )
         self._components[component] = up
         self._gauge.labels(component).set(1 if up else 0)
         await self.publish()

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -38,7 +38,11 @@ ROLES = ("extauthz", "ratelimit", "xds")
 class ServeConfig:
     policy: Path
     listen: dict[str, str] = field(
-        default_factory=lambda: {"extauthz": "0.0.0.0:9001", "ratelimit": "0.0.0.0:9002", "xds": "0.0.0.0:18000"}
+        default_factory=lambda: {
+            "extauthz": "0.0.0.0:9001",
+            "ratelimit": "0.0.0.0:9002",
+            "xds": "0.0.0.0:18000",
+        }
     )
     metrics: str = "0.0.0.0:9090"
     ready_file: Path | None = None
@@ -175,5 +179,5 @@ def _install_signals(stop: asyncio.Event, store: PolicyStore) -> None:
         loop.add_signal_handler(sig, handler)
 
 
-def main(config: ServeConfig, *, runner: Callable[[Awaitable[int]], int] = asyncio.run) -> int:
-    return runner(run(config))
+def main(config: ServeConfig) -> int:
+    return asyncio.run(run(config))

@@ -107,8 +107,9 @@ def _models(p: Policy) -> Found:
             if shadow is None:
                 yield (*at, "shadow", "version"), f"unknown version {model.shadow.version!r}"
             elif shadow.weight:
-                yield (*at, "shadow", "version"), (
-                    f"shadow version {shadow.name!r} also has weight {shadow.weight}: give it weight 0"
+                yield (
+                    (*at, "shadow", "version"),
+                    (f"shadow version {shadow.name!r} also has weight {shadow.weight}: give it weight 0"),
                 )
         seen: set[tuple[str, str]] = set()
         for j, ab in enumerate(model.ab):

@@ -14,10 +14,8 @@ from .errors import Issue, Path, PolicyError, format_path
 
 __all__ = ["LineMap", "load_yaml"]
 
-try:  # the C loader is much faster; both behave the same for composition
-    _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[attr-defined,unused-ignore]
-except AttributeError:  # pragma: no cover - libyaml missing
-    _Loader = yaml.SafeLoader
+# the C loader is much faster; both compose the same nodes
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class LineMap:
@@ -43,7 +41,8 @@ def load_yaml(text: str, source: str) -> tuple[Any, LineMap]:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
+        last = max(1, len(text.splitlines()))
+        line = min(mark.line + 1, last) if mark else 1  # end-of-stream errors point past the last line
         raise PolicyError([Issue(source, line, "<document>", f"invalid YAML: {exc.problem}")]) from None
     except yaml.YAMLError as exc:  # e.g. several documents in one file
         raise PolicyError([Issue(source, 1, "<document>", f"invalid YAML: {exc}")]) from None
@@ -65,9 +64,9 @@ def _convert(
         out: dict[Any, Any] = {}
         ctor.flatten_mapping(node)  # merge keys (<<)
         for key_node, value_node in node.value:
-            key = ctor.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            key = ctor.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
-            if not isinstance(key, str | int | float | bool) or key is None:
+            if not isinstance(key, str):
                 issues.append(Issue(source, line, format_path(path), f"mapping key {key!r} must be a string"))
                 continue
             if key in out:
@@ -80,4 +79,4 @@ def _convert(
         return tuple(
             _convert(item, (*path, i), lines, issues, source, ctor) for i, item in enumerate(node.value)
         )
-    return ctor.construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+    return ctor.construct_object(node, deep=True)

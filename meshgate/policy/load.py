@@ -19,14 +19,14 @@ __all__ = ["load_policy", "parse_policy"]
 MAX_POLICY_BYTES = 8 << 20
 
 _PATTERN_HELP = {
-    _model.Name.__metadata__[0].metadata[0].pattern: (  # type: ignore[attr-defined]
+    _model.NAME_PATTERN: (
         "lowercase letters, digits, '-', '_' or '.', starting and ending with a letter or digit, at most 63"
     ),
-    _model.ModelName.__metadata__[0].metadata[0].pattern: (  # type: ignore[attr-defined]
+    _model.MODEL_NAME_PATTERN: (
         "letters, digits, '-', '_' or '.', starting and ending with a letter or digit, at most 128"
     ),
-    _model.Glob.__metadata__[0].metadata[0].pattern: "letters, digits, '-', '_', '.' and the globs * ? [ ]",
-    _model.HeaderName.__metadata__[0].metadata[0].pattern: "a lowercase HTTP header name",
+    _model.GLOB_PATTERN: "letters, digits, '-', '_', '.' and the globs * ? [ ]",
+    _model.HEADER_PATTERN: "a lowercase HTTP header name",
     "^[0-9a-f]{64}$": "64 lowercase hex digits (the SHA-256 of the key)",
     "^https?://": "an http:// or https:// URL",
 }

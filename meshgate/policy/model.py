@@ -47,7 +47,9 @@ def parse_duration(value: Any) -> Any:
         match = _DURATION.match(value.strip())
         if match:
             return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    raise ValueError(f"invalid duration {value!r}: use a number and a unit (ms, s, m, h, d), e.g. 250ms or 30s")
+    raise ValueError(
+        f"invalid duration {value!r}: use a number and a unit (ms, s, m, h, d), e.g. 250ms or 30s"
+    )
 
 
 def _check_host_port(value: str) -> str:
@@ -67,13 +69,18 @@ def _check_origin(value: str) -> str:
     return value
 
 
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,126}[A-Za-z0-9])?$"
+GLOB_PATTERN = r"^[A-Za-z0-9_.*?\[\]-]+$"
+HEADER_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-Name = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$")]
-ModelName = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,126}[A-Za-z0-9])?$")]
-Glob = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.*?\[\]-]+$")]
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
+Glob = Annotated[str, Field(pattern=GLOB_PATTERN)]
 HostPort = Annotated[str, AfterValidator(_check_host_port)]
 Origin = Annotated[str, AfterValidator(_check_origin)]
-HeaderName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$")]
+HeaderName = Annotated[str, Field(pattern=HEADER_PATTERN)]
 Percent = Annotated[float, Field(gt=0, le=100)]
 JwtAlgorithm = Literal[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256", "HS384", "HS512"
@@ -136,12 +143,19 @@ class Issuer(_Strict):
 
     @model_validator(mode="after")
     def _key_source(self) -> Issuer:
-        sources = [self.jwks_uri is not None, self.jwks is not None, self.discovery, self.shared_secret is not None]
+        sources = [
+            self.jwks_uri is not None,
+            self.jwks is not None,
+            self.discovery,
+            self.shared_secret is not None,
+        ]
         if sum(sources) != 1:
             raise ValueError("set exactly one key source: jwks_uri, jwks, discovery: true or shared_secret")
         hmac = {a for a in self.algorithms if a.startswith("HS")}
         if hmac and self.shared_secret is None:
-            raise ValueError(f"algorithms {sorted(hmac)} need shared_secret (HMAC is refused for public keys)")
+            raise ValueError(
+                f"algorithms {sorted(hmac)} need shared_secret (HMAC is refused for public keys)"
+            )
         if self.shared_secret is not None and hmac != set(self.algorithms):
             raise ValueError("an issuer with shared_secret may only allow HS256, HS384, HS512")
         if self.jwks is not None and not isinstance(self.jwks.get("keys"), tuple | list):
@@ -166,6 +180,10 @@ class AuthSettings(_Strict):
     api_key_header: HeaderName = "x-api-key"
     forward_authorization: bool = False
     max_token_bytes: int = Field(default=8192, ge=256, le=65536)
+    # extauthz decision cache: at most this many entries (0 disables it); an entry lives at most
+    # decision_cache_ttl and never past the token's exp. Cleared on every policy change.
+    decision_cache_entries: int = Field(default=10000, ge=0, le=1_000_000)
+    decision_cache_ttl: Duration = 60.0
 
 
 # --- tenancy -----------------------------------------------------------------------------------
@@ -304,9 +322,9 @@ class Model(_Strict):
         """One version with no weight gets 100: the common case needs no arithmetic."""
         if isinstance(data, Mapping):
             versions = data.get("versions")
-            if isinstance(versions, tuple) and len(versions) == 1 and isinstance(versions[0], Mapping):
-                if "weight" not in versions[0]:
-                    data = {**data, "versions": ({**versions[0], "weight": 100},)}
+            single = isinstance(versions, tuple) and len(versions) == 1 and isinstance(versions[0], Mapping)
+            if single and "weight" not in versions[0]:
+                data = {**data, "versions": ({**versions[0], "weight": 100},)}
         return data
 
     @model_validator(mode="after")

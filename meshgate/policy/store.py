@@ -43,10 +43,14 @@ class PolicyStore:
             registry=registry,
         )
         self._generation = Gauge(
-            "meshgate_policy_generation", "How many policies have been applied since start.", registry=registry
+            "meshgate_policy_generation",
+            "How many policies have been applied since start.",
+            registry=registry,
         )
         self._last_ok = Gauge(
-            "meshgate_policy_last_reload_ok", "1 if the last load attempt was applied or unchanged.", registry=registry
+            "meshgate_policy_last_reload_ok",
+            "1 if the last load attempt was applied or unchanged.",
+            registry=registry,
         )
 
     @property
@@ -84,7 +88,9 @@ class PolicyStore:
             try:
                 commits.append(prepare(policy))
             except Exception:
-                log.exception("policy rejected: %s could not compile it; keeping generation %d", name, self.generation)
+                log.exception(
+                    "policy rejected: %s could not compile it; keeping generation %d", name, self.generation
+                )
                 return self._result("compile_error", ok=False)
         for commit in commits:
             commit()

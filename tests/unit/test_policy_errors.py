@@ -1,0 +1,97 @@
+"""One bad-policy fixture per error kind, each with its exact message: file:line: field path: message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meshgate.policy import PolicyError, load_policy
+
+BAD = Path(__file__).parent.parent / "fixtures" / "policies" / "bad"
+
+EXPECTED = {
+    "misspelled_key": ["3: tenants[0].teir: unknown key 'teir' (did you mean 'tier'?)"],
+    "wrong_type": ["4: quotas[0].limit: expected an integer, got str '60'"],
+    "bad_duration": [
+        "3: models[0].timeout: invalid duration 30: use a number and a unit (ms, s, m, h, d), e.g. 250ms or 30s"
+    ],
+    "weights_not_100": ["3: models[0].versions: version weights must add up to 100, got 110 (v1=90 + v2=20)"],
+    "weight_missing": [
+        "5: models[0].versions[1].weight: weight is required when a model has several versions"
+    ],
+    "unknown_model_in_role": ["3: roles[0].models[1]: 'llama-*' matches no model"],
+    "shadow_unknown_version": ["5: models[0].shadow.version: unknown version 'v3'"],
+    "duplicate_name": ["4: tenants[2].name: duplicate tenant name 'acme' (first at tenants[0])"],
+    "private_without_owner": ["2: models[0]: a private model needs an owner tenant"],
+    "unknown_references": [
+        "5: tenants[0].tier: unknown tier 'gold'",
+        "6: tenants[0].quotas[0]: unknown quota 'rps'",
+        "9: api_keys[0].tenant: unknown tenant 'globex'",
+        "10: api_keys[0].roles[0]: unknown role 'admin'",
+    ],
+    "bad_enum": ["5: quotas[0].window: 'sec' is not one of 'second', 'minute', 'hour' or 'day'"],
+    "alg_none": [
+        "6: issuers[0].algorithms[1]: 'none' is not one of 'RS256', 'RS384', 'RS512', 'PS256', 'PS384', "
+        "'PS512', 'ES256', 'ES384', 'EdDSA', 'HS256', 'HS384' or 'HS512'"
+    ],
+    "hmac_without_secret": [
+        "2: issuers[0]: algorithms ['HS256'] need shared_secret (HMAC is refused for public keys)"
+    ],
+    "duplicate_yaml_key": ["4: tenants[0].tier: duplicate key 'tier'"],
+    "invalid_yaml": ["3: <document>: invalid YAML: did not find expected ',' or ']'"],
+    "bad_endpoint": [
+        "4: models[0].versions[0].endpoints[0]: invalid endpoint '127.0.0.1': "
+        "expected host:port with a port from 1 to 65535"
+    ],
+    "bad_sha256": [
+        "6: api_keys[0].sha256: invalid value 'not-a-hash': expected 64 lowercase hex digits (the SHA-256 of the key)"
+    ],
+    "mtls_missing_files": ["3: models[0].upstream_tls: mode mtls needs key_file, ca_file"],
+    "not_a_mapping": ["1: <document>: a policy must be a mapping at the top level"],
+}
+
+
+def test_every_fixture_has_an_expectation() -> None:
+    assert sorted(p.stem for p in BAD.glob("*.yaml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_bad_policy_exact_messages(name: str) -> None:
+    path = BAD / f"{name}.yaml"
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    assert [str(issue) for issue in caught.value.issues] == [f"{path}:{line}" for line in EXPECTED[name]]
+
+
+def test_validate_cli_prints_every_error_and_exits_nonzero() -> None:
+    path = BAD / "unknown_references.yaml"
+    done = subprocess.run(
+        [sys.executable, "-m", "meshgate", "validate", str(path)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [f"{path}:{line}" for line in EXPECTED["unknown_references"]] + [
+        f"{path}: 4 error(s)"
+    ]
+
+
+def test_validate_cli_accepts_the_example() -> None:
+    example = Path(__file__).parents[2] / "examples" / "policy.yaml"
+    done = subprocess.run(
+        [sys.executable, "-m", "meshgate", "validate", str(example)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ok (2 tenants, 2 models, 2 roles, 2 quotas)" in done.stdout
+
+
+def test_unreadable_file_is_a_policy_error(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError) as caught:
+        load_policy(tmp_path / "missing.yaml")
+    assert (
+        str(caught.value) == f"{tmp_path / 'missing.yaml'}:0: <file>: cannot read: No such file or directory"
+    )
