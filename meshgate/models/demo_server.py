@@ -92,7 +92,10 @@ def build_model(name: str, version: str) -> Any:
                 )
             data = tensor.as_numpy()
             result = (data * 2 + offset).astype(data.dtype)
-            output = kserve.InferOutput(OUTPUT_NAME, list(result.shape), tensor.datatype, data=result)
+            output = kserve.InferOutput(OUTPUT_NAME, list(result.shape), tensor.datatype)
+            # As a list, not an ndarray: kserve 0.21's InferResponse.to_grpc tests `if output.data` and
+            # raises "truth value of an array is ambiguous" for an ndarray when outputs are raw (gRPC).
+            output.set_data_from_numpy(result, binary_data=False)
             if response_headers is not None:
                 response_headers["x-demo-model-version"] = version
             return kserve.InferResponse(

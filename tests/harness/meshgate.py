@@ -47,7 +47,7 @@ class Meshgate:
             self.policy_path = workdir / f"{self.name}-policy.yaml"
             self.policy_path.write_text(yaml.safe_dump(dict(policy), sort_keys=False))
         else:
-            self.policy_path = Path(policy)
+            self.policy_path = Path(policy).resolve()
         self.ready_file = workdir / f"{self.name}.ready.json"
         self.startup_timeout = startup_timeout
         argv = [sys.executable, "-m", "meshgate", "serve", "--policy", str(self.policy_path)]
@@ -70,12 +70,16 @@ class Meshgate:
         self.ready_file.unlink(missing_ok=True)
         self.ports = {}
         self.proc.start()
-        info = wait_until(self._read_ready_file, self.startup_timeout, what=f"{self.ready_file}", proc=self.proc)
+        info = wait_until(
+            self._read_ready_file, self.startup_timeout, what=f"{self.ready_file}", proc=self.proc
+        )
         if info.get("pid") not in (None, self.proc.pid):
             raise StartupError(f"ready file names pid {info['pid']}, we started {self.proc.pid}")
         missing = [s for s in SERVICES if not isinstance(info.get(s), int)]
         if missing:
-            raise StartupError(f"ready file lacks ports for {missing}: {info}\n{self.proc.describe_failure()}")
+            raise StartupError(
+                f"ready file lacks ports for {missing}: {info}\n{self.proc.describe_failure()}"
+            )
         self.ports = {s: int(info[s]) for s in SERVICES}
         return self
 

@@ -62,12 +62,17 @@ class ModelServer:
     def grpc_address(self) -> str:
         return f"{self.host}:{self.grpc_port}"
 
-    def start(self) -> ModelServer:
+    def start(self, *, wait: bool = True) -> ModelServer:
+        """Launch; with ``wait=False`` call ``wait_ready()`` later (start several, then wait for all)."""
         self.proc.start()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
         wait_for_http(f"{self.rest_url}/v2/health/ready", self.startup_timeout, proc=self.proc)
         wait_for_http(f"{self.rest_url}/v2/models/{self.name}/ready", self.startup_timeout, proc=self.proc)
         wait_for_tcp(self.host, self.grpc_port, self.startup_timeout, proc=self.proc)
-        return self
 
     def stop(self, timeout: float = 10.0) -> int | None:
         return self.proc.stop(timeout)

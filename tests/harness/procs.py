@@ -143,7 +143,7 @@ class Proc:
 
 
 def wait_until(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float,
     *,
     what: str,
