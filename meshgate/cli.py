@@ -48,6 +48,31 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return main(config)
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    import grpc
+
+    from ._proto import admin_pb2, admin_pb2_grpc
+
+    with grpc.insecure_channel(args.addr) as channel:
+        try:
+            status = admin_pb2_grpc.AdminStub(channel).GetStatus(
+                admin_pb2.GetStatusRequest(), timeout=args.timeout
+            )
+        except grpc.RpcError as exc:
+            print(f"{args.addr}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 2
+    state = "SERVING" if status.serving else "NOT_SERVING"
+    print(f"meshgate {status.version} at {args.addr}: {state}, policy generation {status.policy_generation}")
+    print(f"policy: {status.policy_source}")
+    print("components: " + ", ".join(f"{c.name}={'up' if c.up else 'DOWN'}" for c in status.components))
+    for model in status.models:
+        shadow = f", shadow {model.shadow_version} {model.shadow_percent:g}%" if model.shadow_version else ""
+        print(f"model {model.name} ({model.protocol}, {model.visibility}{shadow})")
+        for v in model.versions:
+            print(f"  {v.name:<12} weight {v.weight:>3}  {' '.join(v.endpoints)}")
+    return 0 if status.serving else 1
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"MESHGATE_{name.upper()}", default)
 
@@ -97,6 +122,13 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds in-flight calls get to finish",
     )
     serve.set_defaults(func=_cmd_serve)
+
+    status = sub.add_parser("status", help="ask a running meshgate what it serves; exit 1 unless SERVING")
+    status.add_argument(
+        "--addr", default=_env("admin_addr", "127.0.0.1:18000"), help="any meshgate gRPC port"
+    )
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    status.set_defaults(func=_cmd_status)
     return parser
 
 

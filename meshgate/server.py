@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
+from .admin import AdminService
 from .health import Health
 from .policy.errors import PolicyError
 from .policy.load import load_policy
@@ -97,6 +98,7 @@ async def _bind(
     for (address, _), roles in by_address.items():
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         health_pb2_grpc.add_HealthServicer_to_server(ctx.health.servicer, server)
+        AdminService(ctx.policy, ctx.health).add_to_server(server)
         for role in roles:
             for service in services[role]:
                 service.add_to_server(server)

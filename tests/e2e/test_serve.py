@@ -120,3 +120,22 @@ def test_serve_refuses_an_invalid_policy_at_start(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "models[0].versions: version weights must add up to 100, got 110" in done.stderr
+
+
+def test_status_cli_reads_the_admin_service(
+    meshgate_factory: Callable[..., Meshgate], tmp_path: Path
+) -> None:
+    mg = meshgate_factory(_policy_copy(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-m", "meshgate", "status", "--addr", mg.address("xds")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].endswith(": SERVING, policy generation 1")
+    assert "policy=up" in lines[2] and "sigterm=up" in lines[2]
+    assert "model resnet (v2-rest, public, shadow v3 5%)" in lines
+    assert "  v1           weight  90  127.0.0.1:9101" in lines
