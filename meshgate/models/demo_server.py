@@ -25,7 +25,15 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["ECHO_HEADER_PREFIX", "INPUT_NAME", "OUTPUT_NAME", "build_model", "main", "version_offset"]
+__all__ = [
+    "ECHO_HEADER_PREFIX",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "build_model",
+    "echoed_parameters",
+    "main",
+    "version_offset",
+]
 
 INPUT_NAME = "INPUT0"
 OUTPUT_NAME = "OUTPUT0"

@@ -17,12 +17,15 @@ __all__ = [
     "ApiKey",
     "AuthSettings",
     "CircuitBreaker",
+    "EnvoyGatewaySettings",
     "ClaimMap",
     "ExtAuthzSettings",
     "GatewaySettings",
     "Issuer",
+    "IstioSettings",
     "JwksCache",
     "KServeRef",
+    "MeshSettings",
     "Model",
     "ModelVersion",
     "Policy",
@@ -73,6 +76,7 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$"
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,126}[A-Za-z0-9])?$"
 GLOB_PATTERN = r"^[A-Za-z0-9_.*?\[\]-]+$"
 HEADER_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -81,6 +85,7 @@ Glob = Annotated[str, Field(pattern=GLOB_PATTERN)]
 HostPort = Annotated[str, AfterValidator(_check_host_port)]
 Origin = Annotated[str, AfterValidator(_check_origin)]
 HeaderName = Annotated[str, Field(pattern=HEADER_PATTERN)]
+K8sName = Annotated[str, Field(pattern=K8S_NAME_PATTERN)]
 Percent = Annotated[float, Field(gt=0, le=100)]
 JwtAlgorithm = Literal[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256", "HS384", "HS512"
@@ -90,7 +95,7 @@ QuotaKey = Literal["tenant", "user", "model"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True)
 
 
 # --- credentials ------------------------------------------------------------------------------
@@ -100,7 +105,9 @@ class SecretRef(_Strict):
     """Where a secret lives: an environment variable or a file. Never inline in the policy."""
 
     env: str | None = None
+    """Name of an environment variable holding the secret."""
     file: str | None = None
+    """Path of a file holding the secret (e.g. a mounted Kubernetes Secret)."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SecretRef:
@@ -113,33 +120,51 @@ class ClaimMap(_Strict):
     """Which JWT claims carry the identity. `tier` is optional: the tenant's tier applies otherwise."""
 
     tenant: str = "tenant"
+    """Claim holding the tenant name."""
     user: str = "sub"
+    """Claim holding the user id."""
     roles: str = "roles"
+    """Claim holding the roles (a list, or a space-separated string)."""
     tier: str | None = None
+    """Claim holding the tier; unset: the tenant's tier applies."""
 
 
 class JwksCache(_Strict):
     """How long fetched keys are trusted. Cache-Control max-age is honoured within [min_ttl, max_ttl]."""
 
     min_ttl: Duration = 300.0
+    """Fetched keys are kept at least this long, whatever Cache-Control says."""
     max_ttl: Duration = 86400.0
+    """Fetched keys are refetched after at most this long."""
     unknown_kid_refetch: Duration = 30.0
+    """A token with an unknown `kid` triggers a refetch at most this often."""
 
 
 class Issuer(_Strict):
     """A JWT issuer. Keys come from exactly one of jwks_uri, jwks (inline), discovery, shared_secret."""
 
     name: Name
+    """Unique name of the issuer in this policy."""
     issuer: str = Field(min_length=1)
+    """The exact `iss` claim value; tokens are routed to this issuer by it."""
     audiences: tuple[str, ...] = Field(min_length=1)
+    """Accepted `aud` values; a token must carry at least one."""
     jwks_uri: str | None = Field(default=None, pattern=r"^https?://")
+    """URL of the issuer's JWK set (http or https)."""
     jwks: Mapping[str, Any] | None = None
+    """Inline JWK set (`{keys: [...]}`), for issuers whose keys are static."""
     discovery: bool = False
+    """Find `jwks_uri` through OIDC discovery at `{issuer}/.well-known/openid-configuration`."""
     shared_secret: SecretRef | None = None
+    """HMAC secret reference (`env` or `file`); only with HS256/384/512."""
     algorithms: tuple[JwtAlgorithm, ...] = Field(default=("RS256",), min_length=1)
+    """Allow-list of signature algorithms; `none` is never accepted."""
     claims: ClaimMap = ClaimMap()
+    """Which claims carry tenant, user, roles and tier."""
     leeway: Duration = 30.0
+    """Clock skew tolerated on exp, nbf and iat."""
     jwks_cache: JwksCache = JwksCache()
+    """Bounds on how long fetched keys are cached."""
 
     @model_validator(mode="after")
     def _key_source(self) -> Issuer:
@@ -167,19 +192,28 @@ class ApiKey(_Strict):
     """An API key, stored as the SHA-256 of the key (lowercase hex), never the key itself."""
 
     id: Name
+    """Unique id of the key (shown in logs instead of the key)."""
     tenant: str
+    """Tenant the key belongs to."""
     user: str | None = None
+    """User the key acts as; unset: the key id."""
     roles: tuple[str, ...] = ()
+    """Roles granted to the key."""
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """SHA-256 of the key, lowercase hex (`printf %s KEY | sha256sum`). Never the key itself."""
     description: str = ""
+    """Free text for people."""
 
 
 class AuthSettings(_Strict):
     """Request-level authentication settings shared by every issuer and key."""
 
     api_key_header: HeaderName = "x-api-key"
+    """Request header that carries an API key."""
     forward_authorization: bool = False
+    """Pass the client's Authorization header on to the model (default: stripped)."""
     max_token_bytes: int = Field(default=8192, ge=256, le=65536)
+    """Longer bearer tokens are refused before parsing."""
     # extauthz decision cache: at most this many entries (0 disables it); an entry lives at most
     # decision_cache_ttl and never past the token's exp. Cleared on every policy change.
     decision_cache_entries: int = Field(default=10000, ge=0, le=1_000_000)
@@ -191,35 +225,53 @@ class AuthSettings(_Strict):
 
 class Tier(_Strict):
     name: Name
+    """Unique tier name (e.g. free, gold)."""
     multiplier: float = Field(default=1.0, gt=0)
+    """Quota limits of the tenant's quotas are multiplied by this."""
 
 
 class Tenant(_Strict):
     name: Name
+    """Unique tenant name."""
     tier: str | None = None
+    """Tier of the tenant; unset: multiplier 1."""
     quotas: tuple[str, ...] = ()
+    """Names of the quotas that apply to this tenant."""
     allowed_origins: tuple[Origin, ...] = ()
+    """Browser origins (scheme://host[:port]) allowed to call; empty: no browser check."""
+    namespace: K8sName | None = None  # Kubernetes namespace of the tenant's workloads (default: its name)
 
 
 class Role(_Strict):
     """Which models (glob patterns) and versions a role may invoke."""
 
     name: Name
+    """Unique role name, referenced by API keys and JWT role claims."""
     models: tuple[Glob, ...] = Field(min_length=1)
+    """Glob patterns of model names the role may invoke."""
     versions: tuple[Glob, ...] = ("*",)
+    """Glob patterns of versions the role may pin (`/versions/{v}`)."""
 
 
 class Quota(_Strict):
     """A limit counted per tenant, user and/or model, in requests or LLM tokens, per window."""
 
     name: Name
+    """Unique quota name, referenced by tenants."""
     per: Annotated[tuple[QuotaKey, ...], BeforeValidator(_as_tuple)] = Field(min_length=1)
+    """What one counter covers: any of tenant, user, model (a string or a list)."""
     unit: Literal["requests", "tokens"] = "requests"
+    """Count requests, or LLM tokens (requested tokens at admission, actual at completion)."""
     limit: int = Field(gt=0)
+    """Allowed amount per window, before the tier multiplier."""
     window: Window
+    """second, minute, hour or day."""
     models: tuple[Glob, ...] = ("*",)
+    """Glob patterns of models this quota counts; default all."""
     algorithm: Literal["fixed_window", "sliding_window"] = "fixed_window"
+    """fixed_window (aligned to the epoch, like envoyproxy/ratelimit) or sliding_window."""
     shadow_mode: bool = False
+    """Count and report, but never refuse."""
 
     @model_validator(mode="after")
     def _distinct_keys(self) -> Quota:
@@ -235,15 +287,37 @@ class KServeRef(_Strict):
     """A KServe InferenceService that serves this version (resolved to endpoints by the platform)."""
 
     service: Name
+    """Name of the KServe InferenceService."""
     namespace: Name = "default"
+    """Its namespace."""
     port: int = Field(default=80, gt=0, lt=65536)
+    """Port of its predictor service."""
 
 
 class ModelVersion(_Strict):
     name: Name
+    """Version name, unique in the model (e.g. v1)."""
     weight: int | None = Field(default=None, ge=0, le=100)
+    """Percent of the model's traffic (canary); weights add up to 100. One version: 100."""
     endpoints: tuple[HostPort, ...] = ()
+    """Backends as host:port."""
     kserve: KServeRef | None = None
+    """Or a KServe InferenceService reference instead of endpoints."""
+    # rendered as a KServe InferenceService (meshgate render --target kserve); see docs/meshconfig.md
+    storage_uri: str | None = Field(default=None, min_length=1)
+    runtime: K8sName | None = None
+    gpus: int = Field(default=0, ge=0, le=64)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int | None = Field(default=None, ge=1)
+    deployment_mode: Literal["RawDeployment", "Serverless"] = "RawDeployment"
+
+    @model_validator(mode="after")
+    def _replicas(self) -> ModelVersion:
+        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas {self.max_replicas} is below min_replicas {self.min_replicas}")
+        if self.min_replicas == 0 and self.deployment_mode != "Serverless":
+            raise ValueError("min_replicas 0 (scale to zero) needs deployment_mode: Serverless")
+        return self
 
     @model_validator(mode="after")
     def _backend(self) -> ModelVersion:
@@ -256,26 +330,37 @@ class Shadow(_Strict):
     """Mirror `percent` of the traffic to `version`; its answers are discarded."""
 
     version: str
+    """Version that receives mirrored traffic (weight 0); its answers are discarded."""
     percent: Percent
+    """Share of requests mirrored, above 0 and up to 100."""
 
 
 class ABRoute(_Strict):
     """Requests whose `header` equals `value` go to `version` (A/B testing)."""
 
     header: HeaderName
+    """Request header to match (lowercase)."""
     value: str = Field(min_length=1)
+    """Exact value that selects the version."""
     version: str
+    """Version the matching requests go to."""
 
 
 class UpstreamTLS(_Strict):
     """TLS from the gateway to the model: none, mtls (certificate files, via SDS) or istio (mesh mTLS)."""
 
     mode: Literal["none", "mtls", "istio"] = "none"
+    """none (plaintext), mtls (gateway presents cert_file, checks ca_file) or istio (mesh mTLS)."""
     cert_file: str | None = None
+    """Client certificate (PEM), served over SDS and re-read when it changes."""
     key_file: str | None = None
+    """Its private key (PEM)."""
     ca_file: str | None = None
+    """CA bundle that signs the model's server certificate."""
     sni: str | None = None
+    """SNI to send; unset: none."""
     subject_alt_names: tuple[str, ...] = ()
+    """Accepted SANs of the model's certificate; empty: any signed by ca_file."""
 
     @model_validator(mode="after")
     def _files(self) -> UpstreamTLS:
@@ -291,30 +376,50 @@ class UpstreamTLS(_Strict):
 
 class Retries(_Strict):
     attempts: int = Field(default=1, ge=0, le=10)
+    """Retries after the first try (0 disables)."""
     retry_on: tuple[str, ...] = ("connect-failure", "refused-stream", "unavailable")
+    """Envoy retry_on conditions."""
     per_try_timeout: Duration | None = None
+    """Timeout of each try; unset: the route timeout."""
 
 
 class CircuitBreaker(_Strict):
     max_connections: int = Field(default=1024, gt=0)
+    """Upper bound on connections to the version's backends."""
     max_pending_requests: int = Field(default=1024, gt=0)
+    """Upper bound on queued requests."""
     max_requests: int = Field(default=1024, gt=0)
+    """Upper bound on concurrent requests."""
     max_retries: int = Field(default=3, ge=0)
+    """Upper bound on concurrent retries."""
 
 
 class Model(_Strict):
     name: ModelName
+    """Model name as clients call it (`/v2/models/{name}`, OpenAI `model`, ModelInfer `model_name`)."""
     visibility: Literal["public", "private"] = "public"
+    """public, or private: only the owner tenant may call it."""
     owner: str | None = None
+    """Owner tenant of a private model."""
     protocol: Literal["v2-rest", "v2-grpc", "openai"] = "v2-rest"
+    """v2-rest (KServe/Triton REST), v2-grpc (Triton gRPC) or openai (JSON chat/completions)."""
+    namespace: K8sName | None = None  # Kubernetes namespace of its pods (default: kserve.namespace or default)
     context_limit_tokens: int | None = Field(default=None, gt=0)
+    """Requests asking for more tokens (`max_tokens`) are refused."""
     versions: tuple[ModelVersion, ...] = Field(min_length=1)
+    """The versions and their backends."""
     shadow: Shadow | None = None
+    """Mirror a share of traffic to a version."""
     ab: tuple[ABRoute, ...] = ()
+    """Header matches that pin a version (A/B tests); evaluated before weights."""
     upstream_tls: UpstreamTLS = UpstreamTLS()
+    """TLS from the gateway to the backends."""
     timeout: Duration = 60.0
+    """Route timeout of a request."""
     retries: Retries = Retries()
+    """Retry policy."""
     circuit_breaker: CircuitBreaker = CircuitBreaker()
+    """Circuit-breaker limits per version cluster."""
 
     @model_validator(mode="before")
     @classmethod
@@ -347,23 +452,67 @@ class ExtAuthzSettings(_Strict):
     """How the gateway calls meshgate extauthz."""
 
     timeout: Duration = 0.25
+    """How long Envoy waits for a Check answer."""
     failure_mode_allow: bool = False
+    """Let requests through when extauthz cannot answer (default: refuse)."""
     max_request_bytes: int = Field(default=1 << 20, gt=0)
+    """Request body bytes sent to Check (to read the model from JSON/gRPC bodies)."""
 
 
 class RateLimitSettings(_Strict):
     """How the gateway calls meshgate ratelimit."""
 
     domain: Name = "meshgate"
+    """Rate limit domain of the policy's quotas."""
     timeout: Duration = 0.1
+    """How long Envoy waits for ShouldRateLimit."""
     failure_mode_deny: bool = True
+    """Refuse requests when ratelimit cannot answer (default: refuse)."""
     response_headers: Literal["none", "x-ratelimit", "draft-03"] = "x-ratelimit"
+    """none, x-ratelimit (X-RateLimit-Limit/-Remaining/-Reset) or draft-03 (RateLimit-*)."""
 
 
 class GatewaySettings(_Strict):
     port: int = Field(default=8080, gt=0, lt=65536)
+    """Port of the gateway listener meshgate's xDS gives Envoy."""
     ext_authz: ExtAuthzSettings = ExtAuthzSettings()
+    """How the gateway calls extauthz."""
     ratelimit: RateLimitSettings = RateLimitSettings()
+    """How the gateway calls ratelimit."""
+
+
+# --- manifests (meshgate render) --------------------------------------------------------------
+
+
+class IstioSettings(_Strict):
+    """Where the Istio ingress gateway runs and what `meshgate render --target istio` emits for it."""
+
+    gateway_namespace: K8sName = "istio-system"
+    gateway_selector: Mapping[str, str] = Field(default_factory=lambda: {"istio": "ingressgateway"})
+    hosts: tuple[str, ...] = Field(default=("*",), min_length=1)
+    port: int = Field(default=80, gt=0, lt=65536)
+    provider: K8sName = "meshgate"
+    request_authentication: bool = False
+
+
+class EnvoyGatewaySettings(_Strict):
+    """The Gateway that `meshgate render --target envoy-gateway` emits for Envoy Gateway / AI Gateway."""
+
+    namespace: K8sName = "meshgate-gateway"
+    gateway_class: K8sName = "eg"
+    hostnames: tuple[str, ...] = ()
+    port: int = Field(default=80, gt=0, lt=65536)
+
+
+class MeshSettings(_Strict):
+    """Where meshgate itself runs in the cluster (its Service), read by every render target."""
+
+    namespace: K8sName = "meshgate"
+    service: K8sName = "meshgate"
+    extauthz_port: int = Field(default=9001, gt=0, lt=65536)
+    ratelimit_port: int = Field(default=9002, gt=0, lt=65536)
+    istio: IstioSettings = IstioSettings()
+    envoy_gateway: EnvoyGatewaySettings = EnvoyGatewaySettings()
 
 
 # --- the document ------------------------------------------------------------------------------
@@ -373,15 +522,26 @@ class Policy(_Strict):
     """The whole policy document. Build it with `meshgate.policy.parse_policy` / `load_policy`."""
 
     version: Literal[1] = 1
+    """Schema version of the document: 1."""
     gateway: GatewaySettings = GatewaySettings()
+    """Gateway listener and how it calls meshgate."""
     auth: AuthSettings = AuthSettings()
+    """Settings shared by every credential."""
     issuers: tuple[Issuer, ...] = ()
+    """JWT issuers."""
     api_keys: tuple[ApiKey, ...] = ()
+    """API keys (hashed)."""
     tiers: tuple[Tier, ...] = ()
+    """Tiers and their quota multipliers."""
     tenants: tuple[Tenant, ...] = ()
+    """Tenants."""
     roles: tuple[Role, ...] = ()
+    """Roles: which models and versions they may invoke."""
     models: tuple[Model, ...] = ()
+    """Models, versions and routing."""
     quotas: tuple[Quota, ...] = ()
+    """Rate limits in requests or tokens."""
+    mesh: MeshSettings = MeshSettings()
 
     def model(self, name: str) -> Model | None:
         return next((m for m in self.models if m.name == name), None)

@@ -35,6 +35,7 @@ T = TypeVar("T")
 
 _POLL_S = 0.05
 _log_serial = itertools.count(1)
+_handed_out: set[int] = set()
 # urllib honours http_proxy & co from the environment; the harness only talks to 127.0.0.1.
 _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -44,10 +45,19 @@ class StartupError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (bind to port 0, read it back, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port that was free a moment ago (bind to port 0, read it back, close).
+
+    Never the same port twice in one test session, so two ports picked back to back (a model server's
+    REST and gRPC) cannot collide. Prefer port 0 plus a report of the bound port where the server can
+    give one (Envoy listeners and admin, meshgate's ready file).
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 class Proc:
