@@ -44,6 +44,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         drain_delay=args.drain_delay,
         grace=args.grace,
         redis_url=args.redis_url,
+        ratelimit_config=Path(args.ratelimit_config) if args.ratelimit_config else None,
     )
     return main(config)
 
@@ -73,6 +74,56 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0 if status.serving else 1
 
 
+def _cmd_envoy_bootstrap(args: argparse.Namespace) -> int:
+    from .xds.bootstrap import envoy_bootstrap
+
+    text = envoy_bootstrap(args.node_id, xds=args.xds, admin_port=args.admin_port, delta=not args.sotw)
+    print(text, end="")
+    return 0
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from .meshconfig import SchemaSet, render, render_files, validate_objects
+    from .meshconfig.render import dump_yaml, mesh_config_yaml, write_dir
+    from .policy import PolicyError, load_policy
+
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return 1
+    if args.mesh_config:
+        sys.stdout.write(mesh_config_yaml(policy))
+        return 0
+    objs = render(policy, args.target)
+    schemas = SchemaSet.from_dir(args.schemas) if args.schemas else None
+    problems = validate_objects(objs, schemas)
+    if problems:
+        for problem in problems:
+            print(f"refused: {problem}", file=sys.stderr)
+        print(f"{args.policy}: {len(problems)} schema error(s); nothing written", file=sys.stderr)
+        return 1
+    if args.output is None:
+        sys.stdout.write(dump_yaml(objs))
+        return 0
+    for path in write_dir(render_files(objs), Path(args.output)):
+        print(path)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .models.cli import cmd_models
+
+    return cmd_models(args)
+
+
+def _cmd_models_check(args: argparse.Namespace) -> int:
+    from .models.cli import cmd_check
+
+    return cmd_check(args)
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"MESHGATE_{name.upper()}", default)
 
@@ -85,6 +136,27 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check policy files; print every error; exit 1 on any")
     validate.add_argument("files", nargs="+", metavar="FILE")
     validate.set_defaults(func=_cmd_validate)
+
+    render = sub.add_parser(
+        "render",
+        help="render the policy as Istio / Envoy Gateway / KServe manifests (strictly schema-checked)",
+        description="Deterministic YAML; every object is validated against the CRD schemas first. "
+        "See docs/meshconfig.md.",
+    )
+    render.add_argument("--policy", required=True, help="policy file")
+    render.add_argument("--target", choices=["istio", "envoy-gateway", "kserve", "all"], default="all")
+    render.add_argument(
+        "-o", "--output", metavar="DIR", help="write one file per kind here (default: one stream)"
+    )
+    render.add_argument(
+        "--mesh-config",
+        action="store_true",
+        help="print only the istiod meshConfig values that register meshgate as ext_authz provider",
+    )
+    render.add_argument(
+        "--schemas", metavar="DIR", help="validate against the CRDs under DIR (default: packaged)"
+    )
+    render.set_defaults(func=_cmd_render)
 
     serve = sub.add_parser(
         "serve",
@@ -105,6 +177,8 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("MESHGATE_REDIS_URL"),
         help="Redis for shared rate-limit counters (default: in memory)",
     )
+    serve.add_argument("--ratelimit-config", default=os.environ.get("MESHGATE_RATELIMIT_CONFIG"),
+                       help="directory of envoyproxy/ratelimit YAML files (watched), beside the quotas")
     serve.add_argument("--ready-file", default=None, help="write the bound ports as JSON here once serving")
     serve.add_argument(
         "--no-watch", action="store_true", help="do not watch the policy file (SIGHUP still reloads)"
@@ -123,12 +197,42 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_cmd_serve)
 
+    boot = sub.add_parser(
+        "envoy-bootstrap",
+        help="print the minimal Envoy bootstrap (ADS to meshgate); run it with envoy -c",
+    )
+    boot.add_argument("--node-id", required=True, help="the Envoy node id meshgate reports it under")
+    boot.add_argument("--xds", default="127.0.0.1:18000", help="meshgate's ADS address as Envoy reaches it")
+    boot.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port on 127.0.0.1")
+    boot.add_argument("--sotw", action="store_true", help="state-of-the-world ADS instead of delta")
+    boot.set_defaults(func=_cmd_envoy_bootstrap)
+
     status = sub.add_parser("status", help="ask a running meshgate what it serves; exit 1 unless SERVING")
     status.add_argument(
         "--addr", default=_env("admin_addr", "127.0.0.1:18000"), help="any meshgate gRPC port"
     )
     status.add_argument("--timeout", type=float, default=5.0, help="seconds")
     status.set_defaults(func=_cmd_status)
+
+    models = sub.add_parser(
+        "models",
+        help="models, versions, weights, shadow and live endpoint health of a running meshgate",
+        description="Exit 0: every probed version has a ready endpoint; 1: some has none; 2: unreachable.",
+    )
+    models.add_argument(
+        "--addr", default=_env("admin_addr", "127.0.0.1:18000"), help="any meshgate gRPC port"
+    )
+    models.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    models.set_defaults(func=_cmd_models)
+    models_sub = models.add_subparsers(dest="models_command")
+    check = models_sub.add_parser(
+        "check",
+        help="probe every model endpoint of a policy once (no server needed)",
+        description="Exit 0: every version has a ready endpoint; 1: some has none (named); 2: bad policy.",
+    )
+    check.add_argument("--policy", default=_env("policy", "policy.yaml"), help="policy file")
+    check.add_argument("--model", action="append", help="check only this model (repeatable)")
+    check.set_defaults(func=_cmd_models_check)
     return parser
 
 

@@ -17,10 +17,11 @@ __all__ = [
     "ApiKey",
     "AuthSettings",
     "CircuitBreaker",
-    "EnvoyGatewaySettings",
     "ClaimMap",
+    "EnvoyGatewaySettings",
     "ExtAuthzSettings",
     "GatewaySettings",
+    "HealthCheck",
     "Issuer",
     "IstioSettings",
     "JwksCache",
@@ -28,6 +29,7 @@ __all__ = [
     "MeshSettings",
     "Model",
     "ModelVersion",
+    "OutlierDetection",
     "Policy",
     "Quota",
     "RateLimitSettings",
@@ -239,7 +241,8 @@ class Tenant(_Strict):
     """Names of the quotas that apply to this tenant."""
     allowed_origins: tuple[Origin, ...] = ()
     """Browser origins (scheme://host[:port]) allowed to call; empty: no browser check."""
-    namespace: K8sName | None = None  # Kubernetes namespace of the tenant's workloads (default: its name)
+    namespace: K8sName | None = None
+    """Kubernetes namespace of the tenant's workloads (meshgate render); default: the tenant name."""
 
 
 class Role(_Strict):
@@ -303,20 +306,27 @@ class ModelVersion(_Strict):
     """Backends as host:port."""
     kserve: KServeRef | None = None
     """Or a KServe InferenceService reference instead of endpoints."""
-    # rendered as a KServe InferenceService (meshgate render --target kserve); see docs/meshconfig.md
+    backend_version: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """Backend's own version (Triton: a number) for readiness probes; unset: unversioned (KServe)."""
     storage_uri: str | None = Field(default=None, min_length=1)
+    """Model repository (s3://, gs://, pvc://, ...) of its KServe InferenceService; none: not rendered."""
     runtime: K8sName | None = None
+    """KServe ServingRuntime name; default: KServe picks the runtime for the model format."""
     gpus: int = Field(default=0, ge=0, le=64)
+    """nvidia.com/gpu limit of each replica; 0: none."""
     min_replicas: int = Field(default=1, ge=0)
+    """Fewest replicas; 0 (scale to zero) needs deployment_mode Knative."""
     max_replicas: int | None = Field(default=None, ge=1)
-    deployment_mode: Literal["RawDeployment", "Serverless"] = "RawDeployment"
+    """Most replicas; default: KServe's default."""
+    deployment_mode: Literal["Standard", "Knative"] = "Standard"
+    """KServe deployment mode: Standard (formerly RawDeployment) or Knative (formerly Serverless)."""
 
     @model_validator(mode="after")
     def _replicas(self) -> ModelVersion:
         if self.max_replicas is not None and self.max_replicas < self.min_replicas:
             raise ValueError(f"max_replicas {self.max_replicas} is below min_replicas {self.min_replicas}")
-        if self.min_replicas == 0 and self.deployment_mode != "Serverless":
-            raise ValueError("min_replicas 0 (scale to zero) needs deployment_mode: Serverless")
+        if self.min_replicas == 0 and self.deployment_mode != "Knative":
+            raise ValueError("min_replicas 0 (scale to zero) needs deployment_mode: Knative")
         return self
 
     @model_validator(mode="after")
@@ -394,6 +404,36 @@ class CircuitBreaker(_Strict):
     """Upper bound on concurrent retries."""
 
 
+class OutlierDetection(_Strict):
+    """Eject a model endpoint after consecutive 5xx answers (Istio DestinationRule outlierDetection)."""
+
+    consecutive_5xx_errors: int = Field(default=5, ge=1)
+    """5xx answers in a row that eject an endpoint."""
+    interval: Duration = 10.0
+    """How often endpoints are scanned."""
+    base_ejection_time: Duration = 30.0
+    """How long an ejected endpoint stays out (times the number of ejections)."""
+    max_ejection_percent: int = Field(default=50, ge=0, le=100)
+    """At most this percent of the endpoints are ejected at once."""
+
+
+class HealthCheck(_Strict):
+    """Readiness probes of each endpoint of the model (v2 health APIs, or HTTP GET for openai)."""
+
+    enabled: bool = True
+    """Probe the endpoints; off: never probed, their health stays unknown (Envoy routes to them)."""
+    interval: Duration = Field(default=5.0, gt=0)
+    """Time between two probes of one endpoint."""
+    timeout: Duration = Field(default=1.0, gt=0)
+    """A probe that takes longer fails."""
+    healthy_threshold: int = Field(default=2, ge=1, le=100)
+    """Consecutive successful probes that turn an unhealthy endpoint healthy."""
+    unhealthy_threshold: int = Field(default=3, ge=1, le=100)
+    """Consecutive failed probes that turn a healthy endpoint unhealthy."""
+    path: str = Field(default="/v1/models", pattern=r"^/[^\s]*$")
+    """HTTP path probed for protocol openai (any 2xx is ready); v2-rest and v2-grpc use the v2 health APIs."""
+
+
 class Model(_Strict):
     name: ModelName
     """Model name as clients call it (`/v2/models/{name}`, OpenAI `model`, ModelInfer `model_name`)."""
@@ -403,7 +443,8 @@ class Model(_Strict):
     """Owner tenant of a private model."""
     protocol: Literal["v2-rest", "v2-grpc", "openai"] = "v2-rest"
     """v2-rest (KServe/Triton REST), v2-grpc (Triton gRPC) or openai (JSON chat/completions)."""
-    namespace: K8sName | None = None  # Kubernetes namespace of its pods (default: kserve.namespace or default)
+    namespace: K8sName | None = None
+    """Kubernetes namespace of its pods (meshgate render); default: first kserve.namespace, else default."""
     context_limit_tokens: int | None = Field(default=None, gt=0)
     """Requests asking for more tokens (`max_tokens`) are refused."""
     versions: tuple[ModelVersion, ...] = Field(min_length=1)
@@ -420,6 +461,10 @@ class Model(_Strict):
     """Retry policy."""
     circuit_breaker: CircuitBreaker = CircuitBreaker()
     """Circuit-breaker limits per version cluster."""
+    health_check: HealthCheck = HealthCheck()
+    """Readiness probes of the endpoints; results mark them healthy or unhealthy in EDS."""
+    outlier_detection: OutlierDetection | None = OutlierDetection()
+    """Outlier ejection in the rendered Istio DestinationRule; null: none."""
 
     @model_validator(mode="before")
     @classmethod
@@ -470,6 +515,14 @@ class RateLimitSettings(_Strict):
     """Refuse requests when ratelimit cannot answer (default: refuse)."""
     response_headers: Literal["none", "x-ratelimit", "draft-03"] = "x-ratelimit"
     """none, x-ratelimit (X-RateLimit-Limit/-Remaining/-Reset) or draft-03 (RateLimit-*)."""
+    shadow_mode: bool = False
+    """Global shadow mode: count and report OVER_LIMIT per descriptor, but never refuse a request."""
+    store_timeout: Duration = 0.05
+    """Bound on each Redis call; past it ShouldRateLimit answers UNAVAILABLE (read at start)."""
+    near_limit_ratio: float = Field(default=0.8, gt=0, le=1)
+    """Share of a limit above which a hit counts in the near_limit metric."""
+    local_cache: bool = True
+    """Remember exhausted counters until their window ends and refuse without a store call."""
 
 
 class GatewaySettings(_Strict):
@@ -488,31 +541,47 @@ class IstioSettings(_Strict):
     """Where the Istio ingress gateway runs and what `meshgate render --target istio` emits for it."""
 
     gateway_namespace: K8sName = "istio-system"
+    """Namespace of the ingress gateway pods (Gateway, EnvoyFilters and gateway policies go there)."""
     gateway_selector: Mapping[str, str] = Field(default_factory=lambda: {"istio": "ingressgateway"})
+    """Labels of the ingress gateway pods."""
     hosts: tuple[str, ...] = Field(default=("*",), min_length=1)
+    """Hosts the Gateway and the VirtualServices answer for."""
     port: int = Field(default=80, gt=0, lt=65536)
+    """HTTP port of the Gateway server."""
     provider: K8sName = "meshgate"
+    """Name of the meshConfig extensionProvider that AuthorizationPolicy CUSTOM names."""
     request_authentication: bool = False
+    """Also render a RequestAuthentication from the issuers (Istio checks JWTs too)."""
 
 
 class EnvoyGatewaySettings(_Strict):
     """The Gateway that `meshgate render --target envoy-gateway` emits for Envoy Gateway / AI Gateway."""
 
     namespace: K8sName = "meshgate-gateway"
+    """Namespace of the Gateway and its SecurityPolicy / BackendTrafficPolicy."""
     gateway_class: K8sName = "eg"
+    """gatewayClassName of the Gateway."""
     hostnames: tuple[str, ...] = ()
+    """Hostnames of the listeners and routes; empty: any."""
     port: int = Field(default=80, gt=0, lt=65536)
+    """HTTP listener port."""
 
 
 class MeshSettings(_Strict):
     """Where meshgate itself runs in the cluster (its Service), read by every render target."""
 
     namespace: K8sName = "meshgate"
+    """Namespace of the meshgate Service."""
     service: K8sName = "meshgate"
+    """Name of the meshgate Service."""
     extauthz_port: int = Field(default=9001, gt=0, lt=65536)
+    """Its ext_authz gRPC port."""
     ratelimit_port: int = Field(default=9002, gt=0, lt=65536)
+    """Its rate limit gRPC port."""
     istio: IstioSettings = IstioSettings()
+    """Istio target settings."""
     envoy_gateway: EnvoyGatewaySettings = EnvoyGatewaySettings()
+    """Envoy Gateway / Envoy AI Gateway target settings."""
 
 
 # --- the document ------------------------------------------------------------------------------
@@ -542,6 +611,7 @@ class Policy(_Strict):
     quotas: tuple[Quota, ...] = ()
     """Rate limits in requests or tokens."""
     mesh: MeshSettings = MeshSettings()
+    """Where meshgate and the gateways run in Kubernetes (meshgate render)."""
 
     def model(self, name: str) -> Model | None:
         return next((m for m in self.models if m.name == name), None)
