@@ -5,19 +5,27 @@ Served on every meshgate gRPC port beside grpc.health.v1. It reads; it never cha
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import grpc
 
 from . import __version__
 from ._proto import admin_pb2, admin_pb2_grpc
 from .health import Health
-from .policy.model import Policy
+from .models import EndpointHealth, EndpointKey, EndpointState, Readiness, version_endpoints
+from .policy.model import ModelVersion, Policy
 from .policy.store import PolicyStore
 
 __all__ = ["AdminService", "status_message"]
 
 
-def status_message(store: PolicyStore, health: Health) -> admin_pb2.Status:
-    """The Status reply, built from plain state (testable without a server)."""
+def status_message(
+    store: PolicyStore, health: Health, readiness: Readiness | None = None
+) -> admin_pb2.Status:
+    """The Status reply, built from plain state (testable without a server).
+
+    With `readiness` (the model prober), each version lists the health of its probed endpoints.
+    """
     status = admin_pb2.Status(
         policy_generation=store.generation,
         policy_source=str(store.path),
@@ -26,11 +34,37 @@ def status_message(store: PolicyStore, health: Health) -> admin_pb2.Status:
         components=[admin_pb2.Component(name=n, up=up) for n, up in sorted(health.components().items())],
     )
     if store.loaded:
-        status.models.extend(_models(store.policy))
+        status.models.extend(_models(store.policy, readiness.snapshot() if readiness else {}))
     return status
 
 
-def _models(policy: Policy) -> list[admin_pb2.ModelStatus]:
+_HEALTH = {
+    EndpointHealth.UNKNOWN: admin_pb2.ENDPOINT_HEALTH_UNKNOWN,
+    EndpointHealth.HEALTHY: admin_pb2.ENDPOINT_HEALTH_HEALTHY,
+    EndpointHealth.UNHEALTHY: admin_pb2.ENDPOINT_HEALTH_UNHEALTHY,
+}
+
+
+def _endpoint_health(
+    model: str, version: ModelVersion, states: Mapping[EndpointKey, EndpointState]
+) -> list[admin_pb2.EndpointStatus]:
+    out = []
+    for endpoint in version_endpoints(version):
+        state = states.get(EndpointKey(model, version.name, endpoint))
+        if state is not None:
+            out.append(
+                admin_pb2.EndpointStatus(
+                    endpoint=endpoint,
+                    health=_HEALTH[state.health],
+                    detail=state.detail,
+                    consecutive_failures=state.failures,
+                    consecutive_successes=state.successes,
+                )
+            )
+    return out
+
+
+def _models(policy: Policy, states: Mapping[EndpointKey, EndpointState]) -> list[admin_pb2.ModelStatus]:
     out = []
     for model in policy.models:
         out.append(
@@ -46,6 +80,7 @@ def _models(policy: Policy) -> list[admin_pb2.ModelStatus]:
                         weight=v.weight or 0,
                         endpoints=list(v.endpoints)
                         or ([f"{v.kserve.service}.{v.kserve.namespace}:{v.kserve.port}"] if v.kserve else []),
+                        endpoint_health=_endpoint_health(model.name, v, states),
                     )
                     for v in model.versions
                 ],
@@ -57,9 +92,10 @@ def _models(policy: Policy) -> list[admin_pb2.ModelStatus]:
 class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
     grpc_names = ("meshgate.admin.v1.Admin",)
 
-    def __init__(self, store: PolicyStore, health: Health) -> None:
+    def __init__(self, store: PolicyStore, health: Health, readiness: Readiness | None = None) -> None:
         self._store = store
         self._health = health
+        self._readiness = readiness
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         admin_pb2_grpc.add_AdminServicer_to_server(self, server)
@@ -69,4 +105,4 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         request: admin_pb2.GetStatusRequest,
         context: grpc.aio.ServicerContext[admin_pb2.GetStatusRequest, admin_pb2.Status],
     ) -> admin_pb2.Status:
-        return status_message(self._store, self._health)
+        return status_message(self._store, self._health, self._readiness)

@@ -1,0 +1,68 @@
+"""Policy -> what to probe: one `ProbeTarget` per (model, version, endpoint). Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meshgate.policy.model import HealthCheck, Model, ModelVersion, Policy, UpstreamTLS
+
+from ._types import EndpointKey, Thresholds
+
+__all__ = ["ProbeTarget", "probe_targets", "version_endpoints"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeTarget:
+    key: EndpointKey
+    protocol: str
+    """v2-rest, v2-grpc or openai."""
+    host: str
+    port: int
+    model_name: str
+    """Model name the backend knows (the policy's model name)."""
+    backend_version: str
+    """Version asked for in the model readiness call; "" for the unversioned URL."""
+    check: HealthCheck
+    tls: UpstreamTLS
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(healthy=self.check.healthy_threshold, unhealthy=self.check.unhealthy_threshold)
+
+
+def version_endpoints(version: ModelVersion) -> tuple[str, ...]:
+    """The endpoint strings of a version: its host:port list, or the KServe service's cluster-local name.
+
+    The same addresses xds puts in the version's cluster, so `EndpointKey`s match EDS endpoints.
+    """
+    if version.kserve is not None:
+        ref = version.kserve
+        return (f"{ref.service}.{ref.namespace}.svc.cluster.local:{ref.port}",)
+    return version.endpoints
+
+
+def probe_targets(policy: Policy) -> dict[EndpointKey, ProbeTarget]:
+    """Every endpoint of every model version whose model has probes enabled."""
+    out: dict[EndpointKey, ProbeTarget] = {}
+    for model in policy.models:
+        if not model.health_check.enabled:
+            continue
+        for version in model.versions:
+            for endpoint in version_endpoints(version):
+                target = _target(model, version, endpoint)
+                out[target.key] = target
+    return out
+
+
+def _target(model: Model, version: ModelVersion, endpoint: str) -> ProbeTarget:
+    host, _, port = endpoint.rpartition(":")
+    return ProbeTarget(
+        key=EndpointKey(model.name, version.name, endpoint),
+        protocol=model.protocol,
+        host=host.strip("[]"),
+        port=int(port),
+        model_name=model.name,
+        backend_version=version.backend_version or "",
+        check=model.health_check,
+        tls=model.upstream_tls,
+    )
