@@ -1,0 +1,132 @@
+"""One pipelined RESP connection to one Redis server, shared by every concurrent call.
+
+RESP replies come back in the order commands were sent, so concurrent ShouldRateLimit calls write
+their command at once and wait for their own reply: no connection pool, no per-call checkout. Replies
+are parsed by hiredis. A call that times out leaves its slot in the queue (its late reply is dropped);
+a broken connection fails every pending call, and the next call connects again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from typing import Any
+
+import hiredis
+
+__all__ = ["RespConnection", "RespError"]
+
+
+class RespError(Exception):
+    """An error reply from Redis (e.g. NOSCRIPT, WRONGTYPE)."""
+
+
+def pack(args: tuple[Any, ...]) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class RespConnection:
+    def __init__(
+        self, *, host: str = "127.0.0.1", port: int = 6379, path: str | None = None,
+        username: str | None = None, password: str | None = None, db: int = 0,
+    ) -> None:
+        self.host, self.port, self.path = host, port, path
+        self._auth = (username, password)
+        self._db = db
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._connecting: asyncio.Lock | None = None
+        self._last_reply = 0.0
+
+    async def call(self, *args: Any) -> Any:
+        """Send one command and wait for its reply. Raises RespError, OSError or ConnectionError."""
+        writer = self._writer if self._writer is not None else await self._connect()
+        return await self._send(writer, args)
+
+    async def _send(self, writer: asyncio.StreamWriter, args: tuple[Any, ...]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append(future)
+        writer.write(pack(args))
+        return await future
+
+    async def _connect(self) -> asyncio.StreamWriter:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._writer is not None:
+                return self._writer
+            if self.path:
+                reader, writer = await asyncio.open_unix_connection(self.path)
+            else:
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+            self._pending.clear()
+            self._last_reply = time.monotonic()
+            self._reader_task = asyncio.create_task(self._read(reader))
+            self._writer = writer
+            try:
+                username, password = self._auth
+                if password is not None:
+                    auth = (username, password) if username else (password,)
+                    await self._send(writer, ("AUTH", *auth))
+                if self._db:
+                    await self._send(writer, ("SELECT", self._db))
+            except BaseException:
+                self._drop(ConnectionError("redis handshake failed"))
+                raise
+            return writer
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        parser = hiredis.Reader()
+        error: BaseException = ConnectionError("redis closed the connection")
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                parser.feed(data)
+                self._last_reply = time.monotonic()
+                while (reply := parser.gets()) is not False:
+                    future = self._pending.popleft()
+                    if future.done():  # its caller timed out
+                        continue
+                    if isinstance(reply, hiredis.ReplyError):
+                        future.set_exception(RespError(str(reply)))
+                    else:
+                        future.set_result(reply)
+        except (OSError, hiredis.ProtocolError) as exc:
+            error = exc
+        except asyncio.CancelledError:
+            error = ConnectionError("redis connection closed")
+            raise
+        finally:
+            self._drop(error)
+
+    def _drop(self, error: BaseException) -> None:
+        """Forget the connection; fail whoever still waits on it."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+        while self._pending:
+            future = self._pending.popleft()
+            if not future.done():
+                future.set_exception(ConnectionError(str(error)))
+
+    def drop_if_stale(self, after: float) -> None:
+        """Calls wait but nothing came back for `after` seconds: a silent connection; start afresh."""
+        if self._pending and time.monotonic() - self._last_reply > after:
+            self._drop(ConnectionError(f"no reply from redis for {after:g}s"))
+
+    async def close(self) -> None:
+        task, self._reader_task = self._reader_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await task
+        self._drop(ConnectionError("closed"))

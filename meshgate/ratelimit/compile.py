@@ -1,0 +1,87 @@
+"""The policy's quotas, compiled into the same descriptor tree as envoyproxy/ratelimit YAML.
+
+A quota `q` with `per: [tenant, user]` becomes, under the domain `gateway.ratelimit.domain`:
+
+    quota=q -> tenant=<each tenant listing q> -> user (any value) : limit * tier multiplier
+
+Entries always come in the order quota, tenant, user, model, whatever the order of `per`. Tenants that
+do not list a quota get no node for it, so its descriptor matches nothing for them. A quota whose
+`per` has no `tenant` is one counter (per user / model) for every request the gateway sends it for,
+and the tier multiplier cannot apply. With `model` in `per`, the model entry matches the quota's
+`models` patterns (expanded against the policy's models); without it, the xDS routes attach the
+descriptor only to the routes of matching models.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+
+from ..policy.model import Policy, Quota
+from .model import Node, Rule
+
+__all__ = ["QUOTA_KEY", "compile_policy", "quota_limit"]
+
+QUOTA_KEY = "quota"
+_ORDER = ("tenant", "user", "model")
+
+
+def quota_limit(policy: Policy, quota: Quota, tenant: str | None) -> int:
+    """The quota's limit for `tenant`: times its tier's multiplier, rounded down, at least 1."""
+    if tenant is None:
+        return quota.limit
+    found = policy.tenant(tenant)
+    tier = policy.tier(found.tier) if found is not None and found.tier else None
+    return max(1, math.floor(quota.limit * (tier.multiplier if tier else 1.0)))
+
+
+def _rule(domain: str, quota: Quota, limit: int, path: str) -> Rule:
+    return Rule(
+        full_key=f"{domain}.{path}",
+        requests_per_unit=limit,
+        unit=quota.window,
+        shadow_mode=quota.shadow_mode,
+        name=quota.name,
+        algorithm=quota.algorithm,
+    )
+
+
+def _chain(keys: tuple[str, ...], models: tuple[str, ...], leaf: Rule) -> Node:
+    """Nodes for `keys` (below the tenant), the last one carrying `leaf`."""
+    if not keys:
+        return Node(rule=leaf)
+    key, rest = keys[0], keys[1:]
+    below = _chain(rest, models, leaf)
+    if key == "model" and models != ("*",):
+        by_model: dict[tuple[str, str | None], Node] = {("model", m): below for m in models}
+        return Node(children=by_model)
+    return Node(children={(key, None): below})
+
+
+def _quota_node(policy: Policy, domain: str, quota: Quota) -> Node | None:
+    keys = tuple(k for k in _ORDER if k in quota.per)
+    patterns = quota.models
+    models = ("*",) if patterns == ("*",) else tuple(
+        sorted(m.name for m in policy.models if any(fnmatch.fnmatchcase(m.name, p) for p in patterns))
+    )
+    label = ".".join([f"{QUOTA_KEY}_{quota.name}", *keys])
+    if "tenant" not in keys:
+        return _chain(keys, models, _rule(domain, quota, quota.limit, label))
+    tenants: dict[tuple[str, str | None], Node] = {}
+    for tenant in policy.tenants:
+        if quota.name in tenant.quotas:
+            path = label.replace(".tenant", f".tenant_{tenant.name}", 1)
+            rule = _rule(domain, quota, quota_limit(policy, quota, tenant.name), path)
+            tenants[("tenant", tenant.name)] = _chain(keys[1:], models, rule)
+    return Node(children=tenants) if tenants else None
+
+
+def compile_policy(policy: Policy) -> tuple[str, Node]:
+    """(domain, tree) for the policy's quotas. Pure: same policy in, same tree out."""
+    domain = policy.gateway.ratelimit.domain
+    children: dict[tuple[str, str | None], Node] = {}
+    for quota in policy.quotas:
+        node = _quota_node(policy, domain, quota)
+        if node is not None:
+            children[(QUOTA_KEY, quota.name)] = node
+    return domain, Node(children=children)

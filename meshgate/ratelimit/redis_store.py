@@ -1,0 +1,205 @@
+"""Counters in Redis (single server, Sentinel or Cluster, chosen by URL), one round trip per request.
+
+Every request runs one Lua script (EVALSHA) that reads all its counters, decides, and increments
+them only if the request is admitted: all or nothing, atomic in Redis. A single server over TCP or a
+unix socket is reached through one pipelined connection (`_resp.py`); TLS, Sentinel and Cluster go
+through redis-py. Key layout:
+
+    mg:{<tag>}:<domain>:<k1>=<v1>:<k2>=<v2>:<window seconds>:<window start, epoch seconds>
+
+`<tag>` is the value of the descriptor's `tenant` entry (else its first `key=value`), so one tenant's
+counters share a Redis Cluster slot and its request is one script on one node. Keys, values and
+the domain are percent-encoded when they hold anything but letters, digits and `_ . -`. Counters
+expire at the end of their window (sliding windows: after two windows).
+
+URLs: `redis://[:password@]host:port/db`, `rediss://...` (TLS), `unix:///path.sock`;
+`redis+sentinel://host:port[,host:port]/<service>[/db]`; `redis+cluster://host:port`.
+Every call is bounded by `timeout` (default 50 ms); any failure raises StoreUnavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+
+from ._resp import RespConnection, RespError
+from .store import Slot, StoreResult, StoreUnavailable
+
+__all__ = ["LUA", "RedisStore", "redact"]
+
+# KEYS: for slot i, KEYS[2i-1] the current window, KEYS[2i] the previous one.
+# ARGV[1]: n; for slot i from b = 2 + 6(i-1): limit, hits, ttl, weight (per mille), enforce, charge.
+# Returns {admitted (1/0), used_1, ..., used_n}.
+LUA = """
+local n = tonumber(ARGV[1])
+local used = {}
+local admitted = 1
+for i = 1, n do
+  local b = 2 + (i - 1) * 6
+  local count = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+  local weight = tonumber(ARGV[b + 3])
+  if weight > 0 then
+    count = count + math.floor(tonumber(redis.call('GET', KEYS[2 * i]) or '0') * weight / 1000)
+  end
+  used[i] = count
+  if ARGV[b + 4] == '1' and count + tonumber(ARGV[b + 1]) > tonumber(ARGV[b]) then admitted = 0 end
+end
+if admitted == 1 then
+  for i = 1, n do
+    local b = 2 + (i - 1) * 6
+    local hits = tonumber(ARGV[b + 1])
+    if ARGV[b + 5] == '1' and hits > 0 then
+      redis.call('INCRBY', KEYS[2 * i - 1], hits)
+      redis.call('EXPIRE', KEYS[2 * i - 1], ARGV[b + 2])
+    end
+  end
+end
+table.insert(used, 1, admitted)
+return used
+"""
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and reprs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _client(url: str, timeout: float) -> Any:
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        plain = urlunsplit(parts._replace(scheme=scheme.split("+")[0]))
+        return RedisCluster.from_url(plain, **options)
+    if scheme in ("redis+sentinel", "rediss+sentinel"):
+        hosts = [h.rsplit(":", 1) for h in parts.netloc.rsplit("@", 1)[-1].split(",")]
+        path = [p for p in parts.path.split("/") if p]
+        if not path:
+            raise ValueError(f"{redact(url)}: a sentinel URL names the service: redis+sentinel://host:port/service")
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            [(h, int(p)) for h, p in hosts], password=parts.password, ssl=scheme.startswith("rediss"),
+            sentinel_kwargs={"password": parts.password, **options}, **options,
+        )
+        return sentinel.master_for(path[0], db=int(path[1]) if len(path) > 1 else 0)
+    return aioredis.Redis.from_url(url, **options)
+
+
+def _resp(url: str) -> RespConnection | None:
+    """A single plain-TCP or unix-socket server: our pipelined connection. Others (TLS, Sentinel,
+    Cluster): None, and redis-py does the work."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "unix") or parse_qs(parts.query):
+        return None
+    path = [p for p in parts.path.split("/") if p]
+    if parts.scheme == "unix":
+        return RespConnection(path=parts.path, username=parts.username or None, password=parts.password)
+    db = int(path[0]) if path else 0
+    return RespConnection(
+        host=parts.hostname or "127.0.0.1", port=parts.port or 6379,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None, db=db,
+    )
+
+
+class RedisStore:
+    """The Redis backend of Store. Build with `RedisStore(url, timeout=0.05)`; `close()` at the end."""
+
+    def __init__(self, url: str, *, timeout: float = 0.05) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._resp = _resp(url)
+        self._client: Any = None if self._resp is not None else _client(url, timeout)
+        self._sha: str | None = None
+        self.cluster = isinstance(self._client, RedisCluster)
+
+    def __repr__(self) -> str:
+        return f"RedisStore({redact(self.url)}, timeout={self.timeout})"
+
+    async def apply(self, slots: Sequence[Slot], now: float) -> StoreResult:
+        if self.cluster and len({s.tag for s in slots}) > 1:
+            return await self._apply_per_tag(slots)
+        return await self._apply(slots)
+
+    async def _apply_per_tag(self, slots: Sequence[Slot]) -> StoreResult:
+        """Redis Cluster, counters of several tags: one script per slot (all-or-nothing per tag)."""
+        groups: dict[str, list[int]] = {}
+        for i, s in enumerate(slots):
+            groups.setdefault(s.tag, []).append(i)
+        used = [0] * len(slots)
+        ok = True
+        for indexes in groups.values():
+            part = await self._apply([slots[i] for i in indexes])
+            ok = ok and part.admitted
+            for i, u in zip(indexes, part.used, strict=True):
+                used[i] = u
+        return StoreResult(ok, tuple(used))
+
+    async def _apply(self, slots: Sequence[Slot]) -> StoreResult:
+        keys: list[str] = []
+        args: list[int | str] = [len(slots)]
+        for s in slots:
+            keys += (s.key, s.prev_key)
+            args += (s.limit, s.hits, s.ttl, s.weight, "1" if s.enforce else "0", "1" if s.charge else "0")
+        try:
+            async with asyncio.timeout(self.timeout):
+                reply = await self._eval(keys, args)
+        except TimeoutError as exc:
+            if self._resp is not None:
+                self._resp.drop_if_stale(self.timeout)
+            raise StoreUnavailable(f"redis {redact(self.url)}: no answer in {self.timeout:g}s") from exc
+        except (RedisError, RespError, OSError) as exc:
+            raise StoreUnavailable(f"redis {redact(self.url)}: {type(exc).__name__}: {exc}") from exc
+        return StoreResult(bool(reply[0]), tuple(int(x) for x in reply[1:]))
+
+    async def _command(self, *args: Any) -> Any:
+        if self._resp is not None:
+            return await self._resp.call(*args)
+        return await self._client.execute_command(*args)
+
+    async def _eval(self, keys: list[str], args: list[int | str]) -> Any:
+        if self._sha is not None:
+            try:
+                return await self._command("EVALSHA", self._sha, len(keys), *keys, *args)
+            except (NoScriptError, RespError) as exc:
+                if "NOSCRIPT" not in str(exc):
+                    raise
+                self._sha = None  # the server restarted or was flushed: EVAL caches it again
+        reply = await self._command("EVAL", LUA, len(keys), *keys, *args)
+        self._sha = _sha1(LUA)
+        return reply
+
+    async def ping(self) -> None:
+        try:
+            async with asyncio.timeout(max(self.timeout, 0.5)):
+                await self._command("PING")
+        except (RedisError, RespError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"redis {redact(self.url)}: {type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._resp is not None:
+            await self._resp.close()
+        else:
+            await self._client.aclose()
+
+
+def _sha1(text: str) -> str:
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()

@@ -1,0 +1,254 @@
+"""The gRPC face of the rate limiter: protobuf <-> core types, errors -> gRPC status, and the
+`Service` the composition root runs (store, config sources, hot reload, health).
+
+Errors are classified where they arise and mapped to a status here only: StoreUnavailable ->
+UNAVAILABLE (Envoy's failure_mode_deny decides), InvalidRequest -> INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import watchfiles
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+
+from ..policy.model import Policy
+from ..policy.store import Commit
+from .compile import compile_policy
+from .config import ConfigError, load_config_dir, merge_domains
+from .core import Decision, Descriptor, InvalidRequest, Limiter, Request, Settings
+from .metrics import RateLimitMetrics
+from .model import Node, Unit
+from .store import MemoryStore, Store, StoreUnavailable
+
+if TYPE_CHECKING:
+    from ..health import Health
+    from ..server import Context
+
+__all__ = ["RateLimitService", "RateLimitServicer", "to_request", "to_response"]
+
+log = logging.getLogger("meshgate.ratelimit")
+
+SERVICE_NAME = "envoy.service.ratelimit.v3.RateLimitService"
+_Code = rls_pb2.RateLimitResponse.Code
+_PbUnit = rls_pb2.RateLimitResponse.RateLimit.Unit
+_UNIT_FROM_PB: dict[int, Unit] = {
+    _PbUnit.SECOND: "second", _PbUnit.MINUTE: "minute", _PbUnit.HOUR: "hour", _PbUnit.DAY: "day",
+    _PbUnit.WEEK: "week", _PbUnit.MONTH: "month", _PbUnit.YEAR: "year",
+}
+_UNIT_TO_PB = {name: value for value, name in _UNIT_FROM_PB.items()}
+_CACHE_MAX = 50_000
+
+
+def _descriptor(d: Any) -> Descriptor:
+    limit = None
+    if d.HasField("limit") and d.limit.unit in _UNIT_FROM_PB:
+        limit = (d.limit.requests_per_unit, _UNIT_FROM_PB[d.limit.unit])
+    hits = d.hits_addend.value if d.HasField("hits_addend") else None
+    return Descriptor(tuple([(e.key, e.value) for e in d.entries]), limit, hits)
+
+
+def to_request(pb: rls_pb2.RateLimitRequest, cache: dict[bytes, Descriptor] | None = None) -> Request:
+    """protobuf -> core. With `cache`, descriptors seen before (same bytes) are not converted again:
+    reading a few upb fields costs more than serializing the descriptor back."""
+    if cache is None:
+        return Request(pb.domain, tuple([_descriptor(d) for d in pb.descriptors]), pb.hits_addend)
+    descriptors = []
+    for d in pb.descriptors:
+        raw = d.SerializeToString()
+        found = cache.get(raw)
+        if found is None:
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
+            found = cache[raw] = _descriptor(d)
+        descriptors.append(found)
+    return Request(pb.domain, tuple(descriptors), pb.hits_addend)
+
+
+def to_response(decision: Decision) -> rls_pb2.RateLimitResponse:
+    response = rls_pb2.RateLimitResponse(overall_code=_Code.OVER_LIMIT if decision.over_limit else _Code.OK)
+    for s in decision.statuses:
+        status = response.statuses.add(code=_Code.OVER_LIMIT if s.over_limit else _Code.OK)
+        if s.limit is not None and s.unit is not None:
+            status.current_limit.requests_per_unit = s.limit
+            status.current_limit.unit = _UNIT_TO_PB[s.unit]
+            status.limit_remaining = s.remaining
+            status.duration_until_reset.seconds = s.reset
+    for name, value in decision.headers:
+        response.response_headers_to_add.append(base_pb2.HeaderValue(key=name, value=value))
+    return response
+
+
+class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
+    def __init__(self, limiter: Limiter, metrics: RateLimitMetrics, store_name: str,
+                 on_store: StoreHealth | None = None) -> None:
+        self.limiter = limiter
+        self.metrics = metrics
+        self.store_name = store_name
+        self.on_store = on_store
+        self._descriptors: dict[bytes, Descriptor] = {}
+
+    async def ShouldRateLimit(
+        self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> rls_pb2.RateLimitResponse:
+        started = time.perf_counter()
+        try:
+            decision = await self.limiter.decide(to_request(request, self._descriptors))
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except StoreUnavailable as exc:
+            self.metrics.store_errors.labels(self.store_name).inc()
+            if self.on_store is None or self.on_store.up:  # once per outage, not once per call
+                log.warning("ratelimit store unavailable: %s", exc)
+            if self.on_store is not None:
+                await self.on_store.set(False)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "rate limit store unavailable")
+        finally:
+            self.metrics.latency.observe(time.perf_counter() - started)
+        if self.on_store is not None and not self.on_store.up:
+            await self.on_store.set(True)
+        return to_response(decision)
+
+
+class StoreHealth:
+    """The "ratelimit_store" health component, published only when it changes."""
+
+    def __init__(self, health: Health) -> None:
+        self.health = health
+        self.up = True
+
+    async def set(self, up: bool) -> None:
+        if up != self.up:
+            self.up = up
+            await self.health.set("ratelimit_store", up)
+
+
+def settings_of(policy: Policy) -> Settings:
+    rl = policy.gateway.ratelimit
+    return Settings(
+        shadow_mode=rl.shadow_mode,
+        response_headers=rl.response_headers,
+        near_limit_ratio=rl.near_limit_ratio,
+        local_cache=rl.local_cache,
+    )
+
+
+class RateLimitService:
+    """envoy.service.ratelimit.v3.RateLimitService, fed by the policy and an optional YAML directory."""
+
+    grpc_names: tuple[str, ...] = (SERVICE_NAME,)
+
+    def __init__(self, ctx: Context, *, probe_interval: float = 1.0) -> None:
+        self.ctx = ctx
+        self.metrics = RateLimitMetrics(ctx.registry)
+        self.config_dir: Path | None = ctx.config.ratelimit_config
+        self.probe_interval = probe_interval
+        self.limiter: Limiter | None = None
+        self.servicer: RateLimitServicer | None = None
+        self._dir_domains: Mapping[str, tuple[str, Node]] = {}
+        self._policy_domain: Mapping[str, tuple[str, Node]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+
+    def _store(self) -> tuple[Store, str]:
+        url = self.ctx.config.redis_url
+        if not url:
+            return MemoryStore(), "memory"
+        from .redis_store import RedisStore
+
+        timeout = self.ctx.policy.policy.gateway.ratelimit.store_timeout
+        store = RedisStore(url, timeout=timeout)
+        log.info("ratelimit counters in %r", store)
+        return store, "redis"
+
+    async def start(self) -> None:
+        store, name = self._store()
+        self.health = StoreHealth(self.ctx.health)
+        self.limiter = Limiter(store, metrics=self.metrics)
+        self.servicer = RateLimitServicer(self.limiter, self.metrics, name, self.health)
+        if self.config_dir is not None:
+            self._dir_domains = self._load_dir()  # a bad directory at start is fatal
+        self.ctx.policy.subscribe("ratelimit", self._prepare)
+        await self.ctx.health.set("ratelimit_config", True)
+        await self.ctx.health.set("ratelimit_store", True)
+        self._tasks.append(asyncio.create_task(self._probe(store)))
+        if self.config_dir is not None:
+            self._tasks.append(asyncio.create_task(self._watch(self.config_dir)))
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        if self.servicer is None:
+            raise RuntimeError("RateLimitService.start() first")
+        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(self.servicer, server)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.limiter is not None:
+            await self.limiter.store.close()
+
+    # config sources --------------------------------------------------------------------------------
+    def _load_dir(self) -> Mapping[str, tuple[str, Node]]:
+        assert self.config_dir is not None
+        try:
+            domains = load_config_dir(self.config_dir)
+        except ConfigError:
+            self.metrics.config_loads.labels("invalid").inc()
+            raise
+        self.metrics.config_loads.labels("ok").inc()
+        return domains
+
+    def _prepare(self, policy: Policy) -> Commit:
+        """PolicyStore's first phase: compile (may raise); the returned commit swaps it in."""
+        domain, tree = compile_policy(policy)
+        policy_domain = {domain: (f"{self.ctx.policy.path} (gateway.ratelimit.domain)", tree)}
+        config = merge_domains(policy_domain, self._dir_domains)
+        settings = settings_of(policy)
+
+        def commit() -> None:
+            assert self.limiter is not None
+            self._policy_domain = policy_domain
+            self.limiter.config, self.limiter.settings = config, settings
+
+        return commit
+
+    def reload_dir(self) -> bool:
+        """Re-read the YAML directory; a bad one is logged and the live config kept."""
+        try:
+            domains = self._load_dir()
+            config = merge_domains(self._policy_domain, domains)
+        except ConfigError as exc:
+            for issue in exc.issues:
+                log.error("ratelimit config rejected, keeping the live one: %s", issue)
+            return False
+        assert self.limiter is not None
+        self._dir_domains = domains
+        self.limiter.config = config
+        log.info("ratelimit config live from %s", ", ".join(config.sources))
+        return True
+
+    async def _watch(self, directory: Path) -> None:
+        async for _ in watchfiles.awatch(directory, stop_event=self._stop, debounce=200, step=50):
+            self.reload_dir()
+
+    async def _probe(self, store: Store) -> None:
+        """Keep "ratelimit_store" honest without traffic: ping every `probe_interval` seconds."""
+        while True:
+            try:
+                await store.ping()
+                await self.health.set(True)
+            except StoreUnavailable as exc:
+                if self.health.up:
+                    log.warning("ratelimit store unavailable: %s", exc)
+                await self.health.set(False)
+            await asyncio.sleep(self.probe_interval)

@@ -1,0 +1,346 @@
+"""One behaviour suite, run against every store: memory and a real Redis.
+
+The cases come from envoyproxy/ratelimit's documented behaviour (tests/fixtures/ratelimit/good/compat.yaml)
+plus meshgate's own: all-or-nothing counting, token check/charge phases, sliding windows, the local
+over-limit cache. Time is a fake clock: windows are crossed by moving it, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from meshgate.ratelimit import (
+    PHASE_KEY,
+    Decision,
+    Descriptor,
+    Limiter,
+    MemoryStore,
+    Request,
+    Settings,
+    Slot,
+    Store,
+    StoreResult,
+)
+from meshgate.ratelimit.config import load_config_dir, merge_domains
+from meshgate.ratelimit.metrics import RateLimitMetrics
+from meshgate.ratelimit.redis_store import RedisStore
+
+GOOD = Path(__file__).parent.parent / "fixtures" / "ratelimit" / "good"
+T0 = 1_700_002_800.0  # aligned to the hour: every window starts here
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Counting:
+    """A store wrapper that counts the calls reaching the real store."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    async def apply(self, slots: Sequence[Slot], now: float) -> StoreResult:
+        self.calls += 1
+        return await self.inner.apply(slots, now)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class Env:
+    def __init__(self, limiter: Limiter, clock: Clock, store: Counting, registry: CollectorRegistry) -> None:
+        self.limiter, self.clock, self.store, self.registry = limiter, clock, store, registry
+
+    async def ask(self, *descriptors: Descriptor | tuple[tuple[str, str], ...], hits: int = 0) -> Decision:
+        ds = tuple(d if isinstance(d, Descriptor) else Descriptor(d) for d in descriptors)
+        return await self.limiter.decide(Request("compat", ds, hits))
+
+    def metric(self, name: str, key: str) -> float:
+        value = self.registry.get_sample_value(f"meshgate_ratelimit_{name}_total", {"domain": "compat", "key": key})
+        return value or 0.0
+
+
+Scenario = Callable[[Env], Awaitable[None]]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def run(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """``run(scenario, **settings)``: the scenario against a fresh store of the parametrised kind."""
+    url = request.getfixturevalue("redis_server").url if request.param == "redis" else None
+
+    def go(scenario: Scenario, **settings: Any) -> None:
+        async def main() -> None:
+            store = Counting(RedisStore(url, timeout=2.0) if url else MemoryStore())
+            clock, registry = Clock(), CollectorRegistry()
+            config = merge_domains(load_config_dir(GOOD))
+            limiter = Limiter(
+                store, config=config, settings=Settings(**settings), metrics=RateLimitMetrics(registry), clock=clock
+            )
+            try:
+                await scenario(Env(limiter, clock, store, registry))
+            finally:
+                await store.close()
+
+        asyncio.run(main())
+
+    return go
+
+
+def user(name: str) -> tuple[tuple[str, str], ...]:
+    return (("user", name),)
+
+
+def codes(decision: Decision) -> list[str]:
+    return ["OVER" if s.over_limit else "OK" for s in decision.statuses]
+
+
+def test_remaining_counts_down_then_over_limit_after_n(run: Callable[..., None]) -> None:
+    async def scenario(env: Env) -> None:
+        seen = [await env.ask(user("alice")) for _ in range(4)]
+        assert [d.statuses[0].remaining for d in seen] == [2, 1, 0, 0]
+        assert [d.over_limit for d in seen] == [False, False, False, True]
+        assert {(d.statuses[0].limit, d.statuses[0].unit) for d in seen} == {(3, "minute")}
+        assert not (await env.ask(user("bob"))).over_limit  # every value has its own counter
+        assert env.metric("over_limit", "compat.user") == 1
+        assert env.metric("within_limit", "compat.user") == 4
+
+    run(scenario)
+
+
+def test_reset_time_decreases_and_a_new_window_starts_fresh(run: Callable[..., None]) -> None:
+    async def scenario(env: Env) -> None:
+        first = await env.ask(user("alice"))
+        assert first.statuses[0].reset == 60
+        env.clock.now += 45.5
+        for _ in range(2):
+            await env.ask(user("alice"))
+        later = await env.ask(user("alice"))
+        assert later.over_limit and later.statuses[0].reset == 15
+        env.clock.now = T0 + 60  # the next minute
+        fresh = await env.ask(user("alice"))
+        assert not fresh.over_limit and fresh.statuses[0].remaining == 2 and fresh.statuses[0].reset == 60
+
+    run(scenario)
+
+
+def test_two_descriptors_with_different_units(run: Callable[..., None]) -> None:
+    async def scenario(env: Env) -> None:
+        both = ((("per_second", "x"),), (("per_hour", "x"),))
+        one = await env.ask(*both)
+        assert [(s.limit, s.unit, s.remaining) for s in one.statuses] == [(5, "second", 4), (2, "hour", 1)]
+        await env.ask(*both)
+        third = await env.ask(*both)
+        assert third.over_limit and codes(third) == ["OK", "OVER"]
+        assert third.statuses[0].remaining == 3  # refused: the per-second counter was not consumed
+
+    run(scenario)
+
+
+def test_exact_value_then_wildcard_then_key_alone(run: Callable[..., None]) -> None:
+    async def scenario(env: Env) -> None:
+        admin = await env.ask((("path", "/admin"),))
+        wild = await env.ask((("path", "/api/v1"),))
+        other = await env.ask((("path", "/other"),))
+        assert [d.statuses[0].limit for d in (admin, wild, other)] == [1, 2, 4]
+        assert (await env.ask((("path", "/admin"),))).over_limit
+        # each wildcard value is its own counter, like envoyproxy/ratelimit
+        assert (await env.ask((("path", "/api/v2"),))).statuses[0].remaining == 1
+
+    run(scenario)
+
+
+def test_depth_must_match_and_nested_unlimited(run: Callable[..., None]) -> None:
+    async def scenario(env: Env) -> None:
+        short = await env.ask((("client", "mobile"),))
+        assert short.statuses[0].limit is None and not short.over_limit
+        deep = await env.ask((("client", "mobile"), ("remote_address", "10.0.0.2"), ("extra", "1")))
+        assert deep.statuses[0].limit is None
+        nested = (("client", "mobile"), ("remote_address", "10.0.0.2"))
+        assert [(await env.ask(nested)).over_limit for _ in range(3)] == [False, False, True]
+        unlimited = (("client", "mobile"), ("remote_address", "10.0.0.1"))
+        for _ in range(5):
+            decision = await env.ask(unlimited)
+            assert not decision.over_limit and decision.statuses[0].limit is None
+        assert (await env.ask((("nope", "x"),))).statuses[0].limit is None
+        unknown_domain = await env.limiter.decide(Request("other", (Descriptor(user("a")),)))
+        assert not unknown_domain.over_limit
+
+    run(scenario)
+
+
+def test_shadow_mode_per_rule_reports_ok(run: Callable[..., None]) -> None:
+    async def scenario(env: Env) -> None:
+        decisions = [await env.ask((("shadow", "s"),)) for _ in range(3)]
+        assert [d.over_limit for d in decisions] == [False, False, False]
+        assert [d.statuses[0].remaining for d in decisions] == [0, 0, 0]
+        assert env.metric("shadow_mode", "compat.shadow") == 2
+
+    run(scenario)
+
+
+def test_global_shadow_mode_reports_over_but_admits(run: Callable[..., None]) -> None:
+    async def scenario(env: Env) -> None:
+        decisions = [await env.ask(user("carol")) for _ in range(5)]
+        assert [d.over_limit for d in decisions] == [False] * 5
+        assert codes(decisions[-1]) == ["OVER"]
+        assert env.metric("shadow_mode", "compat.user") == 2
+
+    run(scenario, shadow_mode=True)
+
+
+def test_replaces_drops_the_named_limit(run: Callable[..., None]) -> None:
+    async def scenario(env: Env) -> None:
+        pair = ((("plan", "standard"),), (("account", "premium"),))
+        decisions = [await env.ask(*pair) for _ in range(3)]
+        assert all(not d.over_limit for d in decisions)
+        assert decisions[0].statuses[0].limit is None and decisions[0].statuses[1].limit == 10
+        alone = [await env.ask((("plan", "standard"),)) for _ in range(2)]
+        assert [d.over_limit for d in alone] == [False, True]
+
+    run(scenario)
+
+
+def test_hits_addend_zero_checks_without_consuming(run: Callable[..., None]) -> None:
+    async def scenario(env: Env) -> None:
+        check = Descriptor(user("dave"), hits_addend=0)
+        assert [(await env.ask(check)).statuses[0].remaining for _ in range(5)] == [3, 3, 3, 3, 3]
+        assert (await env.ask(user("dave"), hits=3)).statuses[0].remaining == 0
+        assert not (await env.ask(check)).over_limit  # at the limit, not past it
+        assert (await env.ask(Descriptor(user("dave"), hits_addend=1))).over_limit
+
+    run(scenario)
+
+
+def test_request_and_descriptor_hits_addend(run: Callable[..., None]) -> None:
+    async def scenario(env: Env) -> None:
+        assert (await env.ask(user("erin"), hits=2)).statuses[0].remaining == 1
+        assert (await env.ask(user("erin"), hits=2)).over_limit  # 2 + 2 > 3: refused, nothing added
+        assert (await env.ask(user("erin"))).statuses[0].remaining == 0
+        d = await env.ask(Descriptor(user("fay"), hits_addend=3), user("gus"), hits=2)
+        assert [s.remaining for s in d.statuses] == [0, 1]
+
+    run(scenario)
+
+
+def test_limit_override_in_descriptor(run: Callable[..., None]) -> None:
+    async def scenario(env: Env) -> None:
+        override = Descriptor(user("hal"), limit=(1, "hour"))
+        first, second = await env.ask(override), await env.ask(override)
+        assert (first.statuses[0].limit, first.statuses[0].unit) == (1, "hour")
+        assert not first.over_limit and second.over_limit
+        unknown = Descriptor((("not_configured", "x"),), limit=(1, "minute"))
+        assert (await env.ask(unknown)).statuses[0].limit == 1  # any descriptor of a known domain
+
+    run(scenario)
+
+
+def test_all_or_nothing_refused_request_consumes_nothing(run: Callable[..., None]) -> None:
+    async def scenario(env: Env) -> None:
+        assert not (await env.ask((("plan", "standard"),))).over_limit  # exhausts "standard" (1/min)
+        for _ in range(3):
+            refused = await env.ask(user("ivy"), (("plan", "standard"),))
+            assert refused.over_limit and codes(refused) == ["OK", "OVER"]
+        assert (await env.ask(user("ivy"))).statuses[0].remaining == 2  # nothing was charged to ivy
+
+    run(scenario)
+
+
+def test_token_check_then_charge(run: Callable[..., None]) -> None:
+    async def scenario(env: Env) -> None:
+        check = (("tokens", "acme"), (PHASE_KEY, "check"))
+        charge = (("tokens", "acme"), (PHASE_KEY, "charge"))
+        asked = await env.ask(Descriptor(check, hits_addend=800))
+        assert not asked.over_limit and asked.statuses[0].remaining == 1000  # checked, not consumed
+        assert not (await env.ask(Descriptor(charge, hits_addend=900))).over_limit
+        assert (await env.ask(Descriptor(check, hits_addend=200))).over_limit  # 900 + 200 > 1000
+        assert not (await env.ask(Descriptor(check, hits_addend=100))).over_limit
+        late = await env.ask(Descriptor(charge, hits_addend=300))  # usage is always charged
+        assert not late.over_limit and late.statuses[0].remaining == 0
+        assert (await env.ask(Descriptor(check, hits_addend=1))).over_limit
+
+    run(scenario)
+
+
+def test_sliding_window_smooths_the_boundary(run: Callable[..., None]) -> None:
+    async def scenario(env: Env) -> None:
+        env.clock.now = T0 + 50
+        assert not (await env.ask((("sliding", "s"),), hits=10)).over_limit
+        env.clock.now = T0 + 75  # next window; 75% of the previous one still counts: 7
+        decision = await env.ask((("sliding", "s"),), hits=3)
+        assert not decision.over_limit and decision.statuses[0].remaining == 0
+        assert (await env.ask((("sliding", "s"),))).over_limit  # a fixed window would allow 10 here
+        env.clock.now = T0 + 110  # 1/6 of the previous window: 1, plus 3
+        assert (await env.ask((("sliding", "s"),), hits=6)).statuses[0].remaining == 0
+
+    run(scenario)
+
+
+def test_local_cache_refuses_exhausted_counters_without_a_store_call(run: Callable[..., None]) -> None:
+    async def scenario(env: Env) -> None:
+        for _ in range(4):
+            await env.ask(user("jay"))
+        calls = env.store.calls
+        for _ in range(10):
+            assert (await env.ask(user("jay"))).over_limit
+        assert env.store.calls == calls
+        assert env.metric("over_limit_with_local_cache", "compat.user") == 10
+        env.clock.now = T0 + 60
+        assert not (await env.ask(user("jay"))).over_limit and env.store.calls == calls + 1
+
+    run(scenario)
+
+
+def test_detailed_metric_labels_carry_values(run: Callable[..., None]) -> None:
+    async def scenario(env: Env) -> None:
+        await env.ask((("detailed", "v1"),))
+        await env.ask(user("kim"))
+        assert env.metric("total_hits", "compat.detailed_v1") == 1
+        assert env.metric("total_hits", "compat.user") == 1  # no value without detailed_metric
+
+    run(scenario)
+
+
+def test_response_headers(run: Callable[..., None]) -> None:
+    async def scenario(env: Env) -> None:
+        decision = await env.ask(user("lee"), (("per_hour", "h"),))
+        assert decision.headers == (
+            ("X-RateLimit-Limit", "2"), ("X-RateLimit-Remaining", "1"), ("X-RateLimit-Reset", "3600"),
+        )
+
+    run(scenario, response_headers="x-ratelimit")
+
+
+def test_draft_03_headers(run: Callable[..., None]) -> None:
+    async def scenario(env: Env) -> None:
+        decision = await env.ask(user("lee"))
+        assert decision.headers == (
+            ("RateLimit-Limit", "3, 3;w=60"), ("RateLimit-Remaining", "2"), ("RateLimit-Reset", "60"),
+        )
+        assert (await env.ask((("nope", "x"),))).headers == ()
+
+    run(scenario, response_headers="draft-03")
+
+
+def test_concurrent_requests_never_overshoot(run: Callable[..., None]) -> None:
+    async def scenario(env: Env) -> None:
+        env.limiter.settings = Settings(local_cache=False)
+        pair = (("per_hour", "burst"),), user("burst")  # 2/hour and 3/minute: at most 2 admitted
+        decisions = await asyncio.gather(*(env.ask(*pair) for _ in range(40)))
+        assert sum(not d.over_limit for d in decisions) == 2
+        assert (await env.ask(Descriptor(user("burst"), hits_addend=0))).statuses[0].remaining == 1
+
+    run(scenario)

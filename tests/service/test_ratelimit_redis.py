@@ -1,0 +1,222 @@
+"""Redis-only properties: one round trip per request (Redis's own INFO commandstats), the key layout
+with tenant hash tags, and a stopped server -> StoreUnavailable within the timeout, then recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+import redis
+from redis.asyncio.cluster import RedisCluster
+
+from meshgate.policy import parse_policy
+from meshgate.ratelimit import Descriptor, Limiter, Request, StoreUnavailable
+from meshgate.ratelimit.compile import compile_policy
+from meshgate.ratelimit.model import RateLimitConfig
+from meshgate.ratelimit.redis_store import RedisStore, redact
+from meshgate.ratelimit.store import Slot, StoreResult
+from tests.harness.redis import RedisServer
+
+POLICY = """
+tiers: [{name: gold, multiplier: 10}]
+tenants:
+  - {name: acme, tier: gold, quotas: [user-rpm, tenant-rpm]}
+  - {name: globex, quotas: [user-rpm, tenant-rpm]}
+quotas:
+  - {name: user-rpm, per: [tenant, user], limit: 5, window: minute}
+  - {name: tenant-rpm, per: tenant, limit: 100, window: minute}
+"""
+
+
+def config() -> RateLimitConfig:
+    domain, tree = compile_policy(parse_policy(POLICY))
+    return RateLimitConfig({domain: tree})
+
+
+def limiter_for(url: str) -> Limiter:
+    return Limiter(RedisStore(url, timeout=0.05), config=config())
+
+
+def request(tenant: str, user: str) -> Request:
+    return Request("meshgate", (
+        Descriptor((("quota", "user-rpm"), ("tenant", tenant), ("user", user))),
+        Descriptor((("quota", "tenant-rpm"), ("tenant", tenant))),
+    ))
+
+
+def script_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("eval", "evalsha"))
+
+
+# commands a client sends to open a connection, and the ones the script runs inside Redis
+_NOT_ROUND_TRIPS = {"info", "config|resetstat", "config", "hello", "client", "client|setinfo", "get", "incrby", "expire"}
+
+
+def other_calls(client: redis.Redis) -> dict[str, int]:
+    stats = client.info("commandstats")
+    names = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+    return {k: v for k, v in names.items() if k not in _NOT_ROUND_TRIPS | {"eval", "evalsha"}}
+
+
+def test_one_round_trip_per_request_and_key_layout(redis_server: RedisServer) -> None:
+    client = redis.Redis(host=redis_server.host, port=redis_server.port)
+    client.config_resetstat()
+
+    async def main() -> list[bool]:
+        limiter = limiter_for(redis_server.url)
+        try:
+            return [(await limiter.decide(request("globex", "bob"))).over_limit for _ in range(7)]
+        finally:
+            await limiter.store.close()
+
+    assert asyncio.run(main()) == [False] * 5 + [True] * 2
+    # 5 admitted + 1 refused by Redis; the 7th is refused by the local cache without any call
+    assert script_calls(client) == 6
+    assert other_calls(client) == {}  # no client-side GET, INCRBY or SCRIPT LOAD: only the script
+    keys = sorted(k.decode() for k in client.keys("*"))
+    assert len(keys) == 2
+    assert keys[0].startswith("mg:{globex}:meshgate:quota=tenant-rpm:tenant=globex:60:")
+    assert keys[1].startswith("mg:{globex}:meshgate:quota=user-rpm:tenant=globex:user=bob:60:")
+    assert 0 < client.ttl(keys[0]) <= 61
+
+
+def test_tier_multiplier_applies_per_tenant(redis_server: RedisServer) -> None:
+    async def main() -> tuple[int | None, int | None]:
+        limiter = limiter_for(redis_server.url)
+        try:
+            gold = await limiter.decide(request("acme", "ann"))
+            free = await limiter.decide(request("globex", "ann"))
+            return gold.statuses[0].limit, free.statuses[0].limit
+        finally:
+            await limiter.store.close()
+
+    assert asyncio.run(main()) == (50, 5)
+
+
+def test_stopped_redis_is_unavailable_within_the_timeout_then_recovers(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        limiter = limiter_for(redis_server.url)
+        try:
+            assert not (await limiter.decide(request("globex", "cy"))).over_limit
+            redis_server.stop()
+            for _ in range(3):
+                started = time.monotonic()
+                try:
+                    await limiter.decide(request("globex", "cy"))
+                except StoreUnavailable:
+                    pass
+                else:
+                    raise AssertionError("expected StoreUnavailable")
+                assert time.monotonic() - started < 1.0  # bounded by the 50 ms timeout (loose: shared CI)
+            redis_server.start()
+            decision = await limiter.decide(request("globex", "cy"))
+            assert not decision.over_limit  # a fresh server: counters restart
+        finally:
+            await limiter.store.close()
+
+    asyncio.run(main())
+
+
+def test_password_is_redacted() -> None:
+    assert redact("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
+    assert "s3cret" not in repr(RedisStore("redis://u:s3cret@127.0.0.1:1/0"))
+
+
+def test_urls_pick_single_sentinel_or_cluster() -> None:
+    async def main() -> None:
+        single = RedisStore("redis://127.0.0.1:1/3")
+        sentinel = RedisStore("redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26380/mymaster/2")
+        cluster = RedisStore("redis+cluster://127.0.0.1:7000")
+        try:
+            assert not single.cluster and not sentinel.cluster and cluster.cluster
+            assert isinstance(cluster._client, RedisCluster)
+            pool = sentinel._client.connection_pool
+            assert pool.service_name == "mymaster"
+            assert [c.connection_pool.connection_kwargs["port"] for c in pool.sentinel_manager.sentinels] == [
+                26379, 26380]
+            assert "pw" not in repr(sentinel)
+            with pytest.raises(ValueError, match="names the service"):
+                RedisStore("redis+sentinel://10.0.0.1:26379")
+        finally:
+            for store in (single, sentinel, cluster):
+                await store.close()
+
+    asyncio.run(main())
+
+
+def test_cluster_runs_one_script_per_tag() -> None:
+    calls: list[list[str]] = []
+
+    async def fake_apply(slots: list[Slot]) -> StoreResult:
+        calls.append([s.key for s in slots])
+        return StoreResult(slots[0].tag != "b", tuple(len(s.key) for s in slots))
+
+    async def main() -> StoreResult:
+        store = RedisStore("redis+cluster://127.0.0.1:7000")
+        store._apply = fake_apply  # type: ignore[method-assign]
+        try:
+            slots = [Slot(k, k, 1, 1, 1, 0, True, True, k[0]) for k in ("a1", "b22", "a333")]
+            return await store.apply(slots, 0.0)
+        finally:
+            await store.close()
+
+    result = asyncio.run(main())
+    assert calls == [["a1", "a333"], ["b22"]]
+    assert result == StoreResult(False, (2, 3, 4))
+
+
+def test_database_from_the_url(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        limiter = Limiter(RedisStore(f"redis://{redis_server.host}:{redis_server.port}/3", timeout=1.0),
+                          config=config())
+        try:
+            await limiter.decide(request("globex", "db"))
+        finally:
+            await limiter.store.close()
+
+    asyncio.run(main())
+    assert redis.Redis(host=redis_server.host, port=redis_server.port, db=3).dbsize() == 2
+    assert redis.Redis(host=redis_server.host, port=redis_server.port, db=0).dbsize() == 0
+
+
+def test_late_replies_after_a_timeout_do_not_shift_the_answers(redis_server: RedisServer) -> None:
+    """A paused server times the call out; its reply arrives later and must not answer the next call."""
+
+    async def main() -> None:
+        limiter = limiter_for(redis_server.url)
+        try:
+            assert (await limiter.decide(request("globex", "late"))).statuses[0].remaining == 4
+            os.kill(redis_server.proc.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(StoreUnavailable):
+                    await limiter.decide(request("globex", "late"))
+            finally:
+                os.kill(redis_server.proc.pid, signal.SIGCONT)
+            # the paused call was executed by Redis once resumed (Envoy already answered UNAVAILABLE)
+            answers = [(await limiter.decide(request("globex", "late"))).statuses[0].remaining for _ in range(2)]
+            assert answers in ([2, 1], [3, 2])
+        finally:
+            await limiter.store.close()
+
+    asyncio.run(main())
+
+
+def test_error_reply_is_unavailable(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        limiter = limiter_for(redis_server.url)
+        try:
+            await limiter.decide(request("globex", "typed"))
+            client = redis.Redis(host=redis_server.host, port=redis_server.port)
+            for key in client.keys("*user=typed*"):
+                client.delete(key)
+                client.rpush(key, "not a counter")
+            with pytest.raises(StoreUnavailable, match="RespError"):
+                await limiter.decide(request("globex", "typed"))
+        finally:
+            await limiter.store.close()
+
+    asyncio.run(main())
