@@ -75,10 +75,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_envoy_bootstrap(args: argparse.Namespace) -> int:
-    from .xds.bootstrap import envoy_bootstrap
+    from .xds.bootstrap import XdsTLS, envoy_bootstrap
 
-    text = envoy_bootstrap(args.node_id, xds=args.xds, admin_port=args.admin_port, delta=not args.sotw)
-    print(text, end="")
+    if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_cert and not args.tls_ca):
+        print("envoy-bootstrap: --tls-cert and --tls-key go together, and need --tls-ca", file=sys.stderr)
+        return 2
+    tls = None
+    if args.tls_ca:
+        tls = XdsTLS(ca_file=args.tls_ca, cert_file=args.tls_cert, key_file=args.tls_key, sni=args.tls_sni)
+    options = {"xds": args.xds, "admin_port": args.admin_port, "delta": not args.sotw, "tls": tls}
+    sys.stdout.write(envoy_bootstrap(args.node_id, **options))
     return 0
 
 
@@ -205,6 +211,10 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("--xds", default="127.0.0.1:18000", help="meshgate's ADS address as Envoy reaches it")
     boot.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port on 127.0.0.1")
     boot.add_argument("--sotw", action="store_true", help="state-of-the-world ADS instead of delta")
+    boot.add_argument("--tls-ca", help="TLS to the ADS address: trust this CA (PEM file)")
+    boot.add_argument("--tls-cert", help="with --tls-key: mutual TLS, Envoy presents this certificate (PEM)")
+    boot.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
+    boot.add_argument("--tls-sni", help="SNI for the ADS connection (default: the --xds host)")
     boot.set_defaults(func=_cmd_envoy_bootstrap)
 
     status = sub.add_parser("status", help="ask a running meshgate what it serves; exit 1 unless SERVING")

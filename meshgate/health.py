@@ -1,8 +1,12 @@
 """Health as the AND of named components, published through grpc.health.v1.
 
-Components are things like "policy" (a policy is loaded), "store" (the rate-limit store answers),
-"sigterm" (not shutting down). The overall service ("") and every registered gRPC service name are
-SERVING only while every component is up.
+Components are things like "policy" (a policy is loaded), "ratelimit_store" (the rate-limit store
+answers), "sigterm" (not shutting down). A component is either process-wide or scoped to one gRPC
+service name. The overall service ("", what Kubernetes probes) is SERVING while every process-wide
+component is up; a service name is SERVING while every process-wide component and every component
+scoped to it are up. So Redis down makes `envoy.service.ratelimit.v3.RateLimitService` NOT_SERVING
+but leaves extauthz, xds and the pod's readiness alone (ratelimit answers UNAVAILABLE and Envoy's
+failure_mode_deny decides).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ class Health:
     def __init__(self, *, registry: CollectorRegistry | None = None) -> None:
         self.servicer = health_aio.HealthServicer()
         self._components: dict[str, bool] = {}
+        self._scopes: dict[str, str] = {}  # component -> service name ("" = process-wide)
         self._services: set[str] = {""}
         self._shutting_down = False
         self._gauge = Gauge(
@@ -36,7 +41,13 @@ class Health:
 
     @property
     def ok(self) -> bool:
-        return not self._shutting_down and all(self._components.values())
+        """The overall status: not shutting down and every process-wide component up."""
+        return self.service_ok("")
+
+    def service_ok(self, service: str) -> bool:
+        if self._shutting_down:
+            return False
+        return all(up for name, up in self._components.items() if self._scopes[name] in ("", service))
 
     def components(self) -> dict[str, bool]:
         return {**self._components, "sigterm": not self._shutting_down}
@@ -44,7 +55,9 @@ class Health:
     def add_service(self, name: str) -> None:
         self._services.add(name)
 
-    async def set(self, component: str, up: bool) -> None:
+    async def set(self, component: str, up: bool, *, scope: str = "") -> None:
+        """Record a component's state; `scope` names the one gRPC service it concerns ("" = all)."""
+        self._scopes[component] = scope
         if self._components.get(component) != up:
             log.log(
                 logging.INFO if up else logging.WARNING,
@@ -57,9 +70,8 @@ class Health:
         await self.publish()
 
     async def publish(self) -> None:
-        status = SERVING if self.ok else NOT_SERVING
         for service in sorted(self._services):
-            await self.servicer.set(service, status)
+            await self.servicer.set(service, SERVING if self.service_ok(service) else NOT_SERVING)
 
     async def shutdown(self) -> None:
         """SIGTERM: report NOT_SERVING everywhere, and keep it so."""

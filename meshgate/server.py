@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from .admin import AdminService
 from .health import Health
+from .models import Prober, Readiness
 from .policy.errors import PolicyError
 from .policy.load import load_policy
 from .policy.store import PolicyStore
@@ -51,6 +52,7 @@ class ServeConfig:
     drain_delay: float = 2.0
     grace: float = 10.0
     redis_url: str | None = None
+    ratelimit_config: Path | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +63,13 @@ class Context:
     policy: PolicyStore
     health: Health
     registry: CollectorRegistry
+    ports: Mapping[str, int] = field(default_factory=dict)
+    """The gRPC ports actually bound, by role (port 0 in the config resolved)."""
+
+    def address(self, role: str) -> str:
+        """`host:port` of a role's gRPC server as a local peer reaches it (0.0.0.0 read as 127.0.0.1)."""
+        host = _split(self.config.listen[role])[0]
+        return f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{self.ports[role]}"
 
 
 class Service(Protocol):
@@ -77,7 +86,26 @@ class Service(Protocol):
 
 def build_services(ctx: Context) -> dict[str, list[Service]]:
     """Which services run under each role. Each role's package adds its own here."""
-    return {role: [] for role in ROLES}
+    from .extauthz import ExtAuthzService
+
+    services: dict[str, list[Service]] = {role: [] for role in ROLES}
+    # model readiness probes: a background component (no gRPC service of its own, grpc_names == ()),
+    # started and stopped with the services; admin shows its state, xds marks EDS endpoints with it.
+    prober = Prober(ctx.policy, registry=ctx.registry)
+    services["xds"].append(prober)
+    services["extauthz"].append(ExtAuthzService(ctx.policy, registry=ctx.registry))
+    from .ratelimit import RateLimitService
+
+    services["ratelimit"].append(RateLimitService(ctx))
+    from .xds import build_xds_service
+
+    services["xds"].append(build_xds_service(ctx))
+    return services
+
+
+def _readiness(services: dict[str, list[Service]]) -> Readiness | None:
+    """The model prober among the services, for the admin API (None when none runs)."""
+    return next((s for role in ROLES for s in services[role] if isinstance(s, Prober)), None)
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -85,34 +113,41 @@ def _split(address: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-async def _bind(
-    ctx: Context, services: dict[str, list[Service]]
-) -> tuple[list[grpc.aio.Server], dict[str, int]]:
-    """One grpc.aio server per distinct address (port 0: one each); each carries the health service."""
+def _listen(config: ServeConfig) -> tuple[list[tuple[grpc.aio.Server, list[str]]], dict[str, int]]:
+    """Bind one grpc.aio server per distinct address (port 0: one each), before any service exists,
+    so services (xds) can be built knowing where the others really listen."""
     by_address: dict[tuple[str, str], list[str]] = {}
     for role in ROLES:
-        address = ctx.config.listen[role]
+        address = config.listen[role]
         key = (address, role if _split(address)[1] == 0 else "")
         by_address.setdefault(key, []).append(role)
     servers, ports = [], {}
     for (address, _), roles in by_address.items():
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        port = server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        servers.append((server, roles))
+        for role in roles:
+            ports[role] = port
+    return servers, ports
+
+
+async def _start(
+    ctx: Context, servers: list[tuple[grpc.aio.Server, list[str]]], services: dict[str, list[Service]]
+) -> None:
+    """Add health, admin and each role's services to its server, then start serving."""
+    for server, roles in servers:
         health_pb2_grpc.add_HealthServicer_to_server(ctx.health.servicer, server)
-        AdminService(ctx.policy, ctx.health).add_to_server(server)
+        AdminService(ctx.policy, ctx.health, _readiness(services)).add_to_server(server)
         for role in roles:
             for service in services[role]:
                 service.add_to_server(server)
                 for name in service.grpc_names:
                     ctx.health.add_service(name)
-        port = server.add_insecure_port(address)
-        if port == 0:
-            raise OSError(f"cannot listen on {address}")
         await server.start()
-        servers.append(server)
         for role in roles:
-            ports[role] = port
-            log.info("%s listening on %s:%d", role, _split(address)[0], port)
-    return servers, ports
+            log.info("%s listening on %s:%d", role, _split(ctx.config.listen[role])[0], ctx.ports[role])
 
 
 def _write_ready_file(path: Path, ports: dict[str, int]) -> None:
@@ -132,7 +167,8 @@ async def run(config: ServeConfig) -> int:
             log.error("%s", issue)
         return 1
     health = Health(registry=registry)
-    ctx = Context(config=config, policy=store, health=health, registry=registry)
+    servers, bound = _listen(config)
+    ctx = Context(config=config, policy=store, health=health, registry=registry, ports=bound)
     services = build_services(ctx)
     store.apply(first)
     await health.set("policy", store.loaded)
@@ -140,7 +176,8 @@ async def run(config: ServeConfig) -> int:
     every = [s for role in ROLES for s in services[role]]
     for service in every:
         await service.start()
-    servers, ports = await _bind(ctx, services)
+    await _start(ctx, servers, services)
+    ports = dict(bound)
     host, port = _split(config.metrics)
     metrics_server, _ = start_http_server(port, addr=host, registry=registry)
     ports["metrics"] = metrics_server.server_port
@@ -158,7 +195,7 @@ async def run(config: ServeConfig) -> int:
     log.info("stopping: NOT_SERVING, draining for %.1fs, then %.1fs grace", config.drain_delay, config.grace)
     await health.shutdown()
     await asyncio.sleep(config.drain_delay)
-    await asyncio.gather(*(s.stop(config.grace) for s in servers))
+    await asyncio.gather(*(server.stop(config.grace) for server, _ in servers))
     for service in reversed(every):
         await service.stop()
     if watcher is not None:

@@ -21,6 +21,7 @@ __all__ = [
     "EnvoyGatewaySettings",
     "ExtAuthzSettings",
     "GatewaySettings",
+    "GatewayTLS",
     "HealthCheck",
     "Issuer",
     "IstioSettings",
@@ -216,10 +217,10 @@ class AuthSettings(_Strict):
     """Pass the client's Authorization header on to the model (default: stripped)."""
     max_token_bytes: int = Field(default=8192, ge=256, le=65536)
     """Longer bearer tokens are refused before parsing."""
-    # extauthz decision cache: at most this many entries (0 disables it); an entry lives at most
-    # decision_cache_ttl and never past the token's exp. Cleared on every policy change.
     decision_cache_entries: int = Field(default=10000, ge=0, le=1_000_000)
+    """Size of the extauthz decision cache (LRU); 0 disables it. Cleared on every policy change."""
     decision_cache_ttl: Duration = 60.0
+    """Longest life of a cached extauthz decision; never past the token's exp."""
 
 
 # --- tenancy -----------------------------------------------------------------------------------
@@ -525,6 +526,17 @@ class RateLimitSettings(_Strict):
     """Remember exhausted counters until their window ends and refuse without a store call."""
 
 
+class GatewayTLS(_Strict):
+    """TLS on the gateway listener (clients to Envoy); certificates over SDS, re-read when they change."""
+
+    cert_file: str = Field(min_length=1)
+    """Server certificate chain (PEM) the gateway presents."""
+    key_file: str = Field(min_length=1)
+    """Its private key (PEM)."""
+    client_ca_file: str | None = None
+    """If set, clients must present a certificate signed by this CA (PEM): mutual TLS."""
+
+
 class GatewaySettings(_Strict):
     port: int = Field(default=8080, gt=0, lt=65536)
     """Port of the gateway listener meshgate's xDS gives Envoy."""
@@ -532,6 +544,8 @@ class GatewaySettings(_Strict):
     """How the gateway calls extauthz."""
     ratelimit: RateLimitSettings = RateLimitSettings()
     """How the gateway calls ratelimit."""
+    tls: GatewayTLS | None = None
+    """TLS for clients of the gateway listener (HTTP/1.1 and h2 by ALPN); none: plaintext (h2c)."""
 
 
 # --- manifests (meshgate render) --------------------------------------------------------------

@@ -108,8 +108,18 @@ class PolicyStore:
 
     async def watch(self, stop: asyncio.Event, *, debounce_ms: int = 200) -> None:
         """Reload whenever the file changes (including Kubernetes ConfigMap symlink swaps)."""
-        directory = self.path.resolve().parent
+        directory = self.path.absolute().parent
         async for _changes in watchfiles.awatch(
-            directory, stop_event=stop, debounce=debounce_ms, step=50, recursive=False, force_polling=None
+            directory,
+            stop_event=stop,
+            debounce=debounce_ms,
+            step=50,
+            recursive=False,
+            watch_filter=self._is_policy_change,
         ):
             self.reload()
+
+    def _is_policy_change(self, _change: watchfiles.Change, path: str) -> bool:
+        """Only the policy file, or a ConfigMap's `..data` symlink swap, can change the policy."""
+        name = Path(path).name
+        return name == self.path.name or name.startswith("..data")

@@ -128,7 +128,7 @@ class StoreHealth:
     async def set(self, up: bool) -> None:
         if up != self.up:
             self.up = up
-            await self.health.set("ratelimit_store", up)
+            await self.health.set("ratelimit_store", up, scope=SERVICE_NAME)
 
 
 def settings_of(policy: Policy) -> Settings:
@@ -177,8 +177,8 @@ class RateLimitService:
         if self.config_dir is not None:
             self._dir_domains = self._load_dir()  # a bad directory at start is fatal
         self.ctx.policy.subscribe("ratelimit", self._prepare)
-        await self.ctx.health.set("ratelimit_config", True)
-        await self.ctx.health.set("ratelimit_store", True)
+        await self.ctx.health.set("ratelimit_config", True, scope=SERVICE_NAME)
+        await self.ctx.health.set("ratelimit_store", True, scope=SERVICE_NAME)
         self._tasks.append(asyncio.create_task(self._probe(store)))
         if self.config_dir is not None:
             self._tasks.append(asyncio.create_task(self._watch(self.config_dir)))

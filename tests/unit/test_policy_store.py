@@ -6,6 +6,7 @@ import asyncio
 import shutil
 from pathlib import Path
 
+import watchfiles
 from prometheus_client import CollectorRegistry
 
 from meshgate.policy import Policy
@@ -116,3 +117,13 @@ def test_watch_picks_up_a_changed_file(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert store.policy.tenants[0].name == "initech"
+
+
+def test_watch_ignores_other_files_in_the_directory(tmp_path: Path) -> None:
+    store, path, _ = _store(tmp_path)
+    change = watchfiles.Change.modified
+    assert store._is_policy_change(change, str(path))
+    assert store._is_policy_change(change, str(tmp_path / "..data"))  # Kubernetes ConfigMap swap
+    assert store._is_policy_change(change, str(tmp_path / "..data_tmp"))
+    assert not store._is_policy_change(change, str(tmp_path / "meshgate.log"))
+    assert not store._is_policy_change(change, str(tmp_path / "policy.yaml.new"))

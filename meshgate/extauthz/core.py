@@ -1,0 +1,246 @@
+"""The decision core: `decide(table, request) -> Decision`. No protobuf, no I/O. Token times are
+checked by PyJWT against the wall clock; `Authorizer.decide(now=...)` only dates cache entries.
+
+Order: credential (401) -> target model (400) -> caller checks (origin, tenant) -> model checks
+(visibility, role, version, context limit) -> allow. `Authorizer` adds the decision cache in front.
+
+Both a bearer token and an API key in one request: refused with 401 `ambiguous_credentials`. Picking
+one silently would let a proxy that injects a key (or a leaked key pasted next to a user's token) act
+under an identity the caller did not mean, and the two may name different tenants.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .cache import DecisionCache
+from .request import CheckInput, Decision, Identity, Target
+from .table import AuthzTable, IssuerEntry
+from .target import TargetError, resolve_target
+from .tokens import TokenError, verify_token
+
+__all__ = ["Authorizer", "decide"]
+
+Credential = tuple[str, str]  # ("jwt", token) or ("api_key", key)
+MAX_USER_CHARS = 256  # the user id travels in a header and a log line
+
+
+def decide(table: AuthzTable, req: CheckInput) -> Decision:
+    """The whole decision for one request, uncached."""
+    cred = _credential(table, req)
+    if isinstance(cred, Decision):
+        return cred
+    try:
+        target: Target | TargetError = resolve_target(req)
+    except TargetError as exc:
+        target = exc
+    return _decide(table, req, cred, target)
+
+
+class Authorizer:
+    """A compiled table plus its decision cache. A new policy means a new Authorizer (empty cache)."""
+
+    def __init__(self, table: AuthzTable) -> None:
+        self.table = table
+        self.cache = DecisionCache(table.auth.decision_cache_entries)
+
+    def decide(self, req: CheckInput, *, now: float | None = None) -> tuple[Decision, bool]:
+        """(decision, served from cache)."""
+        now = time.time() if now is None else now
+        cred = _credential(self.table, req)
+        if isinstance(cred, Decision):
+            return cred, False
+        try:
+            target = resolve_target(req)
+        except TargetError as exc:
+            return _decide(self.table, req, cred, exc), False
+        key = _cache_key(cred, target, req.headers)
+        hit = self.cache.get(key, now)
+        if hit is not None:
+            return hit, True
+        decision = _decide(self.table, req, cred, target)
+        identity = decision.identity
+        if identity is not None:
+            expires = now + self.table.auth.decision_cache_ttl
+            if identity.expires_at is not None:
+                expires = min(expires, identity.expires_at)
+            self.cache.put(key, decision, expires)
+        return decision, False
+
+
+def _decide(table: AuthzTable, req: CheckInput, cred: Credential, target: Target | TargetError) -> Decision:
+    identity = _authenticate(table, cred)
+    if isinstance(identity, Decision):
+        return identity
+    if isinstance(target, TargetError):
+        return Decision.deny(target.code, target.message, identity=identity)
+    return _authorize(table, identity, target, req.headers)
+
+
+# --- credentials --------------------------------------------------------------------------------
+
+
+def _credential(table: AuthzTable, req: CheckInput) -> Credential | Decision:
+    authorization = req.headers.get("authorization")
+    api_key = req.headers.get(table.auth.api_key_header)
+    if authorization is not None and api_key is not None:
+        return Decision.deny("ambiguous_credentials", "send either a bearer token or an API key, not both")
+    if api_key is not None:
+        return ("api_key", api_key)
+    if authorization is None:
+        return Decision.deny("missing_credentials", "a bearer token or an API key is required")
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return Decision.deny("unsupported_auth_scheme", "Authorization must be 'Bearer <token>'")
+    return ("jwt", token)
+
+
+def _authenticate(table: AuthzTable, cred: Credential) -> Identity | Decision:
+    kind, value = cred
+    if kind == "api_key":
+        return _api_key(table, value)
+    try:
+        issuer, claims = verify_token(table, value)
+    except TokenError as exc:
+        return Decision.deny(exc.code, exc.message)
+    return _identity_from_claims(table, issuer, claims)
+
+
+def _api_key(table: AuthzTable, key: str) -> Identity | Decision:
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    record = table.api_keys.get(digest)
+    # the dict lookup is on a SHA-256 of the key, which leaks nothing usable about the key; the
+    # constant-time compare keeps it so if the lookup ever changes
+    if record is None or not hmac.compare_digest(record.sha256, digest):
+        return Decision.deny("invalid_api_key", "API key is not valid")
+    if record.tenant not in table.tenants:
+        return Decision.deny("unknown_tenant", f"tenant {record.tenant!r} is not known")
+    return Identity(
+        tenant=record.tenant,
+        user=record.user or record.id,
+        tier=table.tier_of(record.tenant),
+        roles=record.roles,
+        credential=f"api_key:{record.id}",
+    )
+
+
+def _claim(claims: Mapping[str, Any], name: str) -> Any:
+    if name in claims:
+        return claims[name]
+    value: Any = claims
+    for part in name.split("."):  # nested claims, e.g. realm_access.roles
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _identity_from_claims(
+    table: AuthzTable, issuer: IssuerEntry, claims: Mapping[str, Any]
+) -> Identity | Decision:
+    names = issuer.claims
+    tenant, user = _claim(claims, names.tenant), _claim(claims, names.user)
+    if not isinstance(tenant, str) or not tenant:
+        return Decision.deny("token_missing_claim", f"token has no {names.tenant!r} claim")
+    if not isinstance(user, str) or not user:
+        return Decision.deny("token_missing_claim", f"token has no {names.user!r} claim")
+    if len(user) > MAX_USER_CHARS or not user.isprintable():
+        return Decision.deny("token_invalid", f"the {names.user!r} claim is not a printable string")
+    raw_roles = _claim(claims, names.roles)
+    if isinstance(raw_roles, str):
+        roles = tuple(raw_roles.split())
+    elif isinstance(raw_roles, list | tuple):
+        roles = tuple(r for r in raw_roles if isinstance(r, str))
+    else:
+        roles = ()
+    if tenant not in table.tenants:
+        return Decision.deny("unknown_tenant", f"tenant {tenant!r} is not known")
+    tier = table.tier_of(tenant)
+    if names.tier is not None and _claim(claims, names.tier) is not None:
+        tier = _claim(claims, names.tier)
+        if tier not in table.tiers:
+            return Decision.deny("unknown_tier", f"tier {tier!r} is not known")
+    exp = claims.get("exp")
+    return Identity(
+        tenant=tenant,
+        user=user,
+        tier=str(tier),
+        roles=roles,
+        credential=f"jwt:{issuer.name}",
+        expires_at=float(exp) if isinstance(exp, int | float) else None,
+    )
+
+
+# --- authorization ------------------------------------------------------------------------------
+
+
+def _authorize(table: AuthzTable, who: Identity, target: Target, headers: Mapping[str, str]) -> Decision:
+    origin = headers.get("origin")
+    tenant = table.tenants[who.tenant]
+    browser = origin is not None or "sec-fetch-site" in headers
+    if tenant.allowed_origins and browser and origin not in tenant.allowed_origins:
+        return Decision.deny(
+            "origin_forbidden",
+            f"browser calls for tenant {who.tenant} only from its allowed origins",
+            identity=who,
+            target=target,
+        )
+    if target.kind == "server":
+        return Decision(code="ok", identity=who, target=target)
+    model = table.models.get(target.model)
+    if model is None or (model.owner is not None and model.owner != who.tenant):
+        # unknown and someone else's private model read the same: no oracle for private model names
+        return Decision.deny(
+            "model_forbidden",
+            f"model {target.model!r} is not available to tenant {who.tenant}",
+            identity=who,
+            target=target,
+        )
+    versions = table.allowed_versions(who.roles, model.name)
+    if versions is None:
+        return Decision.deny(
+            "role_forbidden", f"no role of the caller may invoke {model.name}", identity=who, target=target
+        )
+    if target.version and (target.version not in model.versions or target.version not in versions):
+        return Decision.deny(
+            "version_forbidden",
+            f"version {target.version!r} of {model.name} is not available to the caller",
+            identity=who,
+            target=target,
+        )
+    limit = model.context_limit
+    if limit is not None and target.max_tokens is not None and target.max_tokens > limit:
+        return Decision.deny(
+            "max_tokens_exceeds_context",
+            f"max_tokens {target.max_tokens} exceeds the context limit {limit}",
+            identity=who,
+            target=target,
+        )
+    if limit is not None and target.tokens > limit:
+        return Decision.deny(
+            "context_limit_exceeded",
+            f"about {target.tokens} tokens requested; the context limit is {limit}",
+            identity=who,
+            target=target,
+        )
+    return Decision(code="ok", identity=who, target=target)
+
+
+def _cache_key(cred: Credential, target: Target, headers: Mapping[str, str]) -> bytes:
+    parts = (
+        cred[0],
+        cred[1],
+        target.kind,
+        target.model,
+        target.version,
+        str(target.tokens),
+        str(target.max_tokens),
+        headers.get("origin", "\x00"),
+        headers.get("sec-fetch-site", "\x00"),
+    )
+    return hashlib.sha256("\x1f".join(parts).encode()).digest()

@@ -1,0 +1,139 @@
+"""The protobuf edge: CheckRequest -> CheckInput, Decision -> CheckResponse via `allow()` / `deny()`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2
+from envoy.type.v3 import http_status_pb2
+from google.rpc import code_pb2, status_pb2
+
+from .request import CheckInput, Decision
+
+__all__ = [
+    "DECISION_ID_HEADER",
+    "HEADER_PREFIX",
+    "METADATA_NAMESPACE",
+    "add_decision_id",
+    "allow",
+    "deny",
+    "to_check_input",
+    "to_response",
+]
+
+HEADER_PREFIX = "x-meshgate-"
+DECISION_ID_HEADER = "x-meshgate-decision-id"
+METADATA_NAMESPACE = "meshgate"
+REALM = "meshgate"
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_GRPC_STATUS = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED}
+
+
+def to_check_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
+    http = request.attributes.request.http
+    headers: dict[str, str] = dict(http.headers)
+    for entry in http.header_map.headers:  # Envoy's encode_raw_headers form
+        value = entry.raw_value.decode("utf-8", "replace") if entry.raw_value else entry.value
+        key = entry.key.lower()
+        headers[key] = f"{headers[key]},{value}" if key in headers else value
+    body = http.raw_body or http.body.encode()
+    source = request.attributes.source.address.socket_address.address
+    return CheckInput(
+        method=http.method, path=http.path, headers=headers, body=body, source=source, request_id=http.id
+    )
+
+
+def allow(
+    set_headers: Mapping[str, str],
+    *,
+    remove: Iterable[str] = (),
+    metadata: Mapping[str, str | int] | None = None,
+) -> external_auth_pb2.CheckResponse:
+    """An OK response that overwrites `set_headers` and removes `remove` from the upstream request."""
+    response = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK))
+    ok = response.ok_response
+    for name, value in set_headers.items():
+        ok.headers.add(header=base_pb2.HeaderValue(key=name, value=value), append_action=_OVERWRITE)
+    ok.headers_to_remove.extend(sorted(set(remove) - set(set_headers)))
+    if metadata is not None:
+        fields = response.dynamic_metadata.fields[METADATA_NAMESPACE].struct_value.fields
+        for key, item in metadata.items():
+            if isinstance(item, str):
+                fields[key].string_value = item
+            else:
+                fields[key].number_value = item
+    return response
+
+
+def deny(
+    status: int, code: str, message: str, *, headers: Mapping[str, str] | None = None
+) -> external_auth_pb2.CheckResponse:
+    """A denied response: HTTP `status` with a JSON body {"error": code, "message": message}."""
+    response = external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=_GRPC_STATUS.get(status, code_pb2.INVALID_ARGUMENT), message=code)
+    )
+    denied = response.denied_response
+    denied.status.code = http_status_pb2.StatusCode.Value(_STATUS_NAMES[status])
+    all_headers = {"content-type": "application/json", **(headers or {})}
+    for name, value in all_headers.items():
+        denied.headers.add(header=base_pb2.HeaderValue(key=name, value=value), append_action=_OVERWRITE)
+    denied.body = json.dumps({"error": code, "message": message})
+    return response
+
+
+_STATUS_NAMES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 413: "PayloadTooLarge"}
+
+
+def www_authenticate(code: str) -> str:
+    if code == "missing_credentials":
+        return f'Bearer realm="{REALM}"'
+    error = (
+        "invalid_request" if code in ("ambiguous_credentials", "unsupported_auth_scheme") else "invalid_token"
+    )
+    return f'Bearer realm="{REALM}", error="{error}", error_description="{code}"'
+
+
+def to_response(
+    decision: Decision,
+    *,
+    client_headers: Iterable[str],
+    api_key_header: str,
+    forward_authorization: bool,
+) -> external_auth_pb2.CheckResponse:
+    """The CheckResponse for a decision: identity headers on allow, a JSON error on deny.
+    `client_headers`: the x-meshgate-* header names the client sent (all removed or overwritten)."""
+    if not decision.allowed:
+        extra = {}
+        if decision.status == 401:
+            extra["www-authenticate"] = www_authenticate(decision.code)
+        return deny(decision.status, decision.code, decision.message, headers=extra)
+    who, target = decision.identity, decision.target
+    assert who is not None and target is not None
+    headers = {"x-meshgate-tenant": who.tenant, "x-meshgate-user": who.user, "x-meshgate-tier": who.tier}
+    if target.model:
+        headers["x-meshgate-model"] = target.model
+    if target.version:
+        headers["x-meshgate-model-version"] = target.version
+    remove = [*client_headers, api_key_header]
+    if not forward_authorization:
+        remove.append("authorization")
+    metadata: dict[str, str | int] = {
+        "tenant": who.tenant,
+        "user": who.user,
+        "tier": who.tier,
+        "model": target.model,
+        "tokens": target.tokens,
+    }
+    if target.version:
+        metadata["version"] = target.version
+    return allow(headers, remove=remove, metadata=metadata)
+
+
+def add_decision_id(response: external_auth_pb2.CheckResponse, decision_id: str) -> None:
+    """x-meshgate-decision-id: to the upstream on allow, to the client on deny (matches the audit line)."""
+    target = response.ok_response if response.HasField("ok_response") else response.denied_response
+    target.headers.add(
+        header=base_pb2.HeaderValue(key=DECISION_ID_HEADER, value=decision_id), append_action=_OVERWRITE
+    )

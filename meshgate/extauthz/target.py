@@ -1,0 +1,124 @@
+"""Which model a request wants, read from the request itself, never from a client-chosen header.
+
+- KServe / Open Inference Protocol REST: /v2/models/{name}[/versions/{v}]/...
+- Triton / KServe gRPC: /inference.GRPCInferenceService/{Method}; the body (sent by Envoy with
+  with_request_body + pack_as_bytes) is one length-prefixed gRPC message: 1 flag byte, 4 length bytes.
+- OpenAI-style JSON: POST /v1/chat/completions, /v1/completions, /v1/embeddings with "model" and
+  "max_tokens" in the body.
+Server-level endpoints (health, server metadata) have no model: kind "server".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+from tritonclient.grpc import service_pb2
+
+from .request import CheckInput, Target
+
+__all__ = ["TargetError", "resolve_target"]
+
+_V2_MODEL = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/.*)?$")
+_SERVER_PATHS = frozenset({"/v2", "/v2/", "/v2/health/live", "/v2/health/ready", "/v1/models"})
+GRPC_PREFIX = "/inference.GRPCInferenceService/"
+_GRPC_SERVER_METHODS = frozenset({"ServerLive", "ServerReady", "ServerMetadata"})
+# methods whose request names a model: message type and its (name field, version field)
+_GRPC_MODEL_METHODS: dict[str, tuple[Any, str, str]] = {
+    "ModelInfer": (service_pb2.ModelInferRequest, "model_name", "model_version"),
+    "ModelStreamInfer": (service_pb2.ModelInferRequest, "model_name", "model_version"),
+    "ModelReady": (service_pb2.ModelReadyRequest, "name", "version"),
+    "ModelMetadata": (service_pb2.ModelMetadataRequest, "name", "version"),
+    "ModelConfig": (service_pb2.ModelConfigRequest, "name", "version"),
+    "ModelStatistics": (service_pb2.ModelStatisticsRequest, "name", "version"),
+}
+_OPENAI_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+CHARS_PER_TOKEN = 4
+
+
+class TargetError(Exception):
+    """The request does not say which model it wants, or says it badly. `code` is a Decision code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def resolve_target(req: CheckInput) -> Target:
+    path = req.path.split("?", 1)[0]
+    if path.startswith(GRPC_PREFIX):
+        return _grpc(path[len(GRPC_PREFIX) :], req.body)
+    match = _V2_MODEL.match(path)
+    if match:
+        return Target(kind="model", model=match.group(1), version=match.group(2) or "")
+    if path in _OPENAI_PATHS:
+        return _openai(req.body)
+    if path in _SERVER_PATHS:
+        return Target(kind="server")
+    raise TargetError("model_unresolved", f"no model can be read from {req.method} {path}")
+
+
+def _grpc(method: str, body: bytes) -> Target:
+    if method in _GRPC_SERVER_METHODS:
+        return Target(kind="server")
+    spec = _GRPC_MODEL_METHODS.get(method)
+    if spec is None:
+        raise TargetError("model_unresolved", f"gRPC method {method} is not an inference call meshgate knows")
+    if len(body) < 5:
+        raise TargetError("invalid_body", "gRPC body missing: enable with_request_body and pack_as_bytes")
+    flag, length = body[0], int.from_bytes(body[1:5], "big")
+    if flag != 0:
+        raise TargetError("invalid_body", "compressed gRPC messages cannot be inspected")
+    if len(body) < 5 + length:
+        raise TargetError("invalid_body", "gRPC message truncated (raise max_request_bytes)")
+    kind, name_field, version_field = spec
+    message = kind()
+    try:
+        message.ParseFromString(body[5 : 5 + length])
+    except DecodeError:
+        raise TargetError("invalid_body", f"body is not a {kind.DESCRIPTOR.full_name}") from None
+    name, version = getattr(message, name_field), getattr(message, version_field)
+    if not name:
+        raise TargetError("model_unresolved", f"{kind.DESCRIPTOR.full_name} names no model")
+    return Target(kind="model", model=name, version=version)
+
+
+def _openai(body: bytes) -> Target:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise TargetError("invalid_body", "body is not JSON") from None
+    if not isinstance(doc, dict):
+        raise TargetError("invalid_body", "body is not a JSON object")
+    model = doc.get("model")
+    if not isinstance(model, str) or not model:
+        raise TargetError("model_unresolved", 'body has no "model" string')
+    max_tokens = doc.get("max_tokens", doc.get("max_completion_tokens"))
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0
+    ):
+        raise TargetError("invalid_body", "max_tokens must be a non-negative integer")
+    prompt = _prompt_tokens(doc)
+    return Target(kind="model", model=model, tokens=prompt + (max_tokens or 0), max_tokens=max_tokens)
+
+
+def _prompt_tokens(doc: dict[str, Any]) -> int:
+    """A cheap estimate: characters of prompt text / 4, rounded up (exact counts need the tokenizer)."""
+    chars = 0
+    for key in ("messages", "prompt", "input"):
+        chars += _text_chars(doc.get(key))
+    return math.ceil(chars / CHARS_PER_TOKEN)
+
+
+def _text_chars(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_text_chars(v) for v in value)
+    if isinstance(value, dict):
+        return _text_chars(value.get("content")) + _text_chars(value.get("text"))
+    return 0

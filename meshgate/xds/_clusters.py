@@ -1,0 +1,159 @@
+"""Clusters per model version (EDS or DNS), their endpoints, and the SDS secrets for upstream mTLS."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from typing import Any
+
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo_pb2
+from envoy.type.matcher.v3 import string_pb2
+
+from meshgate.policy.model import Model, ModelVersion, UpstreamTLS
+
+from . import _names
+from ._pb import ADS, duration, pack, split_host_port, u32
+from ._secrets import sds
+from .options import CompileOptions
+
+__all__ = ["model_clusters", "service_cluster"]
+
+_C = cluster_pb2.Cluster
+Cluster = Any
+_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_SAN = common_pb2.SubjectAltNameMatcher
+
+
+def model_clusters(model: Model, options: CompileOptions) -> Iterator[tuple[Cluster, Any]]:
+    """(cluster, its EDS assignment or None when the cluster resolves DNS itself) per version."""
+    for version in model.versions:
+        name = _names.cluster(model.name, version.name)
+        addresses = _addresses(version)
+        cluster = _C(name=name, connect_timeout=duration(options.connect_timeout), lb_policy=_C.ROUND_ROBIN)
+        assignment = _assignment(name, addresses)
+        if all(_is_ip(host) for host, _ in addresses):
+            cluster.type = _C.EDS
+            cluster.eds_cluster_config.eds_config.CopyFrom(ADS)
+            cluster.eds_cluster_config.service_name = name
+        else:
+            cluster.type = _C.STRICT_DNS
+            cluster.load_assignment.CopyFrom(assignment)
+            assignment = None
+        _limits(cluster, model)
+        if model.protocol == "v2-grpc":
+            cluster.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(_http2()))
+        if model.upstream_tls.mode == "mtls":
+            cluster.transport_socket.name = "envoy.transport_sockets.tls"
+            cluster.transport_socket.typed_config.CopyFrom(pack(_upstream_tls(model.upstream_tls)))
+        yield cluster, assignment
+
+
+def service_cluster(name: str, address: str, options: CompileOptions) -> Cluster:
+    """A cluster for one of meshgate's own gRPC services (HTTP/2, DNS or static address)."""
+    host, port = split_host_port(address)
+    cluster = _C(
+        name=name,
+        type=_C.STATIC if _is_ip(host) else _C.STRICT_DNS,
+        connect_timeout=duration(options.connect_timeout),
+        load_assignment=_assignment(name, [(host, port)]),
+    )
+    cluster.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(_http2()))
+    return cluster
+
+
+def _addresses(version: ModelVersion) -> list[tuple[str, int]]:
+    if version.kserve is not None:
+        ref = version.kserve
+        return [(f"{ref.service}.{ref.namespace}.svc.cluster.local", ref.port)]
+    return [split_host_port(endpoint) for endpoint in version.endpoints]
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _assignment(name: str, addresses: list[tuple[str, int]]) -> endpoint_pb2.ClusterLoadAssignment:
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=name,
+        endpoints=[
+            endpoint_components_pb2.LocalityLbEndpoints(
+                lb_endpoints=[
+                    endpoint_components_pb2.LbEndpoint(
+                        endpoint=endpoint_components_pb2.Endpoint(
+                            address=address_pb2.Address(
+                                socket_address=address_pb2.SocketAddress(address=host, port_value=port)
+                            )
+                        )
+                    )
+                    for host, port in addresses
+                ]
+            )
+        ],
+    )
+
+
+def _http2() -> hpo_pb2.HttpProtocolOptions:
+    return hpo_pb2.HttpProtocolOptions(
+        explicit_http_config=hpo_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions()
+        )
+    )
+
+
+def _limits(cluster: Cluster, model: Model) -> None:
+    breaker = model.circuit_breaker
+    cluster.circuit_breakers.thresholds.append(
+        circuit_breaker_pb2.CircuitBreakers.Thresholds(
+            priority=base_pb2.DEFAULT,
+            max_connections=u32(breaker.max_connections),
+            max_pending_requests=u32(breaker.max_pending_requests),
+            max_requests=u32(breaker.max_requests),
+            max_retries=u32(breaker.max_retries),
+        )
+    )
+    cluster.outlier_detection.CopyFrom(
+        outlier_detection_pb2.OutlierDetection(
+            consecutive_5xx=u32(5),
+            interval=duration(10.0),
+            base_ejection_time=duration(30.0),
+            max_ejection_percent=u32(50),
+        )
+    )
+
+
+def _upstream_tls(tls: UpstreamTLS) -> tls_pb2.UpstreamTlsContext:
+    assert tls.cert_file is not None and tls.key_file is not None and tls.ca_file is not None
+    validation = common_pb2.CertificateValidationContext(
+        match_typed_subject_alt_names=[
+            _SAN(san_type=_san_type(san), matcher=string_pb2.StringMatcher(exact=san))
+            for san in tls.subject_alt_names
+        ]
+    )
+    context = tls_pb2.UpstreamTlsContext(
+        common_tls_context=tls_pb2.CommonTlsContext(
+            tls_certificate_sds_secret_configs=[sds(_names.cert_secret(tls.cert_file, tls.key_file))],
+            combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+                default_validation_context=validation,
+                validation_context_sds_secret_config=sds(_names.ca_secret(tls.ca_file)),
+            ),
+        )
+    )
+    if tls.sni:
+        context.sni = tls.sni
+    return context
+
+
+def _san_type(san: str) -> Any:
+    if "://" in san:
+        return _SAN.URI
+    if _is_ip(san):
+        return _SAN.IP_ADDRESS
+    return _SAN.DNS

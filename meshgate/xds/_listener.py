@@ -1,0 +1,112 @@
+"""The gateway listener: HTTP/1.1 + h2c, ext_authz -> ratelimit -> router, routes over RDS."""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import address_pb2, grpc_service_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.ratelimit.v3 import rls_pb2
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from google.protobuf import wrappers_pb2  # type: ignore[import-untyped]
+
+from meshgate.policy.model import GatewaySettings, GatewayTLS, Policy
+
+from . import _names
+from ._pb import ADS, duration, pack
+from ._quotas import usage_filter, uses_tokens
+from ._secrets import sds
+from .options import CompileOptions
+
+__all__ = ["gateway_listener"]
+
+_HCM = hcm_pb2.HttpConnectionManager
+
+
+def gateway_listener(policy: Policy, options: CompileOptions) -> listener_pb2.Listener:
+    gateway = policy.gateway
+    filters = []
+    if options.enable_extauthz:
+        filters.append(_ext_authz(gateway))
+    if options.enable_ratelimit:
+        filters.append(_ratelimit(gateway))
+        if uses_tokens(policy):
+            filters.append(usage_filter())
+    filters.append(
+        hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
+    )
+    hcm = _HCM(
+        stat_prefix="gateway",
+        codec_type=_HCM.AUTO,
+        rds=hcm_pb2.Rds(route_config_name=_names.ROUTE_CONFIG, config_source=ADS),
+        http_filters=filters,
+        use_remote_address=wrappers_pb2.BoolValue(value=True),
+    )
+    network = listener_components_pb2.Filter(
+        name="envoy.filters.network.http_connection_manager", typed_config=pack(hcm)
+    )
+    chain = listener_components_pb2.FilterChain(filters=[network])
+    if gateway.tls is not None:
+        chain.transport_socket.name = "envoy.transport_sockets.tls"
+        chain.transport_socket.typed_config.CopyFrom(pack(_downstream_tls(gateway.tls)))
+    return listener_pb2.Listener(
+        name=_names.LISTENER,
+        address=address_pb2.Address(
+            socket_address=address_pb2.SocketAddress(
+                address=options.listener_address, port_value=gateway.port
+            )
+        ),
+        filter_chains=[chain],
+    )
+
+
+def _grpc(cluster: str, timeout: float) -> grpc_service_pb2.GrpcService:
+    return grpc_service_pb2.GrpcService(
+        envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=cluster), timeout=duration(timeout)
+    )
+
+
+def _ext_authz(gateway: GatewaySettings) -> hcm_pb2.HttpFilter:
+    settings = gateway.ext_authz
+    config = ext_authz_pb2.ExtAuthz(
+        grpc_service=_grpc(_names.EXTAUTHZ_CLUSTER, settings.timeout),
+        transport_api_version=ADS.resource_api_version,
+        failure_mode_allow=settings.failure_mode_allow,
+        with_request_body=ext_authz_pb2.BufferSettings(
+            max_request_bytes=settings.max_request_bytes, allow_partial_message=False, pack_as_bytes=True
+        ),
+        clear_route_cache=True,
+    )
+    return hcm_pb2.HttpFilter(name="envoy.filters.http.ext_authz", typed_config=pack(config))
+
+
+def _ratelimit(gateway: GatewaySettings) -> hcm_pb2.HttpFilter:
+    settings = gateway.ratelimit
+    config = rate_limit_pb2.RateLimit(
+        domain=settings.domain,
+        timeout=duration(settings.timeout),
+        failure_mode_deny=settings.failure_mode_deny,
+        rate_limit_service=rls_pb2.RateLimitServiceConfig(
+            grpc_service=_grpc(_names.RATELIMIT_CLUSTER, settings.timeout),
+            transport_api_version=ADS.resource_api_version,
+        ),
+        # the rate limit headers (gateway.ratelimit.response_headers) come from meshgate ratelimit in
+        # response_headers_to_add; Envoy's own X-RateLimit-* would duplicate them
+        enable_x_ratelimit_headers=rate_limit_pb2.RateLimit.XRateLimitHeadersRFCVersion.OFF,
+    )
+    return hcm_pb2.HttpFilter(name="envoy.filters.http.ratelimit", typed_config=pack(config))
+
+
+def _downstream_tls(tls: GatewayTLS) -> tls_pb2.DownstreamTlsContext:
+    common = tls_pb2.CommonTlsContext(
+        tls_certificate_sds_secret_configs=[sds(_names.cert_secret(tls.cert_file, tls.key_file))],
+        alpn_protocols=["h2", "http/1.1"],
+    )
+    context = tls_pb2.DownstreamTlsContext(common_tls_context=common)
+    if tls.client_ca_file:  # (the context holds a copy of `common`: change it there)
+        ca = sds(_names.ca_secret(tls.client_ca_file))
+        context.common_tls_context.validation_context_sds_secret_config.CopyFrom(ca)
+        context.require_client_certificate.value = True
+    return context

@@ -1,0 +1,98 @@
+"""The minimal Envoy bootstrap: admin plus one cluster (meshgate ADS); everything else arrives over ADS."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from ._pb import split_host_port
+
+__all__ = ["XDS_CLUSTER", "XdsTLS", "bootstrap_dict", "envoy_bootstrap"]
+
+XDS_CLUSTER = "meshgate_xds"
+_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, kw_only=True)
+class XdsTLS:
+    """TLS from Envoy to meshgate's ADS: trust `ca_file`; with `cert_file`/`key_file`, mutual TLS.
+    (For a meshgate behind a TLS-terminating proxy or mesh sidecar: `meshgate serve` itself is plaintext.)"""
+
+    ca_file: str
+    cert_file: str | None = None
+    key_file: str | None = None
+    sni: str | None = None
+
+
+def bootstrap_dict(
+    node_id: str,
+    *,
+    xds: str = "127.0.0.1:18000",
+    admin_port: int = 9901,
+    delta: bool = True,
+    node_cluster: str = "meshgate-gateway",
+    tls: XdsTLS | None = None,
+) -> dict[str, Any]:
+    ads = {"ads": {}, "resource_api_version": "V3"}
+    return {
+        "node": {"id": node_id, "cluster": node_cluster},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "DELTA_GRPC" if delta else "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+            },
+            "cds_config": dict(ads),
+            "lds_config": dict(ads),
+        },
+        "static_resources": {"clusters": [_xds_cluster(xds, tls)]},
+    }
+
+
+def _xds_cluster(xds: str, tls: XdsTLS | None) -> dict[str, Any]:
+    host, port = split_host_port(xds)
+    address = {"socket_address": {"address": host, "port_value": port}}
+    cluster: dict[str, Any] = {
+        "name": XDS_CLUSTER,
+        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "connect_timeout": "2s",
+        "typed_extension_protocol_options": {
+            _HTTP_OPTIONS: {
+                "@type": f"type.googleapis.com/{_HTTP_OPTIONS}",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+        },
+    }
+    if tls is not None:
+        common: dict[str, Any] = {"validation_context": {"trusted_ca": {"filename": tls.ca_file}}}
+        if tls.cert_file and tls.key_file:
+            common["tls_certificates"] = [
+                {"certificate_chain": {"filename": tls.cert_file}, "private_key": {"filename": tls.key_file}}
+            ]
+        context: dict[str, Any] = {"@type": _UPSTREAM_TLS, "common_tls_context": common}
+        context["sni"] = tls.sni or host
+        cluster["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": context}
+    return cluster
+
+
+def envoy_bootstrap(node_id: str, **kwargs: Any) -> str:
+    """`bootstrap_dict` as YAML: what `meshgate envoy-bootstrap` prints and `envoy -c` runs."""
+    return yaml.safe_dump(bootstrap_dict(node_id, **kwargs), sort_keys=False)

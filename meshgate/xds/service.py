@@ -1,0 +1,208 @@
+"""The xds role: compiles each policy into a snapshot (prepare), publishes it debounced (commit),
+and serves it over ADS, state-of-the-world and delta, on one gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import watchfiles
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.status.v3 import csds_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+from meshgate.policy.model import Policy
+
+from ._loop import run_stream
+from .cache import SnapshotCache
+from .compile import cert_files, compile_snapshot
+from .csds import CSDS_SERVICE, ClientStatus
+from .delta import DeltaHandler
+from .metrics import XdsMetrics
+from .options import CompileOptions
+from .snapshot import Snapshot
+from .sotw import SotwHandler
+from .status import StatusBoard
+
+__all__ = ["ADS_SERVICE", "XdsService"]
+
+log = logging.getLogger("meshgate.xds")
+
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+def _read(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+class XdsService:
+    """`prepare` for PolicyStore.subscribe; `add_to_server` for the composition root."""
+
+    grpc_names: tuple[str, ...] = (ADS_SERVICE, CSDS_SERVICE)
+
+    def __init__(
+        self,
+        *,
+        options: CompileOptions | None = None,
+        registry: CollectorRegistry | None = None,
+        quiet: float = 0.1,
+        max_delay: float = 1.0,
+        read_file: Callable[[str], bytes] = _read,
+    ) -> None:
+        self.options = options or CompileOptions()
+        self.cache = SnapshotCache()
+        self.board = StatusBoard()
+        self.metrics = XdsMetrics(registry)
+        self._quiet, self._max_delay = quiet, max_delay
+        self._read_file = read_file
+        self._pending: Snapshot | None = None
+        self._first_pending = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._policy: Policy | None = None
+        self._cert_dirs: tuple[str, ...] = ()
+        self._rewatch = asyncio.Event()
+        self._stopping = False
+        self._watcher: asyncio.Task[None] | None = None
+
+    # --- policy -> snapshot -------------------------------------------------------------------
+    def prepare(self, policy: Policy) -> Callable[[], None]:
+        """Compile (raises on an invalid or inconsistent result); the returned commit publishes it."""
+        paths = cert_files(policy)
+        files = {path: self._read_file(path) for path in paths}
+        snapshot = compile_snapshot(policy, self.options, files=files)
+
+        def commit() -> None:
+            self._policy = policy
+            dirs = tuple(sorted({str(Path(p).absolute().parent) for p in paths}))
+            if dirs != self._cert_dirs:
+                self._cert_dirs = dirs
+                self._rewatch.set()
+            self.schedule(snapshot)
+
+        return commit
+
+    def reload_certificates(self) -> None:
+        """Read the certificate files again; publishes a new snapshot if any bytes changed."""
+        if self._policy is None:
+            return
+        try:
+            self.prepare(self._policy)()
+        except Exception:  # a half-written file: keep serving the last good secrets
+            log.exception("certificates could not be reloaded; keeping the previous ones")
+
+    def schedule(self, snapshot: Snapshot) -> None:
+        """Publish after `quiet` seconds without another change, at most `max_delay` after the first."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or self.cache.current is None:
+            self._publish(snapshot, since=None)
+            return
+        now = time.monotonic()
+        if self._pending is None:
+            self._first_pending = now
+        self._pending = snapshot
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = max(0.0, min(self._quiet, self._first_pending + self._max_delay - now))
+        self._timer = loop.call_later(delay, self._flush)
+
+    def _flush(self) -> None:
+        self._timer = None
+        if self._pending is not None:
+            snapshot, self._pending = self._pending, None
+            self._publish(snapshot, since=self._first_pending)
+
+    def _publish(self, snapshot: Snapshot, *, since: float | None) -> None:
+        self.cache.publish(snapshot, since=since)  # convergence is timed from the first change
+        self.metrics.published(snapshot)
+        log.info("xds snapshot %s published (%d bytes)", snapshot.version, snapshot.size)
+
+    # --- gRPC ---------------------------------------------------------------------------------
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Ads(self), server)
+        csds_pb2_grpc.add_ClientStatusDiscoveryServiceServicer_to_server(ClientStatus(self.board), server)
+
+    async def start(self) -> None:
+        self._stopping = False
+        self._watcher = asyncio.create_task(self._watch_certificates())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._rewatch.set()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        if self._timer is not None:
+            self._timer.cancel()
+            self._flush()
+
+    async def _watch_certificates(self) -> None:
+        """Re-read certificates when a file in their directories changes (rotation without restart)."""
+        while not self._stopping:
+            self._rewatch.clear()
+            if not self._cert_dirs:
+                await self._rewatch.wait()
+                continue
+            async for _changes in watchfiles.awatch(
+                *self._cert_dirs, stop_event=self._rewatch, debounce=200, step=50, recursive=False
+            ):
+                self.reload_certificates()
+
+    def client_status(self) -> list[dict[str, Any]]:
+        """Per connected stream: node, protocol, and per type the versions sent, ACKed and NACKed."""
+        return self.board.snapshot()
+
+
+class _Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+    def __init__(self, service: XdsService) -> None:
+        self._s = service
+
+    async def StreamAggregatedResources(
+        self,
+        requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        async for response in run_stream(
+            requests, SotwHandler(), cache=self._s.cache, board=self._s.board, observer=self._s.metrics
+        ):
+            yield response
+
+    async def DeltaAggregatedResources(
+        self,
+        requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+        async for response in run_stream(
+            requests, DeltaHandler(), cache=self._s.cache, board=self._s.board, observer=self._s.metrics
+        ):
+            yield response
+
+
+def options_from_env(listen: dict[str, str], env: dict[str, str]) -> CompileOptions:
+    """Compile options for `meshgate serve`: Envoy reaches extauthz/ratelimit where they listen
+    (0.0.0.0 read as 127.0.0.1) unless MESHGATE_XDS_EXTAUTHZ / MESHGATE_XDS_RATELIMIT say otherwise;
+    MESHGATE_XDS_FILTERS lists the filters to configure (default "extauthz,ratelimit"; "none" for none)."""
+
+    def advertised(role: str) -> str:
+        override = env.get(f"MESHGATE_XDS_{role.upper()}")
+        if override:
+            return override
+        host, _, port = listen.get(role, "127.0.0.1:0").rpartition(":")
+        return f"{'127.0.0.1' if host in ('', '0.0.0.0', '[::]', '::') else host}:{port}"
+
+    filters = {f.strip() for f in env.get("MESHGATE_XDS_FILTERS", "extauthz,ratelimit").split(",")}
+    return CompileOptions(
+        extauthz=advertised("extauthz"),
+        ratelimit=advertised("ratelimit"),
+        enable_extauthz="extauthz" in filters,
+        enable_ratelimit="ratelimit" in filters,
+    )

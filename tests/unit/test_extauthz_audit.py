@@ -1,0 +1,57 @@
+"""The audit log: one JSON line per decision, lines of one loop turn in one record, never a credential."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+
+from meshgate.extauthz import CheckInput, Decision, Identity, Target
+from meshgate.extauthz.audit import AuditLog
+
+WHO = Identity(tenant="acme", user="alice", tier="gold", roles=(), credential="api_key:acme-ci")
+SECRET = "key-never-logged"
+REQ = CheckInput(method="POST", path="/v2/models/m/infer", headers={"x-api-key": SECRET}, request_id="r1")
+ALLOW = Decision(code="ok", identity=WHO, target=Target(kind="model", model="m"))
+
+
+def lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    messages = [r.getMessage() for r in caplog.records if r.name == "meshgate.extauthz.audit"]
+    assert all(SECRET not in m for m in messages)
+    return [json.loads(line) for m in messages for line in m.split("\n")]
+
+
+def test_without_a_loop_each_line_is_logged_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="meshgate.extauthz.audit")
+    log = AuditLog()
+    log.record(ALLOW, REQ, decision_id="d1", cached=False)
+    log.record(Decision.deny("missing_credentials", "no"), REQ, decision_id="d2", cached=False)
+    got = lines(caplog)
+    assert [(x["decision_id"], x["code"], x["tenant"]) for x in got] == [
+        ("d1", "ok", "acme"),
+        ("d2", "missing_credentials", None),
+    ]
+    assert got[0]["credential"] == "api_key:acme-ci" and got[0]["request_id"] == "r1"
+
+
+def test_one_record_per_loop_turn(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="meshgate.extauthz.audit")
+    log = AuditLog()
+
+    async def scenario() -> None:
+        for n in range(3):
+            log.record(ALLOW, REQ, decision_id=f"d{n}", cached=True)
+        assert caplog.records == []  # not yet: at the end of the turn
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert len([r for r in caplog.records if r.name == "meshgate.extauthz.audit"]) == 1
+    assert [x["decision_id"] for x in lines(caplog)] == ["d0", "d1", "d2"]
+
+
+def test_off_when_the_logger_is_above_info(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="meshgate.extauthz.audit")
+    AuditLog().record(ALLOW, REQ, decision_id="d1", cached=False)
+    assert caplog.records == []

@@ -1,0 +1,64 @@
+"""`meshgate envoy-bootstrap`: the minimal bootstrap, delta by default."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from meshgate.cli import main
+
+
+def bootstrap(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:
+    assert main(["envoy-bootstrap", *args]) == 0
+    loaded = yaml.safe_load(capsys.readouterr().out)
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def test_defaults_are_delta_ads_to_local_meshgate(capsys: pytest.CaptureFixture[str]) -> None:
+    doc = bootstrap(capsys, "--node-id", "gw-1")
+    assert doc["node"] == {"id": "gw-1", "cluster": "meshgate-gateway"}
+    ads = doc["dynamic_resources"]["ads_config"]  # type: ignore[index]
+    assert ads["api_type"] == "DELTA_GRPC"
+    assert ads["grpc_services"] == [{"envoy_grpc": {"cluster_name": "meshgate_xds"}}]
+    [cluster] = doc["static_resources"]["clusters"]  # type: ignore[index]
+    assert cluster["type"] == "STATIC"
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address == {"socket_address": {"address": "127.0.0.1", "port_value": 18000}}
+    assert doc["admin"]["address"]["socket_address"]["port_value"] == 9901  # type: ignore[index]
+
+
+def test_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    doc = bootstrap(
+        capsys, "--node-id", "n", "--xds", "meshgate.mesh.svc:18001", "--admin-port", "19000", "--sotw"
+    )
+    assert doc["dynamic_resources"]["ads_config"]["api_type"] == "GRPC"  # type: ignore[index]
+    [cluster] = doc["static_resources"]["clusters"]  # type: ignore[index]
+    assert cluster["type"] == "STRICT_DNS"
+    assert doc["admin"]["address"]["socket_address"]["port_value"] == 19000  # type: ignore[index]
+
+
+def test_node_id_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["envoy-bootstrap"])
+    assert "--node-id" in capsys.readouterr().err
+
+
+def test_tls_to_meshgate(capsys: pytest.CaptureFixture[str]) -> None:
+    doc = bootstrap(
+        capsys, "--node-id", "n", "--xds", "meshgate.mesh.svc:18000",
+        "--tls-ca", "/ca.pem", "--tls-cert", "/c.pem", "--tls-key", "/k.pem",
+    )  # fmt: skip
+    [cluster] = doc["static_resources"]["clusters"]  # type: ignore[index]
+    context = cluster["transport_socket"]["typed_config"]
+    assert context["sni"] == "meshgate.mesh.svc"
+    common = context["common_tls_context"]
+    assert common["validation_context"] == {"trusted_ca": {"filename": "/ca.pem"}}
+    assert common["tls_certificates"] == [
+        {"certificate_chain": {"filename": "/c.pem"}, "private_key": {"filename": "/k.pem"}}
+    ]
+
+
+def test_half_a_client_certificate_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["envoy-bootstrap", "--node-id", "n", "--tls-ca", "/ca", "--tls-cert", "/c"]) == 2
+    assert "--tls-key" in capsys.readouterr().err

@@ -1,0 +1,140 @@
+"""The protocol-neutral stream state machine, driven by request protos alone (no sockets)."""
+
+from __future__ import annotations
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from meshgate.xds import CompileOptions, Snapshot, SnapshotCache, compile_snapshot
+from meshgate.xds._stream import Step, Stream
+from meshgate.xds._types import CLUSTER, ENDPOINT, LISTENER, ROUTE, short
+from meshgate.xds.delta import DeltaHandler
+from meshgate.xds.sotw import SotwHandler
+from meshgate.xds.status import NodeStatus
+from tests.unit.test_xds_support import model, policy
+
+BARE = CompileOptions(enable_extauthz=False, enable_ratelimit=False)
+
+
+def snap(weights: dict[str, int]) -> Snapshot:
+    return compile_snapshot(policy(model("a", weights)), BARE)
+
+
+class Harness:
+    def __init__(self, first: Snapshot, *, delta: bool = False) -> None:
+        self.cache = SnapshotCache()
+        self.cache.publish(first)
+        self.nacks: list[str] = []
+        self.converged: list[float] = []
+        self.stream = Stream(
+            "n",
+            self.cache,
+            NodeStatus("n", "test"),
+            on_nack=self.nacks.append,
+            on_converged=self.converged.append,
+        )
+        self.handler: SotwHandler | DeltaHandler = DeltaHandler() if delta else SotwHandler()
+        self.delta = delta
+
+    def request(
+        self, type_url: str, names: list[str] | None = None, *, nonce: str = "", error: str = ""
+    ) -> None:
+        names = names or []
+        if self.delta:
+            req = discovery_pb2.DeltaDiscoveryRequest(
+                type_url=type_url, resource_names_subscribe=names, response_nonce=nonce
+            )
+        else:
+            req = discovery_pb2.DiscoveryRequest(
+                type_url=type_url, resource_names=names, response_nonce=nonce
+            )
+        if error:
+            req.error_detail.message = error
+        self.handler.on_request(self.stream, req)  # type: ignore[arg-type]
+
+    def plan(self) -> list[Step]:
+        steps = self.stream.plan()
+        for step in steps:
+            self.stream.sent(step)
+        return steps
+
+    def ack_all(self, steps: list[Step]) -> None:
+        for step in steps:
+            st = self.stream.types[step.type_url]
+            self.request(step.type_url, sorted(st.names), nonce=step.nonce)
+
+
+def kinds(steps: list[Step]) -> list[str]:
+    return [short(s.type_url) for s in steps]
+
+
+def boot(h: Harness) -> None:
+    """Envoy's start-up: CDS, EDS for every cluster, LDS, RDS; ACK all."""
+    h.request(CLUSTER)
+    h.request(LISTENER)
+    h.ack_all(h.plan())
+    h.request(ENDPOINT, sorted(h.cache.serving()[ENDPOINT]))  # type: ignore[index]
+    h.request(ROUTE, ["meshgate_routes"])
+    while steps := h.plan():
+        h.ack_all(steps)
+
+
+def test_a_new_version_arrives_clusters_first_routes_next_removals_last() -> None:
+    h = Harness(snap({"v1": 100}))
+    boot(h)
+    assert len(h.converged) == 1
+    h.cache.publish(compile_snapshot(policy(model("a", {"v2": 100}, port=9001)), BARE))
+    first = h.plan()
+    assert kinds(first) == ["Cluster"]
+    assert sorted(first[0].view) == ["model|a|v1", "model|a|v2"]  # nothing removed yet
+    h.ack_all(first)
+    h.request(ENDPOINT, ["model|a|v1", "model|a|v2"])
+    eds = h.plan()
+    assert kinds(eds) == ["ClusterLoadAssignment"]
+    h.ack_all(eds)
+    routes = h.plan()
+    assert kinds(routes) == ["RouteConfiguration"]
+    h.ack_all(routes)
+    last = h.plan()
+    assert kinds(last) == ["Cluster", "ClusterLoadAssignment"]
+    assert sorted(last[0].view) == ["model|a|v2"]
+    h.ack_all(last)
+    assert h.plan() == [] and len(h.converged) == 2
+
+
+def test_nack_reverts_halts_and_is_never_resent() -> None:
+    first = snap({"v1": 90, "v2": 10})
+    h = Harness(first)
+    boot(h)
+    bad = snap({"v1": 10, "v2": 90})
+    h.cache.publish(bad)
+    [rds] = h.plan()
+    h.request(ROUTE, ["meshgate_routes"], nonce=rds.nonce, error="no")
+    assert h.nacks == [ROUTE] and h.cache.rejected(bad.version)
+    assert h.cache.serving() is first
+    assert h.plan() == []  # Envoy still has first's routes: nothing to send, bad is not resent
+    assert h.stream.types[ROUTE].sent == {"meshgate_routes": first[ROUTE]["meshgate_routes"].version}
+
+
+def test_stale_nonce_is_not_an_ack() -> None:
+    h = Harness(snap({"v1": 90, "v2": 10}), delta=True)
+    h.request(CLUSTER)
+    [cds] = h.plan()
+    h.request(CLUSTER, nonce="not-" + cds.nonce)
+    assert h.stream.types[CLUSTER].nonce == cds.nonce  # still waiting for the real answer
+    h.request(CLUSTER, nonce=cds.nonce)
+    assert h.stream.types[CLUSTER].nonce is None
+    assert h.stream.types[CLUSTER].acked == {n: r.version for n, r in h.cache.serving()[CLUSTER].items()}  # type: ignore[index]
+
+
+def test_changed_cluster_gets_its_endpoints_again() -> None:
+    h = Harness(snap({"v1": 90, "v2": 10}))
+    boot(h)
+    changed = compile_snapshot(
+        policy(model("a", {"v1": 90, "v2": 10}, timeout="5s", circuit_breaker={"max_requests": 7})), BARE
+    )
+    h.cache.publish(changed)
+    [cds] = h.plan()
+    h.ack_all([cds])
+    [eds] = h.plan()  # the endpoints did not change, but Envoy re-warms the changed clusters
+    assert kinds([eds]) == ["ClusterLoadAssignment"]
+    assert sorted(r.name for r in eds.changed) == ["model|a|v1", "model|a|v2"]
