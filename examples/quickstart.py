@@ -258,6 +258,20 @@ def infer(gateway: str, token: str, model: str) -> tuple[list[int], str]:
     return [int(x) for x in output.flatten()], str(result.get_response().get("model_version", "?"))
 
 
+def status_without_token(gateway: str, model: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://{gateway}/v2/models/{model}/infer", data=b"{}", headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as reply:  # noqa: S310
+            return int(reply.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
 def prepare_policy(source: Path, issuer: Issuer, gateway_port: int) -> dict[str, Any]:
     policy: dict[str, Any] = yaml.safe_load(source.read_text())
     policy.setdefault("gateway", {})["port"] = gateway_port
@@ -305,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         values, version = wait_for(
             "an answer through the gateway", lambda: infer(gateway, token, args.model), 30, []
         )
-        print(f"\n{args.model} answered through the gateway: OUTPUT0 = {values} (model version {version})\n")
+        print(f"\n{args.model} answered through the gateway: OUTPUT0 = {values} (model version {version})")
+        print(f"the same request without a token: HTTP {status_without_token(gateway, args.model)}\n")
         body = json.dumps(
             {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "INT32", "data": [1, 2, 3, 40]}]}
         )
