@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from grpc_health.v1 import health_pb2
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined,unused-ignore]
 from prometheus_client import CollectorRegistry, Gauge
 
 __all__ = ["Health"]

@@ -1,10 +1,10 @@
 """The audit trail: one JSON line per decision on the logger `meshgate.extauthz.audit` (INFO).
 
-A line is built from the Decision only (never a header, token or key value). Lines produced during one
-event-loop turn are handed to logging together, as one record of several lines, at the end of the turn:
-one write per turn instead of one per check (per-check writes cost a grpc.aio server more than the whole
-cached decision). Every line is a complete JSON object with its own timestamp `ts`, so a reader splits
-on newlines and needs nothing from the record prefix. Without a running loop a line is logged at once.
+A line is built from the Decision only (never a header, token or key value). Lines are handed to logging
+in batches, one record of several lines at most every `flush_after` seconds (50 ms), and at stop: a write
+per check costs a grpc.aio server as much as the whole cached decision. Every line is a complete JSON
+object with its own timestamp `ts`, so a reader splits records on newlines and needs nothing from the
+record prefix. Without a running event loop a line is logged at once.
 """
 
 from __future__ import annotations

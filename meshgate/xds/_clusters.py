@@ -13,14 +13,16 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo_pb2
 from envoy.type.matcher.v3 import string_pb2
 
+from meshgate.models import version_endpoints
 from meshgate.policy.model import Model, ModelVersion, UpstreamTLS
 
 from . import _names
+from ._health import EndpointHealthMap, eds_status, endpoint_health
 from ._pb import ADS, duration, pack, split_host_port, u32
 from ._secrets import sds
 from .options import CompileOptions
 
-__all__ = ["model_clusters", "service_cluster"]
+__all__ = ["model_assignment", "model_clusters", "service_cluster"]
 
 _C = cluster_pb2.Cluster
 Cluster = Any
@@ -28,14 +30,20 @@ _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _SAN = common_pb2.SubjectAltNameMatcher
 
 
-def model_clusters(model: Model, options: CompileOptions) -> Iterator[tuple[Cluster, Any]]:
-    """(cluster, its EDS assignment or None when the cluster resolves DNS itself) per version."""
+def model_clusters(
+    model: Model, options: CompileOptions, health: EndpointHealthMap | None = None
+) -> Iterator[tuple[Cluster, Any]]:
+    """(cluster, its EDS assignment or None when the cluster resolves DNS itself) per version.
+
+    EDS endpoints carry `health_status` from `health` (missing: UNKNOWN, the proto default). DNS
+    clusters carry none: their endpoints sit in the cluster, and a health change would rebuild it."""
     for version in model.versions:
         name = _names.cluster(model.name, version.name)
         addresses = _addresses(version)
         cluster = _C(name=name, connect_timeout=duration(options.connect_timeout), lb_policy=_C.ROUND_ROBIN)
         assignment = _assignment(name, addresses)
-        if all(_is_ip(host) for host, _ in addresses):
+        if _is_eds(version):
+            _mark_health(assignment, model, version, health or {})
             cluster.type = _C.EDS
             cluster.eds_cluster_config.eds_config.CopyFrom(ADS)
             cluster.eds_cluster_config.service_name = name
@@ -52,6 +60,30 @@ def model_clusters(model: Model, options: CompileOptions) -> Iterator[tuple[Clus
         yield cluster, assignment
 
 
+def model_assignment(
+    model: Model, version: ModelVersion, health: EndpointHealthMap
+) -> endpoint_pb2.ClusterLoadAssignment | None:
+    """The EDS assignment of one version with its endpoint health; None for a DNS cluster."""
+    if not _is_eds(version):
+        return None
+    assignment = _assignment(_names.cluster(model.name, version.name), _addresses(version))
+    _mark_health(assignment, model, version, health)
+    return assignment
+
+
+def _is_eds(version: ModelVersion) -> bool:
+    return all(_is_ip(host) for host, _ in _addresses(version))
+
+
+def _mark_health(
+    assignment: endpoint_pb2.ClusterLoadAssignment, model: Model, version: ModelVersion, health: EndpointHealthMap
+) -> None:
+    # lb_endpoints are in the order of version_endpoints(version), the prober's endpoint strings
+    lb_endpoints = assignment.endpoints[0].lb_endpoints
+    for lb_endpoint, endpoint in zip(lb_endpoints, version_endpoints(version), strict=True):
+        lb_endpoint.health_status = eds_status(endpoint_health(health, model.name, version.name, endpoint))
+
+
 def service_cluster(name: str, address: str, options: CompileOptions) -> Cluster:
     """A cluster for one of meshgate's own gRPC services (HTTP/2, DNS or static address)."""
     host, port = split_host_port(address)
@@ -66,10 +98,7 @@ def service_cluster(name: str, address: str, options: CompileOptions) -> Cluster
 
 
 def _addresses(version: ModelVersion) -> list[tuple[str, int]]:
-    if version.kserve is not None:
-        ref = version.kserve
-        return [(f"{ref.service}.{ref.namespace}.svc.cluster.local", ref.port)]
-    return [split_host_port(endpoint) for endpoint in version.endpoints]
+    return [split_host_port(endpoint) for endpoint in version_endpoints(version)]
 
 
 def _is_ip(host: str) -> bool:

@@ -2,6 +2,7 @@
 
 Per model, A/B header routes come first (they pin a version), then the canary route
 (weighted clusters) with the shadow mirror. Matches of different models never overlap.
+Endpoint health moves traffic off versions with no routable endpoint (see `_health`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from envoy.type.v3 import percent_pb2
 from meshgate.policy.model import Model, Policy
 
 from . import _names
+from ._health import EndpointHealthMap, canary_weights, routable_versions
 from ._pb import duration, pack, u32
 from ._quotas import model_rate_limits
 
@@ -26,11 +28,13 @@ _MILLION = percent_pb2.FractionalPercent.MILLION
 RATELIMIT_FILTER = "envoy.filters.http.ratelimit"
 
 
-def route_configuration(policy: Policy, *, ratelimit: bool = True) -> route_pb2.RouteConfiguration:
+def route_configuration(
+    policy: Policy, *, ratelimit: bool = True, health: EndpointHealthMap | None = None
+) -> route_pb2.RouteConfiguration:
     routes = []
     for model in policy.models:
         limits = model_rate_limits(policy, model) if ratelimit else None
-        for route in _model_routes(model):
+        for route in _model_routes(model, health or {}):
             if limits is not None:
                 route.typed_per_filter_config[RATELIMIT_FILTER].CopyFrom(pack(limits))
             routes.append(route)
@@ -49,7 +53,10 @@ def _matches(model: Model) -> Iterator[rc.RouteMatch]:
         yield rc.RouteMatch(path_separated_prefix=f"/v2/models/{model.name}")
 
 
-def _model_routes(model: Model) -> Iterator[rc.Route]:
+def _model_routes(model: Model, health: EndpointHealthMap) -> Iterator[rc.Route]:
+    up = routable_versions(model, health)
+    weights = canary_weights(model, health)
+    fallback = any(name in up for name, _ in weights)  # somewhere healthy to move pinned traffic to
     for match in _matches(model):
         for ab in model.ab:
             pinned = rc.RouteMatch()
@@ -57,12 +64,17 @@ def _model_routes(model: Model) -> Iterator[rc.Route]:
             pinned.headers.append(
                 rc.HeaderMatcher(name=ab.header, string_match=string_pb2.StringMatcher(exact=ab.value))
             )
+            pinned_down = ab.version not in up and fallback
             yield rc.Route(
                 name=f"{model.name}|ab|{ab.header}={ab.value}",
                 match=pinned,
-                route=_action(model, cluster=_names.cluster(model.name, ab.version)),
+                route=(
+                    _canary(model, weights, up)
+                    if pinned_down
+                    else _action(model, cluster=_names.cluster(model.name, ab.version))
+                ),
             )
-        yield rc.Route(name=f"{model.name}|canary", match=match, route=_canary(model))
+        yield rc.Route(name=f"{model.name}|canary", match=match, route=_canary(model, weights, up))
 
 
 def _action(model: Model, *, cluster: str = "") -> rc.RouteAction:
@@ -81,8 +93,8 @@ def _action(model: Model, *, cluster: str = "") -> rc.RouteAction:
     return action
 
 
-def _canary(model: Model) -> rc.RouteAction:
-    weighted = [(v.name, v.weight) for v in model.versions if v.weight]
+def _canary(model: Model, weighted: list[tuple[str, int]], up: frozenset[str]) -> rc.RouteAction:
+    """Weighted clusters over `weighted` (one: a plain cluster), mirroring to a routable shadow."""
     if len(weighted) == 1:
         action = _action(model, cluster=_names.cluster(model.name, weighted[0][0]))
     else:
@@ -91,7 +103,7 @@ def _canary(model: Model) -> rc.RouteAction:
             rc.WeightedCluster.ClusterWeight(name=_names.cluster(model.name, name), weight=u32(weight))
             for name, weight in weighted
         )
-    if model.shadow is not None:
+    if model.shadow is not None and model.shadow.version in up:
         action.request_mirror_policies.append(
             rc.RouteAction.RequestMirrorPolicy(
                 cluster=_names.cluster(model.name, model.shadow.version),

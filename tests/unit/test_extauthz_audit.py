@@ -36,17 +36,21 @@ def test_without_a_loop_each_line_is_logged_at_once(caplog: pytest.LogCaptureFix
     assert got[0]["credential"] == "api_key:acme-ci" and got[0]["request_id"] == "r1"
 
 
-def test_one_record_per_loop_turn(caplog: pytest.LogCaptureFixture) -> None:
+def test_lines_are_batched_into_one_record(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="meshgate.extauthz.audit")
-    log = AuditLog()
+    log = AuditLog(flush_after=0.05)
+    scheduled: list[tuple[float, object]] = []
 
     async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later = lambda delay, callback, *args: scheduled.append((delay, callback))  # type: ignore[method-assign]
         for n in range(3):
             log.record(ALLOW, REQ, decision_id=f"d{n}", cached=True)
-        assert caplog.records == []  # not yet: at the end of the turn
-        await asyncio.sleep(0)
+        assert caplog.records == []  # held until the scheduled flush
 
     asyncio.run(scenario())
+    assert scheduled == [(0.05, log.flush)]  # one flush for the batch
+    log.flush()
     assert len([r for r in caplog.records if r.name == "meshgate.extauthz.audit"]) == 1
     assert [x["decision_id"] for x in lines(caplog)] == ["d0", "d1", "d2"]
 
