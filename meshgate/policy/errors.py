@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["Issue", "PolicyError", "format_path"]
+__all__ = ["Issue", "PolicyError", "describe_value", "format_path"]
 
 Path = tuple[str | int, ...]
 
@@ -19,6 +19,17 @@ def format_path(path: Path) -> str:
         else:
             out += f".{part}" if out else part
     return out or "<document>"
+
+
+def describe_value(value: object) -> str:
+    """How an error message shows a value the document gave (mappings and lists by kind only)."""
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, tuple | list):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"
 
 
 @dataclass(frozen=True, order=True)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 from . import model as _model
 from ._checks import cross_check
 from ._yaml import LineMap, load_yaml
-from .errors import Issue, Path, PolicyError, format_path
+from .errors import Issue, Path, PolicyError, describe_value, format_path
 from .model import Policy
 
 __all__ = ["load_policy", "parse_policy"]
@@ -56,16 +56,6 @@ def _all_field_names() -> set[str]:
 _FIELDS = _all_field_names()
 
 
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, tuple):
-        return "a list"
-    return f"{type(value).__name__} {value!r}"
-
-
 def _message(err: Any) -> str:
     kind, ctx, value = err["type"], err.get("ctx", {}), err.get("input")
     if kind == "extra_forbidden":
@@ -75,7 +65,7 @@ def _message(err: Any) -> str:
     if kind == "missing":
         return "required field is missing"
     if kind in _TYPE_NAMES:
-        return f"expected {_TYPE_NAMES[kind]}, got {_describe(value)}"
+        return f"expected {_TYPE_NAMES[kind]}, got {describe_value(value)}"
     if kind == "literal_error":
         return f"{value!r} is not one of {ctx.get('expected')}"
     if kind == "string_pattern_mismatch":
@@ -90,7 +80,7 @@ def _message(err: Any) -> str:
         return f"needs at least {ctx.get('min_length')} item(s)"
     if kind == "string_too_short":
         return "must not be empty"
-    return f"{err['msg'][0].lower()}{err['msg'][1:]}, got {_describe(value)}"
+    return f"{err['msg'][0].lower()}{err['msg'][1:]}, got {describe_value(value)}"
 
 
 def _loc_path(loc: tuple[Any, ...]) -> Path:

@@ -24,7 +24,7 @@ from pathlib import Path as FsPath
 from typing import Any
 
 from ..policy._yaml import LineMap, load_yaml
-from ..policy.errors import Issue, PolicyError, format_path
+from ..policy.errors import Issue, PolicyError, describe_value, format_path
 from .model import UNIT_SECONDS, Node, RateLimitConfig, Rule
 
 __all__ = ["ConfigError", "load_config_dir", "merge_domains", "parse_config"]
@@ -62,16 +62,6 @@ class _File:
         self.issues.append(Issue(self.source, self.lines.line(path), format_path(path), message))
 
 
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, tuple):
-        return "a list"
-    return f"{type(value).__name__} {value!r}"
-
-
 def _check_keys(f: _File, path: FieldPath, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
     for key in data:
         if key not in allowed:
@@ -86,7 +76,7 @@ def _get(f: _File, path: FieldPath, data: Mapping[str, Any], key: str, kind: typ
         return None
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if not ok:
-        f.error((*path, key), f"expected {_TYPE_NAMES[kind]}, got {_describe(value)}")
+        f.error((*path, key), f"expected {_TYPE_NAMES[kind]}, got {describe_value(value)}")
         return default
     return value
 
@@ -94,7 +84,7 @@ def _get(f: _File, path: FieldPath, data: Mapping[str, Any], key: str, kind: typ
 def _mapping(f: _File, path: FieldPath, value: Any) -> dict[str, Any] | None:
     if isinstance(value, dict):
         return value
-    f.error(path, f"expected a mapping, got {_describe(value)}")
+    f.error(path, f"expected a mapping, got {describe_value(value)}")
     return None
 
 
