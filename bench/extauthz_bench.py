@@ -1,6 +1,6 @@
 """extauthz benchmark through a real Envoy (not a test). Run from the repository root:
 
-    python bench/extauthz_bench.py [--duration 5] [--rounds 3] [--connections 16] [--tokens 8000]
+    python bench/extauthz_bench.py [--duration 5] [--rounds 3] [--connections 16] [--tokens 12000]
 
 One Envoy (concurrency 1) with three listeners, all answering with a direct_response:
   (a) direct   - no ext_authz filter
@@ -195,7 +195,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=5, help="seconds per measured run")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument(
-        "--tokens", type=int, default=8000, help="fresh tokens per round of the fresh-token run"
+        "--tokens", type=int, default=12000, help="fresh tokens per round of the fresh-token run"
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every configuration")
     args = parser.parse_args()
