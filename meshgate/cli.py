@@ -8,6 +8,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .tls import ServerTLS
 
 __all__ = ["main"]
 
@@ -44,6 +48,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         drain_delay=args.drain_delay,
         grace=args.grace,
         redis_url=args.redis_url,
+        tls=_server_tls(args),
         ratelimit_config=Path(args.ratelimit_config) if args.ratelimit_config else None,
     )
     return main(config)
@@ -130,6 +135,19 @@ def _cmd_models_check(args: argparse.Namespace) -> int:
     return cmd_check(args)
 
 
+def _server_tls(args: argparse.Namespace) -> ServerTLS | None:
+    from .tls import ServerTLS
+
+    if not (args.tls_cert or args.tls_key or args.tls_client_ca):
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise SystemExit(
+            "meshgate serve: --tls-cert and --tls-key go together (and --tls-client-ca needs both)"
+        )
+    ca = Path(args.tls_client_ca) if args.tls_client_ca else None
+    return ServerTLS(cert_file=Path(args.tls_cert), key_file=Path(args.tls_key), client_ca_file=ca)
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"MESHGATE_{name.upper()}", default)
 
@@ -183,8 +201,22 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("MESHGATE_REDIS_URL"),
         help="Redis for shared rate-limit counters (default: in memory)",
     )
-    serve.add_argument("--ratelimit-config", default=os.environ.get("MESHGATE_RATELIMIT_CONFIG"),
-                       help="directory of envoyproxy/ratelimit YAML files (watched), beside the quotas")
+    serve.add_argument(
+        "--ratelimit-config",
+        default=os.environ.get("MESHGATE_RATELIMIT_CONFIG"),
+        help="directory of envoyproxy/ratelimit YAML files (watched), beside the quotas",
+    )
+    serve.add_argument(
+        "--tls-cert",
+        default=os.environ.get("MESHGATE_TLS_CERT"),
+        help="PEM certificate (with --tls-key): TLS on the xds port",
+    )
+    serve.add_argument("--tls-key", default=os.environ.get("MESHGATE_TLS_KEY"), help="its PEM private key")
+    serve.add_argument(
+        "--tls-client-ca",
+        default=os.environ.get("MESHGATE_TLS_CLIENT_CA"),
+        help="PEM CA bundle: require client certificates signed by it (mTLS)",
+    )
     serve.add_argument("--ready-file", default=None, help="write the bound ports as JSON here once serving")
     serve.add_argument(
         "--no-watch", action="store_true", help="do not watch the policy file (SIGHUP still reloads)"

@@ -28,6 +28,7 @@ from .models import Prober, Readiness
 from .policy.errors import PolicyError
 from .policy.load import load_policy
 from .policy.store import PolicyStore
+from .tls import ServerTLS, server_credentials
 
 __all__ = ["Context", "ServeConfig", "Service", "run"]
 
@@ -52,6 +53,10 @@ class ServeConfig:
     drain_delay: float = 2.0
     grace: float = 10.0
     redis_url: str | None = None
+    tls: ServerTLS | None = None
+    """TLS (and mTLS with a client CA) on the xds port, the one gateways reach from elsewhere; None:
+    plaintext. extauthz and ratelimit stay plaintext for the gateway's Envoy, inside the mesh or behind
+    the NetworkPolicy."""
     ratelimit_config: Path | None = None
 
 
@@ -99,7 +104,7 @@ def build_services(ctx: Context) -> dict[str, list[Service]]:
     services["ratelimit"].append(RateLimitService(ctx))
     from .xds import build_xds_service
 
-    services["xds"].append(build_xds_service(ctx))
+    services["xds"].append(build_xds_service(ctx, readiness=prober))
     return services
 
 
@@ -121,10 +126,16 @@ def _listen(config: ServeConfig) -> tuple[list[tuple[grpc.aio.Server, list[str]]
         address = config.listen[role]
         key = (address, role if _split(address)[1] == 0 else "")
         by_address.setdefault(key, []).append(role)
+    credentials = server_credentials(config.tls) if config.tls else None
     servers, ports = [], {}
     for (address, _), roles in by_address.items():
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        port = server.add_insecure_port(address)
+        if credentials is not None and "xds" in roles:
+            if roles != ["xds"]:
+                raise OSError(f"with TLS, xds needs an address of its own ({address} is shared with {roles})")
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
         if port == 0:
             raise OSError(f"cannot listen on {address}")
         servers.append((server, roles))
@@ -167,7 +178,11 @@ async def run(config: ServeConfig) -> int:
             log.error("%s", issue)
         return 1
     health = Health(registry=registry)
-    servers, bound = _listen(config)
+    try:
+        servers, bound = _listen(config)
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     ctx = Context(config=config, policy=store, health=health, registry=registry, ports=bound)
     services = build_services(ctx)
     store.apply(first)

@@ -465,7 +465,7 @@ class Model(_Strict):
     health_check: HealthCheck = HealthCheck()
     """Readiness probes of the endpoints; results mark them healthy or unhealthy in EDS."""
     outlier_detection: OutlierDetection | None = OutlierDetection()
-    """Outlier ejection in the rendered Istio DestinationRule; null: none."""
+    """Outlier ejection of failing endpoints (Envoy clusters and the Istio DestinationRule); null: none."""
 
     @model_validator(mode="before")
     @classmethod

@@ -28,7 +28,7 @@ def _is_ip(host: str) -> bool:
 @dataclass(frozen=True, kw_only=True)
 class XdsTLS:
     """TLS from Envoy to meshgate's ADS: trust `ca_file`; with `cert_file`/`key_file`, mutual TLS.
-    (For a meshgate behind a TLS-terminating proxy or mesh sidecar: `meshgate serve` itself is plaintext.)"""
+    (`meshgate serve --tls-cert/--tls-key [--tls-client-ca]` serves the ADS port over TLS / mTLS.)"""
 
     ca_file: str
     cert_file: str | None = None
