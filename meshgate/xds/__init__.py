@@ -11,18 +11,20 @@ from typing import TYPE_CHECKING
 
 from .bootstrap import envoy_bootstrap
 from .cache import SnapshotCache
-from .compile import cert_files, compile_snapshot
+from .compile import EndpointHealthMap, cert_files, compile_snapshot, update_health
 from .options import CompileOptions
 from .service import XdsService, options_from_env
 from .snapshot import InconsistentSnapshot, Resource, Snapshot
 
 if TYPE_CHECKING:
+    from meshgate.models import Readiness
     from meshgate.server import Context
 
 log = logging.getLogger("meshgate.xds")
 
 __all__ = [
     "CompileOptions",
+    "EndpointHealthMap",
     "InconsistentSnapshot",
     "Resource",
     "Snapshot",
@@ -32,13 +34,15 @@ __all__ = [
     "cert_files",
     "compile_snapshot",
     "envoy_bootstrap",
+    "update_health",
 ]
 
 
-def build_xds_service(ctx: Context) -> XdsService:
-    """The xds role of `meshgate serve`: an XdsService subscribed to the policy store."""
+def build_xds_service(ctx: Context, *, readiness: Readiness | None = None) -> XdsService:
+    """The xds role of `meshgate serve`: an XdsService subscribed to the policy store; with
+    `readiness` (the model prober) EDS carries endpoint health and traffic avoids versions that are down."""
     listen = {role: ctx.address(role) for role in ("extauthz", "ratelimit")}
     options = options_from_env(listen, dict(os.environ))
-    service = XdsService(options=options, registry=ctx.registry)
+    service = XdsService(options=options, registry=ctx.registry, readiness=readiness)
     ctx.policy.subscribe("xds", service.prepare)
     return service

@@ -17,7 +17,7 @@ from meshgate.models import version_endpoints
 from meshgate.policy.model import Model, ModelVersion, UpstreamTLS
 
 from . import _names
-from ._health import EndpointHealthMap, eds_status, endpoint_health
+from ._health import EndpointHealthMap, eds_status, endpoint_health, fallback_versions
 from ._pb import ADS, duration, pack, split_host_port, u32
 from ._secrets import sds
 from .options import CompileOptions
@@ -35,22 +35,21 @@ def model_clusters(
 ) -> Iterator[tuple[Cluster, Any]]:
     """(cluster, its EDS assignment or None when the cluster resolves DNS itself) per version.
 
-    EDS endpoints carry `health_status` from `health` (missing: UNKNOWN, the proto default). DNS
-    clusters carry none: their endpoints sit in the cluster, and a health change would rebuild it."""
+    The assignment: the version's endpoints at priority 0, the other weighted versions' at priority 1
+    (failover, see `_health`). EDS endpoints carry `health_status` from `health` (missing: UNKNOWN, the
+    proto default). DNS clusters carry none (a health change would rebuild the cluster); they fail
+    over on outlier ejection and on connect-failure retries only."""
     for version in model.versions:
         name = _names.cluster(model.name, version.name)
-        addresses = _addresses(version)
         cluster = _C(name=name, connect_timeout=duration(options.connect_timeout), lb_policy=_C.ROUND_ROBIN)
-        assignment = _assignment(name, addresses)
-        if _is_eds(version):
-            _mark_health(assignment, model, version, health or {})
+        assignment = model_assignment(model, version, health or {})
+        if assignment is not None:
             cluster.type = _C.EDS
             cluster.eds_cluster_config.eds_config.CopyFrom(ADS)
             cluster.eds_cluster_config.service_name = name
         else:
             cluster.type = _C.STRICT_DNS
-            cluster.load_assignment.CopyFrom(assignment)
-            assignment = None
+            cluster.load_assignment.CopyFrom(_version_assignment(model, version, {}, eds=False))
         _limits(cluster, model)
         if model.protocol == "v2-grpc":
             cluster.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(_http2()))
@@ -63,25 +62,59 @@ def model_clusters(
 def model_assignment(
     model: Model, version: ModelVersion, health: EndpointHealthMap
 ) -> endpoint_pb2.ClusterLoadAssignment | None:
-    """The EDS assignment of one version with its endpoint health; None for a DNS cluster."""
+    """The EDS assignment of one version's cluster, with endpoint health; None for a DNS cluster."""
     if not _is_eds(version):
         return None
-    assignment = _assignment(_names.cluster(model.name, version.name), _addresses(version))
-    _mark_health(assignment, model, version, health)
-    return assignment
+    return _version_assignment(model, version, health, eds=True)
 
 
 def _is_eds(version: ModelVersion) -> bool:
     return all(_is_ip(host) for host, _ in _addresses(version))
 
 
-def _mark_health(
-    assignment: endpoint_pb2.ClusterLoadAssignment, model: Model, version: ModelVersion, health: EndpointHealthMap
-) -> None:
-    # lb_endpoints are in the order of version_endpoints(version), the prober's endpoint strings
-    lb_endpoints = assignment.endpoints[0].lb_endpoints
-    for lb_endpoint, endpoint in zip(lb_endpoints, version_endpoints(version), strict=True):
-        lb_endpoint.health_status = eds_status(endpoint_health(health, model.name, version.name, endpoint))
+def _version_assignment(
+    model: Model, version: ModelVersion, health: EndpointHealthMap, *, eds: bool
+) -> endpoint_pb2.ClusterLoadAssignment:
+    own = version_endpoints(version)
+    assignment = endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=_names.cluster(model.name, version.name),
+        endpoints=[
+            endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=_lb_endpoints(model, version, health))
+        ],
+    )
+    backup = [
+        lb
+        for other in fallback_versions(model, version)
+        for lb in _lb_endpoints(model, other, health)
+        if not eds or _is_ip(lb.endpoint.address.socket_address.address)  # EDS takes IPs only
+    ]
+    if backup:
+        assignment.endpoints.append(
+            endpoint_components_pb2.LocalityLbEndpoints(priority=1, lb_endpoints=backup)
+        )
+    # Envoy scales each priority's healthy share by this factor / 100: with 100 x the endpoints, one
+    # healthy endpoint keeps all traffic at priority 0 (no spill to priority 1, no panic mode sending to
+    # unhealthy endpoints); priority 1 takes over only when none is healthy
+    assignment.policy.overprovisioning_factor.CopyFrom(u32(100 * max(1, len(own))))
+    return assignment
+
+
+def _lb_endpoints(
+    model: Model, version: ModelVersion, health: EndpointHealthMap
+) -> list[endpoint_components_pb2.LbEndpoint]:
+    out = []
+    for endpoint in version_endpoints(version):
+        host, port = split_host_port(endpoint)
+        lb = endpoint_components_pb2.LbEndpoint(
+            endpoint=endpoint_components_pb2.Endpoint(
+                address=address_pb2.Address(
+                    socket_address=address_pb2.SocketAddress(address=host, port_value=port)
+                )
+            ),
+            health_status=eds_status(endpoint_health(health, model.name, version.name, endpoint)),
+        )
+        out.append(lb)
+    return out
 
 
 def service_cluster(name: str, address: str, options: CompileOptions) -> Cluster:
@@ -148,12 +181,20 @@ def _limits(cluster: Cluster, model: Model) -> None:
             max_retries=u32(breaker.max_retries),
         )
     )
+    outlier = model.outlier_detection
+    if outlier is None:  # the policy turned it off
+        return
     cluster.outlier_detection.CopyFrom(
         outlier_detection_pb2.OutlierDetection(
-            consecutive_5xx=u32(5),
-            interval=duration(10.0),
-            base_ejection_time=duration(30.0),
-            max_ejection_percent=u32(50),
+            consecutive_5xx=u32(outlier.consecutive_5xx_errors),
+            interval=duration(outlier.interval),
+            base_ejection_time=duration(outlier.base_ejection_time),
+            max_ejection_percent=u32(outlier.max_ejection_percent),
+            # 5xx answers eject; connect failures (local origin) do not: a backend that is down is the
+            # readiness prober's to mark UNHEALTHY in EDS, and a connect-failure retry moves the request
+            # to the next priority at once. Ejecting it too would keep it out long after it came back.
+            split_external_local_origin_errors=True,
+            enforcing_consecutive_local_origin_failure=u32(0),
         )
     )
 

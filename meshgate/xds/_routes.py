@@ -2,7 +2,8 @@
 
 Per model, A/B header routes come first (they pin a version), then the canary route
 (weighted clusters) with the shadow mirror. Matches of different models never overlap.
-Endpoint health moves traffic off versions with no routable endpoint (see `_health`).
+Routes never depend on endpoint health: a version that is down fails over inside its cluster
+(priority 1, see `_health`); connect-failure retries go to another endpoint and priority at once.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ from collections.abc import Iterator
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2 import PreviousHostsPredicate
+from envoy.extensions.retry.priority.previous_priorities.v3.previous_priorities_config_pb2 import (
+    PreviousPrioritiesConfig,
+)
 from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import percent_pb2
 
 from meshgate.policy.model import Model, Policy
 
 from . import _names
-from ._health import EndpointHealthMap, canary_weights, routable_versions
 from ._pb import duration, pack, u32
 from ._quotas import model_rate_limits
 
@@ -26,21 +30,42 @@ __all__ = ["route_configuration"]
 
 _MILLION = percent_pb2.FractionalPercent.MILLION
 RATELIMIT_FILTER = "envoy.filters.http.ratelimit"
+_PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
+_PREVIOUS_PRIORITIES = "envoy.retry_priorities.previous_priorities"
+NO_ROUTE = "meshgate|no_route"
 
 
-def route_configuration(
-    policy: Policy, *, ratelimit: bool = True, health: EndpointHealthMap | None = None
-) -> route_pb2.RouteConfiguration:
+def route_configuration(policy: Policy, *, ratelimit: bool = True) -> route_pb2.RouteConfiguration:
     routes = []
     for model in policy.models:
         limits = model_rate_limits(policy, model) if ratelimit else None
-        for route in _model_routes(model, health or {}):
+        for route in _model_routes(model):
             if limits is not None:
                 route.typed_per_filter_config[RATELIMIT_FILTER].CopyFrom(pack(limits))
             routes.append(route)
+    routes.append(_unrouted())
     return route_pb2.RouteConfiguration(
         name=_names.ROUTE_CONFIG,
         virtual_hosts=[rc.VirtualHost(name=_names.VIRTUAL_HOST, domains=["*"], routes=routes)],
+    )
+
+
+def _unrouted() -> rc.Route:
+    """The last route: anything no model route matches. Envoy runs ext_authz only for a request that
+    matched a route, so without it a model named only in the body (OpenAI JSON, Triton gRPC) would be a
+    404 before extauthz could set x-meshgate-model (which clears the route cache and re-selects the
+    model's route). What still matches it after that (no model, or a server-level call) gets a 404."""
+    body = b'{"error":"no_route","message":"no model route matches this request"}'
+    return rc.Route(
+        name=NO_ROUTE,
+        match=rc.RouteMatch(prefix="/"),
+        direct_response=rc.DirectResponseAction(status=404, body=base_pb2.DataSource(inline_bytes=body)),
+        response_headers_to_add=[
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key="content-type", value="application/json"),
+                append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+            )
+        ],
     )
 
 
@@ -53,10 +78,7 @@ def _matches(model: Model) -> Iterator[rc.RouteMatch]:
         yield rc.RouteMatch(path_separated_prefix=f"/v2/models/{model.name}")
 
 
-def _model_routes(model: Model, health: EndpointHealthMap) -> Iterator[rc.Route]:
-    up = routable_versions(model, health)
-    weights = canary_weights(model, health)
-    fallback = any(name in up for name, _ in weights)  # somewhere healthy to move pinned traffic to
+def _model_routes(model: Model) -> Iterator[rc.Route]:
     for match in _matches(model):
         for ab in model.ab:
             pinned = rc.RouteMatch()
@@ -64,17 +86,12 @@ def _model_routes(model: Model, health: EndpointHealthMap) -> Iterator[rc.Route]
             pinned.headers.append(
                 rc.HeaderMatcher(name=ab.header, string_match=string_pb2.StringMatcher(exact=ab.value))
             )
-            pinned_down = ab.version not in up and fallback
             yield rc.Route(
                 name=f"{model.name}|ab|{ab.header}={ab.value}",
                 match=pinned,
-                route=(
-                    _canary(model, weights, up)
-                    if pinned_down
-                    else _action(model, cluster=_names.cluster(model.name, ab.version))
-                ),
+                route=_action(model, cluster=_names.cluster(model.name, ab.version)),
             )
-        yield rc.Route(name=f"{model.name}|canary", match=match, route=_canary(model, weights, up))
+        yield rc.Route(name=f"{model.name}|canary", match=match, route=_canary(model))
 
 
 def _action(model: Model, *, cluster: str = "") -> rc.RouteAction:
@@ -88,13 +105,23 @@ def _action(model: Model, *, cluster: str = "") -> rc.RouteAction:
         policy.num_retries.CopyFrom(u32(retries.attempts))
         if retries.per_try_timeout is not None:
             policy.per_try_timeout.CopyFrom(duration(retries.per_try_timeout))
+        # a retry goes to another endpoint, and to the next priority (the other versions' endpoints,
+        # see _health): a request sent to a backend that just went away is served by a healthy one
+        policy.retry_host_predicate.append(
+            rc.RetryPolicy.RetryHostPredicate(
+                name=_PREVIOUS_HOSTS, typed_config=pack(PreviousHostsPredicate())
+            )
+        )
+        policy.host_selection_retry_max_attempts = 3
+        policy.retry_priority.name = _PREVIOUS_PRIORITIES
+        policy.retry_priority.typed_config.CopyFrom(pack(PreviousPrioritiesConfig(update_frequency=1)))
     if model.protocol == "v2-grpc":
         action.max_stream_duration.grpc_timeout_header_max.CopyFrom(duration(model.timeout))
     return action
 
 
-def _canary(model: Model, weighted: list[tuple[str, int]], up: frozenset[str]) -> rc.RouteAction:
-    """Weighted clusters over `weighted` (one: a plain cluster), mirroring to a routable shadow."""
+def _canary(model: Model) -> rc.RouteAction:
+    weighted = [(v.name, v.weight) for v in model.versions if v.weight]
     if len(weighted) == 1:
         action = _action(model, cluster=_names.cluster(model.name, weighted[0][0]))
     else:
@@ -103,7 +130,7 @@ def _canary(model: Model, weighted: list[tuple[str, int]], up: frozenset[str]) -
             rc.WeightedCluster.ClusterWeight(name=_names.cluster(model.name, name), weight=u32(weight))
             for name, weight in weighted
         )
-    if model.shadow is not None and model.shadow.version in up:
+    if model.shadow is not None:
         action.request_mirror_policies.append(
             rc.RouteAction.RequestMirrorPolicy(
                 cluster=_names.cluster(model.name, model.shadow.version),

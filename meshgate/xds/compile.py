@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from google.protobuf.message import Message  # type: ignore[import-untyped]
 
 from meshgate.policy.model import Policy
 
 from . import _names
-from ._clusters import model_clusters, service_cluster
+from ._clusters import model_assignment, model_clusters, service_cluster
+from ._health import EndpointHealthMap
 from ._listener import gateway_listener
 from ._routes import route_configuration
 from ._secrets import cert_files, secrets
@@ -17,22 +18,29 @@ from ._types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from .options import CompileOptions
 from .snapshot import Snapshot
 
-__all__ = ["cert_files", "compile_snapshot"]
+__all__ = ["EndpointHealthMap", "cert_files", "compile_snapshot", "update_health"]
 
 
 def compile_snapshot(
-    policy: Policy, options: CompileOptions | None = None, *, files: Mapping[str, bytes] | None = None
+    policy: Policy,
+    options: CompileOptions | None = None,
+    *,
+    files: Mapping[str, bytes] | None = None,
+    health: EndpointHealthMap | None = None,
 ) -> Snapshot:
     """Every resource the gateway needs, checked for consistency. Raises InconsistentSnapshot.
 
     `files` maps certificate paths (see `cert_files`) to their bytes, inlined into SDS secrets;
     a path that is missing is referenced by file name instead (Envoy then reads it itself).
+    `health` maps (model, version, endpoint) to the prober's health (missing: UNKNOWN): EDS endpoints
+    carry it; a version with no healthy endpoint fails over to the model's other versions (`_health`).
     """
     options = options or CompileOptions()
+    health = health or {}
     clusters: list[tuple[str, Message]] = []
     endpoints: list[tuple[str, Message]] = []
     for model in policy.models:
-        for cluster, assignment in model_clusters(model, options):
+        for cluster, assignment in model_clusters(model, options, health):
             clusters.append((cluster.name, cluster))
             if assignment is not None:
                 endpoints.append((assignment.cluster_name, assignment))
@@ -53,3 +61,20 @@ def compile_snapshot(
             SECRET: [(s.name, s) for s in secrets(policy, files or {})],
         }
     )
+
+
+def update_health(
+    snapshot: Snapshot, policy: Policy, health: EndpointHealthMap, *, models: Collection[str]
+) -> Snapshot:
+    """`snapshot` (compiled from `policy`) as if compiled with endpoint health `health`, given that only
+    endpoints of `models` changed: the EDS assignments of those models' versions are rebuilt (each one
+    lists the model's other versions as failover, so all of them), nothing else. Every other resource is
+    reused (same bytes, same version). Equal to `compile_snapshot(policy, ..., health=health)`."""
+    assignments: list[tuple[str, Message]] = []
+    for model in policy.models:
+        if model.name in models:
+            for version in model.versions:
+                assignment = model_assignment(model, version, health)
+                if assignment is not None:
+                    assignments.append((assignment.cluster_name, assignment))
+    return snapshot.replace({ENDPOINT: assignments})

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,12 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.status.v3 import csds_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from meshgate.models import EndpointHealth, EndpointKey, Readiness
 from meshgate.policy.model import Policy
 
 from ._loop import run_stream
 from .cache import SnapshotCache
-from .compile import cert_files, compile_snapshot
+from .compile import EndpointHealthMap, cert_files, compile_snapshot, update_health
 from .csds import CSDS_SERVICE, ClientStatus
 from .delta import DeltaHandler
 from .metrics import XdsMetrics
@@ -42,7 +43,12 @@ def _read(path: str) -> bytes:
 
 
 class XdsService:
-    """`prepare` for PolicyStore.subscribe; `add_to_server` for the composition root."""
+    """`prepare` for PolicyStore.subscribe; `add_to_server` for the composition root.
+
+    With `readiness` (the model prober), EDS endpoints carry each endpoint's health (a version with no
+    healthy endpoint fails over to the model's other versions); a health change rebuilds only the
+    assignments of the models it touched, published debounced.
+    """
 
     grpc_names: tuple[str, ...] = (ADS_SERVICE, CSDS_SERVICE)
 
@@ -54,8 +60,15 @@ class XdsService:
         quiet: float = 0.1,
         max_delay: float = 1.0,
         read_file: Callable[[str], bytes] = _read,
+        readiness: Readiness | None = None,
     ) -> None:
         self.options = options or CompileOptions()
+        self.readiness = readiness
+        self._unsubscribe: Callable[[], None] | None = None
+        self._latest: Snapshot | None = None
+        """The newest snapshot scheduled (pending or published): health updates apply on top of it."""
+        self._latest_health: EndpointHealthMap = {}
+        """The health `_latest` was compiled with."""
         self.cache = SnapshotCache()
         self.board = StatusBoard()
         self.metrics = XdsMetrics(registry)
@@ -75,7 +88,8 @@ class XdsService:
         """Compile (raises on an invalid or inconsistent result); the returned commit publishes it."""
         paths = cert_files(policy)
         files = {path: self._read_file(path) for path in paths}
-        snapshot = compile_snapshot(policy, self.options, files=files)
+        health = self._health_now()
+        snapshot = compile_snapshot(policy, self.options, files=files, health=health)
 
         def commit() -> None:
             self._policy = policy
@@ -83,9 +97,45 @@ class XdsService:
             if dirs != self._cert_dirs:
                 self._cert_dirs = dirs
                 self._rewatch.set()
+            self._latest, self._latest_health = snapshot, health
             self.schedule(snapshot)
+            if self._health_now() != health:  # changed between prepare and commit
+                self.health_changed({})
 
         return commit
+
+    # --- endpoint health -> EDS ---------------------------------------------------------------
+    def _health_now(self) -> dict[EndpointKey, EndpointHealth]:
+        if self.readiness is None:
+            return {}
+        return {key: state.health for key, state in self.readiness.snapshot().items()}
+
+    def health_changed(self, changes: Mapping[EndpointKey, EndpointHealth]) -> None:
+        """The prober's on_change callback: rebuild what the changed endpoints touch, publish debounced.
+
+        Every model whose health differs from what the newest snapshot was compiled with is rebuilt
+        (`changes` names the usual one; a change missed in between is caught up too)."""
+        if self._policy is None or self._latest is None:
+            return
+        after = self._health_now()
+        before = self._latest_health
+        models = {key.model for key in changes}
+        unknown = EndpointHealth.UNKNOWN
+        models |= {
+            key.model
+            for key in before.keys() | after.keys()
+            if before.get(key, unknown) != after.get(key, unknown)
+        }
+        try:
+            snapshot = update_health(self._latest, self._policy, after, models=models)
+        except Exception:  # never break the prober's loop; the next change or policy retries
+            log.exception("xds: endpoint health update failed; keeping the previous endpoints")
+            return
+        self._latest, self._latest_health = snapshot, after
+        scheduled = self._pending or self.cache.current
+        if scheduled is None or scheduled.version != snapshot.version:
+            log.info("xds: endpoint health of %s changed", ", ".join(sorted(models)))
+            self.schedule(snapshot)
 
     def reload_certificates(self) -> None:
         """Read the certificate files again; publishes a new snapshot if any bytes changed."""
@@ -133,8 +183,14 @@ class XdsService:
     async def start(self) -> None:
         self._stopping = False
         self._watcher = asyncio.create_task(self._watch_certificates())
+        if self.readiness is not None and self._unsubscribe is None:
+            self._unsubscribe = self.readiness.on_change(self.health_changed)
+            self.health_changed({})  # probes that finished before the xds service started
 
     async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         self._stopping = True
         self._rewatch.set()
         if self._watcher is not None:

@@ -96,6 +96,23 @@ class Snapshot:
                 raise InconsistentSnapshot(problems)
         return snapshot
 
+    def replace(self, items: Mapping[str, Iterable[tuple[str, Message]]]) -> Snapshot:
+        """A new snapshot with the named resources of `items` replaced (or added); every other resource
+        is kept as it is (same bytes, same version, not serialized again). Checked for consistency."""
+        resources: dict[str, Mapping[str, Resource]] = dict(self.resources)
+        for type_url, changed in items.items():
+            named = dict(self.resources[type_url])
+            for name, message in changed:
+                named[name] = Resource.of(type_url, name, message)
+            resources[type_url] = MappingProxyType(named)
+        versions = {t: type_version(resources[t]) if t in items else self.versions[t] for t in ORDER}
+        whole = hashlib.sha256("".join(versions[t] for t in ORDER).encode()).hexdigest()[:16]
+        snapshot = Snapshot(MappingProxyType(resources), MappingProxyType(versions), whole)
+        problems = snapshot.problems()
+        if problems:
+            raise InconsistentSnapshot(problems)
+        return snapshot
+
     def problems(self) -> list[str]:
         """Every dangling reference, as 'kind name -> missing kind name'."""
         found = []

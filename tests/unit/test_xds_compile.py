@@ -68,6 +68,7 @@ def test_rest_routes_by_path_and_header_other_protocols_by_header_only() -> None
         ("a|canary", "prefix", 1),
         ("a|canary", "path_separated_prefix", 0),
         ("b|canary", "prefix", 1),
+        ("meshgate|no_route", "prefix", 0),  # last: lets ext_authz run for models named in the body
     ]
 
 
