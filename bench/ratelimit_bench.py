@@ -1,13 +1,21 @@
 """ShouldRateLimit side by side: (a) a no-op grpc.aio RLS server, (b) meshgate with the memory store,
 (c) meshgate with Redis; 1 and 5 descriptors per request. Not a test: run it by hand.
 
-    python bench/ratelimit_bench.py [--seconds 5] [--concurrency 16]
+    python bench/ratelimit_bench.py [--seconds 5] [--rounds 3] [--concurrency 16] [--compare DIR]
+    python bench/ratelimit_bench.py --callgrind [--calls 3000] [--compare DIR]
 
-Each server runs in its own process (`--serve KIND`); this process is the client (grpc.aio, a fixed
-number of calls in flight). It prints requests/s, p50 and p99 latency, the ratios (b)/(a) and (c)/(a)
-of requests/s and of server CPU time per request (steadier than requests/s on a shared machine), and
-Redis round trips per request counted by Redis itself (INFO commandstats: eval + evalsha calls divided
-by requests; the commands the script runs inside Redis are not round trips). The Redis store timeout
+Each server runs in its own process (`--serve KIND`), all started up front; this process is the client
+(grpc.aio, a fixed number of calls in flight). The cases run in interleaved rounds (round 1 of every
+case, then round 2, ...) so that a burst of load from other jobs hits them alike; each figure is the
+median over the rounds, and the server CPU column also shows its min-max. `--compare DIR` adds (b) and
+(c) run from the meshgate package in DIR (say, a copy of the previous version): before and after, side
+by side in one run. `--callgrind` counts instead, with valgrind, the instructions per call of each
+servicer alone (no gRPC transport, same process, a fixed number of calls): a deterministic figure where
+the load's numbers are at the mercy of other jobs. The load prints requests/s, p50 and p99 latency,
+the ratios (b)/(a) and (c)/(a) of requests/s and of server CPU time per request (steadier than
+requests/s on a shared machine), and Redis round trips per request counted by Redis itself (INFO
+commandstats: eval + evalsha calls divided by requests; the commands the script runs inside Redis are
+not round trips). The Redis store timeout
 is raised to 1 s (BENCH_REDIS_TIMEOUT) so that a saturated server measures throughput rather than its
 50 ms timeout.
 """
@@ -49,34 +57,36 @@ class NoOp(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
         return response
 
 
+def make_servicer(kind: str, redis_url: str | None) -> Any:
+    if kind == "noop":
+        return NoOp()
+    from prometheus_client import CollectorRegistry
+
+    from meshgate.policy.model import Policy
+    from meshgate.ratelimit import Limiter, MemoryStore, RateLimitServicer, Settings, compile_policy
+    from meshgate.ratelimit.metrics import RateLimitMetrics
+    from meshgate.ratelimit.model import RateLimitConfig
+    from meshgate.ratelimit.redis_store import RedisStore
+
+    domain, tree = compile_policy(Policy.model_validate(POLICY, strict=False))
+    store: Any = (
+        RedisStore(redis_url, timeout=float(os.environ.get("BENCH_REDIS_TIMEOUT", "1")))
+        if kind == "redis" and redis_url
+        else MemoryStore()
+    )
+    metrics = RateLimitMetrics(CollectorRegistry())
+    limiter = Limiter(
+        store,
+        config=RateLimitConfig({domain: tree}),
+        settings=Settings(response_headers="x-ratelimit"),
+        metrics=metrics,
+    )
+    return RateLimitServicer(limiter, metrics, kind)
+
+
 async def serve(kind: str, redis_url: str | None, port_file: Path) -> None:
     server = grpc.aio.server()
-    if kind == "noop":
-        servicer: Any = NoOp()
-    else:
-        from prometheus_client import CollectorRegistry
-
-        from meshgate.policy.model import Policy
-        from meshgate.ratelimit import Limiter, MemoryStore, RateLimitServicer, Settings, compile_policy
-        from meshgate.ratelimit.metrics import RateLimitMetrics
-        from meshgate.ratelimit.model import RateLimitConfig
-        from meshgate.ratelimit.redis_store import RedisStore
-
-        domain, tree = compile_policy(Policy.model_validate(POLICY, strict=False))
-        store: Any = (
-            RedisStore(redis_url, timeout=float(os.environ.get("BENCH_REDIS_TIMEOUT", "1")))
-            if kind == "redis"
-            else MemoryStore()
-        )
-        metrics = RateLimitMetrics(CollectorRegistry())
-        limiter = Limiter(
-            store,
-            config=RateLimitConfig({domain: tree}),
-            settings=Settings(response_headers="x-ratelimit"),
-            metrics=metrics,
-        )
-        servicer = RateLimitServicer(limiter, metrics, kind)
-    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(servicer, server)
+    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(make_servicer(kind, redis_url), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     port_file.write_text(str(port))
@@ -126,12 +136,16 @@ async def load(port: int, descriptors: int, seconds: float, concurrency: int) ->
     }
 
 
-def start_server(kind: str, redis_url: str | None, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port_file = workdir / f"{kind}.port"
+def start_server(
+    kind: str, redis_url: str | None, workdir: Path, *, source: Path | None = None, name: str = ""
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A server process; with `source`, meshgate is imported from that directory (PYTHONPATH)."""
+    port_file = workdir / f"{name or kind}.port"
     argv = [sys.executable, __file__, "--serve", kind, "--port-file", str(port_file)]
     if redis_url:
         argv += ["--redis-url", redis_url]
-    proc = subprocess.Popen(argv, cwd=ROOT)
+    env = dict(os.environ, PYTHONPATH=str(source)) if source is not None else None
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env)
     for _ in range(400):
         if port_file.exists() and port_file.read_text():
             return proc, int(port_file.read_text())
@@ -185,6 +199,99 @@ def script_calls(port: int) -> int:
     return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("eval", "evalsha"))
 
 
+def measure(
+    server: subprocess.Popen[bytes], port: int, redis_proc: subprocess.Popen[bytes], redis_port: int,
+    *, kind: str, descriptors: int, seconds: float, concurrency: int,
+) -> dict[str, Any]:
+    """One round of one case: the load, plus the CPU the server (and Redis) spent on it."""
+    import redis as redis_client
+
+    redis_client.Redis(port=redis_port).config_resetstat()
+    cpu = cpu_seconds(server.pid), cpu_seconds(redis_proc.pid)
+    r: dict[str, Any] = asyncio.run(load(port, descriptors, seconds, concurrency))
+    calls = r["requests"] + WARMUP
+    r["server_cpu_us"] = (cpu_seconds(server.pid) - cpu[0]) / calls * 1e6
+    if kind == "redis":
+        r["redis_round_trips_per_request"] = script_calls(redis_port) / calls
+        r["redis_cpu_us"] = (cpu_seconds(redis_proc.pid) - cpu[1]) / calls * 1e6
+    return r
+
+
+def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the rounds of one case (the rounds of all cases were interleaved)."""
+    out: dict[str, Any] = {"rounds": rounds}
+    for field in rounds[0]:
+        out[field] = statistics.median(r[field] for r in rounds)
+    cpus = [r["server_cpu_us"] for r in rounds]
+    out["server_cpu_us_min"], out["server_cpu_us_max"] = min(cpus), max(cpus)
+    return out
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> None:
+    print(
+        f"{'case':<14} {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} {'rps/(a)':>8} {'cpu us':>7} {'(min-max)':>11} "
+        f"{'cpu (a)/x':>9} {'redis RT/req':>12} {'redis cpu us':>12}"
+    )
+    for key, r in results.items():
+        n = key.split("/")[1]
+        base = results[f"noop/{n}"]
+        ratio, capacity = r["rps"] / base["rps"], base["server_cpu_us"] / r["server_cpu_us"]
+        spread = f"{r['server_cpu_us_min']:.0f}-{r['server_cpu_us_max']:.0f}"
+        trips = f"{r['redis_round_trips_per_request']:.3f}" if "redis_cpu_us" in r else "-"
+        rcpu = f"{r['redis_cpu_us']:.0f}" if "redis_cpu_us" in r else "-"
+        print(
+            f"{key:<14} {r['rps']:>7.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {ratio:>8.2f} "
+            f"{r['server_cpu_us']:>7.0f} {spread:>11} {capacity:>9.2f} {trips:>12} {rcpu:>12}"
+        )
+
+
+# --- servicer only, in one process: a deterministic count of instructions per call ------------------------
+async def call_servicer(kind: str, redis_url: str | None, descriptors: int, calls: int) -> None:
+    """`calls` ShouldRateLimit calls straight to the servicer (no gRPC transport), after one warm-up pass
+    over the 200 requests; Redis with 16 calls in flight, like the load client."""
+    servicer = make_servicer(kind, redis_url)
+    requests = make_requests(descriptors)
+    for r in requests:
+        (await servicer.ShouldRateLimit(r, None)).SerializeToString()
+    concurrency = 16 if kind == "redis" else 1
+
+    async def worker(offset: int) -> None:
+        for i in range(offset, calls, concurrency):
+            (await servicer.ShouldRateLimit(requests[i % len(requests)], None)).SerializeToString()
+
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    if kind != "noop":
+        await servicer.limiter.store.close()
+
+
+def instructions(kind: str, descriptors: int, calls: int, redis_url: str | None, source: Path | None) -> int:
+    """Instructions valgrind's callgrind counts in a `--inproc` child: the whole process."""
+    argv = [
+        "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+        sys.executable, __file__, "--inproc", kind, "--descriptors", str(descriptors), "--calls", str(calls),
+    ]  # fmt: skip
+    if redis_url:
+        argv += ["--redis-url", redis_url]
+    env = dict(os.environ, PYTHONPATH=str(source)) if source is not None else None
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    return int(done.stderr.rsplit("Collected : ", 1)[1].split()[0])
+
+
+def callgrind(cases: list[tuple[str, str, Path | None]], redis_url: str, calls: int) -> dict[str, float]:
+    """Instructions per call: (run with `calls` calls - run with none) / calls, for every case and 1 and 5
+    descriptors; valgrind runs in parallel, one per CPU."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = {
+        (f"{name}/{n}", c): (kind, n, c, redis_url if kind == "redis" else None, source)
+        for name, kind, source in cases for n in (1, 5) for c in (0, calls)
+    }  # fmt: skip
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        counts = dict(zip(jobs, pool.map(lambda job: instructions(*job), jobs.values()), strict=True))
+    keys = [f"{name}/{n}" for n in (1, 5) for name, _, _ in cases]
+    return {key: (counts[(key, calls)] - counts[(key, 0)]) / calls for key in keys}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -192,57 +299,83 @@ def main() -> int:
     parser.add_argument("--serve", choices=["noop", "memory", "redis"])
     parser.add_argument("--port-file", type=Path)
     parser.add_argument("--redis-url")
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per case, split over the rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every case")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--compare", type=Path, metavar="DIR",
+        help="also run (b) and (c) with the meshgate package found in DIR (e.g. a copy of the previous "
+        "version), as cases memory@base and redis@base",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--callgrind", action="store_true",
+        help="instead of the load: instructions per ShouldRateLimit call of the servicer alone, in one "
+        "process, counted by valgrind (repeatable on a busy machine)",
+    )
+    parser.add_argument("--calls", type=int, default=3000, help="calls per --callgrind run")
+    parser.add_argument("--inproc", choices=["noop", "memory", "redis"], help=argparse.SUPPRESS)
+    parser.add_argument("--descriptors", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         asyncio.run(serve(args.serve, args.redis_url, args.port_file))
         return 0
+    if args.inproc:
+        asyncio.run(call_servicer(args.inproc, args.redis_url, args.descriptors, args.calls))
+        return 0
 
-    results: dict[str, dict[str, float]] = {}
+    rounds: dict[str, list[dict[str, Any]]] = {}
+    servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         redis_proc, redis_port = start_redis(workdir)
-        import redis as redis_client
-
+        url = f"redis://127.0.0.1:{redis_port}/0"
+        cases: list[tuple[str, str, Path | None]] = [
+            ("noop", "noop", None), ("memory", "memory", None), ("redis", "redis", None),
+        ]
+        if args.compare:
+            cases[2:2] = [("memory@base", "memory", args.compare)]
+            cases.append(("redis@base", "redis", args.compare))
+        if args.callgrind:
+            try:
+                per_call = callgrind(cases, url, args.calls)
+            finally:
+                redis_proc.terminate()
+                redis_proc.wait()
+            print(f"instructions per ShouldRateLimit call, servicer only (callgrind, {args.calls} calls)")
+            for key, count in per_call.items():
+                extra = count - per_call[f"noop/{key.split('/')[1]}"]
+                print(f"{key:<14} {count:>9.0f}   beyond the no-op servicer {extra:>9.0f}")
+            if args.json:
+                args.json.write_text(json.dumps(per_call, indent=2))
+            return 0
         try:
-            for kind in ("noop", "memory", "redis"):
-                url = f"redis://127.0.0.1:{redis_port}/0" if kind == "redis" else None
-                proc, port = start_server(kind, url, workdir)
-                try:
-                    for n in (1, 5):
-                        redis_client.Redis(port=redis_port).config_resetstat()
-                        cpu = cpu_seconds(proc.pid), cpu_seconds(redis_proc.pid)
-                        r = asyncio.run(load(port, n, args.seconds, args.concurrency))
-                        calls = r["requests"] + WARMUP
-                        r["server_cpu_us"] = (cpu_seconds(proc.pid) - cpu[0]) / calls * 1e6
-                        if kind == "redis":
-                            r["redis_round_trips_per_request"] = script_calls(redis_port) / calls
-                            r["redis_cpu_us"] = (cpu_seconds(redis_proc.pid) - cpu[1]) / calls * 1e6
-                        results[f"{kind}/{n}"] = r
-                finally:
-                    proc.terminate()
-                    proc.wait()
+            for name, kind, source in cases:
+                servers[name] = start_server(
+                    kind, url if kind == "redis" else None, workdir, source=source, name=name
+                )
+            for _ in range(args.rounds):
+                for n in (1, 5):
+                    for name, kind, _source in cases:
+                        proc, port = servers[name]
+                        r = measure(
+                            proc, port, redis_proc, redis_port, kind=kind, descriptors=n,
+                            seconds=args.seconds / args.rounds, concurrency=args.concurrency,
+                        )
+                        rounds.setdefault(f"{name}/{n}", []).append(r)
         finally:
+            for proc, _port in servers.values():
+                proc.terminate()
+                proc.wait()
             redis_proc.terminate()
             redis_proc.wait()
 
-    print(f"cpus={os.cpu_count()} seconds={args.seconds} concurrency={args.concurrency}")
+    results = {key: summarize(rs) for key, rs in sorted(rounds.items(), key=lambda kv: kv[0].split("/")[1])}
     print(
-        f"{'case':<10} {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} {'rps/(a)':>8} {'cpu us':>7} {'cpu (a)/x':>9} "
-        f"{'redis RT/req':>12} {'redis cpu us':>12}"
+        f"cpus={os.cpu_count()} seconds={args.seconds} rounds={args.rounds} concurrency={args.concurrency} "
+        f"loadavg={os.getloadavg()[0]:.2f}"
     )
-    for key, r in results.items():
-        kind, n = key.split("/")
-        base = results[f"noop/{n}"]
-        ratio, capacity = r["rps"] / base["rps"], base["server_cpu_us"] / r["server_cpu_us"]
-        trips = f"{r['redis_round_trips_per_request']:.3f}" if kind == "redis" else "-"
-        rcpu = f"{r['redis_cpu_us']:.0f}" if kind == "redis" else "-"
-        print(
-            f"{key:<10} {r['rps']:>7.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {ratio:>8.2f} "
-            f"{r['server_cpu_us']:>7.0f} {capacity:>9.2f} {trips:>12} {rcpu:>12}"
-        )
+    print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

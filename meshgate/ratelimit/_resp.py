@@ -1,9 +1,10 @@
 """One pipelined RESP connection to one Redis server, shared by every concurrent call.
 
-RESP replies come back in the order commands were sent, so concurrent ShouldRateLimit calls write
-their command at once and wait for their own reply: no connection pool, no per-call checkout. Replies
-are parsed by hiredis. A call that times out leaves its slot in the queue (its late reply is dropped);
-a broken connection fails every pending call, and the next call connects again.
+RESP replies come back in the order commands were sent, so concurrent ShouldRateLimit calls queue
+their command and wait for their own reply: no connection pool, no per-call checkout. The commands
+queued during one turn of the event loop go out in one write (one send() for all the calls in flight,
+not one each). Replies are parsed by hiredis. A call that times out leaves its slot in the queue (its
+late reply is dropped); a broken connection fails every pending call, and the next call connects again.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class RespConnection:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._outgoing: list[bytes] = []  # commands not yet written; flushed at the end of the loop turn
         self._connecting: asyncio.Lock | None = None
         self._last_reply = 0.0
 
@@ -51,10 +53,19 @@ class RespConnection:
         return await self._send(writer, args)
 
     async def _send(self, writer: asyncio.StreamWriter, args: tuple[Any, ...]) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._pending.append(future)
-        writer.write(pack(args))
+        if not self._outgoing:
+            loop.call_soon(self._flush, writer)
+        self._outgoing.append(pack(args))
         return await future
+
+    def _flush(self, writer: asyncio.StreamWriter) -> None:
+        if writer is not self._writer:  # dropped since: its queue was cleared, its callers failed
+            return
+        data, self._outgoing = b"".join(self._outgoing), []
+        writer.write(data)
 
     async def _connect(self) -> asyncio.StreamWriter:
         if self._connecting is None:
@@ -111,6 +122,7 @@ class RespConnection:
     def _drop(self, error: BaseException) -> None:
         """Forget the connection; fail whoever still waits on it."""
         writer, self._writer = self._writer, None
+        self._outgoing = []
         if writer is not None:
             writer.close()
         while self._pending:

@@ -89,6 +89,13 @@ class _Target:
     base: str  # the counter key up to the window start
     tag: str
     counters: KeyCounters
+    window: int  # seconds (rule.window, looked up once)
+    sliding: bool
+    enforce: bool  # may refuse: not a shadow rule, not a stream-end charge (global shadow aside)
+    charge: bool  # adds its hits when admitted: not a check-only probe
+
+
+_NO_LIMIT = Status()  # a descriptor no rule applies to; shared, like every Status never mutated
 
 
 @dataclass(slots=True)
@@ -171,32 +178,29 @@ class Limiter:
             raise InvalidRequest("rate limit descriptor list must not be empty")
         settings, now = self.settings, self._clock()
         plans = self._plan(settings, request, now)
-        statuses: list[Status] = [Status() for _ in request.descriptors]
+        statuses = [_NO_LIMIT] * len(request.descriptors)
         if not plans:
             return Decision(False, tuple(statuses))
-        cached = [p for p in plans if settings.local_cache and self._blocked(p, now)]
-        if cached:
-            return self._from_cache(plans, cached, statuses, settings)
+        if settings.local_cache:
+            cached = [p for p in plans if self._blocked(p, now)]
+            if cached:
+                return self._from_cache(plans, cached, statuses, settings)
         result = await self.store.apply([p.slot for p in plans], now)
         for plan, used in zip(plans, result.used, strict=True):
             statuses[plan.index] = self._status(plan, used, result.admitted, settings)
             slot = plan.slot
-            if settings.local_cache and slot.enforce and not slot.weight and used >= slot.limit:
+            if settings.local_cache and slot.enforce and not plan.target.sliding and used >= slot.limit:
                 self._cache.add(slot.key, now + plan.reset, now)
         return self._decision(not result.admitted, statuses, settings)
 
     # planning -------------------------------------------------------------------------------------
     def _plan(self, settings: Settings, request: Request, now: float) -> list[_Plan]:
-        found = []
-        for i, descriptor in enumerate(request.descriptors):
-            target = self._target(request.domain, descriptor)
-            if target is not None:
-                found.append((i, target, descriptor))
-        replaced = {name for _, target, _ in found for name in target.rule.replaces}
+        targets = [self._target(request.domain, d) for d in request.descriptors]
+        replaced = {name for t in targets if t is not None for name in t.rule.replaces}
         default_hits = request.hits_addend or 1
         plans = []
-        for i, target, descriptor in found:
-            if target.rule.name and target.rule.name in replaced:
+        for i, (target, descriptor) in enumerate(zip(targets, request.descriptors, strict=True)):
+            if target is None or (replaced and target.rule.name in replaced):
                 continue
             hits = default_hits if descriptor.hits_addend is None else descriptor.hits_addend
             plans.append(_slot(i, target, hits, settings, now))
@@ -233,12 +237,19 @@ class Limiter:
         label = rule.full_key
         if rule.detailed_metric:
             label = ".".join([domain, *(f"{k}_{v}" for k, v in entries)])
-        return _Target(rule, entries, phase, base, tag, self.metrics.key(domain, label))
+        return _Target(
+            rule, entries, phase, base, tag, self.metrics.key(domain, label),
+            window=rule.window,
+            sliding=rule.algorithm == "sliding_window",
+            enforce=not rule.shadow_mode and phase != "charge",
+            charge=phase != "check",
+        )
 
     # answering ------------------------------------------------------------------------------------
     def _blocked(self, plan: _Plan, now: float) -> bool:
         slot = plan.slot
-        return slot.enforce and not slot.weight and slot.hits > 0 and self._cache.blocked(slot.key, now)
+        fixed = not plan.target.sliding
+        return slot.enforce and fixed and slot.hits > 0 and self._cache.blocked(slot.key, now)
 
     def _from_cache(
         self, plans: list[_Plan], cached: list[_Plan], statuses: list[Status], settings: Settings
@@ -250,9 +261,9 @@ class Limiter:
             over = id(plan) in blocked
             if over:
                 counters = plan.target.counters
-                counters.total.inc(plan.hits)
-                counters.over.inc()
-                counters.local_cache.inc()
+                counters.total += plan.hits
+                counters.over += 1
+                counters.local_cache += 1
             remaining = 0 if over else rule.requests_per_unit
             statuses[plan.index] = Status(over, rule.requests_per_unit, rule.unit, remaining, plan.reset)
         return self._decision(True, statuses, settings)
@@ -261,19 +272,19 @@ class Limiter:
     def _status(plan: _Plan, used: int, admitted: bool, settings: Settings) -> Status:
         target, hits = plan.target, plan.hits
         rule, counters, limit = target.rule, target.counters, target.rule.requests_per_unit
-        counters.total.inc(hits)
+        counters.total += hits
         if used + hits > limit and target.phase != "charge":
             if rule.shadow_mode:
-                counters.shadow.inc()
+                counters.shadow += 1
                 return Status(False, limit, rule.unit, 0, plan.reset)
-            counters.over.inc()
+            counters.over += 1
             if settings.shadow_mode:
-                counters.shadow.inc()
+                counters.shadow += 1
             return Status(True, limit, rule.unit, 0, plan.reset)
         after = used + (hits if admitted and plan.slot.charge else 0)
-        counters.within.inc()
+        counters.within += 1
         if after > limit * settings.near_limit_ratio:
-            counters.near.inc()
+            counters.near += 1
         return Status(False, limit, rule.unit, max(0, limit - after), plan.reset)
 
     @staticmethod
@@ -284,30 +295,34 @@ class Limiter:
 
 def _slot(index: int, target: _Target, hits: int, settings: Settings, now: float) -> _Plan:
     """The counter of the window `now` falls in (and the previous one, for a sliding window)."""
-    rule, base = target.rule, target.base
-    window = rule.window
-    seconds = int(now)
-    start = seconds - seconds % window
-    reset = window - seconds % window
+    base, window = target.base, target.window
+    elapsed = int(now) % window
+    start = int(now) - elapsed
+    reset = window - elapsed
     key = f"{base}{start}"
-    if rule.algorithm == "sliding_window":
+    if target.sliding:
         weight = max(0, min(1000, int(1000 * (1.0 - (now - start) / window))))
         prev, ttl = f"{base}{start - window}", 2 * window
     else:
         weight, prev, ttl = 0, key, reset + 1
-    enforce = not rule.shadow_mode and not settings.shadow_mode and target.phase != "charge"
-    charge = target.phase != "check"
-    slot = Slot(key, prev, rule.requests_per_unit, hits, ttl, weight, enforce, charge, target.tag)
+    enforce = target.enforce and not settings.shadow_mode
+    limit = target.rule.requests_per_unit
+    slot = Slot(key, prev, limit, hits, ttl, weight, enforce, target.charge, target.tag)
     return _Plan(index, target, hits, slot, reset)
 
 
 def _headers(statuses: Sequence[Status], style: HeaderStyle) -> tuple[tuple[str, str], ...]:
     """Headers for the most constraining descriptor: an over-limit one, else the least remaining."""
-    limited = [s for s in statuses if s.limit is not None and s.unit is not None]
-    if style == "none" or not limited:
+    if style == "none":
         return ()
-    worst = min(limited, key=lambda s: (not s.over_limit, s.remaining))
-    assert worst.limit is not None and worst.unit is not None
+    worst: Status | None = None
+    for s in statuses:  # the first of the least (not over_limit, remaining)
+        if s.limit is not None and s.unit is not None and (
+            worst is None or (not s.over_limit, s.remaining) < (not worst.over_limit, worst.remaining)
+        ):
+            worst = s
+    if worst is None or worst.limit is None or worst.unit is None:
+        return ()
     if style == "draft-03":
         window = UNIT_SECONDS[worst.unit]
         return (

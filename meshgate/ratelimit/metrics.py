@@ -8,42 +8,66 @@ loads and the latency of ShouldRateLimit.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = ["KeyCounters", "RateLimitMetrics"]
 
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
+# KeyCounters attribute -> (metric name without the meshgate_ratelimit_ prefix, help)
+_KEY_COUNTERS = {
+    "total": ("total_hits", "Hits (sum of hits_addend) checked against a limit."),
+    "within": ("within_limit", "Descriptors answered OK."),
+    "over": ("over_limit", "Descriptors answered OVER_LIMIT."),
+    "near": ("near_limit", "Descriptors answered OK above the near-limit ratio."),
+    "shadow": ("shadow_mode", "Descriptors over limit but let through by shadow mode."),
+    "local_cache": ("over_limit_with_local_cache", "Descriptors refused by the local over-limit cache."),
+}
+
 
 class KeyCounters:
-    """The counters of one (domain, key), resolved once: `labels()` is too slow for every hit."""
+    """The counters of one (domain, key): plain ints, added to on the event loop (`counters.over += 1`)
+    and read by `_KeyCollector` at scrape time. A prometheus_client child costs a lock and a few
+    checks per `inc()`; with five descriptors a request made a dozen of them."""
 
-    __slots__ = ("local_cache", "near", "over", "shadow", "total", "within")
+    __slots__ = tuple(_KEY_COUNTERS)
 
-    def __init__(self, metrics: RateLimitMetrics, domain: str, key: str) -> None:
-        self.total = metrics.total_hits.labels(domain, key)
-        self.within = metrics.within_limit.labels(domain, key)
-        self.over = metrics.over_limit.labels(domain, key)
-        self.near = metrics.near_limit.labels(domain, key)
-        self.shadow = metrics.shadow_mode.labels(domain, key)
-        self.local_cache = metrics.over_limit_local_cache.labels(domain, key)
+    def __init__(self) -> None:
+        self.total = self.within = self.over = self.near = self.shadow = self.local_cache = 0
+
+
+class _KeyCollector(Collector):
+    """Exports every KeyCounters as the counters `meshgate_ratelimit_<name>_total{domain, key}`."""
+
+    def __init__(self, keys: dict[tuple[str, str], KeyCounters]) -> None:
+        self._keys = keys
+
+    def _families(self) -> dict[str, CounterMetricFamily]:
+        return {
+            attr: CounterMetricFamily(f"meshgate_ratelimit_{name}", doc, labels=("domain", "key"))
+            for attr, (name, doc) in _KEY_COUNTERS.items()
+        }
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families().values())
+
+    def collect(self) -> Iterator[Metric]:
+        families = self._families()
+        for (domain, key), counters in list(self._keys.items()):
+            for attr, family in families.items():
+                family.add_metric((domain, key), getattr(counters, attr))
+        return iter(families.values())
 
 
 class RateLimitMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None, *, max_keys: int = 10_000) -> None:
-        labels = ["domain", "key"]
-
-        def counter(name: str, doc: str) -> Counter:
-            return Counter(f"meshgate_ratelimit_{name}", doc, labels, registry=registry)
-
-        self.total_hits = counter("total_hits", "Hits (sum of hits_addend) checked against a limit.")
-        self.within_limit = counter("within_limit", "Descriptors answered OK.")
-        self.over_limit = counter("over_limit", "Descriptors answered OVER_LIMIT.")
-        self.near_limit = counter("near_limit", "Descriptors answered OK above the near-limit ratio.")
-        self.shadow_mode = counter("shadow_mode", "Descriptors over limit but let through by shadow mode.")
-        self.over_limit_local_cache = counter(
-            "over_limit_with_local_cache", "Descriptors refused by the local over-limit cache."
-        )
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self._keys: dict[tuple[str, str], KeyCounters] = {}
+        if registry is not None:
+            registry.register(_KeyCollector(self._keys))
         self.store_errors = Counter(
             "meshgate_ratelimit_store_errors", "Store calls that failed (answered UNAVAILABLE).", ["store"],
             registry=registry,
@@ -56,13 +80,11 @@ class RateLimitMetrics:
             "meshgate_ratelimit_should_rate_limit_seconds", "ShouldRateLimit latency, store included.",
             buckets=_LATENCY_BUCKETS, registry=registry,
         )
-        self._keys: dict[tuple[str, str], KeyCounters] = {}
-        self._max_keys = max_keys
 
     def key(self, domain: str, key: str) -> KeyCounters:
+        """The counters of (domain, key), created on first use. The keys are bounded by the config
+        (values only for `detailed_metric` rules), as the label sets of the exported metrics are."""
         found = self._keys.get((domain, key))
         if found is None:
-            found = KeyCounters(self, domain, key)
-            if len(self._keys) < self._max_keys:
-                self._keys[(domain, key)] = found
+            found = self._keys[(domain, key)] = KeyCounters()
         return found

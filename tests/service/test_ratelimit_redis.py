@@ -1,5 +1,7 @@
 """Redis-only properties: one round trip per request (Redis's own INFO commandstats), the key layout
-with tenant hash tags, and a stopped server -> StoreUnavailable within the timeout, then recovery."""
+with tenant hash tags, and a stopped server -> StoreUnavailable within the timeout, then recovery.
+The same against a real Sentinel (master found through it) and a real 3-master Cluster (one script per
+request per hash-tag slot; all-or-nothing within a tenant)."""
 
 from __future__ import annotations
 
@@ -7,18 +9,20 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Sequence
 
 import pytest
 import redis
 from redis.asyncio.cluster import RedisCluster
 
 from meshgate.policy import parse_policy
-from meshgate.ratelimit import Descriptor, Limiter, Request, StoreUnavailable
+from meshgate.ratelimit import Decision, Descriptor, Limiter, Request, StoreUnavailable
 from meshgate.ratelimit.compile import compile_policy
 from meshgate.ratelimit.model import RateLimitConfig
 from meshgate.ratelimit.redis_store import RedisStore, redact
 from meshgate.ratelimit.store import Slot, StoreResult
 from tests.harness.redis import RedisServer
+from tests.service._redis_topologies import ClusterTopology, SentinelTopology, flush
 
 POLICY = """
 tiers: [{name: gold, multiplier: 10}]
@@ -77,7 +81,7 @@ def test_one_round_trip_per_request_and_key_layout(redis_server: RedisServer) ->
     # 5 admitted + 1 refused by Redis; the 7th is refused by the local cache without any call
     assert script_calls(client) == 6
     assert other_calls(client) == {}  # no client-side GET, INCRBY or SCRIPT LOAD: only the script
-    keys = sorted(k.decode() for k in client.keys("*"))
+    keys = sorted(k.decode() if isinstance(k, bytes) else k for k in client.keys("*"))
     assert len(keys) == 2
     assert keys[0].startswith("mg:{globex}:meshgate:quota=tenant-rpm:tenant=globex:60:")
     assert keys[1].startswith("mg:{globex}:meshgate:quota=user-rpm:tenant=globex:user=bob:60:")
@@ -151,7 +155,7 @@ def test_urls_pick_single_sentinel_or_cluster() -> None:
 def test_cluster_runs_one_script_per_tag() -> None:
     calls: list[list[str]] = []
 
-    async def fake_apply(slots: list[Slot]) -> StoreResult:
+    async def fake_apply(slots: Sequence[Slot]) -> StoreResult:
         calls.append([s.key for s in slots])
         return StoreResult(slots[0].tag != "b", tuple(len(s.key) for s in slots))
 
@@ -190,12 +194,14 @@ def test_late_replies_after_a_timeout_do_not_shift_the_answers(redis_server: Red
         limiter = limiter_for(redis_server.url)
         try:
             assert (await limiter.decide(request("globex", "late"))).statuses[0].remaining == 4
-            os.kill(redis_server.proc.pid, signal.SIGSTOP)
+            pid = redis_server.proc.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
             try:
                 with pytest.raises(StoreUnavailable):
                     await limiter.decide(request("globex", "late"))
             finally:
-                os.kill(redis_server.proc.pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGCONT)
             # the paused call was executed by Redis once resumed (Envoy already answered UNAVAILABLE)
             answers = [(await limiter.decide(request("globex", "late"))).statuses[0].remaining for _ in range(2)]
             assert answers in ([2, 1], [3, 2])
@@ -220,3 +226,70 @@ def test_error_reply_is_unavailable(redis_server: RedisServer) -> None:
             await limiter.store.close()
 
     asyncio.run(main())
+
+
+# --- real Sentinel and Cluster (tests/service/conftest.py) ---------------------------------------------
+def decide_all(url: str, requests: list[Request], *, policy: str = POLICY) -> list[Decision]:
+    """Each request in turn through one fresh RedisStore on `url`."""
+
+    async def main() -> list[Decision]:
+        domain, tree = compile_policy(parse_policy(policy))
+        limiter = Limiter(RedisStore(url, timeout=2.0), config=RateLimitConfig({domain: tree}))
+        try:
+            return [await limiter.decide(r) for r in requests]
+        finally:
+            await limiter.store.close()
+
+    return asyncio.run(main())
+
+
+def test_sentinel_finds_the_master_one_round_trip_per_request(redis_sentinel: SentinelTopology) -> None:
+    flush(redis_sentinel)
+    (master,) = redis_sentinel.masters()
+    master.config_resetstat()
+    decisions = decide_all(redis_sentinel.url, [request("globex", "sam") for _ in range(7)])
+    assert [d.statuses[0].remaining for d in decisions] == [4, 3, 2, 1, 0, 0, 0]
+    assert [d.over_limit for d in decisions] == [False] * 5 + [True] * 2
+    assert script_calls(master) == 6  # the 7th: the local over-limit cache
+    assert other_calls(master) == {}
+    assert master.keys("*") == master.keys("mg:{globex}:meshgate:*") and master.dbsize() == 2
+
+
+CLUSTER_POLICY = POLICY + """
+  - {name: model-rpm, per: model, limit: 1000, window: minute}
+"""
+
+
+def test_cluster_one_script_per_request_per_slot(redis_cluster: ClusterTopology) -> None:
+    flush(redis_cluster)
+    nodes = redis_cluster.masters()
+    model = Descriptor((("quota", "model-rpm"), ("model", "m1")))  # no tenant: its own tag
+
+    def one_tag(user: str) -> Request:
+        return request("globex", user)
+
+    def two_tags(user: str) -> Request:
+        return Request("meshgate", (*one_tag(user).descriptors, model))
+
+    decide_all(redis_cluster.url, [two_tags("warm")], policy=CLUSTER_POLICY)  # the script reaches both slots
+    for node in nodes:
+        node.config_resetstat()
+    requests = [one_tag("u1"), one_tag("u2"), one_tag("u3"), two_tags("u4"), two_tags("u5")]
+    decisions = decide_all(redis_cluster.url, requests, policy=CLUSTER_POLICY)
+    assert [d.statuses[0].remaining for d in decisions] == [4] * 5
+    assert [d.statuses[1].remaining for d in decisions] == [98, 97, 96, 95, 94]  # tenant-rpm of globex
+    assert decisions[-1].statuses[2].remaining == 997  # model-rpm
+    assert sum(script_calls(n) for n in nodes) == 3 + 2 * 2  # one script per request per slot
+    others = [other_calls(n) for n in nodes]  # once per client: its discovery (CLUSTER SLOTS, COMMAND)
+    assert all(calls.keys() <= {"cluster", "command"} and max(calls.values(), default=1) == 1 for calls in others)
+    holding = [n for n in nodes if n.keys("mg:{globex}:*")]
+    assert len(holding) == 1 and len(holding[0].keys("mg:{globex}:*")) == 7  # one tenant: one node
+
+
+def test_cluster_all_or_nothing_within_a_tenant(redis_cluster: ClusterTopology) -> None:
+    flush(redis_cluster)
+    decisions = decide_all(redis_cluster.url, [request("acme", "dee")] * 51 + [request("acme", "eve")])
+    tenant_remaining = [d.statuses[1].remaining for d in decisions]
+    assert not any(d.over_limit for d in decisions[:50]) and decisions[50].over_limit  # gold: 50 per user
+    assert tenant_remaining[49] == 950 and tenant_remaining[50] == 950  # refused: tenant-rpm not charged
+    assert tenant_remaining[51] == 949
