@@ -1,6 +1,7 @@
 """extauthz benchmark through a real Envoy (not a test). Run from the repository root:
 
     python bench/extauthz_bench.py [--duration 5] [--rounds 3] [--connections 16] [--tokens 12000]
+                                   [--baseline DIR]
 
 One Envoy (concurrency 1) with three listeners, all answering with a direct_response:
   (a) direct   - no ext_authz filter
@@ -9,6 +10,8 @@ One Envoy (concurrency 1) with three listeners, all answering with a direct_resp
 (c) runs twice: one token reused (decision cache hits) and a fresh token per request (every signature
 verified). Load comes from `wrk` (one thread, keep-alive) on 127.0.0.1 only; each run is bounded by
 --duration. Server CPU per check is read from /proc/<pid>/stat of the Check server process.
+`--baseline DIR` adds (c') the same extauthz server run from another tree (DIR holds a `meshgate/`
+package, e.g. a copy taken before a change), measured in the same interleaved rounds.
 """
 
 from __future__ import annotations
@@ -126,17 +129,12 @@ def ext_authz(cluster: str) -> dict[str, Any]:
     }
 
 
-def bootstrap(noop_port: int, meshgate_port: int) -> dict[str, Any]:
+def bootstrap(check_ports: dict[str, int]) -> dict[str, Any]:
+    """Listener "direct" without ext_authz, and one listener per Check server, named like its cluster."""
     direct = [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]
-    listeners = [
-        b.hcm_listener("direct", direct),
-        b.hcm_listener("noop", direct, http_filters=[ext_authz("noop")]),
-        b.hcm_listener("meshgate", direct, http_filters=[ext_authz("meshgate")]),
-    ]
-    clusters = [
-        b.static_cluster("noop", "127.0.0.1", noop_port, http2=True),
-        b.static_cluster("meshgate", "127.0.0.1", meshgate_port, http2=True),
-    ]
+    listeners = [b.hcm_listener("direct", direct)]
+    listeners += [b.hcm_listener(name, direct, http_filters=[ext_authz(name)]) for name in check_ports]
+    clusters = [b.static_cluster(name, "127.0.0.1", port, http2=True) for name, port in check_ports.items()]
     return b.bootstrap(listeners, clusters)
 
 
@@ -198,6 +196,7 @@ def main() -> int:
         "--tokens", type=int, default=12000, help="fresh tokens per round of the fresh-token run"
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every configuration")
+    parser.add_argument("--baseline", type=Path, help="also run (c) from this tree (a dir holding meshgate/)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("needs wrk on PATH (apt-get install wrk)", file=sys.stderr)
@@ -208,31 +207,31 @@ def main() -> int:
 
 def _run(args: argparse.Namespace, work: Path) -> int:
     jwks = JwksServer()
-    noop_port = _free_port()
-    noop = Proc(
-        "noop-check", [sys.executable, "-c", NOOP_SERVER, str(noop_port)], log_dir=work, env=child_env()
-    )
     policy = work / "policy.yaml"
     policy.write_text(
         yaml.safe_dump(policy_doc(issuer={"jwks_uri": f"http://127.0.0.1:{jwks.port}/jwks.json"}))
     )
-    meshgate_port = _free_port()
-    argv = [sys.executable, "-c", EXTAUTHZ_SERVER, str(policy), str(meshgate_port)]
-    meshgate = Proc("meshgate-extauthz", argv, log_dir=work, env=child_env())
+    servers = {"noop": (NOOP_SERVER, child_env()), "meshgate": (EXTAUTHZ_SERVER, child_env())}
+    if args.baseline is not None:  # the other tree first on PYTHONPATH: its meshgate package is imported
+        env = child_env()
+        env["PYTHONPATH"] = os.pathsep.join((str(args.baseline.resolve()), env["PYTHONPATH"]))
+        servers["baseline"] = (EXTAUTHZ_SERVER, env)
     started: list[Any] = []
     try:
-        noop.start()
-        started.append(noop)
-        wait_for_tcp("127.0.0.1", noop_port, 30, proc=noop)
-        meshgate.start()
-        started.append(meshgate)
-        wait_for_tcp("127.0.0.1", meshgate_port, 30, proc=meshgate)
-        envoy = Envoy(bootstrap(noop_port, meshgate_port), workdir=work, log_level="warning")
+        check_ports, pids = {}, {}
+        for name, (code, env) in servers.items():
+            port = check_ports[name] = _free_port()
+            # -P: no current directory on sys.path, so PYTHONPATH alone says which meshgate is imported
+            argv = [sys.executable, "-P", "-c", code, *([str(policy)] if name != "noop" else []), str(port)]
+            proc = Proc(f"{name}-check", argv, log_dir=work, env=env)
+            started.append(proc.start())
+            wait_for_tcp("127.0.0.1", port, 30, proc=proc)
+            assert proc.pid is not None
+            pids[name] = proc.pid
+        envoy = Envoy(bootstrap(check_ports), workdir=work, log_level="warning")
         started.append(envoy.start())
-
-        assert noop.pid is not None and meshgate.pid is not None
-        ports = {name: envoy.listener_port(name) for name in ("direct", "noop", "meshgate")}
-        rows = _measure_all(args, work, ports, {"noop": noop.pid, "meshgate": meshgate.pid})
+        ports = {name: envoy.listener_port(name) for name in ("direct", *check_ports)}
+        rows = _measure_all(args, work, ports, pids)
     finally:
         for item in reversed(started):
             item.stop()
@@ -262,12 +261,18 @@ def _measure_all(
         run_wrk(url(listener), reused, duration=1, connections=args.connections, work=work)
     runs: dict[str, list[dict[str, Any]]] = {}
     for n in range(args.rounds):  # interleaved, so a noisy neighbour hits every configuration alike
-        for name, listener, tokens in (
+        plan = [
             ("(a) envoy direct_response", "direct", reused),
             ("(b) envoy + no-op grpc.aio Check", "noop", reused),
             ("(c) meshgate, one token reused", "meshgate", reused),
             ("(c) meshgate, fresh token each", "meshgate", fresh[n]),
-        ):
+        ]
+        if "baseline" in ports:  # its own process and cache: the same never-seen tokens are fresh to it
+            plan += [
+                ("(c') baseline, one token reused", "baseline", reused),
+                ("(c') baseline, fresh token each", "baseline", fresh[n]),
+            ]
+        for name, listener, tokens in plan:
             result = measure(name, url(listener), tokens, pids.get(listener), args, work)
             runs.setdefault(name, []).append(result)
     return [_combine(name, results) for name, results in runs.items()]
@@ -300,13 +305,13 @@ def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         print(f"{r['name']:38} {r['rps']:9.0f} {r['p50_us'] / 1000:8.2f} {r['p99_us'] / 1000:8.2f} {cpu:>13} "
               f"{r['errors']:7d}")  # fmt: skip
     base = rows[1]["rps"]
-    print(f"(c)/(b) req/s, token reused: {rows[2]['rps'] / base:.2f}")
-    print(f"(c)/(b) req/s, fresh token:  {rows[3]['rps'] / base:.2f}")
-    if rows[3]["max_requests"] > args.tokens:
-        print(
-            f"note: a fresh round sent {rows[3]['max_requests']} requests for {args.tokens} tokens "
-            "(later ones were cache hits): raise --tokens"
-        )
+    for label, first in (("(c)", 2), ("(c')", 4))[: (len(rows) - 2) // 2]:
+        print(f"{label}/(b) req/s, token reused: {rows[first]['rps'] / base:.2f}")
+        print(f"{label}/(b) req/s, fresh token:  {rows[first + 1]['rps'] / base:.2f}")
+    sent = max(r["max_requests"] for r in rows if "fresh" in r["name"])
+    if sent > args.tokens:
+        print(f"note: a fresh round sent {sent} requests for {args.tokens} tokens "
+              "(later ones were cache hits): raise --tokens")  # fmt: skip
 
 
 def _free_port() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
@@ -16,6 +17,7 @@ __all__ = [
     "DECISION_ID_HEADER",
     "HEADER_PREFIX",
     "METADATA_NAMESPACE",
+    "WireTemplate",
     "add_decision_id",
     "allow",
     "deny",
@@ -32,12 +34,17 @@ _GRPC_STATUS = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED}
 
 
 def to_check_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
+    """The request's `headers` map is used as it is (read-only, not copied: the core reads a handful of
+    headers, a copy of all of them cost more than the cached decision); only Envoy's raw form is merged."""
     http = request.attributes.request.http
-    headers: dict[str, str] = dict(http.headers)
-    for entry in http.header_map.headers:  # Envoy's encode_raw_headers form
-        value = entry.raw_value.decode("utf-8", "replace") if entry.raw_value else entry.value
-        key = entry.key.lower()
-        headers[key] = f"{headers[key]},{value}" if key in headers else value
+    headers: Mapping[str, str] = http.headers
+    if http.HasField("header_map"):  # Envoy's encode_raw_headers form
+        merged = dict(headers)
+        for entry in http.header_map.headers:
+            value = entry.raw_value.decode("utf-8", "replace") if entry.raw_value else entry.value
+            key = entry.key.lower()
+            merged[key] = f"{merged[key]},{value}" if key in merged else value
+        headers = merged
     body = http.raw_body or http.body.encode()
     source = request.attributes.source.address.socket_address.address
     return CheckInput(
@@ -137,3 +144,44 @@ def add_decision_id(response: external_auth_pb2.CheckResponse, decision_id: str)
     target.headers.add(
         header=base_pb2.HeaderValue(key=DECISION_ID_HEADER, value=decision_id), append_action=_OVERWRITE
     )
+
+
+@dataclass(frozen=True, slots=True)
+class WireTemplate:
+    """A CheckResponse serialized once, with a hole of `width` bytes for its x-meshgate-decision-id.
+    A cached decision's response is then one concatenation: no copy, no added header, no serialization
+    (those cost more than the cached decision itself)."""
+
+    head: bytes
+    tail: bytes
+    width: int
+
+    @classmethod
+    def build(cls, response: external_auth_pb2.CheckResponse, *, width: int) -> WireTemplate:
+        """`response` (left unchanged) plus a decision id of `width` ASCII characters."""
+        # Serialized with two placeholders of that length: the bytes differ exactly where the id goes, so
+        # the hole is where one has "a"s and the other "b"s, whatever the other fields hold (values from
+        # tokens and bodies may contain "aaaa" too).
+        a, b = b"a" * width, b"b" * width
+        first, second = _serialized_with_id(response, a.decode()), _serialized_with_id(response, b.decode())
+        start = first.find(a)
+        while start != -1 and second[start : start + width] != b:
+            start = first.find(a, start + 1)
+        end = start + width
+        if start == -1 or first[:start] != second[:start] or first[end:] != second[end:]:
+            raise AssertionError("the decision id is not one contiguous field")
+        return cls(head=first[:start], tail=first[end:], width=width)
+
+    def render(self, decision_id: str) -> bytes:
+        """The serialized CheckResponse carrying `decision_id` (same length as the hole: same framing)."""
+        raw = decision_id.encode()
+        if len(raw) != self.width:
+            raise ValueError(f"decision id {decision_id!r} is not {self.width} bytes")
+        return self.head + raw + self.tail
+
+
+def _serialized_with_id(response: external_auth_pb2.CheckResponse, decision_id: str) -> bytes:
+    copy = external_auth_pb2.CheckResponse()
+    copy.CopyFrom(response)
+    add_decision_id(copy, decision_id)
+    return bytes(copy.SerializeToString(deterministic=True))  # map entries sorted: both copies alike

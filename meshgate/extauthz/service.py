@@ -13,77 +13,38 @@ import itertools
 import logging
 import secrets
 import time
-from typing import Any
 
 import grpc
-from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.auth.v3 import external_auth_pb2
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 
 from ..policy.model import Issuer, Policy
 from ..policy.store import Commit, PolicyStore
 from .audit import AuditLog
 from .core import Authorizer
 from .jwks import JwksRefresher, RemoteKeys
+from .metrics import CheckMetrics
 from .request import CheckInput, Decision, Unavailable
-from .responses import HEADER_PREFIX, add_decision_id, to_check_input, to_response
+from .responses import HEADER_PREFIX, WireTemplate, add_decision_id, to_check_input, to_response
 from .table import compile_table
 
 __all__ = ["ExtAuthzService"]
 
 log = logging.getLogger("meshgate.extauthz")
 _PROPAGATOR = TraceContextTextMapPropagator()
-_UNKNOWN = "unknown"
+_TRACER_NAME = "meshgate.extauthz"
+_PROVIDER_RECHECK_S = 1.0
 _MEMO_ENTRIES = 10000
-
-
-class _Metrics:
-    def __init__(self, registry: CollectorRegistry | None) -> None:
-        self.decisions = Counter(
-            "meshgate_extauthz_decisions",
-            "Check decisions by decision (allow, deny), code and tenant.",
-            ["decision", "code", "tenant"],
-            registry=registry,
-        )
-        self.errors = Counter(
-            "meshgate_extauthz_unavailable",
-            "Checks answered UNAVAILABLE (no decision possible).",
-            ["reason"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "meshgate_extauthz_check_seconds",
-            "Time to decide one check, by decision cache result.",
-            ["cache"],
-            registry=registry,
-            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
-        )
-        self.latency_hit = self.latency.labels("hit")
-        self.latency_miss = self.latency.labels("miss")
-        self.tenants: frozenset[str] = frozenset()
-        self._children: dict[tuple[str, str, str], Any] = {}
-
-    def set_tenants(self, tenants: frozenset[str]) -> None:
-        self.tenants = tenants
-        self._children.clear()
-
-    def count(self, decision: Decision, tenant: str) -> None:
-        """decisions{decision, code, tenant}; tenants outside the policy count as "unknown"."""
-        key = ("allow" if decision.allowed else "deny", decision.code, tenant)
-        child = self._children.get(key)
-        if child is None:
-            label = tenant if tenant in self.tenants else _UNKNOWN
-            child = self._children[key] = self.decisions.labels(key[0], key[1], label)
-            if len(self._children) > 10000:  # tenants outside the policy: keep the memo bounded
-                self._children.clear()
-        child.inc()
+_ID_DIGITS = 12  # fixed width: a cached response has a hole of one size for the id (2**48 checks)
+_GRPC_SERVICE = "envoy.service.auth.v3.Authorization"
 
 
 class ExtAuthzService:
     """envoy.service.auth.v3.Authorization, following the live policy of `store`."""
 
-    grpc_names: tuple[str, ...] = ("envoy.service.auth.v3.Authorization",)
+    grpc_names: tuple[str, ...] = (_GRPC_SERVICE,)
 
     def __init__(
         self,
@@ -97,12 +58,13 @@ class ExtAuthzService:
         self._authorizer: Authorizer | None = None
         self._refresher = refresher or JwksRefresher(registry=registry)
         self._refresher.on_change = self._keys_changed
-        self._metrics = _Metrics(registry)
-        self._tracer = trace.get_tracer("meshgate.extauthz", tracer_provider=tracer_provider)
+        self._metrics = CheckMetrics(registry)
+        self._tracer = tracer_provider.get_tracer(_TRACER_NAME) if tracer_provider is not None else None
+        self._next_provider_check = 0.0
         self._initial_keys_timeout = initial_keys_timeout
         self._task: asyncio.Task[None] | None = None
-        self._memo: dict[tuple[int, tuple[str, ...]], tuple[Decision, external_auth_pb2.CheckResponse]] = {}
-        self._id_prefix = secrets.token_hex(6) + "-"
+        self._memo: dict[tuple[int, tuple[str, ...]], tuple[Decision, WireTemplate]] = {}
+        self._id_prefix = secrets.token_hex(6) + "-"  # then the check's number: _ID_DIGITS hex digits
         self._ids = itertools.count(1)
         self._audit = AuditLog()
         store.subscribe("extauthz", self.prepare)
@@ -122,7 +84,7 @@ class ExtAuthzService:
         def commit() -> None:
             self._authorizer = authorizer  # a new Authorizer: the decision cache starts empty
             self._refresher.sync(remote)
-            self._metrics.set_tenants(frozenset(authorizer.table.tenants))
+            self._metrics.tenants = frozenset(authorizer.table.tenants)
             self._memo.clear()
 
         return commit
@@ -133,7 +95,17 @@ class ExtAuthzService:
 
     # --- Service protocol -----------------------------------------------------------------------
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(_Servicer(self), server)
+        """Authorization/Check, as the generated add_AuthorizationServicer_to_server registers it, except
+        that `check` hands back the CheckResponse already serialized (so no response serializer)."""
+        handlers = {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                _Servicer(self).Check,
+                request_deserializer=external_auth_pb2.CheckRequest.FromString,
+                response_serializer=None,
+            )
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_GRPC_SERVICE, handlers),))
+        server.add_registered_method_handlers(_GRPC_SERVICE, handlers)  # type: ignore[attr-defined]  # not in the stubs yet
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._refresher.run(), name="extauthz-jwks")
@@ -149,55 +121,85 @@ class ExtAuthzService:
         self._audit.flush()
 
     # --- one check ------------------------------------------------------------------------------
-    def check(self, request: external_auth_pb2.CheckRequest) -> external_auth_pb2.CheckResponse:
-        """Decide one CheckRequest. Raises Unavailable when no decision can be made."""
+    def check(self, request: external_auth_pb2.CheckRequest) -> bytes:
+        """Decide one CheckRequest: the serialized CheckResponse. Raises Unavailable when no decision
+        can be made."""
         started = time.perf_counter()
         req = to_check_input(request)
-        context = _PROPAGATOR.extract(carrier=req.headers) if "traceparent" in req.headers else None
-        span = self._tracer.start_span("extauthz.check", context=context, kind=trace.SpanKind.SERVER)
+        tracer = self._current_tracer(started)
+        span = None
+        if tracer is not None:
+            context = _PROPAGATOR.extract(carrier=req.headers) if "traceparent" in req.headers else None
+            span = tracer.start_span("extauthz.check", context=context, kind=trace.SpanKind.SERVER)
         try:
             authorizer = self._authorizer
             if authorizer is None:
                 raise Unavailable("no policy loaded")
             decision, cached = authorizer.decide(req)
-            decision_id = f"{self._id_prefix}{next(self._ids):x}"
-            response = self._respond(authorizer, decision, req, decision_id)
+            decision_id = f"{self._id_prefix}{next(self._ids):0{_ID_DIGITS}x}"
+            response = self._respond(authorizer, decision, req, decision_id, cached=cached)
             self._observe(span, decision, req, decision_id=decision_id, cached=cached, started=started)
         finally:
-            span.end()
+            if span is not None:
+                span.end()
         return response
+
+    def _current_tracer(self, now: float) -> trace.Tracer | None:
+        """The tracer of the provider passed in, else of the process's global provider once one is set.
+        None while there is none: the API's stand-in would only make a non-recording span that nothing
+        reads, so a check makes no span at all. Asking for the global provider reads os.environ (more
+        than a cached decision costs), so it is asked at most once a second until one is set."""
+        if self._tracer is None:
+            if now < self._next_provider_check:
+                return None
+            self._next_provider_check = now + _PROVIDER_RECHECK_S
+            provider = trace.get_tracer_provider()
+            if isinstance(provider, trace.ProxyTracerProvider):  # none set yet
+                return None
+            self._tracer = provider.get_tracer(_TRACER_NAME)  # a global provider, once set, stays
+        return self._tracer
 
     def unavailable(self, reason: str) -> None:
         """Count a check answered UNAVAILABLE (reason: unavailable, internal)."""
         self._metrics.errors.labels(reason).inc()
 
     def _respond(
-        self, authorizer: Authorizer, decision: Decision, req: CheckInput, decision_id: str
-    ) -> external_auth_pb2.CheckResponse:
-        """The response for `decision`. A cached decision reuses the response built for it before (keyed
-        by the decision object and the client's x-meshgate-* header names): only the decision id changes."""
-        client_headers = tuple(name for name in req.headers if name.startswith(HEADER_PREFIX))
+        self, authorizer: Authorizer, decision: Decision, req: CheckInput, decision_id: str, *, cached: bool
+    ) -> bytes:
+        """The serialized response for `decision`. A decision served from the cache reuses the response
+        built for it before (keyed by the decision object and the client's x-meshgate-* header names): only
+        the id changes. A decision made now (a new token, a 401) is built and serialized once."""
+        client_headers = tuple([name for name in req.headers if name.startswith(HEADER_PREFIX)])
+        if not cached:
+            response = self._build(authorizer, decision, client_headers)
+            add_decision_id(response, decision_id)
+            return bytes(response.SerializeToString())
         key = (id(decision), client_headers)
         memo = self._memo.get(key)
         if memo is None or memo[0] is not decision:
-            auth = authorizer.table.auth
-            template = to_response(
-                decision,
-                client_headers=client_headers,
-                api_key_header=auth.api_key_header,
-                forward_authorization=auth.forward_authorization,
+            template = WireTemplate.build(
+                self._build(authorizer, decision, client_headers), width=len(decision_id)
             )
             if len(self._memo) >= _MEMO_ENTRIES:
                 self._memo.clear()
             memo = self._memo[key] = (decision, template)
-        response = external_auth_pb2.CheckResponse()
-        response.CopyFrom(memo[1])
-        add_decision_id(response, decision_id)
-        return response
+        return memo[1].render(decision_id)
+
+    @staticmethod
+    def _build(
+        authorizer: Authorizer, decision: Decision, client_headers: tuple[str, ...]
+    ) -> external_auth_pb2.CheckResponse:
+        auth = authorizer.table.auth
+        return to_response(
+            decision,
+            client_headers=client_headers,
+            api_key_header=auth.api_key_header,
+            forward_authorization=auth.forward_authorization,
+        )
 
     def _observe(
         self,
-        span: trace.Span,
+        span: trace.Span | None,
         decision: Decision,
         req: CheckInput,
         *,
@@ -208,9 +210,8 @@ class ExtAuthzService:
         who, target = decision.identity, decision.target
         tenant = who.tenant if who is not None else ""
         self._metrics.count(decision, tenant)
-        latency = self._metrics.latency_hit if cached else self._metrics.latency_miss
-        latency.observe(time.perf_counter() - started)
-        if span.is_recording():
+        self._metrics.observe(time.perf_counter() - started, cached=cached)
+        if span is not None and span.is_recording():
             span.set_attributes(
                 {
                     "meshgate.decision": "allow" if decision.allowed else "deny",
@@ -225,13 +226,15 @@ class ExtAuthzService:
         self._audit.record(decision, req, decision_id=decision_id, cached=cached)
 
 
-class _Servicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+class _Servicer:
+    """Authorization's one method, registered by ExtAuthzService.add_to_server."""
+
     def __init__(self, service: ExtAuthzService) -> None:
         self._service = service
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> external_auth_pb2.CheckResponse:
+    ) -> bytes:
         try:
             return self._service.check(request)
         except Unavailable as exc:

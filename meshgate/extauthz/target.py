@@ -10,6 +10,7 @@ Server-level endpoints (health, server metadata) have no model: kind "server".
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -52,14 +53,24 @@ def resolve_target(req: CheckInput) -> Target:
     path = req.path.split("?", 1)[0]
     if path.startswith(GRPC_PREFIX):
         return _grpc(path[len(GRPC_PREFIX) :], req.body)
+    if path in _OPENAI_PATHS:
+        return _openai(req.body)
+    target = _path_target(path)
+    if target is None:
+        raise TargetError("model_unresolved", f"no model can be read from {req.method} {path}")
+    return target
+
+
+@functools.lru_cache(maxsize=4096)
+def _path_target(path: str) -> Target | None:
+    """The target of a path that alone names it (KServe REST, server level). Memoized: the same few
+    paths come again and again, and a Target is immutable."""
     match = _V2_MODEL.match(path)
     if match:
         return Target(kind="model", model=match.group(1), version=match.group(2) or "")
-    if path in _OPENAI_PATHS:
-        return _openai(req.body)
     if path in _SERVER_PATHS:
         return Target(kind="server")
-    raise TargetError("model_unresolved", f"no model can be read from {req.method} {path}")
+    return None
 
 
 def _grpc(method: str, body: bytes) -> Target:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import code_pb2
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -221,3 +222,35 @@ def test_cached_decisions_get_their_own_decision_id_and_header_removals(tmp_path
             assert "x-meshgate-debug" in sneaky.ok_response.headers_to_remove
 
     run(scenario)
+
+
+def test_global_tracer_provider_set_later_gets_spans_continuing_traceparent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a provider a check makes no span; a global provider set later is picked up (it is asked
+    for at most once a second: here at once) and its spans continue the request's traceparent."""
+    monkeypatch.setattr("meshgate.extauthz.service._PROVIDER_RECHECK_S", 0.0)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    service, _ = new_service(tmp_path)
+    token = mint()
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+    async def scenario() -> None:
+        async with serving(service) as stub:
+            traced = check_request(
+                authorization=f"Bearer {token}", traceparent=f"00-{trace_id}-{parent_id}-01"
+            )
+            assert (await stub.Check(traced)).status.code == code_pb2.OK
+            monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+            assert (await stub.Check(traced)).status.code == code_pb2.OK
+
+    run(scenario)
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 1
+    span = spans[0]
+    assert f"{span.context.trace_id:032x}" == trace_id
+    assert span.parent is not None and f"{span.parent.span_id:016x}" == parent_id
+    assert span.kind == trace.SpanKind.SERVER and span.attributes is not None
+    assert span.attributes["meshgate.cache_hit"] is True and span.attributes["meshgate.decision"] == "allow"

@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from meshgate.extauthz import CheckInput, Decision, Identity, Target
-from meshgate.extauthz.audit import AuditLog
+from meshgate.extauthz.audit import AuditLog, audit_record
 
 WHO = Identity(tenant="acme", user="alice", tier="gold", roles=(), credential="api_key:acme-ci")
 SECRET = "key-never-logged"
@@ -59,3 +59,18 @@ def test_off_when_the_logger_is_above_info(caplog: pytest.LogCaptureFixture) -> 
     caplog.set_level(logging.WARNING, logger="meshgate.extauthz.audit")
     AuditLog().record(ALLOW, REQ, decision_id="d1", cached=False)
     assert caplog.records == []
+
+
+def test_a_line_is_the_audit_record(caplog: pytest.LogCaptureFixture) -> None:
+    """Lines are formatted at the flush from a per-batch fragment: still exactly audit_record, key for key."""
+    caplog.set_level(logging.INFO, logger="meshgate.extauthz.audit")
+    log = AuditLog()
+    odd = CheckInput(method="GET", path="/", request_id='r"\\\u00e9\n', source="::1")
+    deny = Decision.deny("model_forbidden", "no", identity=WHO)
+    for decision, req, cached in ((ALLOW, REQ, True), (deny, odd, False)):
+        log.record(decision, req, decision_id="d1", cached=cached)
+        got = lines(caplog)[-1]
+        expected = audit_record(decision, req, "d1", cached)
+        assert list(got) == list(expected)  # same keys, same order
+        assert abs(float(got.pop("ts")) - float(expected.pop("ts"))) < 60  # type: ignore[arg-type]
+        assert got == expected

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
 from google.rpc import code_pb2
 
 from meshgate.extauthz import CheckInput, Decision, Identity, Target
-from meshgate.extauthz.responses import HEADER_PREFIX, add_decision_id, to_check_input, to_response
+from meshgate.extauthz.responses import (
+    HEADER_PREFIX,
+    WireTemplate,
+    add_decision_id,
+    to_check_input,
+    to_response,
+)
 
 WHO = Identity(tenant="acme", user="alice", tier="gold", roles=("invoker",), credential="jwt:test")
 
@@ -116,3 +123,34 @@ def test_deny_403_and_413() -> None:
     assert (forbidden.status.code, forbidden.denied_response.status.code) == (code_pb2.PERMISSION_DENIED, 403)
     assert "www-authenticate" not in headers_of(forbidden.denied_response.headers)
     assert (too_big.status.code, too_big.denied_response.status.code) == (code_pb2.INVALID_ARGUMENT, 413)
+
+
+@pytest.mark.parametrize(
+    "decision",
+    [
+        Decision(
+            code="ok", identity=WHO, target=Target(kind="model", model="resnet", version="v2", tokens=7)
+        ),
+        # values a caller chooses (user claim, model name from a gRPC body) that look like the placeholders
+        Decision(
+            code="ok",
+            identity=Identity(tenant="acme", user="a" * 30, tier="gold", roles=(), credential="jwt:test"),
+            target=Target(kind="model", model="bbbbbbbbbbbbb" + "a" * 25),
+        ),
+        Decision.deny("token_expired", "token has expired"),
+        Decision.deny("model_forbidden", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+    ],
+)
+def test_wire_template_is_the_response_with_the_decision_id(decision: Decision) -> None:
+    """A cached decision's response is spliced from bytes: it must parse to exactly what the builders make."""
+    response = to_response(
+        decision, client_headers=["x-meshgate-debug"], api_key_header="x-api-key", forward_authorization=False
+    )
+    template = WireTemplate.build(response, width=25)
+    for decision_id in ("0123456789ab-000000000001", "aaaaaaaaaaaa-aaaaaaaaaaaa"):
+        expected = external_auth_pb2.CheckResponse()
+        expected.CopyFrom(response)
+        add_decision_id(expected, decision_id)
+        assert external_auth_pb2.CheckResponse.FromString(template.render(decision_id)) == expected
+    with pytest.raises(ValueError):
+        template.render("short")
