@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -193,6 +194,9 @@ async def run(config: ServeConfig) -> int:
         await service.start()
     await _start(ctx, servers, services)
     ports = dict(bound)
+    # everything built so far lives as long as the process: keep it out of the cyclic GC's scans
+    # (measured: about half of the 5 µs per check the collector cost extauthz)
+    gc.freeze()
     host, port = _split(config.metrics)
     metrics_server, _ = start_http_server(port, addr=host, registry=registry)
     ports["metrics"] = metrics_server.server_port
