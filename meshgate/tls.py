@@ -67,6 +67,6 @@ def server_credentials(tls: ServerTLS) -> grpc.ServerCredentials:
     files = _Files(tls)
     return grpc.dynamic_ssl_server_credentials(
         files.configuration(),
-        files.fetch,  # type: ignore[arg-type]  # gRPC documents None as "no change"; its stub omits it
+        files.fetch,  # gRPC documents a None return as "no change"
         require_client_authentication=tls.client_ca_file is not None,
     )

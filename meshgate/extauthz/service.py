@@ -105,7 +105,7 @@ class ExtAuthzService:
             )
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_GRPC_SERVICE, handlers),))
-        server.add_registered_method_handlers(_GRPC_SERVICE, handlers)  # type: ignore[attr-defined]  # not in the stubs yet
+        server.add_registered_method_handlers(_GRPC_SERVICE, handlers)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._refresher.run(), name="extauthz-jwks")
