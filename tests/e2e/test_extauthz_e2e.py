@@ -5,9 +5,8 @@ KServe model for Triton gRPC ModelInfer."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
@@ -18,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.harness import bootstraps as b
 from tests.harness.envoy import Envoy
+from tests.harness.http import ThreadedHTTP
 from tests.harness.meshgate import Meshgate
 from tests.harness.model_server import ModelServer
 from tests.harness.procs import free_port
@@ -26,7 +26,7 @@ from tests.unit.test_extauthz_support import API_KEY, mint, policy_doc, public_j
 _EXT_AUTHZ = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
 
 
-class LocalHTTP:
+class LocalHTTP(ThreadedHTTP):
     """A tiny HTTP/1.1 server in a thread: GET /jwks.json serves keys; anything else echoes the request."""
 
     def __init__(self, jwks: Mapping[str, Any] | None = None) -> None:
@@ -56,18 +56,7 @@ class LocalHTTP:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, name="local-http", daemon=True)
-
-    def __enter__(self) -> LocalHTTP:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
+        super().__init__(Handler, name="local-http")
 
 
 def ext_authz_filter(*, timeout: str = "2s") -> dict[str, Any]:

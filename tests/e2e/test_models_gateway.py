@@ -9,9 +9,8 @@ points Envoy at the real extauthz / ratelimit ports.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from tritonclient.utils import InferenceServerException
 from meshgate.xds.bootstrap import envoy_bootstrap
 from tests.e2e.test_extauthz_e2e import LocalHTTP
 from tests.harness.envoy import Envoy
+from tests.harness.http import ThreadedHTTP
 from tests.harness.meshgate import Meshgate
 from tests.harness.model_server import ModelServer
 from tests.harness.procs import free_port
@@ -180,7 +180,7 @@ def test_tritonclient_rest_and_grpc_allowed_and_denied(
 # --- OpenAI-style chat completions --------------------------------------------------------------------
 
 
-class ChatBackend:
+class ChatBackend(ThreadedHTTP):
     """A tiny OpenAI-compatible backend (stdlib http.server in a thread). KServe's OpenAI endpoints need
     a generative model that cannot be loaded here, so this stands in: GET /v1/models (the probe) and
     POST /v1/chat/completions answering with usage tokens, its own name, and the x-meshgate-* headers."""
@@ -233,18 +233,7 @@ class ChatBackend:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self.server.server_address[1])
-        self.thread = threading.Thread(target=self.server.serve_forever, name=f"chat-{name}", daemon=True)
-
-    def __enter__(self) -> ChatBackend:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
+        super().__init__(Handler, name=f"chat-{name}")
 
 
 @pytest.fixture
