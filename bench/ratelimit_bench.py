@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -84,11 +85,26 @@ def make_servicer(kind: str, redis_url: str | None) -> Any:
     return RateLimitServicer(limiter, metrics, kind)
 
 
+def add_servicer(servicer: Any, server: grpc.aio.Server) -> None:
+    """As meshgate's RateLimitService registers it (serialized messages in and out) where the meshgate
+    being run has `add_to_server`; else (the no-op, or an older meshgate) the generated registration."""
+    try:
+        from meshgate.ratelimit.service import add_to_server
+    except ImportError:
+        add_to_server = None
+    if isinstance(servicer, NoOp) or add_to_server is None:
+        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(servicer, server)
+    else:
+        add_to_server(servicer, server)
+
+
 async def serve(kind: str, redis_url: str | None, port_file: Path) -> None:
     server = grpc.aio.server()
-    rls_pb2_grpc.add_RateLimitServiceServicer_to_server(make_servicer(kind, redis_url), server)
+    add_servicer(make_servicer(kind, redis_url), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    if os.environ.get("BENCH_GC_FREEZE", "1") == "1":
+        gc.freeze()  # as meshgate's server does once started (meshgate/server.py)
     port_file.write_text(str(port))
     await server.wait_for_termination()
 
@@ -251,13 +267,24 @@ async def call_servicer(kind: str, redis_url: str | None, descriptors: int, call
     over the 200 requests; Redis with 16 calls in flight, like the load client."""
     servicer = make_servicer(kind, redis_url)
     requests = make_requests(descriptors)
-    for r in requests:
-        (await servicer.ShouldRateLimit(r, None)).SerializeToString()
+    if hasattr(servicer, "should_rate_limit"):  # serialized in and out, as add_to_server registers it
+        raw = [r.SerializeToString() for r in requests]
+
+        async def call(i: int) -> bytes:
+            return bytes(await servicer.should_rate_limit(raw[i % len(raw)], None))
+    else:  # the no-op, an older meshgate: messages, serialized here as grpc would
+
+        async def call(i: int) -> bytes:
+            response = await servicer.ShouldRateLimit(requests[i % len(requests)], None)
+            return bytes(response.SerializeToString())
+
+    for i in range(len(requests)):
+        await call(i)
     concurrency = 16 if kind == "redis" else 1
 
     async def worker(offset: int) -> None:
         for i in range(offset, calls, concurrency):
-            (await servicer.ShouldRateLimit(requests[i % len(requests)], None)).SerializeToString()
+            await call(i)
 
     await asyncio.gather(*(worker(k) for k in range(concurrency)))
     if kind != "noop":

@@ -181,7 +181,7 @@ class Limiter:
         statuses = [_NO_LIMIT] * len(request.descriptors)
         if not plans:
             return Decision(False, tuple(statuses))
-        if settings.local_cache:
+        if settings.local_cache and self._cache.until:  # nothing cached: nothing to look up
             cached = [p for p in plans if self._blocked(p, now)]
             if cached:
                 return self._from_cache(plans, cached, statuses, settings)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
@@ -163,8 +164,11 @@ class RedisStore:
             keys += (s.key, s.prev_key)
             args.append(f"{s.limit} {s.hits} {s.ttl} {s.weight} {s.enforce:d} {s.charge:d}")
         try:
-            async with asyncio.timeout(self.timeout):
-                reply = await self._eval(keys, args)
+            if self._resp is not None:  # the connection keeps the deadline: no timer of our own
+                reply = await self._eval(keys, args, asyncio.get_running_loop().time() + self.timeout)
+            else:
+                async with asyncio.timeout(self.timeout):
+                    reply = await self._eval(keys, args)
         except TimeoutError as exc:
             if self._resp is not None:
                 self._resp.drop_if_stale(self.timeout)
@@ -173,15 +177,16 @@ class RedisStore:
             raise StoreUnavailable(f"redis {redact(self.url)}: {type(exc).__name__}: {exc}") from exc
         return StoreResult(bool(reply[0]), tuple(int(x) for x in reply[1:]))
 
-    async def _command(self, *args: Any) -> Any:
+    async def _command(self, *args: Any, deadline: float = math.inf) -> Any:
         if self._resp is not None:
-            return await self._resp.call(*args)
+            return await self._resp.call(*args, deadline=deadline)
         return await self._client.execute_command(*args)
 
-    async def _eval(self, keys: list[str], args: list[str]) -> Any:
+    async def _eval(self, keys: list[str], args: list[str], deadline: float = math.inf) -> Any:
+        """EVALSHA, else EVAL; both within `deadline` (the event loop's clock; _resp only)."""
         if self._sha is not None:
             try:
-                return await self._command("EVALSHA", self._sha, len(keys), *keys, *args)
+                return await self._command("EVALSHA", self._sha, len(keys), *keys, *args, deadline=deadline)
             except (NoScriptError, RespError) as exc:
                 # redis-py raises NoScriptError (its message drops the NOSCRIPT prefix); _resp an
                 # error reply that starts with it
@@ -190,7 +195,7 @@ class RedisStore:
                 # the server restarted or was flushed, or (Cluster) this node has not seen the
                 # script yet: EVAL caches it there
                 self._sha = None
-        reply = await self._command("EVAL", LUA, len(keys), *keys, *args)
+        reply = await self._command("EVAL", LUA, len(keys), *keys, *args, deadline=deadline)
         self._sha = _sha1(LUA)
         return reply
 

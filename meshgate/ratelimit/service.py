@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ..health import Health
     from ..server import Context
 
-__all__ = ["RateLimitService", "RateLimitServicer", "to_request", "to_response"]
+__all__ = ["RateLimitService", "RateLimitServicer", "add_to_server", "to_request", "to_response"]
 
 log = logging.getLogger("meshgate.ratelimit")
 
@@ -98,20 +98,33 @@ def to_response(decision: Decision) -> rls_pb2.RateLimitResponse:
 
 
 class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
+    """ShouldRateLimit. `add_to_server` registers `should_rate_limit`: serialized request in, serialized
+    response out (no protobuf parse for a request seen before, no serializer call by grpc). The
+    generated servicer's `ShouldRateLimit` (messages in and out) remains, for the generated
+    `add_RateLimitServiceServicer_to_server`."""
+
     def __init__(self, limiter: Limiter, metrics: RateLimitMetrics, store_name: str,
                  on_store: StoreHealth | None = None) -> None:
         self.limiter = limiter
         self.metrics = metrics
         self.store_name = store_name
         self.on_store = on_store
-        self._requests: dict[bytes, Request] = {}
+        self._requests: dict[bytes, Request] = {}  # serialized RateLimitRequest -> its Request
 
-    async def ShouldRateLimit(
-        self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> rls_pb2.RateLimitResponse:
+    def _request(self, raw: bytes) -> Request:
+        """A request seen before (same bytes) is not parsed and converted again. A malformed one raises
+        DecodeError, which grpc answers as it answers its own deserializer failing."""
+        found = self._requests.get(raw)
+        if found is None:
+            if len(self._requests) >= _CACHE_MAX:
+                self._requests.clear()
+            found = self._requests[raw] = to_request(rls_pb2.RateLimitRequest.FromString(raw))
+        return found
+
+    async def should_rate_limit(self, raw: bytes, context: grpc.aio.ServicerContext[object, object]) -> bytes:
         started = time.perf_counter()
         try:
-            decision = await self.limiter.decide(to_request(request, self._requests))
+            decision = await self.limiter.decide(self._request(raw))
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except StoreUnavailable as exc:
@@ -125,7 +138,26 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
             self.metrics.latency.observe(time.perf_counter() - started)
         if self.on_store is not None and not self.on_store.up:
             await self.on_store.set(True)
-        return to_response(decision)
+        return bytes(to_response(decision).SerializeToString())
+
+    async def ShouldRateLimit(
+        self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> rls_pb2.RateLimitResponse:
+        raw = await self.should_rate_limit(request.SerializeToString(), context)
+        return rls_pb2.RateLimitResponse.FromString(raw)
+
+
+def add_to_server(servicer: RateLimitServicer, server: grpc.aio.Server) -> None:
+    """RateLimitService/ShouldRateLimit, as the generated add_RateLimitServiceServicer_to_server
+    registers it, except that `servicer.should_rate_limit` takes and returns serialized messages (so
+    neither a request deserializer nor a response serializer)."""
+    handlers = {
+        "ShouldRateLimit": grpc.unary_unary_rpc_method_handler(
+            servicer.should_rate_limit, request_deserializer=None, response_serializer=None
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 class StoreHealth:
@@ -196,7 +228,7 @@ class RateLimitService:
     def add_to_server(self, server: grpc.aio.Server) -> None:
         if self.servicer is None:
             raise RuntimeError("RateLimitService.start() first")
-        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(self.servicer, server)
+        add_to_server(self.servicer, server)
 
     async def stop(self) -> None:
         self._stop.set()

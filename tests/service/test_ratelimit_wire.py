@@ -1,0 +1,104 @@
+"""The serialized edges of the rate limiter: `RateLimitServicer.should_rate_limit` (serialized request
+in, serialized response out, as `add_to_server` registers it) and the RESP connection's deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from envoy.service.ratelimit.v3 import rls_pb2
+from google.protobuf.message import DecodeError
+
+from meshgate.ratelimit import Limiter, MemoryStore, RateLimitServicer
+from meshgate.ratelimit._resp import RespConnection
+from meshgate.ratelimit.metrics import RateLimitMetrics
+from meshgate.ratelimit.service import to_request, to_response
+
+from .test_ratelimit_service import GOOD, USER, rls_request
+
+
+def servicer() -> RateLimitServicer:
+    from meshgate.ratelimit.config import load_config_dir, merge_domains
+
+    config = merge_domains({}, load_config_dir(GOOD))
+    return RateLimitServicer(Limiter(MemoryStore(), config=config), RateLimitMetrics(None), "memory")
+
+
+def test_serialized_answers_match_the_message_path_and_never_cross_requests() -> None:
+    """Each answer is the serialization of the decision for its own request bytes: two requests that
+    differ (domain, entries, limit override) never share a cached conversion, and repeats count on."""
+
+    async def main() -> None:
+        wire, reference = servicer(), servicer()  # same config, separate stores
+        override = rls_request("compat", [("user", "x")])
+        override.descriptors[0].limit.requests_per_unit = 1
+        override.descriptors[0].limit.unit = rls_pb2.RateLimitResponse.RateLimit.HOUR
+        requests = [
+            rls_request("compat", [("user", "x")]),
+            rls_request("compat", [("user", "y")]),
+            override,
+            rls_request("compat", [("nothing", "x")]),
+            rls_request("gw", USER),
+        ]
+        for _ in range(3):
+            for pb in requests:
+                raw = await wire.should_rate_limit(pb.SerializeToString(), None)  # type: ignore[arg-type]
+                expected = to_response(await reference.limiter.decide(to_request(pb)))
+                assert rls_pb2.RateLimitResponse.FromString(raw) == expected
+                assert raw == expected.SerializeToString()
+        assert len(wire._requests) == len(requests)
+
+    asyncio.run(main())
+
+
+def test_malformed_request_bytes_raise_as_grpc_deserializer_would() -> None:
+    async def main() -> None:
+        with pytest.raises(DecodeError):
+            await servicer().should_rate_limit(b"\xff\xff", None)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+
+
+def test_message_path_still_answers_messages() -> None:
+    async def main() -> None:
+        answer = await servicer().ShouldRateLimit(rls_request("compat", [("user", "x")]), None)
+        assert isinstance(answer, rls_pb2.RateLimitResponse)
+        assert answer.overall_code == rls_pb2.RateLimitResponse.OK
+
+    asyncio.run(main())
+
+
+def test_connection_deadlines_fail_only_the_late_calls() -> None:
+    """A server that never answers: each call fails at its own deadline (not earlier, not later), a
+    call with no deadline keeps waiting, and the connection's one timer goes once nothing waits."""
+
+    async def main() -> None:
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(-1)
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        conn = RespConnection(host="127.0.0.1", port=port)
+        loop = asyncio.get_running_loop()
+        try:
+            forever = asyncio.create_task(conn.call("PING"))
+            started = loop.time()
+            late = asyncio.create_task(conn.call("GET", "a", deadline=started + 0.3))
+            soon = asyncio.create_task(conn.call("GET", "b", deadline=started + 0.1))
+            with pytest.raises(TimeoutError):
+                await soon
+            assert 0.09 <= loop.time() - started < 0.25 and not late.done()
+            with pytest.raises(TimeoutError):
+                await late
+            assert loop.time() - started >= 0.29
+            await asyncio.sleep(0.05)
+            assert not forever.done()
+            assert conn._timer is None
+        finally:
+            await conn.close()
+            server.close()
+        with pytest.raises(ConnectionError):
+            await forever
+
+    asyncio.run(main())
+
