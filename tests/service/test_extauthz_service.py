@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from meshgate.extauthz import ExtAuthzService, JwksRefresher
 from meshgate.policy.store import PolicyStore
+from tests.harness.grpc_service import serving as serving_service
 from tests.unit.test_extauthz_support import API_KEY, make_policy, mint, policy_doc, public_jwks
 
 Stub = external_auth_pb2_grpc.AuthorizationStub
@@ -30,18 +31,8 @@ Stub = external_auth_pb2_grpc.AuthorizationStub
 
 @contextlib.asynccontextmanager
 async def serving(service: ExtAuthzService) -> AsyncIterator[Stub]:
-    server = grpc.aio.server()
-    service.add_to_server(server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await service.start()
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
+    async with serving_service(service) as channel:
         yield Stub(channel)
-    finally:
-        await channel.close()
-        await server.stop(None)
-        await service.stop()
 
 
 def check_request(path: str = "/v2/models/resnet/infer", body: bytes = b"", **headers: str) -> Any:

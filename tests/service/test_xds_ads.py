@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from meshgate.xds import CompileOptions, Snapshot, XdsService, compile_snapshot
 from meshgate.xds._types import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from tests.harness.grpc_service import serving as serving_service
 from tests.unit.test_xds_support import model, policy
 
 BARE = CompileOptions(enable_extauthz=False, enable_ratelimit=False)
@@ -129,18 +130,8 @@ def _name(packed: Any) -> str:
 async def serving(first: Snapshot) -> AsyncIterator[tuple[XdsService, grpc.aio.Channel]]:
     service = XdsService(options=BARE, registry=CollectorRegistry(), quiet=0.0, max_delay=0.0)
     service.cache.publish(first)
-    server = grpc.aio.server()
-    service.add_to_server(server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await service.start()
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
+    async with serving_service(service) as channel:
         yield service, channel
-    finally:
-        await channel.close()
-        await server.stop(None)
-        await service.stop()
 
 
 async def converge(client: Client) -> dict[str, Any]:
