@@ -96,13 +96,10 @@ def _cmd_envoy_bootstrap(args: argparse.Namespace) -> int:
 def _cmd_render(args: argparse.Namespace) -> int:
     from .meshconfig import SchemaSet, render, render_files, validate_objects
     from .meshconfig.render import dump_yaml, mesh_config_yaml, write_dir
-    from .policy import PolicyError, load_policy
+    from .policy.load import load_or_report
 
-    try:
-        policy = load_policy(args.policy)
-    except PolicyError as exc:
-        for issue in exc.issues:
-            print(issue, file=sys.stderr)
+    policy = load_or_report(args.policy)
+    if policy is None:
         return 1
     if args.mesh_config:
         sys.stdout.write(mesh_config_yaml(policy))

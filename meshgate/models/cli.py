@@ -91,15 +91,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """`meshgate models check --policy FILE`: probe every endpoint once, no server needed."""
-    from meshgate.policy import PolicyError, load_policy
+    from meshgate.policy.load import load_or_report
 
     from .prober import check_once
 
-    try:
-        policy = load_policy(args.policy)
-    except PolicyError as exc:
-        for issue in exc.issues:
-            print(issue, file=sys.stderr)
+    policy = load_or_report(args.policy)
+    if policy is None:
         return 2
     if args.model:
         unknown = sorted(set(args.model) - {m.name for m in policy.models})

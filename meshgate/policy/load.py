@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import sys
 from pathlib import Path as FsPath
-from typing import Any
+from typing import Any, TextIO
 
 from pydantic import BaseModel, ValidationError
 
@@ -14,7 +15,7 @@ from ._yaml import LineMap, load_yaml
 from .errors import Issue, Path, PolicyError, describe_value, format_path
 from .model import Policy
 
-__all__ = ["load_policy", "parse_policy"]
+__all__ = ["load_or_report", "load_policy", "parse_policy"]
 
 MAX_POLICY_BYTES = 8 << 20
 
@@ -128,3 +129,13 @@ def load_policy(path: str | FsPath) -> Policy:
     except UnicodeDecodeError as exc:
         raise PolicyError([Issue(source, 0, "<file>", f"not UTF-8: {exc.reason}")]) from None
     return parse_policy(text, source)
+
+
+def load_or_report(path: str | FsPath, *, stream: TextIO | None = None) -> Policy | None:
+    """For commands: the policy, or None after printing every issue to `stream` (stderr)."""
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        for issue in exc.issues:
+            print(issue, file=stream or sys.stderr)
+        return None

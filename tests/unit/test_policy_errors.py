@@ -95,3 +95,14 @@ def test_unreadable_file_is_a_policy_error(tmp_path: Path) -> None:
     assert (
         str(caught.value) == f"{tmp_path / 'missing.yaml'}:0: <file>: cannot read: No such file or directory"
     )
+
+
+def test_render_refuses_an_invalid_policy_with_its_errors() -> None:
+    path = BAD / "weights_not_100.yaml"
+    done = subprocess.run(
+        [sys.executable, "-m", "meshgate", "render", "--policy", str(path), "--target", "istio"],
+        capture_output=True, text=True, check=False,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [f"{path}:{EXPECTED['weights_not_100'][0]}"]
