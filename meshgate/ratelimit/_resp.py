@@ -3,18 +3,19 @@
 RESP replies come back in the order commands were sent, so concurrent ShouldRateLimit calls queue
 their command and wait for their own reply: no connection pool, no per-call checkout. The commands
 queued during one turn of the event loop go out in one write (one send() for all the calls in flight,
-not one each). Replies are parsed by hiredis. A call that times out leaves its slot in the queue (its
-late reply is dropped); a broken connection fails every pending call, and the next call connects again.
-Deadlines are kept by the connection, not by each call: one timer, armed for the earliest deadline
-among the calls waiting, fails the calls past theirs with TimeoutError (an `asyncio.timeout` per call
-costs a timer, a context manager and a cancellation each).
+not one each). The connection is an asyncio Protocol: the bytes Redis sends are parsed by hiredis in
+`data_received` and each reply resolves its caller's future there (no reader task to wake). A call
+that times out leaves its slot in the queue (its late reply is dropped); a broken connection fails
+every pending call, and the next call connects again. Deadlines are kept by the connection, not by
+each call: one timer, armed for the earliest deadline among the calls waiting, fails the calls past
+theirs with TimeoutError (an `asyncio.timeout` per call costs a timer, a context manager and a
+cancellation each).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -42,6 +43,24 @@ def _pack_python(args: tuple[Any, ...]) -> bytes:
 pack: Callable[[tuple[Any, ...]], bytes] = getattr(hiredis, "pack_command", _pack_python)
 
 
+class _Protocol(asyncio.Protocol):
+    """The connection's socket end: hands what Redis sends, and the connection's loss, to the owner."""
+
+    def __init__(self, owner: RespConnection) -> None:
+        self.owner = owner
+        self.parser = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.owner._received(self, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._lost(self, exc)
+
+
 class RespConnection:
     def __init__(
         self, *, host: str = "127.0.0.1", port: int = 6379, path: str | None = None,
@@ -50,8 +69,8 @@ class RespConnection:
         self.host, self.port, self.path = host, port, path
         self._auth = (username, password)
         self._db = db
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
+        self._protocol: _Protocol | None = None  # the open connection, else None
+        self._loop: asyncio.AbstractEventLoop | None = None
         # (future, deadline) per command sent, in the order the replies will come
         self._pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None  # armed while calls wait: at the earliest deadline
@@ -60,25 +79,32 @@ class RespConnection:
         self._connecting: asyncio.Lock | None = None
         self._last_reply = 0.0
 
+    @property
+    def connected(self) -> bool:
+        return self._protocol is not None
+
     async def call(self, *args: Any, deadline: float = math.inf) -> Any:
         """Send one command and wait for its reply until `deadline` (the event loop's clock). Raises
         RespError, OSError, ConnectionError or TimeoutError."""
-        writer = self._writer
-        if writer is None:
+        if self._protocol is None:
             async with asyncio.timeout_at(None if deadline == math.inf else deadline):
-                writer = await self._connect(deadline)
-        return await self._send(writer, args, deadline)
+                await self._connect(deadline)
+        return await self.send(pack(args), deadline)
 
-    async def _send(self, writer: asyncio.StreamWriter, args: tuple[Any, ...], deadline: float) -> Any:
-        loop = asyncio.get_running_loop()
+    def send(self, command: bytes, deadline: float = math.inf) -> asyncio.Future[Any]:
+        """Queue one packed command (see `pack`) on the open connection (`connected`); the future of
+        its reply, failed with TimeoutError at `deadline` (the event loop's clock)."""
+        loop = self._loop
+        if self._protocol is None or loop is None:
+            raise ConnectionError("redis connection not open")
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((future, deadline))
         if not self._outgoing:
-            loop.call_soon(self._flush, writer)
-        self._outgoing.append(pack(args))
+            loop.call_soon(self._flush, self._protocol)
+        self._outgoing.append(command)
         if deadline < self._timer_at or (self._timer is None and deadline != math.inf):
             self._arm(loop, deadline)
-        return await future
+        return future
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._timer is not None:
@@ -105,71 +131,67 @@ class RespConnection:
         if ahead != math.inf:
             self._arm(loop, ahead)
 
-    def _flush(self, writer: asyncio.StreamWriter) -> None:
-        if writer is not self._writer:  # dropped since: its queue was cleared, its callers failed
+    def _flush(self, protocol: _Protocol) -> None:
+        if protocol is not self._protocol or protocol.transport is None:  # dropped since: callers failed
             return
         data, self._outgoing = b"".join(self._outgoing), []
-        writer.write(data)
+        protocol.transport.write(data)
 
-    async def _connect(self, deadline: float) -> asyncio.StreamWriter:
+    async def _connect(self, deadline: float) -> None:
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
-            if self._writer is not None:
-                return self._writer
+            if self._protocol is not None:
+                return
+            loop = asyncio.get_running_loop()
+            protocol = _Protocol(self)
             if self.path:
-                reader, writer = await asyncio.open_unix_connection(self.path)
+                await loop.create_unix_connection(lambda: protocol, self.path)
             else:
-                reader, writer = await asyncio.open_connection(self.host, self.port)
+                await loop.create_connection(lambda: protocol, self.host, self.port)
             self._pending.clear()
             self._last_reply = time.monotonic()
-            self._reader_task = asyncio.create_task(self._read(reader))
-            self._writer = writer
+            self._loop, self._protocol = loop, protocol
             try:
                 username, password = self._auth
                 if password is not None:
                     auth = (username, password) if username else (password,)
-                    await self._send(writer, ("AUTH", *auth), deadline)
+                    await self.send(pack(("AUTH", *auth)), deadline)
                 if self._db:
-                    await self._send(writer, ("SELECT", self._db), deadline)
+                    await self.send(pack(("SELECT", self._db)), deadline)
             except BaseException:
                 self._drop(ConnectionError("redis handshake failed"))
                 raise
-            return writer
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        parser = hiredis.Reader()
-        error: BaseException = ConnectionError("redis closed the connection")
+    def _received(self, protocol: _Protocol, data: bytes) -> None:
+        if protocol is not self._protocol:  # a dropped connection's last bytes
+            return
+        parser = protocol.parser
         try:
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    break
-                parser.feed(data)
-                self._last_reply = time.monotonic()
-                while (reply := parser.gets()) is not False:
-                    future = self._pending.popleft()[0]
-                    if future.done():  # its caller timed out
-                        continue
-                    if isinstance(reply, hiredis.ReplyError):
-                        future.set_exception(RespError(str(reply)))
-                    else:
-                        future.set_result(reply)
-        except (OSError, hiredis.ProtocolError) as exc:
-            error = exc
-        except asyncio.CancelledError:
-            error = ConnectionError("redis connection closed")
-            raise
-        finally:
-            self._drop(error)
+            parser.feed(data)
+            self._last_reply = time.monotonic()
+            while (reply := parser.gets()) is not False:
+                future = self._pending.popleft()[0]
+                if future.done():  # its caller timed out
+                    continue
+                if isinstance(reply, hiredis.ReplyError):
+                    future.set_exception(RespError(str(reply)))
+                else:
+                    future.set_result(reply)
+        except (hiredis.ProtocolError, IndexError) as exc:  # garbage, or a reply nobody asked for
+            self._drop(ConnectionError(f"redis protocol error: {exc!r}"))
+
+    def _lost(self, protocol: _Protocol, exc: Exception | None) -> None:
+        if protocol is self._protocol:
+            self._drop(exc or ConnectionError("redis closed the connection"))
 
     def _drop(self, error: BaseException) -> None:
         """Forget the connection; fail whoever still waits on it."""
-        writer, self._writer = self._writer, None
+        protocol, self._protocol = self._protocol, None
         self._outgoing = []
         self._disarm()
-        if writer is not None:
-            writer.close()
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.close()
         while self._pending:
             future = self._pending.popleft()[0]
             if not future.done():
@@ -181,9 +203,5 @@ class RespConnection:
             self._drop(ConnectionError(f"no reply from redis for {after:g}s"))
 
     async def close(self) -> None:
-        task, self._reader_task = self._reader_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await task
         self._drop(ConnectionError("closed"))
+        await asyncio.sleep(0)  # the transport's connection_lost runs on the next loop turn

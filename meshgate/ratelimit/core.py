@@ -69,6 +69,10 @@ class Decision:
     over_limit: bool
     statuses: tuple[Status, ...]
     headers: tuple[tuple[str, str], ...] = ()
+    # Decisions with the same `shape` (not None) differ only in over_limit, each status's over_limit,
+    # remaining and reset, and the header values: the same statuses carry a limit (the same limit and
+    # unit), the same header names. The service keeps a response per shape and updates it in place.
+    shape: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +94,7 @@ class _Target:
     tag: str
     counters: KeyCounters
     window: int  # seconds (rule.window, looked up once)
+    limit: int  # rule.requests_per_unit
     sliding: bool
     enforce: bool  # may refuse: not a shadow rule, not a stream-end charge (global shadow aside)
     charge: bool  # adds its hits when admitted: not a check-only probe
@@ -98,13 +103,34 @@ class _Target:
 _NO_LIMIT = Status()  # a descriptor no rule applies to; shared, like every Status never mutated
 
 
-@dataclass(slots=True)
-class _Plan:
+@dataclass(slots=True, eq=False)
+class _Part:
+    """A descriptor of a prepared request that a rule applies to, with its counter in the window of
+    `end` (the slot is rebuilt when the clock reaches `end`)."""
+
     index: int  # position in the request
     target: _Target
     hits: int
-    slot: Slot
-    reset: int
+    enforce: bool  # may refuse: the target's, unless the global shadow mode is on
+    end: int = 0  # the window's end, epoch seconds
+    slot: Slot | None = None
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """Everything about a request that depends neither on the clock nor on the counters: resolved once
+    per (request, config, settings), then only the window slots roll."""
+
+    request: Request
+    parts: list[_Part]
+    blank: tuple[Status, ...]  # the statuses of a request no rule applies to: one _NO_LIMIT each
+    sliding: bool  # some part has a sliding window: its weight moves with every call
+    begin: int = 0  # `slots` is good from the latest window start among the parts...
+    end: int = 0  # ... to the earliest window end
+    # the parts' slots and window ends, replaced (never changed in place) when a window rolls: a call
+    # keeps the pair it started with across its store await
+    slots: list[Slot] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
 
 
 def _q(text: str) -> str:
@@ -157,11 +183,12 @@ class Limiter:
     ) -> None:
         self.store = store
         self._config = config or RateLimitConfig()
-        self.settings = settings or Settings()
+        self._settings = settings or Settings()
         self.metrics = metrics or RateLimitMetrics(None)
         self._clock = clock
         self._cache = _LocalCache()
         self._targets: dict[tuple[str, tuple[tuple[str, str], ...], object], _Target | None] = {}
+        self._prepared: dict[int, _Prepared] = {}  # id(request) -> its preparation (holds the request)
 
     @property
     def config(self) -> RateLimitConfig:
@@ -169,42 +196,69 @@ class Limiter:
 
     @config.setter
     def config(self, config: RateLimitConfig) -> None:
-        self._config, self._targets = config, {}
+        """A new config applies to the next call: what was resolved under the old one is dropped, and
+        so is the over-limit cache (a raised limit must not wait for the window to end)."""
+        self._config, self._targets, self._prepared = config, {}, {}
+        self._cache = _LocalCache()
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: Settings) -> None:
+        self._settings, self._prepared = settings, {}
 
     async def decide(self, request: Request) -> Decision:
+        prepared = self._prepared.get(id(request))
+        if prepared is None or prepared.request is not request:
+            prepared = self._prepare(request)
+        if not prepared.parts:
+            return Decision(False, prepared.blank, (), prepared)
+        settings, now = self._settings, self._clock()
+        second = int(now)
+        if not prepared.begin <= second < prepared.end or prepared.sliding:
+            _roll(prepared, now)
+        cache = self._cache if settings.local_cache else None
+        if cache is not None and cache.until:  # nothing cached: nothing to look up
+            blocked = [p for p in prepared.parts if _blocked(cache, p, now)]
+            if blocked:
+                return _from_cache(prepared, blocked, second, settings)
+        slots, ends = prepared.slots, prepared.ends
+        result = await self.store.apply(slots, now)
+        statuses = list(prepared.blank)
+        admitted = result.admitted
+        for part, slot, end, used in zip(prepared.parts, slots, ends, result.used, strict=True):
+            statuses[part.index] = _status(part, used, admitted, end - second, settings)
+            if cache is not None and slot.enforce and used >= slot.limit and not part.target.sliding:
+                cache.add(slot.key, end, now)
+        return _decision(not admitted, statuses, settings, prepared)
+
+    # preparing -------------------------------------------------------------------------------------
+    def _prepare(self, request: Request) -> _Prepared:
+        """Resolve every descriptor (rule, counter key, hits), drop the replaced ones; kept by the
+        request's identity (the service hands in the same Request for the same bytes) until the config
+        or the settings change."""
         if not request.domain:
             raise InvalidRequest("rate limit domain must not be empty")
         if not request.descriptors:
             raise InvalidRequest("rate limit descriptor list must not be empty")
-        settings, now = self.settings, self._clock()
-        plans = self._plan(settings, request, now)
-        statuses = [_NO_LIMIT] * len(request.descriptors)
-        if not plans:
-            return Decision(False, tuple(statuses))
-        if settings.local_cache and self._cache.until:  # nothing cached: nothing to look up
-            cached = [p for p in plans if self._blocked(p, now)]
-            if cached:
-                return self._from_cache(plans, cached, statuses, settings)
-        result = await self.store.apply([p.slot for p in plans], now)
-        for plan, used in zip(plans, result.used, strict=True):
-            statuses[plan.index] = self._status(plan, used, result.admitted, settings)
-            slot = plan.slot
-            if settings.local_cache and slot.enforce and not plan.target.sliding and used >= slot.limit:
-                self._cache.add(slot.key, now + plan.reset, now)
-        return self._decision(not result.admitted, statuses, settings)
-
-    # planning -------------------------------------------------------------------------------------
-    def _plan(self, settings: Settings, request: Request, now: float) -> list[_Plan]:
         targets = [self._target(request.domain, d) for d in request.descriptors]
         replaced = {name for t in targets if t is not None for name in t.rule.replaces}
         default_hits = request.hits_addend or 1
-        plans = []
+        shadow = self._settings.shadow_mode
+        parts = []
         for i, (target, descriptor) in enumerate(zip(targets, request.descriptors, strict=True)):
             if target is None or (replaced and target.rule.name in replaced):
                 continue
             hits = default_hits if descriptor.hits_addend is None else descriptor.hits_addend
-            plans.append(_slot(i, target, hits, settings, now))
-        return plans
+            parts.append(_Part(i, target, hits, target.enforce and not shadow))
+        blank = (_NO_LIMIT,) * len(request.descriptors)
+        prepared = _Prepared(request, parts, blank, any(p.target.sliding for p in parts))
+        if len(self._prepared) >= 50_000:
+            self._prepared = {}
+        self._prepared[id(request)] = prepared
+        return prepared
 
     def _target(self, domain: str, descriptor: Descriptor) -> _Target | None:
         key = (domain, descriptor.entries, descriptor.limit)
@@ -240,75 +294,86 @@ class Limiter:
         return _Target(
             rule, entries, phase, base, tag, self.metrics.key(domain, label),
             window=rule.window,
+            limit=rule.requests_per_unit,
             sliding=rule.algorithm == "sliding_window",
             enforce=not rule.shadow_mode and phase != "charge",
             charge=phase != "check",
         )
 
-    # answering ------------------------------------------------------------------------------------
-    def _blocked(self, plan: _Plan, now: float) -> bool:
-        slot = plan.slot
-        fixed = not plan.target.sliding
-        return slot.enforce and fixed and slot.hits > 0 and self._cache.blocked(slot.key, now)
 
-    def _from_cache(
-        self, plans: list[_Plan], cached: list[_Plan], statuses: list[Status], settings: Settings
-    ) -> Decision:
-        """Refused without a store call. The other descriptors were not looked up: reported OK, full."""
-        blocked = {id(p) for p in cached}
-        for plan in plans:
-            rule = plan.target.rule
-            over = id(plan) in blocked
-            if over:
-                counters = plan.target.counters
-                counters.total += plan.hits
-                counters.over += 1
-                counters.local_cache += 1
-            remaining = 0 if over else rule.requests_per_unit
-            statuses[plan.index] = Status(over, rule.requests_per_unit, rule.unit, remaining, plan.reset)
-        return self._decision(True, statuses, settings)
-
-    @staticmethod
-    def _status(plan: _Plan, used: int, admitted: bool, settings: Settings) -> Status:
-        target, hits = plan.target, plan.hits
-        rule, counters, limit = target.rule, target.counters, target.rule.requests_per_unit
-        counters.total += hits
-        if used + hits > limit and target.phase != "charge":
-            if rule.shadow_mode:
-                counters.shadow += 1
-                return Status(False, limit, rule.unit, 0, plan.reset)
+# answering --------------------------------------------------------------------------------------------
+def _from_cache(prepared: _Prepared, blocked: list[_Part], second: int, settings: Settings) -> Decision:
+    """Refused without a store call. The other descriptors were not looked up: reported OK, full."""
+    statuses = list(prepared.blank)
+    for part in prepared.parts:
+        target = part.target
+        over = any(part is b for b in blocked)
+        if over:
+            counters = target.counters
+            counters.total += part.hits
             counters.over += 1
-            if settings.shadow_mode:
-                counters.shadow += 1
-            return Status(True, limit, rule.unit, 0, plan.reset)
-        after = used + (hits if admitted and plan.slot.charge else 0)
-        counters.within += 1
-        if after > limit * settings.near_limit_ratio:
-            counters.near += 1
-        return Status(False, limit, rule.unit, max(0, limit - after), plan.reset)
-
-    @staticmethod
-    def _decision(over: bool, statuses: Sequence[Status], settings: Settings) -> Decision:
-        overall = over and not settings.shadow_mode
-        return Decision(overall, tuple(statuses), _headers(statuses, settings.response_headers))
+            counters.local_cache += 1
+        remaining = 0 if over else target.limit
+        statuses[part.index] = Status(over, target.limit, target.rule.unit, remaining, part.end - second)
+    return _decision(True, statuses, settings, prepared)
 
 
-def _slot(index: int, target: _Target, hits: int, settings: Settings, now: float) -> _Plan:
+def _roll(prepared: _Prepared, now: float) -> None:
+    """Point every part whose window does not hold `now` (every sliding one: its weight moves) at the
+    counter of the window `now` falls in."""
+    second = int(now)
+    for part in prepared.parts:
+        if not part.end - part.target.window <= second < part.end or part.target.sliding:
+            _slot(part, now)
+    prepared.slots = [p.slot for p in prepared.parts]  # type: ignore[misc]
+    prepared.ends = [p.end for p in prepared.parts]
+    prepared.begin = max(p.end - p.target.window for p in prepared.parts)
+    prepared.end = min(prepared.ends)
+
+
+def _slot(part: _Part, now: float) -> None:
     """The counter of the window `now` falls in (and the previous one, for a sliding window)."""
+    target = part.target
     base, window = target.base, target.window
-    elapsed = int(now) % window
-    start = int(now) - elapsed
-    reset = window - elapsed
+    start = int(now) - int(now) % window
     key = f"{base}{start}"
-    if target.sliding:
+    part.end = start + window
+    if target.sliding:  # the current counter counts until the next window ends
         weight = max(0, min(1000, int(1000 * (1.0 - (now - start) / window))))
-        prev, ttl = f"{base}{start - window}", 2 * window
+        prev, expires = f"{base}{start - window}", part.end + window + 1
     else:
-        weight, prev, ttl = 0, key, reset + 1
-    enforce = target.enforce and not settings.shadow_mode
-    limit = target.rule.requests_per_unit
-    slot = Slot(key, prev, limit, hits, ttl, weight, enforce, target.charge, target.tag)
-    return _Plan(index, target, hits, slot, reset)
+        weight, prev, expires = 0, key, part.end + 1
+    part.slot = Slot(
+        key, prev, target.limit, part.hits, expires, weight, part.enforce, target.charge, target.tag
+    )
+
+
+def _blocked(cache: _LocalCache, part: _Part, now: float) -> bool:
+    return part.enforce and part.hits > 0 and not part.target.sliding and cache.blocked(part.slot.key, now)  # type: ignore[union-attr]
+
+
+def _status(part: _Part, used: int, admitted: bool, reset: int, settings: Settings) -> Status:
+    target, hits = part.target, part.hits
+    rule, counters, limit = target.rule, target.counters, target.limit
+    counters.total += hits
+    if used + hits > limit and target.phase != "charge":
+        if rule.shadow_mode:
+            counters.shadow += 1
+            return Status(False, limit, rule.unit, 0, reset)
+        counters.over += 1
+        if settings.shadow_mode:
+            counters.shadow += 1
+        return Status(True, limit, rule.unit, 0, reset)
+    after = used + hits if admitted and target.charge else used
+    counters.within += 1
+    if after > limit * settings.near_limit_ratio:
+        counters.near += 1
+    return Status(False, limit, rule.unit, max(0, limit - after), reset)
+
+
+def _decision(over: bool, statuses: Sequence[Status], settings: Settings, shape: _Prepared) -> Decision:
+    overall = over and not settings.shadow_mode
+    return Decision(overall, tuple(statuses), _headers(statuses, settings.response_headers), shape)
 
 
 def _headers(statuses: Sequence[Status], style: HeaderStyle) -> tuple[tuple[str, str], ...]:

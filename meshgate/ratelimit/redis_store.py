@@ -33,22 +33,28 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
-from ._resp import RespConnection, RespError
+from ._resp import RespConnection, RespError, pack
 from .store import Slot, StoreResult, StoreUnavailable
 
 __all__ = ["LUA", "RedisStore", "redact"]
 
+_PACKED_MAX = 20_000
+
 # KEYS: for slot i, KEYS[2i-1] the current window, KEYS[2i] the previous one.
-# ARGV[i]: slot i as "limit hits ttl weight enforce charge" (weight per mille; enforce, charge 1/0):
-# one argument per slot rather than six keeps the command short to build and to parse.
+# ARGV[i]: slot i as "limit hits expires weight enforce charge" (expires: epoch seconds; weight per
+# mille; enforce, charge 1/0): one argument per slot rather than six keeps the command short to build
+# and to parse. ARGV[n+1]: now, epoch seconds of meshgate's clock (TTLs are relative to it, so a
+# skewed Redis clock does not shorten them).
 # Returns {admitted (1/0), used_1, ..., used_n}.
 LUA = """
 local n = #KEYS / 2
+local now = tonumber(ARGV[n + 1])
 local used, slots = {}, {}
 local admitted = 1
 for i = 1, n do
-  local limit, hits, ttl, weight, enforce, charge =
+  local limit, hits, expires, weight, enforce, charge =
     string.match(ARGV[i], '^(%d+) (%d+) (%d+) (%d+) ([01]) ([01])$')
+  local ttl = math.max(1, tonumber(expires) - now)
   local s = {limit = tonumber(limit), hits = tonumber(hits), ttl = ttl, charge = charge == '1'}
   local count = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
   weight = tonumber(weight)
@@ -62,9 +68,8 @@ end
 if admitted == 1 then
   for i = 1, n do
     local s = slots[i]
-    if s.charge and s.hits > 0 then
-      redis.call('INCRBY', KEYS[2 * i - 1], s.hits)
-      redis.call('EXPIRE', KEYS[2 * i - 1], s.ttl)
+    if s.charge and s.hits > 0 and redis.call('INCRBY', KEYS[2 * i - 1], s.hits) == s.hits then
+      redis.call('EXPIRE', KEYS[2 * i - 1], s.ttl)  -- a new counter (an older one has its TTL)
     end
   end
 end
@@ -133,6 +138,8 @@ class RedisStore:
         self._resp = _resp(url)
         self._client: Any = None if self._resp is not None else _client(url, timeout)
         self._sha: str | None = None
+        # id(slots) -> (slots, second, sha, packed EVALSHA): see _resp_eval
+        self._packed: dict[int, tuple[Sequence[Slot], int, str, bytes]] = {}
         self.cluster = isinstance(self._client, RedisCluster)
 
     def __repr__(self) -> str:
@@ -140,10 +147,10 @@ class RedisStore:
 
     async def apply(self, slots: Sequence[Slot], now: float) -> StoreResult:
         if self.cluster and len({s.tag for s in slots}) > 1:
-            return await self._apply_per_tag(slots)
-        return await self._apply(slots)
+            return await self._apply_per_tag(slots, now)
+        return await self._apply(slots, now)
 
-    async def _apply_per_tag(self, slots: Sequence[Slot]) -> StoreResult:
+    async def _apply_per_tag(self, slots: Sequence[Slot], now: float) -> StoreResult:
         """Redis Cluster, counters of several tags: one script per slot (all-or-nothing per tag)."""
         groups: dict[str, list[int]] = {}
         for i, s in enumerate(slots):
@@ -151,31 +158,52 @@ class RedisStore:
         used = [0] * len(slots)
         ok = True
         for indexes in groups.values():
-            part = await self._apply([slots[i] for i in indexes])
+            part = await self._apply([slots[i] for i in indexes], now)
             ok = ok and part.admitted
             for i, u in zip(indexes, part.used, strict=True):
                 used[i] = u
         return StoreResult(ok, tuple(used))
 
-    async def _apply(self, slots: Sequence[Slot]) -> StoreResult:
-        keys: list[str] = []
-        args: list[str] = []
-        for s in slots:
-            keys += (s.key, s.prev_key)
-            args.append(f"{s.limit} {s.hits} {s.ttl} {s.weight} {s.enforce:d} {s.charge:d}")
+    async def _apply(self, slots: Sequence[Slot], now: float) -> StoreResult:
         try:
             if self._resp is not None:  # the connection keeps the deadline: no timer of our own
-                reply = await self._eval(keys, args, asyncio.get_running_loop().time() + self.timeout)
+                reply = await self._resp_eval(slots, now, asyncio.get_running_loop().time() + self.timeout)
             else:
                 async with asyncio.timeout(self.timeout):
-                    reply = await self._eval(keys, args)
+                    reply = await self._eval(*_keys_args(slots, now))
         except TimeoutError as exc:
             if self._resp is not None:
                 self._resp.drop_if_stale(self.timeout)
             raise StoreUnavailable(f"redis {redact(self.url)}: no answer in {self.timeout:g}s") from exc
         except (RedisError, RespError, OSError) as exc:
             raise StoreUnavailable(f"redis {redact(self.url)}: {type(exc).__name__}: {exc}") from exc
-        return StoreResult(bool(reply[0]), tuple(int(x) for x in reply[1:]))
+        return StoreResult(reply[0] == 1, tuple(reply[1:]))  # the script's integers
+
+    async def _resp_eval(self, slots: Sequence[Slot], now: float, deadline: float) -> Any:
+        """EVALSHA on our connection. The limiter hands in the same `slots` list for a request until
+        one of its windows rolls, so the packed command is kept per (list, second) and a repeated
+        request costs a dict lookup, not a command to format and pack."""
+        assert self._resp is not None
+        sha, second = self._sha, int(now)
+        if sha is not None and self._resp.connected:
+            found = self._packed.get(id(slots))
+            if found is not None and found[0] is slots and found[1] == second and found[2] == sha:
+                command = found[3]
+            else:
+                keys, args = _keys_args(slots, now)
+                command = pack(("EVALSHA", sha, len(keys), *keys, *args))
+                if not any(s.weight for s in slots):  # a sliding window's weight moves: no repeat
+                    if len(self._packed) >= _PACKED_MAX:
+                        self._packed.clear()
+                    # the entry holds `slots`: its id cannot be reused while the entry lives
+                    self._packed[id(slots)] = (slots, second, sha, command)
+            try:
+                return await self._resp.send(command, deadline)
+            except RespError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                self._sha = None  # the server restarted or was flushed: EVAL caches the script again
+        return await self._eval(*_keys_args(slots, now), deadline=deadline)
 
     async def _command(self, *args: Any, deadline: float = math.inf) -> Any:
         if self._resp is not None:
@@ -211,6 +239,16 @@ class RedisStore:
             await self._resp.close()
         else:
             await self._client.aclose()
+
+
+def _keys_args(slots: Sequence[Slot], now: float) -> tuple[list[str], list[str]]:
+    keys: list[str] = []
+    args: list[str] = []
+    for s in slots:
+        keys += (s.key, s.prev_key)
+        args.append(f"{s.limit} {s.hits} {s.expires} {s.weight} {s.enforce:d} {s.charge:d}")
+    args.append(str(int(now)))
+    return keys, args
 
 
 def _sha1(text: str) -> str:

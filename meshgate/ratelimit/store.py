@@ -27,7 +27,7 @@ class Slot:
     prev_key: str  # the previous window's counter (sliding windows); == key for fixed windows
     limit: int
     hits: int
-    ttl: int  # seconds the current counter must live
+    expires: int  # when the current counter may go, epoch seconds (of the clock `apply` is given)
     weight: int  # per mille of the previous window still counted; 0 for a fixed window
     enforce: bool  # may refuse the request (not shadow, not a stream-end charge)
     charge: bool  # adds `hits` when the request is admitted (not a check-only probe)
@@ -61,35 +61,38 @@ class MemoryStore:
     """Counters in this process: the default for a single replica. Expired counters are swept lazily."""
 
     def __init__(self, *, sweep_every: int = 4096) -> None:
-        self._counts: dict[str, tuple[int, float]] = {}  # key -> (count, expires_at)
+        self._counts: dict[str, list[int]] = {}  # key -> [count, expires]; expired ones swept lazily
         self._calls = 0
         self._sweep_every = sweep_every
 
     def __len__(self) -> int:
         return len(self._counts)
 
-    def _get(self, key: str, now: float) -> int:
-        found = self._counts.get(key)
-        if found is None:
-            return 0
-        if found[1] <= now:
-            del self._counts[key]
-            return 0
-        return found[0]
-
     async def apply(self, slots: Sequence[Slot], now: float) -> StoreResult:
         self._calls += 1
         if self._calls % self._sweep_every == 0:
             self._sweep(now)
+        counts = self._counts
         used = []
+        ok = True
         for s in slots:
-            count = self._get(s.key, now)
-            used.append(used_of(count, self._get(s.prev_key, now), s.weight) if s.weight else count)
-        ok = admitted(slots, used)
+            found = counts.get(s.key)
+            count = found[0] if found is not None and found[1] > now else 0
+            if s.weight:
+                found = counts.get(s.prev_key)
+                count = used_of(count, found[0] if found is not None and found[1] > now else 0, s.weight)
+            used.append(count)
+            if s.enforce and count + s.hits > s.limit:
+                ok = False
         if ok:
             for s in slots:
                 if s.charge and s.hits > 0:  # read again: two descriptors may share a counter
-                    self._counts[s.key] = (self._get(s.key, now) + s.hits, now + s.ttl)
+                    found = counts.get(s.key)
+                    if found is None or found[1] <= now:
+                        counts[s.key] = [s.hits, s.expires]
+                    else:
+                        found[0] += s.hits
+                        found[1] = max(found[1], s.expires)
         return StoreResult(ok, tuple(used))
 
     def _sweep(self, now: float) -> None:

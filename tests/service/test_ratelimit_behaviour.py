@@ -66,10 +66,14 @@ class Counting:
 class Env:
     def __init__(self, limiter: Limiter, clock: Clock, store: Counting, registry: CollectorRegistry) -> None:
         self.limiter, self.clock, self.store, self.registry = limiter, clock, store, registry
+        self._requests: dict[Request, Request] = {}
 
     async def ask(self, *descriptors: Descriptor | tuple[tuple[str, str], ...], hits: int = 0) -> Decision:
+        """As the service asks: the same Request object for the same request (the limiter keeps what it
+        resolved about a request by its identity, and only rolls its windows)."""
         ds = tuple(d if isinstance(d, Descriptor) else Descriptor(d) for d in descriptors)
-        return await self.limiter.decide(Request("compat", ds, hits))
+        request = Request("compat", ds, hits)
+        return await self.limiter.decide(self._requests.setdefault(request, request))
 
     def metric(self, name: str, key: str) -> float:
         value = self.registry.get_sample_value(f"meshgate_ratelimit_{name}_total", {"domain": "compat", "key": key})
@@ -367,5 +371,90 @@ def test_concurrent_requests_never_overshoot(run: Callable[..., None]) -> None:
         decisions = await asyncio.gather(*(env.ask(*pair) for _ in range(40)))
         assert sum(not d.over_limit for d in decisions) == 2
         assert (await env.ask(Descriptor(user("burst"), hits_addend=0))).statuses[0].remaining == 1
+
+    run(scenario)
+
+
+# The limiter resolves a request once (kept by the Request's identity, as the service hands it in) and
+# then only rolls its windows: these check the rolling, and that a change of config or settings is seen.
+def test_a_repeated_request_follows_the_clock_into_each_window_and_back(run: Callable[..., None]) -> None:
+    async def scenario(env: Env) -> None:
+        assert [(await env.ask(user("roll"))).statuses[0].remaining for _ in range(3)] == [2, 1, 0]
+        env.clock.now = T0 + 60
+        assert (await env.ask(user("roll"))).statuses[0].remaining == 2  # a new window, a new counter
+        env.clock.now = T0 + 30  # the clock steps back: the first window's counter again
+        decision = await env.ask(user("roll"))
+        assert decision.over_limit and decision.statuses[0].reset == 30
+        env.clock.now = T0 + 61
+        assert (await env.ask(user("roll"))).statuses[0].remaining == 1
+
+    run(scenario)
+
+
+class Gate:
+    """A store wrapper that holds the next call until `release` is set."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.release: asyncio.Event | None = None
+
+    async def apply(self, slots: Sequence[Slot], now: float) -> StoreResult:
+        if self.release is not None:
+            release, self.release = self.release, None
+            await release.wait()
+        return await self.inner.apply(slots, now)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def test_a_call_in_flight_keeps_its_window_when_another_call_rolls_it(run: Callable[..., None]) -> None:
+    """A call waits on the store while the clock crosses into the next window and a second call (same
+    request) rolls it: the first answers for its own window (its reset, its counter in the local
+    over-limit cache), so the next window is not blocked."""
+
+    async def scenario(env: Env) -> None:
+        for _ in range(3):
+            await env.ask(user("edge"))  # the window at T0 is full
+        gate = Gate(env.limiter.store)
+        env.limiter.store = gate
+        env.clock.now = T0 + 59
+        gate.release = release = asyncio.Event()
+        first = asyncio.create_task(env.ask(user("edge")))
+        await asyncio.sleep(0)  # `first` now waits in the store
+        env.clock.now = T0 + 61
+        second = await env.ask(user("edge"))
+        assert not second.over_limit and second.statuses[0].reset == 59
+        release.set()
+        late = await first
+        assert late.over_limit and late.statuses[0].reset == 1
+        third = await env.ask(user("edge"))  # not refused from the cache: only T0's counter is full
+        assert not third.over_limit and third.statuses[0].remaining == 1
+
+    run(scenario)
+
+
+def test_a_repeated_request_sees_new_settings_and_config(run: Callable[..., None], tmp_path: Path) -> None:
+    (tmp_path / "compat.yaml").write_text(
+        "domain: compat\ndescriptors:\n  - key: user\n    rate_limit: {unit: minute, requests_per_unit: 50}\n"
+    )
+    looser = merge_domains(load_config_dir(tmp_path))
+
+    async def scenario(env: Env) -> None:
+        for _ in range(3):
+            await env.ask(user("swap"))
+        assert (await env.ask(user("swap"))).over_limit
+        env.limiter.settings = Settings(shadow_mode=True, local_cache=False)
+        shadowed = await env.ask(user("swap"))
+        assert not shadowed.over_limit and shadowed.statuses[0].over_limit
+        env.limiter.config = looser
+        env.limiter.settings = Settings()
+        decision = await env.ask(user("swap"))
+        assert not decision.over_limit and decision.statuses[0].limit == 50
+        # the same counter: 3 admitted, the one let through in shadow mode (counted), and this one
+        assert decision.statuses[0].remaining == 50 - 5
 
     run(scenario)

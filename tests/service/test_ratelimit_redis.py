@@ -88,6 +88,31 @@ def test_one_round_trip_per_request_and_key_layout(redis_server: RedisServer) ->
     assert 0 < client.ttl(keys[0]) <= 61
 
 
+def test_a_flushed_script_cache_costs_one_eval_then_the_kept_command_again(redis_server: RedisServer) -> None:
+    """The same Request object (as the service hands it in) reuses its packed EVALSHA; after SCRIPT
+    FLUSH the first call gets NOSCRIPT, runs EVAL once, and the counting goes on where it was."""
+    client = redis.Redis(host=redis_server.host, port=redis_server.port)
+
+    async def main() -> list[int]:
+        limiter = limiter_for(redis_server.url)
+        repeated = request("globex", "ann")
+        remaining = []
+        try:
+            for flush_before in (False, False, True, False):
+                if flush_before:
+                    client.script_flush()
+                    client.config_resetstat()
+                remaining.append((await limiter.decide(repeated)).statuses[0].remaining)
+        finally:
+            await limiter.store.close()
+        return remaining
+
+    assert asyncio.run(main()) == [4, 3, 2, 1]
+    stats = client.info("commandstats")
+    assert stats["cmdstat_eval"]["calls"] == 1
+    assert stats["cmdstat_evalsha"]["calls"] >= 1  # the one after the flush (and the NOSCRIPT, if counted)
+
+
 def test_tier_multiplier_applies_per_tenant(redis_server: RedisServer) -> None:
     async def main() -> tuple[int | None, int | None]:
         limiter = limiter_for(redis_server.url)
@@ -155,7 +180,7 @@ def test_urls_pick_single_sentinel_or_cluster() -> None:
 def test_cluster_runs_one_script_per_tag() -> None:
     calls: list[list[str]] = []
 
-    async def fake_apply(slots: Sequence[Slot]) -> StoreResult:
+    async def fake_apply(slots: Sequence[Slot], now: float) -> StoreResult:
         calls.append([s.key for s in slots])
         return StoreResult(slots[0].tag != "b", tuple(len(s.key) for s in slots))
 

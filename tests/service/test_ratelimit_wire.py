@@ -9,27 +9,31 @@ import pytest
 from envoy.service.ratelimit.v3 import rls_pb2
 from google.protobuf.message import DecodeError
 
-from meshgate.ratelimit import Limiter, MemoryStore, RateLimitServicer
+from meshgate.ratelimit import Limiter, MemoryStore, RateLimitServicer, Settings
 from meshgate.ratelimit._resp import RespConnection
+from meshgate.ratelimit.core import HeaderStyle
 from meshgate.ratelimit.metrics import RateLimitMetrics
 from meshgate.ratelimit.service import to_request, to_response
 
 from .test_ratelimit_service import GOOD, USER, rls_request
 
 
-def servicer() -> RateLimitServicer:
+def servicer(headers: HeaderStyle = "none") -> RateLimitServicer:
     from meshgate.ratelimit.config import load_config_dir, merge_domains
 
     config = merge_domains({}, load_config_dir(GOOD))
-    return RateLimitServicer(Limiter(MemoryStore(), config=config), RateLimitMetrics(None), "memory")
+    limiter = Limiter(MemoryStore(), config=config, settings=Settings(response_headers=headers))
+    return RateLimitServicer(limiter, RateLimitMetrics(None), "memory")
 
 
-def test_serialized_answers_match_the_message_path_and_never_cross_requests() -> None:
+@pytest.mark.parametrize("headers", ["none", "x-ratelimit", "draft-03"])
+def test_serialized_answers_match_the_message_path_and_never_cross_requests(headers: HeaderStyle) -> None:
     """Each answer is the serialization of the decision for its own request bytes: two requests that
-    differ (domain, entries, limit override) never share a cached conversion, and repeats count on."""
+    differ (domain, entries, limit override) never share a cached conversion, and repeats count on
+    (past the limit: the response kept per request and updated in place changes codes and headers)."""
 
     async def main() -> None:
-        wire, reference = servicer(), servicer()  # same config, separate stores
+        wire, reference = servicer(headers), servicer(headers)  # same config, separate stores
         override = rls_request("compat", [("user", "x")])
         override.descriptors[0].limit.requests_per_unit = 1
         override.descriptors[0].limit.unit = rls_pb2.RateLimitResponse.RateLimit.HOUR
@@ -40,7 +44,7 @@ def test_serialized_answers_match_the_message_path_and_never_cross_requests() ->
             rls_request("compat", [("nothing", "x")]),
             rls_request("gw", USER),
         ]
-        for _ in range(3):
+        for _ in range(5):
             for pb in requests:
                 raw = await wire.should_rate_limit(pb.SerializeToString(), None)  # type: ignore[arg-type]
                 expected = to_response(await reference.limiter.decide(to_request(pb)))
