@@ -7,7 +7,8 @@
 Each server runs in its own process (`--serve KIND`), all started up front; this process is the client
 (grpc.aio, a fixed number of calls in flight). The cases run in interleaved rounds (round 1 of every
 case, then round 2, ...) so that a burst of load from other jobs hits them alike; each figure is the
-median over the rounds, and the server CPU column also shows its min-max. `--compare DIR` adds (b) and
+median over the rounds, and each ratio to the no-op is the median of the per-round ratios (the no-op
+and the case ran back to back in each round), with their min-max. `--compare DIR` adds (b) and
 (c) run from the meshgate package in DIR (say, a copy of the previous version): before and after, side
 by side in one run. `--callgrind` counts instead, with valgrind, the instructions per call of each
 servicer alone (no gRPC transport, same process, a fixed number of calls): a deterministic figure where
@@ -243,21 +244,29 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def paired(r: dict[str, Any], base: dict[str, Any], field: str, invert: bool = False) -> list[float]:
+    """Per round, the case's `field` over the no-op's in the same round (they ran back to back): a
+    slow spell of the machine hits both sides of each ratio."""
+    pairs = zip(r["rounds"], base["rounds"], strict=True)
+    return sorted((b[field] / x[field]) if invert else (x[field] / b[field]) for x, b in pairs)
+
+
 def print_table(results: dict[str, dict[str, Any]]) -> None:
     print(
-        f"{'case':<14} {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} {'rps/(a)':>8} {'cpu us':>7} {'(min-max)':>11} "
+        f"{'case':<14} {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} {'rps/(a)':>8} {'(min-max)':>11} {'cpu us':>7} "
         f"{'cpu (a)/x':>9} {'redis RT/req':>12} {'redis cpu us':>12}"
     )
     for key, r in results.items():
-        n = key.split("/")[1]
-        base = results[f"noop/{n}"]
-        ratio, capacity = r["rps"] / base["rps"], base["server_cpu_us"] / r["server_cpu_us"]
-        spread = f"{r['server_cpu_us_min']:.0f}-{r['server_cpu_us_max']:.0f}"
+        base = results[f"noop/{key.split('/')[1]}"]
+        ratios = paired(r, base, "rps")
+        capacity = statistics.median(paired(r, base, "server_cpu_us", invert=True))
+        spread = f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
         trips = f"{r['redis_round_trips_per_request']:.3f}" if "redis_cpu_us" in r else "-"
         rcpu = f"{r['redis_cpu_us']:.0f}" if "redis_cpu_us" in r else "-"
+        ratio = statistics.median(ratios)
         print(
             f"{key:<14} {r['rps']:>7.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {ratio:>8.2f} "
-            f"{r['server_cpu_us']:>7.0f} {spread:>11} {capacity:>9.2f} {trips:>12} {rcpu:>12}"
+            f"{spread:>11} {r['server_cpu_us']:>7.0f} {capacity:>9.2f} {trips:>12} {rcpu:>12}"
         )
 
 

@@ -8,13 +8,14 @@ loads and the latency of ShouldRateLimit.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["KeyCounters", "RateLimitMetrics"]
+__all__ = ["KeyCounters", "Latency", "RateLimitMetrics"]
 
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -63,6 +64,34 @@ class _KeyCollector(Collector):
         return iter(families.values())
 
 
+class Latency(Collector):
+    """A histogram observed on the event loop, exported at scrape time: `observe` is a bisect and an
+    int increment (prometheus_client's Histogram takes a lock and walks its buckets in Python). The
+    scrape derives `_count` from the buckets, so the two always agree."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative, buckets = 0, []
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), list(self.counts), strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric([], buckets, self.sum)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, self.documentation)
+
+
 class RateLimitMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self._keys: dict[tuple[str, str], KeyCounters] = {}
@@ -76,10 +105,12 @@ class RateLimitMetrics:
             "meshgate_ratelimit_config_loads", "Rate limit config loads by result (ok, invalid).", ["result"],
             registry=registry,
         )
-        self.latency = Histogram(
+        self.latency = Latency(
             "meshgate_ratelimit_should_rate_limit_seconds", "ShouldRateLimit latency, store included.",
-            buckets=_LATENCY_BUCKETS, registry=registry,
+            _LATENCY_BUCKETS,
         )
+        if registry is not None:
+            registry.register(self.latency)
 
     def key(self, domain: str, key: str) -> KeyCounters:
         """The counters of (domain, key), created on first use. The keys are bounded by the config

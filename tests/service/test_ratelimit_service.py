@@ -82,6 +82,10 @@ def test_errors_map_to_grpc_status() -> None:
             answer = await stub.ShouldRateLimit(rls_request("compat", [("nothing", "x")]))
             assert answer.overall_code == OK
             assert registry.get_sample_value("meshgate_ratelimit_store_errors_total", {"store": "redis"}) == 1
+            latency = "meshgate_ratelimit_should_rate_limit_seconds"
+            assert registry.get_sample_value(f"{latency}_count") == 3  # failures are timed too
+            assert registry.get_sample_value(f"{latency}_bucket", {"le": "+Inf"}) == 3
+            assert (registry.get_sample_value(f"{latency}_sum") or 0) > 0
         finally:
             await channel.close()
             await server.stop(None)
