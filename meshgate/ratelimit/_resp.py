@@ -1,15 +1,20 @@
 """One pipelined RESP connection to one Redis server, shared by every concurrent call.
 
 RESP replies come back in the order commands were sent, so concurrent ShouldRateLimit calls queue
-their command and wait for their own reply: no connection pool, no per-call checkout. The commands
-queued during one turn of the event loop go out in one write (one send() for all the calls in flight,
-not one each). The connection is an asyncio Protocol: the bytes Redis sends are parsed by hiredis in
-`data_received` and each reply resolves its caller's future there (no reader task to wake). A call
-that times out leaves its slot in the queue (its late reply is dropped); a broken connection fails
-every pending call, and the next call connects again. Deadlines are kept by the connection, not by
-each call: one timer, armed for the earliest deadline among the calls waiting, fails the calls past
-theirs with TimeoutError (an `asyncio.timeout` per call costs a timer, a context manager and a
-cancellation each).
+their command and wait for their own reply: no connection pool, no per-call checkout.
+
+Writes are pipelined automatically: while a written batch waits for its replies, new commands queue,
+and they go out together, in one write, as soon as the last reply of that batch arrives (an idle
+connection writes at the end of the current loop turn, adding no delay). When Redis is slower than
+the calls arrive, a batch holds every call of one round trip: one read and one write per batch, not
+per call, on both sides.
+
+The connection is an asyncio Protocol: hiredis parses the bytes in `data_received`, and each reply
+resolves its caller's future there (no reader task to wake). A call that times out leaves its slot in
+the queue (its late reply is dropped); a broken connection fails every pending call, and the next call
+connects again. Deadlines are kept by the connection, not by each call: one timer, armed for the
+earliest deadline among the calls waiting, fails the calls past theirs with TimeoutError (an
+`asyncio.timeout` per call costs a timer, a context manager and a cancellation each).
 """
 
 from __future__ import annotations
@@ -75,7 +80,9 @@ class RespConnection:
         self._pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None  # armed while calls wait: at the earliest deadline
         self._timer_at = 0.0
-        self._outgoing: list[bytes] = []  # commands not yet written; flushed at the end of the loop turn
+        self._outgoing: list[bytes] = []  # commands not yet written
+        self._unanswered = 0  # commands written whose replies have not come back
+        self._flush_soon = False  # a _flush is scheduled for the end of this loop turn
         self._connecting: asyncio.Lock | None = None
         self._last_reply = 0.0
 
@@ -99,9 +106,10 @@ class RespConnection:
             raise ConnectionError("redis connection not open")
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((future, deadline))
-        if not self._outgoing:
-            loop.call_soon(self._flush, self._protocol)
         self._outgoing.append(command)
+        if not self._unanswered and not self._flush_soon:  # else the last reply of the batch flushes
+            self._flush_soon = True
+            loop.call_soon(self._flush, self._protocol)
         if deadline < self._timer_at or (self._timer is None and deadline != math.inf):
             self._arm(loop, deadline)
         return future
@@ -134,8 +142,11 @@ class RespConnection:
     def _flush(self, protocol: _Protocol) -> None:
         if protocol is not self._protocol or protocol.transport is None:  # dropped since: callers failed
             return
-        data, self._outgoing = b"".join(self._outgoing), []
-        protocol.transport.write(data)
+        self._flush_soon = False
+        if self._outgoing:
+            self._unanswered += len(self._outgoing)
+            data, self._outgoing = b"".join(self._outgoing), []
+            protocol.transport.write(data)
 
     async def _connect(self, deadline: float) -> None:
         if self._connecting is None:
@@ -172,6 +183,7 @@ class RespConnection:
             self._last_reply = time.monotonic()
             while (reply := parser.gets()) is not False:
                 future = self._pending.popleft()[0]
+                self._unanswered -= 1
                 if future.done():  # its caller timed out
                     continue
                 if isinstance(reply, hiredis.ReplyError):
@@ -180,6 +192,9 @@ class RespConnection:
                     future.set_result(reply)
         except (hiredis.ProtocolError, IndexError) as exc:  # garbage, or a reply nobody asked for
             self._drop(ConnectionError(f"redis protocol error: {exc!r}"))
+            return
+        if not self._unanswered and self._outgoing and not self._flush_soon:
+            self._flush(protocol)  # the batch is answered: what queued meanwhile goes out now
 
     def _lost(self, protocol: _Protocol, exc: Exception | None) -> None:
         if protocol is self._protocol:
@@ -188,7 +203,7 @@ class RespConnection:
     def _drop(self, error: BaseException) -> None:
         """Forget the connection; fail whoever still waits on it."""
         protocol, self._protocol = self._protocol, None
-        self._outgoing = []
+        self._outgoing, self._unanswered, self._flush_soon = [], 0, False
         self._disarm()
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()

@@ -45,36 +45,34 @@ _PACKED_MAX = 20_000
 # mille; enforce, charge 1/0): one argument per slot rather than six keeps the command short to build
 # and to parse. ARGV[n+1]: now, epoch seconds of meshgate's clock (TTLs are relative to it, so a
 # skewed Redis clock does not shorten them).
+# One MGET reads every counter; only an admitted request writes (INCRBY, and EXPIRE on a new counter).
 # Returns {admitted (1/0), used_1, ..., used_n}.
 LUA = """
 local n = #KEYS / 2
 local now = tonumber(ARGV[n + 1])
-local used, slots = {}, {}
-local admitted = 1
+local counts = redis.call('MGET', unpack(KEYS))
+local result, hits, expires, charges = {1}, {}, {}, {}
 for i = 1, n do
-  local limit, hits, expires, weight, enforce, charge =
+  local limit, h, exp, weight, enforce, charge =
     string.match(ARGV[i], '^(%d+) (%d+) (%d+) (%d+) ([01]) ([01])$')
-  local ttl = math.max(1, tonumber(expires) - now)
-  local s = {limit = tonumber(limit), hits = tonumber(hits), ttl = ttl, charge = charge == '1'}
-  local count = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
-  weight = tonumber(weight)
-  if weight > 0 then
-    count = count + math.floor(tonumber(redis.call('GET', KEYS[2 * i]) or '0') * weight / 1000)
+  h = tonumber(h)
+  local count = tonumber(counts[2 * i - 1] or '0')
+  if weight ~= '0' then
+    count = count + math.floor(tonumber(counts[2 * i] or '0') * tonumber(weight) / 1000)
   end
-  used[i] = count
-  slots[i] = s
-  if enforce == '1' and count + s.hits > s.limit then admitted = 0 end
+  result[i + 1], hits[i], expires[i], charges[i] = count, h, exp, charge == '1'
+  if enforce == '1' and count + h > tonumber(limit) then result[1] = 0 end
 end
-if admitted == 1 then
+if result[1] == 1 then
   for i = 1, n do
-    local s = slots[i]
-    if s.charge and s.hits > 0 and redis.call('INCRBY', KEYS[2 * i - 1], s.hits) == s.hits then
-      redis.call('EXPIRE', KEYS[2 * i - 1], s.ttl)  -- a new counter (an older one has its TTL)
+    local h = hits[i]
+    -- a new counter gets its TTL (an older one has it already)
+    if charges[i] and h > 0 and redis.call('INCRBY', KEYS[2 * i - 1], h) == h then
+      redis.call('EXPIRE', KEYS[2 * i - 1], math.max(1, tonumber(expires[i]) - now))
     end
   end
 end
-table.insert(used, 1, admitted)
-return used
+return result
 """
 
 
@@ -146,9 +144,51 @@ class RedisStore:
         return f"RedisStore({redact(self.url)}, timeout={self.timeout})"
 
     async def apply(self, slots: Sequence[Slot], now: float) -> StoreResult:
-        if self.cluster and len({s.tag for s in slots}) > 1:
-            return await self._apply_per_tag(slots, now)
-        return await self._apply(slots, now)
+        resp = self._resp
+        if resp is None:  # redis-py: TLS, Sentinel, Cluster
+            if self.cluster and len({s.tag for s in slots}) > 1:
+                return await self._apply_per_tag(slots, now)
+            return await self._apply_client(slots, now)
+        # our connection: it keeps the deadline (no timer of our own), and the call is awaited right
+        # here (no coroutine in between): the hot path
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        try:
+            command = self._evalsha(slots, now) if resp.connected else None
+            if command is None:
+                reply = await self._eval(*_keys_args(slots, now), deadline=deadline)
+            else:
+                try:
+                    reply = await resp.send(command, deadline)
+                except RespError as exc:
+                    if not str(exc).startswith("NOSCRIPT"):
+                        raise
+                    self._sha = None  # the server restarted or was flushed: EVAL caches the script again
+                    reply = await self._eval(*_keys_args(slots, now), deadline=deadline)
+        except TimeoutError as exc:
+            resp.drop_if_stale(self.timeout)
+            raise self._unavailable(exc) from exc
+        except (RespError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return StoreResult(reply[0] == 1, tuple(reply[1:]))  # the script's integers
+
+    def _evalsha(self, slots: Sequence[Slot], now: float) -> bytes | None:
+        """The packed EVALSHA for `slots` (None before the script's SHA is known). The limiter hands in
+        the same `slots` list for a request until one of its windows rolls, so the command is kept per
+        (list, second): a repeated request costs a dict lookup, not a command to format and pack."""
+        sha, second = self._sha, int(now)
+        if sha is None:
+            return None
+        found = self._packed.get(id(slots))
+        if found is not None and found[0] is slots and found[1] == second and found[2] == sha:
+            return found[3]
+        keys, args = _keys_args(slots, now)
+        command = pack(("EVALSHA", sha, len(keys), *keys, *args))
+        if not any(s.weight for s in slots):  # a sliding window's weight moves: no repeat
+            if len(self._packed) >= _PACKED_MAX:
+                self._packed.clear()
+            # the entry holds `slots`: its id cannot be reused while the entry lives
+            self._packed[id(slots)] = (slots, second, sha, command)
+        return command
 
     async def _apply_per_tag(self, slots: Sequence[Slot], now: float) -> StoreResult:
         """Redis Cluster, counters of several tags: one script per slot (all-or-nothing per tag)."""
@@ -158,52 +198,24 @@ class RedisStore:
         used = [0] * len(slots)
         ok = True
         for indexes in groups.values():
-            part = await self._apply([slots[i] for i in indexes], now)
+            part = await self._apply_client([slots[i] for i in indexes], now)
             ok = ok and part.admitted
             for i, u in zip(indexes, part.used, strict=True):
                 used[i] = u
         return StoreResult(ok, tuple(used))
 
-    async def _apply(self, slots: Sequence[Slot], now: float) -> StoreResult:
+    async def _apply_client(self, slots: Sequence[Slot], now: float) -> StoreResult:
         try:
-            if self._resp is not None:  # the connection keeps the deadline: no timer of our own
-                reply = await self._resp_eval(slots, now, asyncio.get_running_loop().time() + self.timeout)
-            else:
-                async with asyncio.timeout(self.timeout):
-                    reply = await self._eval(*_keys_args(slots, now))
-        except TimeoutError as exc:
-            if self._resp is not None:
-                self._resp.drop_if_stale(self.timeout)
-            raise StoreUnavailable(f"redis {redact(self.url)}: no answer in {self.timeout:g}s") from exc
-        except (RedisError, RespError, OSError) as exc:
-            raise StoreUnavailable(f"redis {redact(self.url)}: {type(exc).__name__}: {exc}") from exc
-        return StoreResult(reply[0] == 1, tuple(reply[1:]))  # the script's integers
+            async with asyncio.timeout(self.timeout):
+                reply = await self._eval(*_keys_args(slots, now))
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return StoreResult(reply[0] == 1, tuple(reply[1:]))
 
-    async def _resp_eval(self, slots: Sequence[Slot], now: float, deadline: float) -> Any:
-        """EVALSHA on our connection. The limiter hands in the same `slots` list for a request until
-        one of its windows rolls, so the packed command is kept per (list, second) and a repeated
-        request costs a dict lookup, not a command to format and pack."""
-        assert self._resp is not None
-        sha, second = self._sha, int(now)
-        if sha is not None and self._resp.connected:
-            found = self._packed.get(id(slots))
-            if found is not None and found[0] is slots and found[1] == second and found[2] == sha:
-                command = found[3]
-            else:
-                keys, args = _keys_args(slots, now)
-                command = pack(("EVALSHA", sha, len(keys), *keys, *args))
-                if not any(s.weight for s in slots):  # a sliding window's weight moves: no repeat
-                    if len(self._packed) >= _PACKED_MAX:
-                        self._packed.clear()
-                    # the entry holds `slots`: its id cannot be reused while the entry lives
-                    self._packed[id(slots)] = (slots, second, sha, command)
-            try:
-                return await self._resp.send(command, deadline)
-            except RespError as exc:
-                if not str(exc).startswith("NOSCRIPT"):
-                    raise
-                self._sha = None  # the server restarted or was flushed: EVAL caches the script again
-        return await self._eval(*_keys_args(slots, now), deadline=deadline)
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        if isinstance(exc, TimeoutError):
+            return StoreUnavailable(f"redis {redact(self.url)}: no answer in {self.timeout:g}s")
+        return StoreUnavailable(f"redis {redact(self.url)}: {type(exc).__name__}: {exc}")
 
     async def _command(self, *args: Any, deadline: float = math.inf) -> Any:
         if self._resp is not None:

@@ -106,3 +106,47 @@ def test_connection_deadlines_fail_only_the_late_calls() -> None:
 
     asyncio.run(main())
 
+
+
+def test_commands_queued_while_a_batch_is_unanswered_go_out_together() -> None:
+    """Automatic pipelining: an idle connection writes a command at once; while it waits for the
+    reply, further commands queue, and the reply's arrival sends them all in one write."""
+
+    async def main() -> None:
+        gate = asyncio.Event()
+        gate.set()
+
+        async def answer_when_open(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while data := await reader.read(65536):
+                await gate.wait()
+                writer.write(b"$-1\r\n" * data.count(b"*"))  # one nil per command (no '*' in the args)
+
+        server = await asyncio.start_server(answer_when_open, "127.0.0.1", 0)
+        conn = RespConnection(host="127.0.0.1", port=server.sockets[0].getsockname()[1])
+        try:
+            assert await conn.call("PING") is None
+            writes: list[bytes] = []
+            transport = conn._protocol.transport  # type: ignore[union-attr]
+            real_write = transport.write  # type: ignore[union-attr]
+
+            def spy(data: bytes) -> None:
+                writes.append(data)
+                real_write(data)
+
+            transport.write = spy  # type: ignore[union-attr,method-assign]
+            gate.clear()
+            first = asyncio.create_task(conn.call("GET", "a"))
+            await asyncio.sleep(0.02)
+            queued = []
+            for key in "bcd":  # in separate loop turns
+                queued.append(asyncio.create_task(conn.call("GET", key)))
+                await asyncio.sleep(0.01)
+            assert [w.count(b"*") for w in writes] == [1]  # b, c, d wait for a's reply
+            gate.set()
+            assert await asyncio.gather(first, *queued) == [None] * 4
+            assert [w.count(b"*") for w in writes] == [1, 3]
+        finally:
+            await conn.close()
+            server.close()
+
+    asyncio.run(main())
