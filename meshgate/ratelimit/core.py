@@ -69,7 +69,7 @@ class Decision:
     over_limit: bool
     statuses: tuple[Status, ...]
     headers: tuple[tuple[str, str], ...] = ()
-    # Decisions with the same `shape` (not None) differ only in over_limit, each status's over_limit,
+    # Decisions with equal `shape`s (not None) differ only in over_limit, each status's over_limit,
     # remaining and reset, and the header values: the same statuses carry a limit (the same limit and
     # unit), the same header names. The service keeps a response per shape and updates it in place.
     shape: object = field(default=None, compare=False, repr=False)
@@ -106,12 +106,20 @@ _NO_LIMIT = Status()  # a descriptor no rule applies to; shared, like every Stat
 @dataclass(slots=True, eq=False)
 class _Part:
     """A descriptor of a prepared request that a rule applies to, with its counter in the window of
-    `end` (the slot is rebuilt when the clock reaches `end`)."""
+    `end` (the slot is rebuilt when the clock reaches `end`). What answering needs of the target and
+    its rule is copied here: one object to read per descriptor."""
 
     index: int  # position in the request
     target: _Target
     hits: int
     enforce: bool  # may refuse: the target's, unless the global shadow mode is on
+    limit: int
+    unit: Unit
+    counters: KeyCounters
+    shadow_rule: bool  # the rule's own shadow_mode
+    charging: bool  # the stream-end charge phase: never over limit
+    charge: bool  # adds its hits when admitted
+    sliding: bool
     end: int = 0  # the window's end, epoch seconds
     slot: Slot | None = None
 
@@ -125,6 +133,7 @@ class _Prepared:
     parts: list[_Part]
     blank: tuple[Status, ...]  # the statuses of a request no rule applies to: one _NO_LIMIT each
     sliding: bool  # some part has a sliding window: its weight moves with every call
+    form: tuple[object, ...]  # the decisions' shape (see Decision.shape), shared by equal forms
     begin: int = 0  # `slots` is good from the latest window start among the parts...
     end: int = 0  # ... to the earliest window end
     # the parts' slots and window ends, replaced (never changed in place) when a window rolls: a call
@@ -189,6 +198,7 @@ class Limiter:
         self._cache = _LocalCache()
         self._targets: dict[tuple[str, tuple[tuple[str, str], ...], object], _Target | None] = {}
         self._prepared: dict[int, _Prepared] = {}  # id(request) -> its preparation (holds the request)
+        self._forms: dict[tuple[object, ...], tuple[object, ...]] = {}  # equal forms -> one object
 
     @property
     def config(self) -> RateLimitConfig:
@@ -198,7 +208,7 @@ class Limiter:
     def config(self, config: RateLimitConfig) -> None:
         """A new config applies to the next call: what was resolved under the old one is dropped, and
         so is the over-limit cache (a raised limit must not wait for the window to end)."""
-        self._config, self._targets, self._prepared = config, {}, {}
+        self._config, self._targets, self._prepared, self._forms = config, {}, {}, {}
         self._cache = _LocalCache()
 
     @property
@@ -207,14 +217,14 @@ class Limiter:
 
     @settings.setter
     def settings(self, settings: Settings) -> None:
-        self._settings, self._prepared = settings, {}
+        self._settings, self._prepared, self._forms = settings, {}, {}
 
     async def decide(self, request: Request) -> Decision:
         prepared = self._prepared.get(id(request))
         if prepared is None or prepared.request is not request:
             prepared = self._prepare(request)
         if not prepared.parts:
-            return Decision(False, prepared.blank, (), prepared)
+            return Decision(False, prepared.blank, (), prepared.form)
         settings, now = self._settings, self._clock()
         second = int(now)
         if not prepared.begin <= second < prepared.end or prepared.sliding:
@@ -230,9 +240,9 @@ class Limiter:
         admitted = result.admitted
         for part, slot, end, used in zip(prepared.parts, slots, ends, result.used, strict=True):
             statuses[part.index] = _status(part, used, admitted, end - second, settings)
-            if cache is not None and slot.enforce and used >= slot.limit and not part.target.sliding:
+            if cache is not None and slot.enforce and used >= slot.limit and not part.sliding:
                 cache.add(slot.key, end, now)
-        return _decision(not admitted, statuses, settings, prepared)
+        return _decision(not admitted, statuses, settings, prepared.form)
 
     # preparing -------------------------------------------------------------------------------------
     def _prepare(self, request: Request) -> _Prepared:
@@ -252,9 +262,18 @@ class Limiter:
             if target is None or (replaced and target.rule.name in replaced):
                 continue
             hits = default_hits if descriptor.hits_addend is None else descriptor.hits_addend
-            parts.append(_Part(i, target, hits, target.enforce and not shadow))
+            rule = target.rule
+            parts.append(_Part(
+                i, target, hits, target.enforce and not shadow, target.limit, rule.unit, target.counters,
+                rule.shadow_mode, target.phase == "charge", target.charge, target.sliding,
+            ))
         blank = (_NO_LIMIT,) * len(request.descriptors)
-        prepared = _Prepared(request, parts, blank, any(p.target.sliding for p in parts))
+        style = self._settings.response_headers
+        form: tuple[object, ...] = (len(blank), style, tuple((p.index, p.limit, p.unit) for p in parts))
+        if len(self._forms) >= 10_000:
+            self._forms = {}
+        form = self._forms.setdefault(form, form)
+        prepared = _Prepared(request, parts, blank, any(p.sliding for p in parts), form)
         if len(self._prepared) >= 50_000:
             self._prepared = {}
         self._prepared[id(request)] = prepared
@@ -306,16 +325,15 @@ def _from_cache(prepared: _Prepared, blocked: list[_Part], second: int, settings
     """Refused without a store call. The other descriptors were not looked up: reported OK, full."""
     statuses = list(prepared.blank)
     for part in prepared.parts:
-        target = part.target
         over = any(part is b for b in blocked)
         if over:
-            counters = target.counters
+            counters = part.counters
             counters.total += part.hits
             counters.over += 1
             counters.local_cache += 1
-        remaining = 0 if over else target.limit
-        statuses[part.index] = Status(over, target.limit, target.rule.unit, remaining, part.end - second)
-    return _decision(True, statuses, settings, prepared)
+        remaining = 0 if over else part.limit
+        statuses[part.index] = Status(over, part.limit, part.unit, remaining, part.end - second)
+    return _decision(True, statuses, settings, prepared.form)
 
 
 def _roll(prepared: _Prepared, now: float) -> None:
@@ -323,7 +341,7 @@ def _roll(prepared: _Prepared, now: float) -> None:
     counter of the window `now` falls in."""
     second = int(now)
     for part in prepared.parts:
-        if not part.end - part.target.window <= second < part.end or part.target.sliding:
+        if not part.end - part.target.window <= second < part.end or part.sliding:
             _slot(part, now)
     prepared.slots = [p.slot for p in prepared.parts]  # type: ignore[misc]
     prepared.ends = [p.end for p in prepared.parts]
@@ -349,29 +367,28 @@ def _slot(part: _Part, now: float) -> None:
 
 
 def _blocked(cache: _LocalCache, part: _Part, now: float) -> bool:
-    return part.enforce and part.hits > 0 and not part.target.sliding and cache.blocked(part.slot.key, now)  # type: ignore[union-attr]
+    return part.enforce and part.hits > 0 and not part.sliding and cache.blocked(part.slot.key, now)  # type: ignore[union-attr]
 
 
 def _status(part: _Part, used: int, admitted: bool, reset: int, settings: Settings) -> Status:
-    target, hits = part.target, part.hits
-    rule, counters, limit = target.rule, target.counters, target.limit
+    hits, counters, limit = part.hits, part.counters, part.limit
     counters.total += hits
-    if used + hits > limit and target.phase != "charge":
-        if rule.shadow_mode:
+    if used + hits > limit and not part.charging:
+        if part.shadow_rule:
             counters.shadow += 1
-            return Status(False, limit, rule.unit, 0, reset)
+            return Status(False, limit, part.unit, 0, reset)
         counters.over += 1
         if settings.shadow_mode:
             counters.shadow += 1
-        return Status(True, limit, rule.unit, 0, reset)
-    after = used + hits if admitted and target.charge else used
+        return Status(True, limit, part.unit, 0, reset)
+    after = used + hits if admitted and part.charge else used
     counters.within += 1
     if after > limit * settings.near_limit_ratio:
         counters.near += 1
-    return Status(False, limit, rule.unit, max(0, limit - after), reset)
+    return Status(False, limit, part.unit, limit - after if after < limit else 0, reset)
 
 
-def _decision(over: bool, statuses: Sequence[Status], settings: Settings, shape: _Prepared) -> Decision:
+def _decision(over: bool, statuses: Sequence[Status], settings: Settings, shape: object) -> Decision:
     style = settings.response_headers
     headers = () if style == "none" else _headers(statuses, style)
     return Decision(over and not settings.shadow_mode, tuple(statuses), headers, shape)

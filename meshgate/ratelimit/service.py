@@ -49,6 +49,7 @@ _UNIT_FROM_PB: dict[int, Unit] = {
 }
 _UNIT_TO_PB = {name: value for value, name in _UNIT_FROM_PB.items()}
 _CACHE_MAX = 50_000
+_REPLIES_MAX = 10_000
 
 
 def _descriptor(d: Any) -> Descriptor:
@@ -98,9 +99,10 @@ def to_response(decision: Decision) -> rls_pb2.RateLimitResponse:
 
 
 class _Reply:
-    """The response to one request (its serialized bytes seen before), built once by `to_response`
-    and then updated in place for each decision of the same shape (see Decision.shape): setting a few
-    fields of a kept message costs a fraction of building it again."""
+    """A response built once by `to_response` and then updated in place for each decision of an equal
+    shape (see Decision.shape), whichever request it answers: setting a few fields of a kept message
+    costs a fraction of building it again, and requests of one form (say, every user's request with
+    the same quotas) share one message. Filled and serialized with no await in between."""
 
     __slots__ = ("headers", "limited", "message", "shape")
 
@@ -129,7 +131,7 @@ class _Reply:
 
 
 class _Entry:
-    """What the servicer keeps per serialized request: the request, and its reply once answered."""
+    """What the servicer keeps per serialized request: the request, and the reply it last used."""
 
     __slots__ = ("reply", "request")
 
@@ -137,10 +139,26 @@ class _Entry:
         self.request = request
         self.reply: _Reply | None = None
 
-    def answer(self, decision: Decision) -> bytes:
-        reply = self.reply
-        if reply is None or decision.shape is None or reply.shape is not decision.shape:
-            reply = self.reply = _Reply(decision)
+
+class _Replies:
+    """The kept responses, one per decision shape."""
+
+    def __init__(self) -> None:
+        self._by_shape: dict[object, _Reply] = {}
+
+    def answer(self, entry: _Entry, decision: Decision) -> bytes:
+        reply = entry.reply
+        if reply is None or reply.shape is not decision.shape:
+            shape = decision.shape
+            if shape is None:
+                return bytes(to_response(decision).SerializeToString())
+            reply = self._by_shape.get(shape)
+            if reply is None:
+                if len(self._by_shape) >= _REPLIES_MAX:
+                    self._by_shape.clear()
+                reply = self._by_shape[shape] = _Reply(decision)
+            reply.shape = shape  # an equal shape from a newer config: the next call matches at once
+            entry.reply = reply
         return reply.fill(decision)
 
 
@@ -157,6 +175,7 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         self.store_name = store_name
         self.on_store = on_store
         self._requests: dict[bytes, _Entry] = {}  # serialized RateLimitRequest -> its Request, reply
+        self._replies = _Replies()
 
     def _entry(self, raw: bytes) -> _Entry:
         """A request seen before (same bytes) is not parsed and converted again. A malformed one raises
@@ -186,7 +205,7 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
             self.metrics.latency.observe(time.perf_counter() - started)
         if self.on_store is not None and not self.on_store.up:
             await self.on_store.set(True)
-        return entry.answer(decision)
+        return self._replies.answer(entry, decision)
 
     async def ShouldRateLimit(
         self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext[object, object]
