@@ -1,7 +1,7 @@
 """ShouldRateLimit side by side: (a) a no-op grpc.aio RLS server, (b) meshgate with the memory store,
 (c) meshgate with Redis; 1 and 5 descriptors per request. Not a test: run it by hand.
 
-    python bench/ratelimit_bench.py [--seconds 5] [--rounds 3] [--concurrency 16] [--compare DIR]
+    python bench/ratelimit_bench.py [--seconds 5] [--rounds 5] [--concurrency 16] [--compare DIR]
     python bench/ratelimit_bench.py --callgrind [--calls 3000] [--compare DIR]
 
 Each server runs in its own process (`--serve KIND`), all started up front; this process is the client
@@ -18,7 +18,8 @@ requests/s on a shared machine), and Redis round trips per request counted by Re
 commandstats: eval + evalsha calls divided by requests; the commands the script runs inside Redis are
 not round trips). The Redis store timeout
 is raised to 1 s (BENCH_REDIS_TIMEOUT) so that a saturated server measures throughput rather than its
-50 ms timeout.
+50 ms timeout. meshgate runs with its default settings; `--response-headers x-ratelimit` adds the
+X-RateLimit-* headers to every response (more to build on the server, more to parse in the client).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def make_servicer(kind: str, redis_url: str | None) -> Any:
     limiter = Limiter(
         store,
         config=RateLimitConfig({domain: tree}),
-        settings=Settings(response_headers="x-ratelimit"),
+        settings=Settings(response_headers=os.environ.get("BENCH_RESPONSE_HEADERS", "none")),  # type: ignore[arg-type]
         metrics=metrics,
     )
     return RateLimitServicer(limiter, metrics, kind)
@@ -336,7 +337,7 @@ def main() -> int:
     parser.add_argument("--port-file", type=Path)
     parser.add_argument("--redis-url")
     parser.add_argument("--seconds", type=float, default=5.0, help="per case, split over the rounds")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every case")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of every case")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument(
         "--compare", type=Path, metavar="DIR",
@@ -350,9 +351,15 @@ def main() -> int:
         "process, counted by valgrind (repeatable on a busy machine)",
     )
     parser.add_argument("--calls", type=int, default=3000, help="calls per --callgrind run")
+    parser.add_argument(
+        "--response-headers", choices=["none", "x-ratelimit", "draft-03"], default="none",
+        help="meshgate's gateway.ratelimit.response_headers (default none, as meshgate's and envoyproxy/"
+        "ratelimit's default): x-ratelimit adds three headers to every response",
+    )
     parser.add_argument("--inproc", choices=["noop", "memory", "redis"], help=argparse.SUPPRESS)
     parser.add_argument("--descriptors", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    os.environ.setdefault("BENCH_RESPONSE_HEADERS", args.response_headers)  # the server children read it
     if args.serve:
         asyncio.run(serve(args.serve, args.redis_url, args.port_file))
         return 0
@@ -409,7 +416,7 @@ def main() -> int:
     results = {key: summarize(rs) for key, rs in sorted(rounds.items(), key=lambda kv: kv[0].split("/")[1])}
     print(
         f"cpus={os.cpu_count()} seconds={args.seconds} rounds={args.rounds} concurrency={args.concurrency} "
-        f"loadavg={os.getloadavg()[0]:.2f}"
+        f"response_headers={args.response_headers} loadavg={os.getloadavg()[0]:.2f}"
     )
     print_table(results)
     if args.json:

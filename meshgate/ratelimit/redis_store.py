@@ -40,7 +40,8 @@ __all__ = ["LUA", "RedisStore", "redact"]
 
 _PACKED_MAX = 20_000
 
-# KEYS: for slot i, KEYS[2i-1] the current window, KEYS[2i] the previous one.
+# KEYS: the current window's counter of each slot, in order, then the previous window's counter of
+# each slot with a sliding window (weight > 0), in the same order: a fixed window sends its key once.
 # ARGV[i]: slot i as "limit hits expires weight enforce charge" (expires: epoch seconds; weight per
 # mille; enforce, charge 1/0): one argument per slot rather than six keeps the command short to build
 # and to parse. ARGV[n+1]: now, epoch seconds of meshgate's clock (TTLs are relative to it, so a
@@ -48,17 +49,19 @@ _PACKED_MAX = 20_000
 # One MGET reads every counter; only an admitted request writes (INCRBY, and EXPIRE on a new counter).
 # Returns {admitted (1/0), used_1, ..., used_n}.
 LUA = """
-local n = #KEYS / 2
+local n = #ARGV - 1
 local now = tonumber(ARGV[n + 1])
 local counts = redis.call('MGET', unpack(KEYS))
 local result, hits, expires, charges = {1}, {}, {}, {}
+local previous = n
 for i = 1, n do
   local limit, h, exp, weight, enforce, charge =
     string.match(ARGV[i], '^(%d+) (%d+) (%d+) (%d+) ([01]) ([01])$')
   h = tonumber(h)
-  local count = tonumber(counts[2 * i - 1] or '0')
+  local count = tonumber(counts[i] or '0')
   if weight ~= '0' then
-    count = count + math.floor(tonumber(counts[2 * i] or '0') * tonumber(weight) / 1000)
+    previous = previous + 1
+    count = count + math.floor(tonumber(counts[previous] or '0') * tonumber(weight) / 1000)
   end
   result[i + 1], hits[i], expires[i], charges[i] = count, h, exp, charge == '1'
   if enforce == '1' and count + h > tonumber(limit) then result[1] = 0 end
@@ -67,8 +70,8 @@ if result[1] == 1 then
   for i = 1, n do
     local h = hits[i]
     -- a new counter gets its TTL (an older one has it already)
-    if charges[i] and h > 0 and redis.call('INCRBY', KEYS[2 * i - 1], h) == h then
-      redis.call('EXPIRE', KEYS[2 * i - 1], math.max(1, tonumber(expires[i]) - now))
+    if charges[i] and h > 0 and redis.call('INCRBY', KEYS[i], h) == h then
+      redis.call('EXPIRE', KEYS[i], math.max(1, tonumber(expires[i]) - now))
     end
   end
 end
@@ -254,11 +257,10 @@ class RedisStore:
 
 
 def _keys_args(slots: Sequence[Slot], now: float) -> tuple[list[str], list[str]]:
-    keys: list[str] = []
-    args: list[str] = []
-    for s in slots:
-        keys += (s.key, s.prev_key)
-        args.append(f"{s.limit} {s.hits} {s.expires} {s.weight} {s.enforce:d} {s.charge:d}")
+    """KEYS and ARGV of the script (see LUA)."""
+    keys = [s.key for s in slots]
+    keys += [s.prev_key for s in slots if s.weight]
+    args = [f"{s.limit} {s.hits} {s.expires} {s.weight} {s.enforce:d} {s.charge:d}" for s in slots]
     args.append(str(int(now)))
     return keys, args
 

@@ -318,6 +318,22 @@ def test_sliding_window_smooths_the_boundary(run: Callable[..., None]) -> None:
     run(scenario)
 
 
+def test_sliding_and_fixed_windows_in_one_request(run: Callable[..., None]) -> None:
+    """Each sliding descriptor reads its own previous window, wherever it sits among fixed ones."""
+
+    async def scenario(env: Env) -> None:
+        a, b, fixed = (("sliding", "mix-a"),), (("sliding", "mix-b"),), user("mix")
+        env.clock.now = T0 + 50
+        for _ in range(3):
+            await env.ask(a, fixed, b)
+        await env.ask(b, hits=2)  # b's window holds 5, a's 3
+        env.clock.now = T0 + 75  # 75% of the previous window: a 2, b 3; the fixed one starts afresh
+        decision = await env.ask(a, fixed, b)
+        assert [s.remaining for s in decision.statuses] == [10 - 2 - 1, 3 - 1, 10 - 3 - 1]
+
+    run(scenario)
+
+
 def test_local_cache_refuses_exhausted_counters_without_a_store_call(run: Callable[..., None]) -> None:
     async def scenario(env: Env) -> None:
         for _ in range(4):
