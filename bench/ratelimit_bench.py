@@ -18,8 +18,8 @@ requests/s on a shared machine), and Redis round trips per request counted by Re
 commandstats: eval + evalsha calls divided by requests; the commands the script runs inside Redis are
 not round trips). The Redis store timeout
 is raised to 1 s (BENCH_REDIS_TIMEOUT) so that a saturated server measures throughput rather than its
-50 ms timeout. meshgate runs with its default settings; `--response-headers x-ratelimit` adds the
-X-RateLimit-* headers to every response (more to build on the server, more to parse in the client).
+50 ms timeout. meshgate runs with the policy's default settings, X-RateLimit-* headers in every
+response included; `--response-headers none` leaves them out (envoyproxy/ratelimit's default).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def make_servicer(kind: str, redis_url: str | None) -> Any:
     limiter = Limiter(
         store,
         config=RateLimitConfig({domain: tree}),
-        settings=Settings(response_headers=os.environ.get("BENCH_RESPONSE_HEADERS", "none")),  # type: ignore[arg-type]
+        settings=Settings(response_headers=os.environ.get("BENCH_RESPONSE_HEADERS", "x-ratelimit")),  # type: ignore[arg-type]
         metrics=metrics,
     )
     return RateLimitServicer(limiter, metrics, kind)
@@ -352,9 +352,9 @@ def main() -> int:
     )
     parser.add_argument("--calls", type=int, default=3000, help="calls per --callgrind run")
     parser.add_argument(
-        "--response-headers", choices=["none", "x-ratelimit", "draft-03"], default="none",
-        help="meshgate's gateway.ratelimit.response_headers (default none, as meshgate's and envoyproxy/"
-        "ratelimit's default): x-ratelimit adds three headers to every response",
+        "--response-headers", choices=["none", "x-ratelimit", "draft-03"], default="x-ratelimit",
+        help="meshgate's gateway.ratelimit.response_headers (default x-ratelimit, the policy's default: "
+        "three headers in every response; none: envoyproxy/ratelimit's default)",
     )
     parser.add_argument("--inproc", choices=["noop", "memory", "redis"], help=argparse.SUPPRESS)
     parser.add_argument("--descriptors", type=int, default=1, help=argparse.SUPPRESS)

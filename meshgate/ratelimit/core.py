@@ -399,9 +399,12 @@ def _headers(statuses: Sequence[Status], style: HeaderStyle) -> tuple[tuple[str,
     if style == "none":
         return ()
     worst: Status | None = None
-    for s in statuses:  # the first of the least (not over_limit, remaining)
-        if s.limit is not None and s.unit is not None and (
-            worst is None or (not s.over_limit, s.remaining) < (not worst.over_limit, worst.remaining)
+    for s in statuses:  # the first of the least (not over_limit, remaining): over-limit ones first
+        if s.limit is None or s.unit is None:
+            continue
+        if worst is None or (
+            (s.over_limit and not worst.over_limit)
+            or (s.over_limit == worst.over_limit and s.remaining < worst.remaining)
         ):
             worst = s
     if worst is None or worst.limit is None or worst.unit is None:

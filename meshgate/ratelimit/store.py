@@ -74,25 +74,32 @@ class MemoryStore:
             self._sweep(now)
         counts = self._counts
         used = []
+        cells: list[list[int] | None] = []  # each slot's live [count, expires], else None
         ok = True
         for s in slots:
             found = counts.get(s.key)
-            count = found[0] if found is not None and found[1] > now else 0
+            if found is not None and found[1] <= now:
+                found = None
+            cells.append(found)
+            count = 0 if found is None else found[0]
             if s.weight:
-                found = counts.get(s.prev_key)
-                count = used_of(count, found[0] if found is not None and found[1] > now else 0, s.weight)
+                prev = counts.get(s.prev_key)
+                count = used_of(count, prev[0] if prev is not None and prev[1] > now else 0, s.weight)
             used.append(count)
             if s.enforce and count + s.hits > s.limit:
                 ok = False
         if ok:
-            for s in slots:
-                if s.charge and s.hits > 0:  # read again: two descriptors may share a counter
+            for s, found in zip(slots, cells, strict=True):
+                if not (s.charge and s.hits > 0):
+                    continue
+                if found is None:  # new (or expired): look again, an earlier slot may share its key
                     found = counts.get(s.key)
                     if found is None or found[1] <= now:
                         counts[s.key] = [s.hits, s.expires]
-                    else:
-                        found[0] += s.hits
-                        found[1] = max(found[1], s.expires)
+                        continue
+                found[0] += s.hits  # a live counter is one list, whichever slots share it
+                if s.expires > found[1]:
+                    found[1] = s.expires
         return StoreResult(ok, tuple(used))
 
     def _sweep(self, now: float) -> None:

@@ -334,6 +334,20 @@ def test_sliding_and_fixed_windows_in_one_request(run: Callable[..., None]) -> N
     run(scenario)
 
 
+def test_two_descriptors_of_one_request_sharing_a_counter_both_count(run: Callable[..., None]) -> None:
+    async def scenario(env: Env) -> None:
+        pair = await env.ask(user("twin"), user("twin"))  # a new counter
+        assert [s.remaining for s in pair.statuses] == [2, 2]  # each reports what it saw, plus itself
+        assert (await env.ask(Descriptor(user("twin"), hits_addend=0))).statuses[0].remaining == 1
+        env.clock.now += 60
+        await env.ask(user("twin"))
+        pair = await env.ask(user("twin"), user("twin"))  # a live counter
+        assert [s.remaining for s in pair.statuses] == [1, 1]
+        assert (await env.ask(Descriptor(user("twin"), hits_addend=0))).statuses[0].remaining == 0
+
+    run(scenario)
+
+
 def test_local_cache_refuses_exhausted_counters_without_a_store_call(run: Callable[..., None]) -> None:
     async def scenario(env: Env) -> None:
         for _ in range(4):
