@@ -46,19 +46,23 @@ _PACKED_MAX = 20_000
 # mille; enforce, charge 1/0): one argument per slot rather than six keeps the command short to build
 # and to parse. ARGV[n+1]: now, epoch seconds of meshgate's clock (TTLs are relative to it, so a
 # skewed Redis clock does not shorten them).
-# One MGET reads every counter; only an admitted request writes (INCRBY, and EXPIRE on a new counter).
+# One MGET reads every counter; a counter shared by several slots counts the hits of the earlier ones
+# (store.py). Only an admitted request writes (INCRBY, and EXPIRE on a new counter).
 # Returns {admitted (1/0), used_1, ..., used_n}.
 LUA = """
 local n = #ARGV - 1
 local now = tonumber(ARGV[n + 1])
 local counts = redis.call('MGET', unpack(KEYS))
 local result, hits, expires, charges = {1}, {}, {}, {}
+local earlier = {}
 local previous = n
 for i = 1, n do
   local limit, h, exp, weight, enforce, charge =
     string.match(ARGV[i], '^(%d+) (%d+) (%d+) (%d+) ([01]) ([01])$')
   h = tonumber(h)
-  local count = tonumber(counts[i] or '0')
+  local before = earlier[KEYS[i]] or 0
+  local count = tonumber(counts[i] or '0') + before
+  if charge == '1' and h > 0 then earlier[KEYS[i]] = before + h end
   if weight ~= '0' then
     previous = previous + 1
     count = count + math.floor(tonumber(counts[previous] or '0') * tonumber(weight) / 1000)

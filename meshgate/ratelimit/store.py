@@ -2,8 +2,10 @@
 
 `apply` is the whole contract. Given the counters a request touches, it reads every counter, decides
 whether the request is admitted (no enforcing counter would go past its limit), and only then adds
-the hits to every charging counter: all or nothing, atomically. Both backends run the same
-arithmetic so one behaviour suite covers them.
+the hits to every charging counter: all or nothing, atomically. Counters are taken in order: when
+several of a request's descriptors share one counter, each sees the hits of the earlier ones, as
+envoyproxy/ratelimit (which increments them one after the other) reports them. Both backends run the
+same arithmetic so one behaviour suite covers them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["MemoryStore", "Slot", "Store", "StoreResult", "StoreUnavailable", "admitted", "used_of"]
+__all__ = ["MemoryStore", "Slot", "Store", "StoreResult", "StoreUnavailable", "used_of"]
 
 
 class StoreUnavailable(Exception):
@@ -53,10 +55,6 @@ def used_of(current: int, previous: int, weight: int) -> int:
     return current + (previous * weight) // 1000 if weight else current
 
 
-def admitted(slots: Sequence[Slot], used: Sequence[int]) -> bool:
-    return not any(s.enforce and u + s.hits > s.limit for s, u in zip(slots, used, strict=True))
-
-
 class MemoryStore:
     """Counters in this process: the default for a single replica. Expired counters are swept lazily."""
 
@@ -75,6 +73,7 @@ class MemoryStore:
         counts = self._counts
         used = []
         cells: list[list[int] | None] = []  # each slot's live [count, expires], else None
+        earlier: dict[str, int] | None = {} if len(slots) > 1 else None  # hits of earlier slots, by key
         ok = True
         for s in slots:
             found = counts.get(s.key)
@@ -82,6 +81,11 @@ class MemoryStore:
                 found = None
             cells.append(found)
             count = 0 if found is None else found[0]
+            if earlier is not None:
+                before = earlier.get(s.key, 0)
+                count += before
+                if s.charge and s.hits > 0:
+                    earlier[s.key] = before + s.hits
             if s.weight:
                 prev = counts.get(s.prev_key)
                 count = used_of(count, prev[0] if prev is not None and prev[1] > now else 0, s.weight)
