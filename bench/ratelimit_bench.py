@@ -19,7 +19,9 @@ commandstats: eval + evalsha calls divided by requests; the commands the script 
 not round trips). The Redis store timeout
 is raised to 1 s (BENCH_REDIS_TIMEOUT) so that a saturated server measures throughput rather than its
 50 ms timeout. meshgate runs with the policy's default settings, X-RateLimit-* headers in every
-response included; `--response-headers none` leaves them out (envoyproxy/ratelimit's default).
+response included; `--response-headers none` leaves them out (envoyproxy/ratelimit's default). Every
+server, the no-op included, runs on the event loop `meshgate serve` would pick (`--event-loop`, default
+auto: uvloop when installed), so the ratios compare servicers, not loops.
 """
 
 from __future__ import annotations
@@ -98,6 +100,21 @@ def add_servicer(servicer: Any, server: grpc.aio.Server) -> None:
         rls_pb2_grpc.add_RateLimitServiceServicer_to_server(servicer, server)
     else:
         add_to_server(servicer, server)
+
+
+def event_loop(name: str) -> Any:
+    """The loop factory `meshgate serve --event-loop NAME` uses (an older meshgate: the same choice)."""
+    try:
+        from meshgate.server import loop_factory
+    except ImportError:
+        if name == "asyncio":
+            return None
+        try:
+            import uvloop
+        except ImportError:
+            return None
+        return uvloop.new_event_loop
+    return loop_factory(name)
 
 
 async def serve(kind: str, redis_url: str | None, port_file: Path) -> None:
@@ -352,6 +369,11 @@ def main() -> int:
     )
     parser.add_argument("--calls", type=int, default=3000, help="calls per --callgrind run")
     parser.add_argument(
+        "--event-loop", choices=["auto", "uvloop", "asyncio"], default="auto",
+        help="the event loop of every server, the no-op's too (default auto, as meshgate serve: uvloop "
+        "when installed)",
+    )
+    parser.add_argument(
         "--response-headers", choices=["none", "x-ratelimit", "draft-03"], default="x-ratelimit",
         help="meshgate's gateway.ratelimit.response_headers (default x-ratelimit, the policy's default: "
         "three headers in every response; none: envoyproxy/ratelimit's default)",
@@ -360,8 +382,10 @@ def main() -> int:
     parser.add_argument("--descriptors", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("BENCH_RESPONSE_HEADERS", args.response_headers)  # the server children read it
+    os.environ.setdefault("BENCH_EVENT_LOOP", args.event_loop)
     if args.serve:
-        asyncio.run(serve(args.serve, args.redis_url, args.port_file))
+        with asyncio.Runner(loop_factory=event_loop(os.environ["BENCH_EVENT_LOOP"])) as runner:
+            runner.run(serve(args.serve, args.redis_url, args.port_file))
         return 0
     if args.inproc:
         asyncio.run(call_servicer(args.inproc, args.redis_url, args.descriptors, args.calls))
@@ -416,7 +440,8 @@ def main() -> int:
     results = {key: summarize(rs) for key, rs in sorted(rounds.items(), key=lambda kv: kv[0].split("/")[1])}
     print(
         f"cpus={os.cpu_count()} seconds={args.seconds} rounds={args.rounds} concurrency={args.concurrency} "
-        f"response_headers={args.response_headers} loadavg={os.getloadavg()[0]:.2f}"
+        f"response_headers={args.response_headers} event_loop={args.event_loop} "
+        f"loadavg={os.getloadavg()[0]:.2f}"
     )
     print_table(results)
     if args.json:

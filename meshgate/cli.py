@@ -50,6 +50,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         redis_url=args.redis_url,
         tls=_server_tls(args),
         ratelimit_config=Path(args.ratelimit_config) if args.ratelimit_config else None,
+        event_loop=args.event_loop,
     )
     return main(config)
 
@@ -229,6 +230,12 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=float(_env("grace", "10")),
         help="seconds in-flight calls get to finish",
+    )
+    serve.add_argument(
+        "--event-loop",
+        choices=["auto", "uvloop", "asyncio"],
+        default=_env("event_loop", "auto"),
+        help="event loop: uvloop (libuv), asyncio (the standard library's), auto (uvloop when installed)",
     )
     serve.set_defaults(func=_cmd_serve)
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.harness.meshgate import Meshgate
@@ -43,10 +44,12 @@ def _policy_copy(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.parametrize(("event_loop", "runs_on"), [("auto", "uvloop"), ("asyncio", "asyncio")])
 def test_serve_reports_ports_health_and_metrics(
-    meshgate_factory: Callable[..., Meshgate], tmp_path: Path
+    meshgate_factory: Callable[..., Meshgate], tmp_path: Path, event_loop: str, runs_on: str
 ) -> None:
-    mg = meshgate_factory(_policy_copy(tmp_path))
+    mg = meshgate_factory(_policy_copy(tmp_path), extra_args=["--event-loop", event_loop])
+    assert f"event loop: {runs_on}" in mg.proc.tail(50)
     assert len({mg.ports[s] for s in ("extauthz", "ratelimit", "xds", "metrics")}) == 4
     for role in ("extauthz", "ratelimit", "xds"):
         assert _health(mg.address(role)) == SERVING
@@ -82,10 +85,11 @@ def test_reload_keeps_last_good_and_applies_valid_changes(
     )
 
 
+@pytest.mark.parametrize("event_loop", ["auto", "asyncio"])
 def test_sigterm_goes_not_serving_before_it_stops(
-    meshgate_factory: Callable[..., Meshgate], tmp_path: Path
+    meshgate_factory: Callable[..., Meshgate], tmp_path: Path, event_loop: str
 ) -> None:
-    mg = meshgate_factory(_policy_copy(tmp_path), drain_delay=3.0)
+    mg = meshgate_factory(_policy_copy(tmp_path), drain_delay=3.0, extra_args=["--event-loop", event_loop])
     address = mg.address("ratelimit")
     assert _health(address) == SERVING
     mg.proc.send_signal(signal.SIGTERM)

@@ -4,6 +4,8 @@ in, serialized response out, as `add_to_server` registers it) and the RESP conne
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 import pytest
 from envoy.service.ratelimit.v3 import rls_pb2
@@ -18,11 +20,12 @@ from meshgate.ratelimit.service import to_request, to_response
 from .test_ratelimit_service import GOOD, USER, rls_request
 
 
-def servicer(headers: HeaderStyle = "none") -> RateLimitServicer:
+def servicer(headers: HeaderStyle = "none", clock: Callable[[], float] = time.time) -> RateLimitServicer:
     from meshgate.ratelimit.config import load_config_dir, merge_domains
 
     config = merge_domains({}, load_config_dir(GOOD))
-    limiter = Limiter(MemoryStore(), config=config, settings=Settings(response_headers=headers))
+    settings = Settings(response_headers=headers)
+    limiter = Limiter(MemoryStore(), config=config, settings=settings, clock=clock)
     return RateLimitServicer(limiter, RateLimitMetrics(None), "memory")
 
 
@@ -32,8 +35,11 @@ def test_serialized_answers_match_the_message_path_and_never_cross_requests(head
     differ (domain, entries, limit override) never share a cached conversion, and repeats count on
     (past the limit: the response kept per request and updated in place changes codes and headers)."""
 
+    now = [1_700_000_000.0]
+
     async def main() -> None:
-        wire, reference = servicer(headers), servicer(headers)  # same config, separate stores
+        clock = lambda: now[0]  # noqa: E731
+        wire, reference = servicer(headers, clock), servicer(headers, clock)  # same config, separate stores
         override = rls_request("compat", [("user", "x")])
         override.descriptors[0].limit.requests_per_unit = 1
         override.descriptors[0].limit.unit = rls_pb2.RateLimitResponse.RateLimit.HOUR
@@ -45,6 +51,7 @@ def test_serialized_answers_match_the_message_path_and_never_cross_requests(head
             rls_request("gw", USER),
         ]
         for _ in range(5):
+            now[0] += 7.5  # resets move, and a minute window rolls over once
             for pb in requests:
                 raw = await wire.should_rate_limit(pb.SerializeToString(), None)  # type: ignore[arg-type]
                 expected = to_response(await reference.limiter.decide(to_request(pb)))
