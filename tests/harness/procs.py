@@ -6,6 +6,7 @@ Nothing here sleeps as synchronisation: ``wait_until`` polls a predicate until a
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import signal
@@ -150,6 +151,15 @@ class Proc:
         if self._popen is None:
             raise RuntimeError(f"{self.name} was never started")
         return self._popen.wait(timeout=timeout)
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """In a test's event loop: let the loop run until ``predicate`` holds; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
 
 
 def wait_until(

@@ -16,6 +16,7 @@ from meshgate.ratelimit._resp import RespConnection
 from meshgate.ratelimit.core import HeaderStyle
 from meshgate.ratelimit.metrics import RateLimitMetrics
 from meshgate.ratelimit.service import to_request, to_response
+from tests.harness.procs import eventually
 
 from .test_ratelimit_service import GOOD, USER, rls_request
 
@@ -102,8 +103,7 @@ def test_connection_deadlines_fail_only_the_late_calls() -> None:
             with pytest.raises(TimeoutError):
                 await late
             assert loop.time() - started >= 0.29
-            await asyncio.sleep(0.05)
-            assert not forever.done()
+            assert not forever.done()  # 0.3 s on, the call with no deadline still waits
             assert conn._timer is None
         finally:
             await conn.close()
@@ -143,12 +143,13 @@ def test_commands_queued_while_a_batch_is_unanswered_go_out_together() -> None:
             transport.write = spy  # type: ignore[union-attr,method-assign]
             gate.clear()
             first = asyncio.create_task(conn.call("GET", "a"))
-            await asyncio.sleep(0.02)
+            await eventually(lambda: len(writes) == 1)  # written at the end of its loop turn
             queued = []
-            for key in "bcd":  # in separate loop turns
+            for key in "bcd":  # each in a loop turn of its own
                 queued.append(asyncio.create_task(conn.call("GET", key)))
-                await asyncio.sleep(0.01)
-            assert [w.count(b"*") for w in writes] == [1]  # b, c, d wait for a's reply
+                for _ in range(3):  # turns enough for a flush, had one been scheduled
+                    await asyncio.sleep(0)
+            assert [w.count(b"*") for w in writes] == [1] and len(conn._outgoing) == 3  # wait for a's reply
             gate.set()
             assert await asyncio.gather(first, *queued) == [None] * 4
             assert [w.count(b"*") for w in writes] == [1, 3]

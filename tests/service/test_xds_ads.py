@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from meshgate.xds import CompileOptions, Snapshot, XdsService, compile_snapshot
 from meshgate.xds._types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from tests.harness.grpc_service import serving as serving_service
+from tests.harness.procs import eventually
 from tests.unit.test_xds_support import model, policy
 
 BARE = CompileOptions(enable_extauthz=False, enable_ratelimit=False)
@@ -24,14 +25,6 @@ TIMEOUT = 10.0
 
 def snap(weights: dict[str, int], **extra: Any) -> Snapshot:
     return compile_snapshot(policy(model("a", weights, **extra)), BARE)
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
-    """Let the server (same event loop) run until `predicate` holds; fail after `timeout`."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.005)
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:

@@ -11,7 +11,8 @@ from prometheus_client import CollectorRegistry
 from meshgate.policy.store import PolicyStore
 from meshgate.xds import CompileOptions, XdsService, compile_snapshot
 from meshgate.xds._types import SECRET
-from tests.service.test_xds_ads import BARE, eventually, run, snap
+from tests.harness.procs import eventually
+from tests.service.test_xds_ads import BARE, run, snap
 from tests.unit.test_xds_support import CertAuthority, model, policy, write_atomic, write_certs
 
 
