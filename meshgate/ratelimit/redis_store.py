@@ -143,7 +143,7 @@ class RedisStore:
         self._resp = _resp(url)
         self._client: Any = None if self._resp is not None else _client(url, timeout)
         self._sha: str | None = None
-        # id(slots) -> (slots, second, sha, packed EVALSHA): see _resp_eval
+        # id(slots) -> (slots, second, sha, packed EVALSHA): see _evalsha
         self._packed: dict[int, tuple[Sequence[Slot], int, str, bytes]] = {}
         self.cluster = isinstance(self._client, RedisCluster)
 

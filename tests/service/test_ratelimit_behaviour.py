@@ -31,6 +31,7 @@ from meshgate.ratelimit import (
 from meshgate.ratelimit.config import load_config_dir, merge_domains
 from meshgate.ratelimit.metrics import RateLimitMetrics
 from meshgate.ratelimit.redis_store import RedisStore
+from tests.harness.procs import eventually
 from tests.service._redis_topologies import flush
 
 GOOD = Path(__file__).parent.parent / "fixtures" / "ratelimit" / "good"
@@ -459,7 +460,7 @@ def test_a_call_in_flight_keeps_its_window_when_another_call_rolls_it(run: Calla
         env.clock.now = T0 + 59
         gate.release = release = asyncio.Event()
         first = asyncio.create_task(env.ask(user("edge")))
-        await asyncio.sleep(0)  # `first` now waits in the store
+        await eventually(lambda: gate.release is None)  # `first` took the gate: it waits in the store
         env.clock.now = T0 + 61
         second = await env.ask(user("edge"))
         assert not second.over_limit and second.statuses[0].reset == 59
