@@ -236,12 +236,31 @@ class Limiter:
                 return _from_cache(prepared, blocked, second, settings)
         slots, ends = prepared.slots, prepared.ends
         result = await self.store.apply(slots, now)
-        statuses = list(prepared.blank)
         admitted = result.admitted
-        for part, slot, end, used in zip(prepared.parts, slots, ends, result.used, strict=True):
-            statuses[part.index] = _status(part, used, admitted, end - second, settings)
-            if cache is not None and slot.enforce and used >= slot.limit and not part.sliding:
-                cache.add(slot.key, end, now)
+        statuses = list(prepared.blank)
+        near = settings.near_limit_ratio
+        for part, end, used in zip(prepared.parts, ends, result.used, strict=True):
+            # one status per part, inline (a call per descriptor shows on the hot path)
+            hits, counters, limit = part.hits, part.counters, part.limit
+            counters.total += hits
+            if used + hits > limit and not part.charging:  # over the limit
+                if part.shadow_rule:
+                    counters.shadow += 1
+                    status = Status(False, limit, part.unit, 0, end - second)
+                else:
+                    counters.over += 1
+                    if settings.shadow_mode:
+                        counters.shadow += 1
+                    status = Status(True, limit, part.unit, 0, end - second)
+            else:
+                after = used + hits if admitted and part.charge else used
+                counters.within += 1
+                if after > limit * near:
+                    counters.near += 1
+                status = Status(False, limit, part.unit, limit - after if after < limit else 0, end - second)
+            statuses[part.index] = status
+            if cache is not None and part.enforce and used >= limit and not part.sliding:
+                cache.add(part.slot.key, end, now)  # type: ignore[union-attr]
         return _decision(not admitted, statuses, settings, prepared.form)
 
     # preparing -------------------------------------------------------------------------------------
@@ -370,44 +389,30 @@ def _blocked(cache: _LocalCache, part: _Part, now: float) -> bool:
     return part.enforce and part.hits > 0 and not part.sliding and cache.blocked(part.slot.key, now)  # type: ignore[union-attr]
 
 
-def _status(part: _Part, used: int, admitted: bool, reset: int, settings: Settings) -> Status:
-    hits, counters, limit = part.hits, part.counters, part.limit
-    counters.total += hits
-    if used + hits > limit and not part.charging:
-        if part.shadow_rule:
-            counters.shadow += 1
-            return Status(False, limit, part.unit, 0, reset)
-        counters.over += 1
-        if settings.shadow_mode:
-            counters.shadow += 1
-        return Status(True, limit, part.unit, 0, reset)
-    after = used + hits if admitted and part.charge else used
-    counters.within += 1
-    if after > limit * settings.near_limit_ratio:
-        counters.near += 1
-    return Status(False, limit, part.unit, limit - after if after < limit else 0, reset)
-
-
 def _decision(over: bool, statuses: Sequence[Status], settings: Settings, shape: object) -> Decision:
     style = settings.response_headers
-    headers = () if style == "none" else _headers(statuses, style)
+    headers = () if style == "none" else _headers(_worst(statuses), style)
     return Decision(over and not settings.shadow_mode, tuple(statuses), headers, shape)
 
 
-def _headers(statuses: Sequence[Status], style: HeaderStyle) -> tuple[tuple[str, str], ...]:
-    """Headers for the most constraining descriptor: an over-limit one, else the least remaining."""
-    if style == "none":
-        return ()
+def _worst(statuses: Sequence[Status]) -> Status | None:
+    """The most constraining status carrying a limit: the first over-limit one, else the first of the
+    least remaining."""
     worst: Status | None = None
-    for s in statuses:  # the first of the least (not over_limit, remaining): over-limit ones first
-        if s.limit is None or s.unit is None:
+    for s in statuses:
+        if s.limit is None:
             continue
         if worst is None or (
             (s.over_limit and not worst.over_limit)
             or (s.over_limit == worst.over_limit and s.remaining < worst.remaining)
         ):
             worst = s
-    if worst is None or worst.limit is None or worst.unit is None:
+    return worst
+
+
+def _headers(worst: Status | None, style: HeaderStyle) -> tuple[tuple[str, str], ...]:
+    """The response headers of `style` for the most constraining status (see _worst)."""
+    if worst is None or worst.limit is None or worst.unit is None or style == "none":
         return ()
     if style == "draft-03":
         window = UNIT_SECONDS[worst.unit]

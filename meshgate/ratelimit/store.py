@@ -39,7 +39,7 @@ class Slot:
 @dataclass(slots=True)  # hot path, never mutated
 class StoreResult:
     admitted: bool
-    used: tuple[int, ...]  # each counter before this request (sliding: weighted sum of two windows)
+    used: Sequence[int]  # each counter before this request (sliding: weighted sum of two windows)
 
 
 class Store(Protocol):
@@ -60,53 +60,58 @@ class MemoryStore:
 
     def __init__(self, *, sweep_every: int = 4096) -> None:
         self._counts: dict[str, list[int]] = {}  # key -> [count, expires]; expired ones swept lazily
-        self._calls = 0
         self._sweep_every = sweep_every
+        self._countdown = sweep_every  # calls until the next sweep
 
     def __len__(self) -> int:
         return len(self._counts)
 
     async def apply(self, slots: Sequence[Slot], now: float) -> StoreResult:
-        self._calls += 1
-        if self._calls % self._sweep_every == 0:
+        """One pass: each slot reads its counter, then adds its hits at once when it charges, so a
+        counter shared by several slots shows each slot the hits of the earlier ones. A refused request
+        then takes back what the pass added (refusals are rare: the limiter's over-limit cache answers
+        the repeated ones)."""
+        self._countdown -= 1
+        if not self._countdown:
             self._sweep(now)
         counts = self._counts
         used = []
-        cells: list[list[int] | None] = []  # each slot's live [count, expires], else None
-        earlier: dict[str, int] | None = {} if len(slots) > 1 else None  # hits of earlier slots, by key
         ok = True
         for s in slots:
-            found = counts.get(s.key)
-            if found is not None and found[1] <= now:
-                found = None
-            cells.append(found)
-            count = 0 if found is None else found[0]
-            if earlier is not None:
-                before = earlier.get(s.key, 0)
-                count += before
-                if s.charge and s.hits > 0:
-                    earlier[s.key] = before + s.hits
+            cell = counts.get(s.key)
+            if cell is not None and cell[1] <= now:  # expired: the window starts again from zero
+                cell = None
+            count = 0 if cell is None else cell[0]
             if s.weight:
                 prev = counts.get(s.prev_key)
                 count = used_of(count, prev[0] if prev is not None and prev[1] > now else 0, s.weight)
             used.append(count)
-            if s.enforce and count + s.hits > s.limit:
+            hits = s.hits
+            if s.enforce and count + hits > s.limit:
                 ok = False
-        if ok:
-            for s, found in zip(slots, cells, strict=True):
-                if not (s.charge and s.hits > 0):
-                    continue
-                if found is None:  # new (or expired): look again, an earlier slot may share its key
-                    found = counts.get(s.key)
-                    if found is None or found[1] <= now:
-                        counts[s.key] = [s.hits, s.expires]
-                        continue
-                found[0] += s.hits  # a live counter is one list, whichever slots share it
-                if s.expires > found[1]:
-                    found[1] = s.expires
-        return StoreResult(ok, tuple(used))
+            if s.charge and hits > 0:
+                if cell is None:
+                    counts[s.key] = [hits, s.expires]
+                else:
+                    cell[0] += hits  # one list per live counter, whichever slots share it
+                    if s.expires > cell[1]:
+                        cell[1] = s.expires
+        if not ok:
+            self._take_back(slots)
+        return StoreResult(ok, used)
+
+    def _take_back(self, slots: Sequence[Slot]) -> None:
+        """Undo the hits `apply` added for `slots` (a counter back at zero goes)."""
+        counts = self._counts
+        for s in slots:
+            if s.charge and s.hits > 0:
+                cell = counts[s.key]
+                cell[0] -= s.hits
+                if cell[0] <= 0:
+                    del counts[s.key]
 
     def _sweep(self, now: float) -> None:
+        self._countdown = self._sweep_every
         for key in [k for k, (_, expires) in self._counts.items() if expires <= now]:
             del self._counts[key]
 
