@@ -14,11 +14,11 @@ by side in one run. `--callgrind` counts instead, with valgrind, the instruction
 servicer alone (no gRPC transport, same process, a fixed number of calls): a deterministic figure where
 the load's numbers are at the mercy of other jobs. The load prints requests/s, p50 and p99 latency,
 the ratios (b)/(a) and (c)/(a) of requests/s and of server CPU time per request (steadier than
-requests/s on a shared machine), and Redis round trips per request counted by Redis itself (INFO
-commandstats: eval + evalsha calls divided by requests; the commands the script runs inside Redis are
-not round trips). The Redis store timeout
-is raised to 1 s (BENCH_REDIS_TIMEOUT) so that a saturated server measures throughput rather than its
-50 ms timeout. meshgate runs with the policy's default settings, X-RateLimit-* headers in every
+requests/s on a shared machine; "sys us" is the kernel's part of it), and Redis round trips per
+request counted by Redis itself (INFO commandstats: eval + evalsha calls divided by requests; the
+commands the script runs inside Redis are not round trips). The Redis store timeout is raised to
+1 s (BENCH_REDIS_TIMEOUT) so that a saturated server measures throughput rather than its 50 ms
+timeout. meshgate runs with the policy's default settings, X-RateLimit-* headers in every
 response included; `--response-headers none` leaves them out (envoyproxy/ratelimit's default). Every
 server, the no-op included, runs on the event loop `meshgate serve` would pick (`--event-loop`, default
 auto: uvloop when installed), so the ratios compare servicers, not loops.
@@ -221,10 +221,11 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError("redis did not start")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (Linux)."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process, from /proc (Linux): user and kernel CPU seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def script_calls(port: int) -> int:
@@ -242,13 +243,15 @@ def measure(
     import redis as redis_client
 
     redis_client.Redis(port=redis_port).config_resetstat()
-    cpu = cpu_seconds(server.pid), cpu_seconds(redis_proc.pid)
+    (user, system), redis_cpu = cpu_seconds(server.pid), sum(cpu_seconds(redis_proc.pid))
     r: dict[str, Any] = asyncio.run(load(port, descriptors, seconds, concurrency))
     calls = r["requests"] + WARMUP
-    r["server_cpu_us"] = (cpu_seconds(server.pid) - cpu[0]) / calls * 1e6
+    user_after, system_after = cpu_seconds(server.pid)
+    r["server_cpu_us"] = (user_after + system_after - user - system) / calls * 1e6
+    r["server_sys_us"] = (system_after - system) / calls * 1e6  # the kernel's share: sockets, wakeups
     if kind == "redis":
         r["redis_round_trips_per_request"] = script_calls(redis_port) / calls
-        r["redis_cpu_us"] = (cpu_seconds(redis_proc.pid) - cpu[1]) / calls * 1e6
+        r["redis_cpu_us"] = (sum(cpu_seconds(redis_proc.pid)) - redis_cpu) / calls * 1e6
     return r
 
 
@@ -272,7 +275,7 @@ def paired(r: dict[str, Any], base: dict[str, Any], field: str, invert: bool = F
 def print_table(results: dict[str, dict[str, Any]]) -> None:
     print(
         f"{'case':<14} {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} {'rps/(a)':>8} {'(min-max)':>11} {'cpu us':>7} "
-        f"{'cpu (a)/x':>9} {'redis RT/req':>12} {'redis cpu us':>12}"
+        f"{'sys us':>6} {'cpu (a)/x':>9} {'redis RT/req':>12} {'redis cpu us':>12}"
     )
     for key, r in results.items():
         base = results[f"noop/{key.split('/')[1]}"]
@@ -284,7 +287,8 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
         ratio = statistics.median(ratios)
         print(
             f"{key:<14} {r['rps']:>7.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {ratio:>8.2f} "
-            f"{spread:>11} {r['server_cpu_us']:>7.0f} {capacity:>9.2f} {trips:>12} {rcpu:>12}"
+            f"{spread:>11} {r['server_cpu_us']:>7.0f} {r['server_sys_us']:>6.0f} {capacity:>9.2f} "
+            f"{trips:>12} {rcpu:>12}"
         )
 
 

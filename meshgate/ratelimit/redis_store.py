@@ -176,7 +176,7 @@ class RedisStore:
             raise self._unavailable(exc) from exc
         except (RespError, OSError) as exc:
             raise self._unavailable(exc) from exc
-        return StoreResult(reply[0] == 1, tuple(reply[1:]))  # the script's integers
+        return StoreResult(reply[0] == 1, reply[1:])  # the script's integers
 
     def _evalsha(self, slots: Sequence[Slot], now: float) -> bytes | None:
         """The packed EVALSHA for `slots` (None before the script's SHA is known). The limiter hands in
@@ -209,7 +209,7 @@ class RedisStore:
             ok = ok and part.admitted
             for i, u in zip(indexes, part.used, strict=True):
                 used[i] = u
-        return StoreResult(ok, tuple(used))
+        return StoreResult(ok, used)
 
     async def _apply_client(self, slots: Sequence[Slot], now: float) -> StoreResult:
         try:
@@ -217,7 +217,7 @@ class RedisStore:
                 reply = await self._eval(*_keys_args(slots, now))
         except (TimeoutError, RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
-        return StoreResult(reply[0] == 1, tuple(reply[1:]))
+        return StoreResult(reply[0] == 1, reply[1:])
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         if isinstance(exc, TimeoutError):

@@ -197,7 +197,7 @@ def test_cluster_runs_one_script_per_tag() -> None:
 
     result = asyncio.run(main())
     assert calls == [["a1", "a333"], ["b22"]]
-    assert result == StoreResult(False, (2, 3, 4))
+    assert (result.admitted, list(result.used)) == (False, [2, 3, 4])
 
 
 def test_database_from_the_url(redis_server: RedisServer) -> None:
