@@ -50,6 +50,7 @@ _UNIT_FROM_PB: dict[int, Unit] = {
 _UNIT_TO_PB = {name: value for value, name in _UNIT_FROM_PB.items()}
 _CACHE_MAX = 50_000
 _REPLIES_MAX = 10_000
+_REBUILD_AFTER = 4096  # header value sets before a kept response is built afresh (see _Reply)
 
 
 def _descriptor(d: Any) -> Descriptor:
@@ -104,11 +105,19 @@ class _Reply:
     costs a fraction of building it again, and requests of one form (say, every user's request with
     the same quotas) share one message. A field is set only when its value differs from the one the
     message holds (codes and resets rarely change from one call to the next; a upb field set costs more
-    than the comparison). Filled and serialized with no await in between."""
+    than the comparison). Filled and serialized with no await in between.
 
-    __slots__ = ("header_values", "headers", "limited", "message", "overall", "shape")
+    upb copies a string set on a message into the message's arena, which is freed only with the
+    message: each header value set would grow a kept message by its length for as long as the process
+    runs. So after `_REBUILD_AFTER` header value sets the message is built afresh (and the old one
+    freed): it holds at most a few tens of KiB of superseded values."""
+
+    __slots__ = ("header_values", "headers", "limited", "message", "overall", "sets", "shape")
 
     def __init__(self, decision: Decision) -> None:
+        self._build(decision)
+
+    def _build(self, decision: Decision) -> None:
         self.shape = decision.shape
         self.message = to_response(decision)
         self.overall = self.message.overall_code
@@ -120,8 +129,12 @@ class _Reply:
         ]
         self.headers = list(self.message.response_headers_to_add)
         self.header_values = [value for _, value in decision.headers]
+        self.sets = 0  # header values set since the message was built
 
     def fill(self, decision: Decision) -> bytes:
+        if self.sets >= _REBUILD_AFTER:  # a fresh arena (see the class doc)
+            self._build(decision)
+            return bytes(self.message.SerializeToString())
         message = self.message
         overall = _OVER_LIMIT if decision.over_limit else _OK
         if overall != self.overall:
@@ -139,6 +152,7 @@ class _Reply:
         for k, (_, value) in enumerate(decision.headers):
             if value != values[k]:
                 self.headers[k].value = values[k] = value
+                self.sets += 1
         return bytes(message.SerializeToString())
 
 

@@ -4,6 +4,7 @@ in, serialized response out, as `add_to_server` registers it) and the RESP conne
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 
@@ -13,9 +14,9 @@ from google.protobuf.message import DecodeError
 
 from meshgate.ratelimit import Limiter, MemoryStore, RateLimitServicer, Settings
 from meshgate.ratelimit._resp import RespConnection
-from meshgate.ratelimit.core import HeaderStyle
+from meshgate.ratelimit.core import Decision, HeaderStyle, Status
 from meshgate.ratelimit.metrics import RateLimitMetrics
-from meshgate.ratelimit.service import to_request, to_response
+from meshgate.ratelimit.service import _Reply, to_request, to_response
 from tests.harness.procs import eventually
 
 from .test_ratelimit_service import GOOD, USER, rls_request
@@ -61,6 +62,32 @@ def test_serialized_answers_match_the_message_path_and_never_cross_requests(head
         assert len(wire._requests) == len(requests)
 
     asyncio.run(main())
+
+
+def resident_bytes() -> int:
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_kept_response_does_not_grow_with_the_header_values_set_on_it() -> None:
+    """upb copies a string set on a message into the message's arena, freed only with the message: a
+    response kept for the life of the process must not keep every header value it was ever given (it
+    is built afresh every few thousand sets). Values of 512 bytes make the growth plain: 40k sets kept
+    would be 20 MiB."""
+    shape = object()
+
+    def decision(i: int) -> Decision:
+        status = Status(False, 10, "minute", i % 10, 30)
+        return Decision(False, (status,), (("X-RateLimit-Remaining", f"{i:0512d}"),), shape)
+
+    reply = _Reply(decision(0))
+    first = reply.message
+    reply.fill(decision(1))
+    before = resident_bytes()
+    for i in range(2, 40_000):
+        raw = reply.fill(decision(i))
+    assert resident_bytes() - before < 8 << 20
+    assert reply.message is not first
+    assert raw == to_response(decision(39_999)).SerializeToString()
 
 
 def test_malformed_request_bytes_raise_as_grpc_deserializer_would() -> None:
