@@ -21,6 +21,7 @@ from .model import UNIT_SECONDS, RateLimitConfig, Rule, Unit
 from .store import Slot, Store
 
 __all__ = [
+    "HEADER_NAMES",
     "PHASE_KEY",
     "Decision",
     "Descriptor",
@@ -29,6 +30,7 @@ __all__ = [
     "Request",
     "Settings",
     "Status",
+    "limit_header",
 ]
 
 PHASE_KEY = "meshgate.phase"
@@ -68,11 +70,52 @@ class Status:
 class Decision:
     over_limit: bool
     statuses: tuple[Status, ...]
-    headers: tuple[tuple[str, str], ...] = ()
+    style: HeaderStyle = "none"  # the response headers asked for (see `headers`)
     # Decisions with equal `shape`s (not None) differ only in over_limit, each status's over_limit,
     # remaining and reset, and the header values: the same statuses carry a limit (the same limit and
     # unit), the same header names. The service keeps a response per shape and updates it in place.
     shape: object = field(default=None, compare=False, repr=False)
+
+    @property
+    def worst(self) -> Status | None:
+        """The most constraining status carrying a limit: the first over-limit one, else the first of
+        the least remaining; None when no limit applies."""
+        worst: Status | None = None
+        for s in self.statuses:
+            if s.limit is None:
+                continue
+            if worst is None or (
+                (s.over_limit and not worst.over_limit)
+                or (s.over_limit == worst.over_limit and s.remaining < worst.remaining)
+            ):
+                worst = s
+        return worst
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """The response headers of `style`, for the worst status. Built when asked for, not per call:
+        the service sets the values it keeps only when their numbers change."""
+        worst = self.worst if self.style != "none" else None
+        if worst is None or worst.limit is None or worst.unit is None:
+            return ()
+        limit, remaining, reset = HEADER_NAMES[self.style]
+        return (
+            (limit, limit_header(self.style, worst.limit, worst.unit)),
+            (remaining, str(worst.remaining)),
+            (reset, str(worst.reset)),
+        )
+
+
+# the names of the limit, remaining and reset headers of each style
+HEADER_NAMES: dict[HeaderStyle, tuple[str, str, str]] = {
+    "x-ratelimit": ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"),
+    "draft-03": ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"),
+}
+
+
+def limit_header(style: HeaderStyle, limit: int, unit: Unit) -> str:
+    """The value of the limit header: draft-03 adds the quota policy (`10, 10;w=60`)."""
+    return f"{limit}, {limit};w={UNIT_SECONDS[unit]}" if style == "draft-03" else str(limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +267,7 @@ class Limiter:
         if prepared is None or prepared.request is not request:
             prepared = self._prepare(request)
         if not prepared.parts:
-            return Decision(False, prepared.blank, (), prepared.form)
+            return Decision(False, prepared.blank, self._settings.response_headers, prepared.form)
         settings, now = self._settings, self._clock()
         second = int(now)
         if not prepared.begin <= second < prepared.end or prepared.sliding:
@@ -390,39 +433,4 @@ def _blocked(cache: _LocalCache, part: _Part, now: float) -> bool:
 
 
 def _decision(over: bool, statuses: Sequence[Status], settings: Settings, shape: object) -> Decision:
-    style = settings.response_headers
-    headers = () if style == "none" else _headers(_worst(statuses), style)
-    return Decision(over and not settings.shadow_mode, tuple(statuses), headers, shape)
-
-
-def _worst(statuses: Sequence[Status]) -> Status | None:
-    """The most constraining status carrying a limit: the first over-limit one, else the first of the
-    least remaining."""
-    worst: Status | None = None
-    for s in statuses:
-        if s.limit is None:
-            continue
-        if worst is None or (
-            (s.over_limit and not worst.over_limit)
-            or (s.over_limit == worst.over_limit and s.remaining < worst.remaining)
-        ):
-            worst = s
-    return worst
-
-
-def _headers(worst: Status | None, style: HeaderStyle) -> tuple[tuple[str, str], ...]:
-    """The response headers of `style` for the most constraining status (see _worst)."""
-    if worst is None or worst.limit is None or worst.unit is None or style == "none":
-        return ()
-    if style == "draft-03":
-        window = UNIT_SECONDS[worst.unit]
-        return (
-            ("RateLimit-Limit", f"{worst.limit}, {worst.limit};w={window}"),
-            ("RateLimit-Remaining", str(worst.remaining)),
-            ("RateLimit-Reset", str(worst.reset)),
-        )
-    return (
-        ("X-RateLimit-Limit", str(worst.limit)),
-        ("X-RateLimit-Remaining", str(worst.remaining)),
-        ("X-RateLimit-Reset", str(worst.reset)),
-    )
+    return Decision(over and not settings.shadow_mode, tuple(statuses), settings.response_headers, shape)

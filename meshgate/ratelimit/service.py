@@ -24,7 +24,7 @@ from ..policy.model import Policy
 from ..policy.store import Commit
 from .compile import compile_policy
 from .config import ConfigError, load_config_dir, merge_domains
-from .core import Decision, Descriptor, InvalidRequest, Limiter, Request, Settings
+from .core import Decision, Descriptor, InvalidRequest, Limiter, Request, Settings, limit_header
 from .metrics import RateLimitMetrics
 from .model import Node, Unit
 from .store import MemoryStore, Store, StoreUnavailable
@@ -112,13 +112,13 @@ class _Reply:
     runs. So after `_REBUILD_AFTER` header value sets the message is built afresh (and the old one
     freed): it holds at most a few tens of KiB of superseded values."""
 
-    __slots__ = ("header_values", "headers", "limited", "message", "overall", "sets", "shape")
+    __slots__ = ("headers", "held", "limited", "message", "overall", "sets", "shape", "style")
 
     def __init__(self, decision: Decision) -> None:
         self._build(decision)
 
     def _build(self, decision: Decision) -> None:
-        self.shape = decision.shape
+        self.shape, self.style = decision.shape, decision.style
         self.message = to_response(decision)
         self.overall = self.message.overall_code
         statuses = self.message.statuses
@@ -127,8 +127,11 @@ class _Reply:
             (i, statuses[i], statuses[i].duration_until_reset, [statuses[i].code, s.reset])
             for i, s in enumerate(decision.statuses) if s.limit is not None
         ]
+        # the limit, remaining and reset header messages (none, or all three: fixed by the shape), and
+        # the worst status's [limit, unit, remaining, reset] their values were made from
         self.headers = list(self.message.response_headers_to_add)
-        self.header_values = [value for _, value in decision.headers]
+        worst = decision.worst
+        self.held = [worst.limit, worst.unit, worst.remaining, worst.reset] if worst is not None else []
         self.sets = 0  # header values set since the message was built
 
     def fill(self, decision: Decision) -> bytes:
@@ -148,10 +151,20 @@ class _Reply:
             status.limit_remaining = s.remaining
             if s.reset != held[1]:
                 duration.seconds = held[1] = s.reset
-        values = self.header_values
-        for k, (_, value) in enumerate(decision.headers):
-            if value != values[k]:
-                self.headers[k].value = values[k] = value
+        if self.headers:  # values made from numbers, and only when a number changed
+            worst, held = decision.worst, self.held
+            assert worst is not None and worst.limit is not None and worst.unit is not None  # the shape's
+            if worst.remaining != held[2]:
+                self.headers[1].value = str(worst.remaining)
+                held[2] = worst.remaining
+                self.sets += 1
+            if worst.reset != held[3]:
+                self.headers[2].value = str(worst.reset)
+                held[3] = worst.reset
+                self.sets += 1
+            if worst.limit != held[0] or worst.unit != held[1]:  # another descriptor is the worst now
+                self.headers[0].value = limit_header(self.style, worst.limit, worst.unit)
+                held[0], held[1] = worst.limit, worst.unit
                 self.sets += 1
         return bytes(message.SerializeToString())
 

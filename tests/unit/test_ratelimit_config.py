@@ -157,11 +157,13 @@ def test_proto_conversion() -> None:
     cache: dict[bytes, Request] = {}
     assert to_request(pb) == to_request(pb, cache) == to_request(pb, cache) == expected
     assert list(cache.values()) == [expected]  # one entry per distinct request
-    decision = Decision(True, (Status(), Status(True, 9, "minute", 0, 42)), (("X-RateLimit-Limit", "9"),))
+    decision = Decision(True, (Status(), Status(True, 9, "minute", 0, 42)), "x-ratelimit")
     out = to_response(decision)
     assert out.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT
     assert [s.code for s in out.statuses] == [rls_pb2.RateLimitResponse.OK, rls_pb2.RateLimitResponse.OVER_LIMIT]
     assert not out.statuses[0].HasField("current_limit")
     assert out.statuses[1].current_limit.requests_per_unit == 9
     assert out.statuses[1].duration_until_reset.seconds == 42
-    assert [(h.key, h.value) for h in out.response_headers_to_add] == [("X-RateLimit-Limit", "9")]
+    assert [(h.key, h.value) for h in out.response_headers_to_add] == [
+        ("X-RateLimit-Limit", "9"), ("X-RateLimit-Remaining", "0"), ("X-RateLimit-Reset", "42")
+    ]
