@@ -1,7 +1,7 @@
 """ShouldRateLimit side by side: (a) a no-op grpc.aio RLS server, (b) meshgate with the memory store,
 (c) meshgate with Redis; 1 and 5 descriptors per request. Not a test: run it by hand.
 
-    python bench/ratelimit_bench.py [--seconds 5] [--rounds 5] [--concurrency 16] [--compare DIR]
+    python bench/ratelimit_bench.py [--seconds 5] [--rounds 5] [--concurrency 16] [--compare DIR] [--probes]
     python bench/ratelimit_bench.py --callgrind [--calls 3000] [--compare DIR]
 
 Each server runs in its own process (`--serve KIND`), all started up front; this process is the client
@@ -10,9 +10,11 @@ case, then round 2, ...) so that a burst of load from other jobs hits them alike
 median over the rounds, and each ratio to the no-op is the median of the per-round ratios (the no-op
 and the case ran back to back in each round), with their min-max. `--compare DIR` adds (b) and
 (c) run from the meshgate package in DIR (say, a copy of the previous version): before and after, side
-by side in one run. `--callgrind` counts instead, with valgrind, the instructions per call of each
-servicer alone (no gRPC transport, same process, a fixed number of calls): a deterministic figure where
-the load's numbers are at the mercy of other jobs. The load prints requests/s, p50 and p99 latency,
+by side in one run. `--probes` adds servers that answer with meshgate's kept answers plus one part of
+the work each (see Probe): what each part costs under load, where a tight loop misleads.
+`--callgrind` counts instead, with valgrind, the instructions per call of each servicer alone (no gRPC
+transport, same process, a fixed number of calls): a deterministic figure where the load's numbers
+are at the mercy of other jobs. The load prints requests/s, p50 and p99 latency,
 the ratios (b)/(a) and (c)/(a) of requests/s and of server CPU time per request (steadier than
 requests/s on a shared machine; "sys us" is the kernel's part of it), and Redis round trips per
 request counted by Redis itself (INFO commandstats: eval + evalsha calls divided by requests; the
@@ -62,9 +64,42 @@ class NoOp(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
         return response
 
 
+class Probe:
+    """`--probes`: meshgate's answer, kept per request bytes after a first real call, plus one part of
+    the real work: `cached` nothing (the framework with meshgate's response bytes), `decide` the
+    limiter's decision (memory store), `answer` filling the kept response, `redis-ping` one PING round
+    trip to Redis (`RedisStore.ping`). Where a servicer's cost under load goes, part by part."""
+
+    def __init__(self, part: str, redis_url: str | None) -> None:
+        self.part = part
+        self.servicer = make_servicer("redis" if part == "redis-ping" else "memory", redis_url)
+        self.kept: dict[bytes, tuple[bytes, Any, Any]] = {}
+
+    async def should_rate_limit(self, raw: bytes, context: Any) -> bytes:
+        servicer = self.servicer
+        found = self.kept.get(raw)
+        if found is None:
+            answer = await servicer.should_rate_limit(raw, context)
+            entry = servicer._entry(raw)
+            found = self.kept[raw] = (answer, entry, await servicer.limiter.decide(entry.request))
+        answer, entry, decision = found
+        if self.part == "decide":
+            await servicer.limiter.decide(entry.request)
+        elif self.part == "answer":
+            return bytes(servicer._replies.answer(entry, decision))
+        elif self.part == "redis-ping":
+            await servicer.limiter.store.ping()
+        return answer
+
+
+PROBES = ["probe-cached", "probe-decide", "probe-answer", "probe-redis-ping"]
+
+
 def make_servicer(kind: str, redis_url: str | None) -> Any:
     if kind == "noop":
         return NoOp()
+    if kind.startswith("probe-"):
+        return Probe(kind.removeprefix("probe-"), redis_url)
     from prometheus_client import CollectorRegistry
 
     from meshgate.policy.model import Policy
@@ -273,9 +308,10 @@ def paired(r: dict[str, Any], base: dict[str, Any], field: str, invert: bool = F
 
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:
+    width = max(14, *(len(key) for key in results))
     print(
-        f"{'case':<14} {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} {'rps/(a)':>8} {'(min-max)':>11} {'cpu us':>7} "
-        f"{'sys us':>6} {'cpu (a)/x':>9} {'redis RT/req':>12} {'redis cpu us':>12}"
+        f"{'case':<{width}} {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} {'rps/(a)':>8} {'(min-max)':>11} "
+        f"{'cpu us':>7} {'sys us':>6} {'cpu (a)/x':>9} {'redis RT/req':>12} {'redis cpu us':>12}"
     )
     for key, r in results.items():
         base = results[f"noop/{key.split('/')[1]}"]
@@ -286,7 +322,7 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
         rcpu = f"{r['redis_cpu_us']:.0f}" if "redis_cpu_us" in r else "-"
         ratio = statistics.median(ratios)
         print(
-            f"{key:<14} {r['rps']:>7.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {ratio:>8.2f} "
+            f"{key:<{width}} {r['rps']:>7.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {ratio:>8.2f} "
             f"{spread:>11} {r['server_cpu_us']:>7.0f} {r['server_sys_us']:>6.0f} {capacity:>9.2f} "
             f"{trips:>12} {rcpu:>12}"
         )
@@ -354,7 +390,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--serve", choices=["noop", "memory", "redis"])
+    parser.add_argument("--serve", choices=["noop", "memory", "redis", *PROBES])
     parser.add_argument("--port-file", type=Path)
     parser.add_argument("--redis-url")
     parser.add_argument("--seconds", type=float, default=5.0, help="per case, split over the rounds")
@@ -366,6 +402,11 @@ def main() -> int:
         "version), as cases memory@base and redis@base",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--probes", action="store_true",
+        help="also run servers that answer with meshgate's kept answers plus one part of the work "
+        "(cached, decide, answer, redis-ping): where the cost under load goes",
+    )
     parser.add_argument(
         "--callgrind", action="store_true",
         help="instead of the load: instructions per ShouldRateLimit call of the servicer alone, in one "
@@ -407,6 +448,8 @@ def main() -> int:
         if args.compare:
             cases[2:2] = [("memory@base", "memory", args.compare)]
             cases.append(("redis@base", "redis", args.compare))
+        if args.probes:
+            cases += [(kind, kind, None) for kind in PROBES]
         if args.callgrind:
             try:
                 per_call = callgrind(cases, url, args.calls)
@@ -423,7 +466,7 @@ def main() -> int:
         try:
             for name, kind, source in cases:
                 servers[name] = start_server(
-                    kind, url if kind == "redis" else None, workdir, source=source, name=name
+                    kind, url if "redis" in kind else None, workdir, source=source, name=name
                 )
             for _ in range(args.rounds):
                 for n in (1, 5):
