@@ -16,7 +16,7 @@ import redis
 from redis.asyncio.cluster import RedisCluster
 
 from meshgate.policy import parse_policy
-from meshgate.ratelimit import Decision, Descriptor, Limiter, Request, StoreUnavailable
+from meshgate.ratelimit import Decision, Descriptor, Limiter, Request, Settings, StoreUnavailable
 from meshgate.ratelimit.compile import compile_policy
 from meshgate.ratelimit.model import RateLimitConfig
 from meshgate.ratelimit.redis_store import RedisStore, redact
@@ -88,6 +88,33 @@ def test_one_round_trip_per_request_and_key_layout(redis_server: RedisServer) ->
     assert keys[0].startswith("mg:{globex}:meshgate:quota=tenant-rpm:tenant=globex:60:")
     assert keys[1].startswith("mg:{globex}:meshgate:quota=user-rpm:tenant=globex:user=bob:60:")
     assert 0 < client.ttl(keys[0]) <= 61
+
+
+def test_a_refused_request_leaves_no_counter_behind(redis_server: RedisServer) -> None:
+    """All or nothing in Redis: a request refused by one descriptor leaves no counter it would have
+    created, and the others where they were."""
+    client = redis.Redis(host=redis_server.host, port=redis_server.port)
+
+    async def main() -> list[bool]:
+        limiter = Limiter(
+            RedisStore(redis_server.url, timeout=1.0), config=config(), settings=Settings(local_cache=False)
+        )
+        try:
+            # globex's tenant counter: 100 a minute; exhaust it through 20 users (5 each)
+            for n in range(20):
+                for _ in range(5):
+                    assert not (await limiter.decide(request("globex", f"u{n}"))).over_limit
+            return [(await limiter.decide(request("globex", user))).over_limit for user in ("u0", "new")]
+        finally:
+            await limiter.store.close()
+
+    assert asyncio.run(main()) == [True, True]
+    keys = {k.decode() for k in client.keys("*")}
+    assert not any("user=new" in k for k in keys)  # refused by the tenant: never created
+    user0 = next(k for k in keys if "user=u0:" in k)
+    tenant = next(k for k in keys if "quota=tenant-rpm" in k)
+    assert (int(client.get(user0)), int(client.get(tenant))) == (5, 100)  # nothing added
+    assert 0 < client.ttl(user0) <= 61
 
 
 def test_a_flushed_script_cache_costs_one_eval_then_the_kept_command_again(redis_server: RedisServer) -> None:
