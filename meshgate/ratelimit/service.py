@@ -61,18 +61,9 @@ def _descriptor(d: Any) -> Descriptor:
     return Descriptor(tuple([(e.key, e.value) for e in d.entries]), limit, hits)
 
 
-def to_request(pb: rls_pb2.RateLimitRequest, cache: dict[bytes, Request] | None = None) -> Request:
-    """protobuf -> core. With `cache`, a request seen before (same bytes) is not converted again:
-    reading upb fields one by one costs more than serializing the request back."""
-    if cache is None:
-        return Request(pb.domain, tuple([_descriptor(d) for d in pb.descriptors]), pb.hits_addend)
-    raw = pb.SerializeToString()
-    found = cache.get(raw)
-    if found is None:
-        if len(cache) >= _CACHE_MAX:
-            cache.clear()
-        found = cache[raw] = to_request(pb)
-    return found
+def to_request(pb: rls_pb2.RateLimitRequest) -> Request:
+    """protobuf -> core (the servicer converts a request's bytes once: see RateLimitServicer._entry)."""
+    return Request(pb.domain, tuple([_descriptor(d) for d in pb.descriptors]), pb.hits_addend)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -5,7 +5,8 @@ whether the request is admitted (no enforcing counter would go past its limit), 
 the hits to every charging counter: all or nothing, atomically. Counters are taken in order: when
 several of a request's descriptors share one counter, each sees the hits of the earlier ones, as
 envoyproxy/ratelimit (which increments them one after the other) reports them. Both backends run the
-same arithmetic so one behaviour suite covers them.
+same arithmetic so one behaviour suite covers them. (The memory store adds as it reads and takes the
+hits back from a refused request, with no await in between: nobody sees the difference.)
 """
 
 from __future__ import annotations

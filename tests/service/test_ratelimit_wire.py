@@ -190,11 +190,11 @@ def test_commands_queued_while_a_batch_is_unanswered_go_out_together() -> None:
             first = asyncio.create_task(conn.call("GET", "a"))
             await eventually(lambda: len(writes) == 1)  # written at the end of its loop turn
             queued = []
-            for key in "bcd":  # each in a loop turn of its own
+            for n, key in enumerate("bcd", 1):  # each queued in a loop turn of its own
                 queued.append(asyncio.create_task(conn.call("GET", key)))
-                for _ in range(3):  # turns enough for a flush, had one been scheduled
-                    await asyncio.sleep(0)
-            assert [w.count(b"*") for w in writes] == [1] and len(conn._outgoing) == 3  # wait for a's reply
+                await eventually(lambda n=n: len(conn._outgoing) == n)
+                assert not conn._flush_soon  # no write scheduled: they wait for a's reply
+            assert [w.count(b"*") for w in writes] == [1]
             gate.set()
             assert await asyncio.gather(first, *queued) == [None] * 4
             assert [w.count(b"*") for w in writes] == [1, 3]
