@@ -117,6 +117,31 @@ def test_a_refused_request_leaves_no_counter_behind(redis_server: RedisServer) -
     assert 0 < client.ttl(user0) <= 61
 
 
+def test_counters_expire_with_their_window_and_a_sliding_one_a_window_later(redis_server: RedisServer) -> None:
+    """The script gives a new counter its TTL (sent as seconds on meshgate's clock): a fixed window's
+    until the window ends, a sliding window's one window more (the next window still counts it)."""
+    client = redis.Redis(host=redis_server.host, port=redis_server.port)
+    policy = POLICY.replace("window: minute}", "window: minute, algorithm: sliding_window}", 1)
+    domain, tree = compile_policy(parse_policy(policy))
+    now = 1_700_000_040 + 15  # 15 s into a minute (1_700_000_040 is one)
+    limiter = Limiter(RedisStore(redis_server.url, timeout=1.0), config=RateLimitConfig({domain: tree}),
+                      clock=lambda: now)
+
+    async def main() -> None:
+        try:
+            assert not (await limiter.decide(request("globex", "ttl"))).over_limit
+        finally:
+            await limiter.store.close()
+
+    asyncio.run(main())
+    start = now - 15  # the counters of this window (no other test runs in 2023)
+    sliding = f"mg:{{globex}}:meshgate:quota=user-rpm:tenant=globex:user=ttl:60:{start}"
+    fixed = f"mg:{{globex}}:meshgate:quota=tenant-rpm:tenant=globex:60:{start}"
+    # Redis's clock is not the test's: the TTLs are what meshgate sent, less the time since
+    assert 100 <= client.ttl(sliding) <= 106  # 45 s to the window's end, + 60, + 1
+    assert 40 <= client.ttl(fixed) <= 46  # 45 s to the window's end, + 1
+
+
 def test_a_flushed_script_cache_costs_one_eval_then_the_kept_command_again(redis_server: RedisServer) -> None:
     """The same Request object (as the service hands it in) reuses its packed EVALSHA; after SCRIPT
     FLUSH the first call gets NOSCRIPT, runs EVAL once, and the counting goes on where it was."""
