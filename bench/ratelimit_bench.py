@@ -366,7 +366,10 @@ def instructions(kind: str, descriptors: int, calls: int, redis_url: str | None,
     ]  # fmt: skip
     if redis_url:
         argv += ["--redis-url", redis_url]
-    env = dict(os.environ, PYTHONPATH=str(source)) if source is not None else None
+    # a fixed hash seed: str hashes move dict probes, and so the count, from one run to the next
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     return int(done.stderr.rsplit("Collected : ", 1)[1].split()[0])
 

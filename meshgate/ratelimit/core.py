@@ -9,6 +9,7 @@ never refuse) used for LLM token quotas. See docs/ratelimit.md.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from urllib.parse import quote
 
 from .metrics import KeyCounters, RateLimitMetrics
 from .model import UNIT_SECONDS, RateLimitConfig, Rule, Unit
-from .store import Slot, Store
+from .store import Slot, Store, StoreResult
 
 __all__ = [
     "HEADER_NAMES",
@@ -163,6 +164,8 @@ class _Part:
     charging: bool  # the stream-end charge phase: never over limit
     charge: bool  # adds its hits when admitted
     sliding: bool
+    near: int  # a count above it is near the limit (near_limit_ratio of the limit, floored: an int
+    # comparison, where an int against a float costs a conversion per descriptor)
     end: int = 0  # the window's end, epoch seconds
     slot: Slot | None = None
 
@@ -233,7 +236,7 @@ class Limiter:
         metrics: RateLimitMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.store = store
+        self.store = store  # see the property
         self._config = config or RateLimitConfig()
         self._settings = settings or Settings()
         self.metrics = metrics or RateLimitMetrics(None)
@@ -242,6 +245,19 @@ class Limiter:
         self._targets: dict[tuple[str, tuple[tuple[str, str], ...], object], _Target | None] = {}
         self._prepared: dict[int, _Prepared] = {}  # id(request) -> its preparation (holds the request)
         self._forms: dict[tuple[object, ...], tuple[object, ...]] = {}  # equal forms -> one object
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    @store.setter
+    def store(self, store: Store) -> None:
+        """A store that answers without waiting (the memory store) offers `apply_now`: called as is, it
+        spares every call a coroutine to create and await."""
+        self._store = store
+        self._apply_now: Callable[[Sequence[Slot], float], StoreResult] | None = getattr(
+            store, "apply_now", None
+        )
 
     @property
     def config(self) -> RateLimitConfig:
@@ -278,10 +294,10 @@ class Limiter:
             if blocked:
                 return _from_cache(prepared, blocked, second, settings)
         slots, ends = prepared.slots, prepared.ends
-        result = await self.store.apply(slots, now)
+        apply_now = self._apply_now
+        result = apply_now(slots, now) if apply_now is not None else await self._store.apply(slots, now)
         admitted = result.admitted
         statuses = list(prepared.blank)
-        near = settings.near_limit_ratio
         for part, end, used in zip(prepared.parts, ends, result.used, strict=True):
             # one status per part, inline (a call per descriptor shows on the hot path)
             hits, counters, limit = part.hits, part.counters, part.limit
@@ -298,7 +314,7 @@ class Limiter:
             else:
                 after = used + hits if admitted and part.charge else used
                 counters.within += 1
-                if after > limit * near:
+                if after > part.near:
                     counters.near += 1
                 status = Status(False, limit, part.unit, limit - after if after < limit else 0, end - second)
             statuses[part.index] = status
@@ -318,7 +334,7 @@ class Limiter:
         targets = [self._target(request.domain, d) for d in request.descriptors]
         replaced = {name for t in targets if t is not None for name in t.rule.replaces}
         default_hits = request.hits_addend or 1
-        shadow = self._settings.shadow_mode
+        shadow, near = self._settings.shadow_mode, self._settings.near_limit_ratio
         parts = []
         for i, (target, descriptor) in enumerate(zip(targets, request.descriptors, strict=True)):
             if target is None or (replaced and target.rule.name in replaced):
@@ -328,6 +344,7 @@ class Limiter:
             parts.append(_Part(
                 i, target, hits, target.enforce and not shadow, target.limit, rule.unit, target.counters,
                 rule.shadow_mode, target.phase == "charge", target.charge, target.sliding,
+                math.floor(target.limit * near),
             ))
         blank = (_NO_LIMIT,) * len(request.descriptors)
         style = self._settings.response_headers

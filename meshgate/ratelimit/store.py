@@ -68,24 +68,28 @@ class MemoryStore:
         return len(self._counts)
 
     async def apply(self, slots: Sequence[Slot], now: float) -> StoreResult:
-        """One pass: each slot reads its counter, then adds its hits at once when it charges, so a
-        counter shared by several slots shows each slot the hits of the earlier ones. A refused request
-        then takes back what the pass added (refusals are rare: the limiter's over-limit cache answers
-        the repeated ones)."""
+        return self.apply_now(slots, now)
+
+    def apply_now(self, slots: Sequence[Slot], now: float) -> StoreResult:
+        """`apply` with no await: the limiter calls it directly (see Limiter.store). One pass: each slot
+        reads its counter, then adds its hits at once when it charges, so a counter shared by several
+        slots shows each slot the hits of the earlier ones. A refused request then takes back what the
+        pass added (refusals are rare: the limiter's over-limit cache answers the repeated ones)."""
         self._countdown -= 1
         if not self._countdown:
             self._sweep(now)
         counts = self._counts
+        second = int(now)  # expiries are whole seconds: the same comparisons, int against int
         used = []
         ok = True
         for s in slots:
             cell = counts.get(s.key)
-            if cell is not None and cell[1] <= now:  # expired: the window starts again from zero
+            if cell is not None and cell[1] <= second:  # expired: the window starts again from zero
                 cell = None
             count = 0 if cell is None else cell[0]
             if s.weight:
                 prev = counts.get(s.prev_key)
-                count = used_of(count, prev[0] if prev is not None and prev[1] > now else 0, s.weight)
+                count = used_of(count, prev[0] if prev is not None and prev[1] > second else 0, s.weight)
             used.append(count)
             hits = s.hits
             if s.enforce and count + hits > s.limit:
