@@ -151,6 +151,24 @@ def test_remaining_counts_down_then_over_limit_after_n(run: Callable[..., None])
     run(scenario)
 
 
+def test_near_limit_counts_the_answers_above_the_ratio_of_the_limit(run: Callable[..., None]) -> None:
+    """3 a minute: with the default ratio 0.8 (2.4) the third answer is near the limit; with 0.5 (1.5)
+    the second and the third. An answer over the limit is not near it."""
+
+    def scenario(name: str, near: list[float]) -> Scenario:
+        async def go(env: Env) -> None:
+            seen = []
+            for _ in range(4):
+                await env.ask(user(name))
+                seen.append(env.metric("near_limit", "compat.user"))
+            assert seen == near
+
+        return go
+
+    run(scenario("alice", [0, 0, 1, 1]))
+    run(scenario("bob", [0, 1, 2, 2]), near_limit_ratio=0.5)  # the same store: a fresh counter
+
+
 def test_reset_time_decreases_and_a_new_window_starts_fresh(run: Callable[..., None]) -> None:
     async def scenario(env: Env) -> None:
         first = await env.ask(user("alice"))
