@@ -2,6 +2,7 @@
 (c) meshgate with Redis; 1 and 5 descriptors per request. Not a test: run it by hand.
 
     python bench/ratelimit_bench.py [--seconds 5] [--rounds 5] [--concurrency 16] [--compare DIR] [--probes]
+                                    [--pipeline-window MS]
     python bench/ratelimit_bench.py --callgrind [--calls 3000] [--compare DIR]
 
 Each server runs in its own process (`--serve KIND`), all started up front; this process is the client
@@ -10,20 +11,23 @@ case, then round 2, ...) so that a burst of load from other jobs hits them alike
 median over the rounds, and each ratio to the no-op is the median of the per-round ratios (the no-op
 and the case ran back to back in each round), with their min-max. `--compare DIR` adds (b) and
 (c) run from the meshgate package in DIR (say, a copy of the previous version): before and after, side
-by side in one run. `--probes` adds servers that answer with meshgate's kept answers plus one part of
+by side in one run. `--pipeline-window MS` adds (c) with `store_pipeline_window` set to MS milliseconds
+(case redis+window). `--probes` adds servers that answer with meshgate's kept answers plus one part of
 the work each (see Probe): what each part costs under load, where a tight loop misleads.
-`--callgrind` counts instead, with valgrind, the instructions per call of each servicer alone (no gRPC
-transport, same process, a fixed number of calls): a deterministic figure where the load's numbers
-are at the mercy of other jobs. The load prints requests/s, p50 and p99 latency,
-the ratios (b)/(a) and (c)/(a) of requests/s and of server CPU time per request (steadier than
-requests/s on a shared machine; "sys us" is the kernel's part of it), and Redis round trips per
-request counted by Redis itself (INFO commandstats: eval + evalsha calls divided by requests; the
-commands the script runs inside Redis are not round trips). The Redis store timeout is raised to
-1 s (BENCH_REDIS_TIMEOUT) so that a saturated server measures throughput rather than its 50 ms
-timeout. meshgate runs with the policy's default settings, X-RateLimit-* headers in every
-response included; `--response-headers none` leaves them out (envoyproxy/ratelimit's default). Every
-server, the no-op included, runs on the event loop `meshgate serve` would pick (`--event-loop`, default
-auto: uvloop when installed), so the ratios compare servicers, not loops.
+`--callgrind` counts instead, with valgrind, the instructions per call of each servicer alone (no
+gRPC transport, same process, a fixed number of calls): a deterministic figure where the load's
+numbers are at the mercy of other jobs. The load prints requests/s, p50 and p99 latency, the ratios
+(b)/(a) and (c)/(a) of requests/s and of server CPU time per request (steadier than requests/s on a
+shared machine; "sys us" is the kernel's part of it), the server's context switches per request
+(every thread: "ctx/req"), Redis round trips per request counted by Redis itself (INFO commandstats:
+eval + evalsha calls divided by requests; the commands the script runs inside Redis are not round
+trips), Redis's CPU and its read system calls per request ("redis rd/req": below 1 when one read
+brings a batch of commands). The Redis store timeout is raised to 1 s (BENCH_REDIS_TIMEOUT) so that
+a saturated server measures throughput rather than its 50 ms timeout. meshgate runs with the
+policy's default settings, X-RateLimit-* headers in every response included; `--response-headers
+none` leaves them out (envoyproxy/ratelimit's default). Every server, the no-op included, runs on
+the event loop `meshgate serve` would pick (`--event-loop`, default auto: uvloop when installed), so
+the ratios compare servicers, not loops.
 """
 
 from __future__ import annotations
@@ -95,6 +99,12 @@ class Probe:
 PROBES = ["probe-cached", "probe-decide", "probe-answer", "probe-redis-ping"]
 
 
+def pipeline() -> dict[str, float]:
+    """RedisStore's pipeline window, for the server of `--pipeline-window` (BENCH_PIPELINE_WINDOW)."""
+    window = float(os.environ.get("BENCH_PIPELINE_WINDOW", "0"))
+    return {"pipeline_window": window} if window else {}
+
+
 def make_servicer(kind: str, redis_url: str | None) -> Any:
     if kind == "noop":
         return NoOp()
@@ -110,7 +120,7 @@ def make_servicer(kind: str, redis_url: str | None) -> Any:
 
     domain, tree = compile_policy(Policy.model_validate(POLICY, strict=False))
     store: Any = (
-        RedisStore(redis_url, timeout=float(os.environ.get("BENCH_REDIS_TIMEOUT", "1")))
+        RedisStore(redis_url, timeout=float(os.environ.get("BENCH_REDIS_TIMEOUT", "1")), **pipeline())
         if kind == "redis" and redis_url
         else MemoryStore()
     )
@@ -207,14 +217,17 @@ async def load(port: int, descriptors: int, seconds: float, concurrency: int) ->
 
 
 def start_server(
-    kind: str, redis_url: str | None, workdir: Path, *, source: Path | None = None, name: str = ""
+    kind: str, redis_url: str | None, workdir: Path, *, source: Path | None = None, name: str = "",
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """A server process; with `source`, meshgate is imported from that directory (PYTHONPATH)."""
     port_file = workdir / f"{name or kind}.port"
     argv = [sys.executable, __file__, "--serve", kind, "--port-file", str(port_file)]
     if redis_url:
         argv += ["--redis-url", redis_url]
-    env = dict(os.environ, PYTHONPATH=str(source)) if source is not None else None
+    env = dict(os.environ, **(extra_env or {}))
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     proc = subprocess.Popen(argv, cwd=ROOT, env=env)
     for _ in range(400):
         if port_file.exists() and port_file.read_text():
@@ -263,6 +276,24 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
+def context_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches of every thread of a process, from /proc (Linux)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        total += sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches" in line)
+    return total
+
+
+def read_calls(pid: int) -> int:
+    """read()-like system calls a process made (/proc/<pid>/io syscr, Linux)."""
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(fields["syscr"])
+
+
 def script_calls(port: int) -> int:
     import redis
 
@@ -279,14 +310,18 @@ def measure(
 
     redis_client.Redis(port=redis_port).config_resetstat()
     (user, system), redis_cpu = cpu_seconds(server.pid), sum(cpu_seconds(redis_proc.pid))
+    switches, redis_reads = context_switches(server.pid), read_calls(redis_proc.pid)
     r: dict[str, Any] = asyncio.run(load(port, descriptors, seconds, concurrency))
     calls = r["requests"] + WARMUP
     user_after, system_after = cpu_seconds(server.pid)
+    r["server_switches"] = (context_switches(server.pid) - switches) / calls
     r["server_cpu_us"] = (user_after + system_after - user - system) / calls * 1e6
     r["server_sys_us"] = (system_after - system) / calls * 1e6  # the kernel's share: sockets, wakeups
     if kind == "redis":
         r["redis_round_trips_per_request"] = script_calls(redis_port) / calls
         r["redis_cpu_us"] = (sum(cpu_seconds(redis_proc.pid)) - redis_cpu) / calls * 1e6
+        # reads Redis made per request: below 1 when one read brings several commands (a batch)
+        r["redis_reads_per_request"] = (read_calls(redis_proc.pid) - redis_reads) / calls
     return r
 
 
@@ -311,7 +346,8 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
     width = max(14, *(len(key) for key in results))
     print(
         f"{'case':<{width}} {'rps':>7} {'p50 ms':>7} {'p99 ms':>7} {'rps/(a)':>8} {'(min-max)':>11} "
-        f"{'cpu us':>7} {'sys us':>6} {'cpu (a)/x':>9} {'redis RT/req':>12} {'redis cpu us':>12}"
+        f"{'cpu us':>7} {'sys us':>6} {'ctx/req':>7} {'cpu (a)/x':>9} {'redis RT/req':>12} "
+        f"{'redis cpu us':>12} {'redis rd/req':>12}"
     )
     for key, r in results.items():
         base = results[f"noop/{key.split('/')[1]}"]
@@ -320,11 +356,12 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
         spread = f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
         trips = f"{r['redis_round_trips_per_request']:.3f}" if "redis_cpu_us" in r else "-"
         rcpu = f"{r['redis_cpu_us']:.0f}" if "redis_cpu_us" in r else "-"
+        reads = f"{r['redis_reads_per_request']:.2f}" if "redis_cpu_us" in r else "-"
         ratio = statistics.median(ratios)
         print(
             f"{key:<{width}} {r['rps']:>7.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {ratio:>8.2f} "
-            f"{spread:>11} {r['server_cpu_us']:>7.0f} {r['server_sys_us']:>6.0f} {capacity:>9.2f} "
-            f"{trips:>12} {rcpu:>12}"
+            f"{spread:>11} {r['server_cpu_us']:>7.0f} {r['server_sys_us']:>6.0f} "
+            f"{r['server_switches']:>7.1f} {capacity:>9.2f} {trips:>12} {rcpu:>12} {reads:>12}"
         )
 
 
@@ -426,6 +463,11 @@ def main() -> int:
         help="meshgate's gateway.ratelimit.response_headers (default x-ratelimit, the policy's default: "
         "three headers in every response; none: envoyproxy/ratelimit's default)",
     )
+    parser.add_argument(
+        "--pipeline-window", type=float, default=0.0, metavar="MS",
+        help="also run (c) with gateway.ratelimit.store_pipeline_window set to MS milliseconds, as case "
+        "redis+window (the load only)",
+    )
     parser.add_argument("--inproc", choices=["noop", "memory", "redis"], help=argparse.SUPPRESS)
     parser.add_argument("--descriptors", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -466,10 +508,15 @@ def main() -> int:
             if args.json:
                 args.json.write_text(json.dumps(per_call, indent=2))
             return 0
+        envs: dict[str, dict[str, str]] = {}
+        if args.pipeline_window:
+            cases.append(("redis+window", "redis", None))
+            envs["redis+window"] = {"BENCH_PIPELINE_WINDOW": str(args.pipeline_window / 1000)}
         try:
             for name, kind, source in cases:
                 servers[name] = start_server(
-                    kind, url if "redis" in kind else None, workdir, source=source, name=name
+                    kind, url if "redis" in kind else None, workdir, source=source, name=name,
+                    extra_env=envs.get(name),
                 )
             for _ in range(args.rounds):
                 for n in (1, 5):

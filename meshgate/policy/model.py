@@ -520,6 +520,15 @@ class RateLimitSettings(_Strict):
     """Global shadow mode: count and report OVER_LIMIT per descriptor, but never refuse a request."""
     store_timeout: Duration = 0.05
     """Bound on each Redis call; past it ShouldRateLimit answers UNAVAILABLE (read at start)."""
+    store_pipeline_window: Duration = Field(default=0.0, ge=0, le=0.01)
+    """How long a command waits on an idle Redis connection for others to share its write (0: it is
+    written at the end of the event loop turn). Fewer writes and wake-ups under sustained load, at
+    the price of up to this much latency (the event loop's timers count in whole milliseconds). Like
+    envoyproxy/ratelimit's REDIS_PIPELINE_WINDOW; a single server over TCP or a unix socket only
+    (read at start)."""
+    store_pipeline_limit: int = Field(default=0, ge=0)
+    """With a window: a held batch is written as soon as it holds this many commands (0: no limit).
+    Like envoyproxy/ratelimit's REDIS_PIPELINE_LIMIT (read at start)."""
     near_limit_ratio: float = Field(default=0.8, gt=0, le=1)
     """Share of a limit above which a hit counts in the near_limit metric."""
     local_cache: bool = True

@@ -7,7 +7,11 @@ Writes are pipelined automatically: while a written batch waits for its replies,
 and they go out together, in one write, as soon as the last reply of that batch arrives (an idle
 connection writes at the end of the current loop turn, adding no delay). When Redis is slower than
 the calls arrive, a batch holds every call of one round trip: one read and one write per batch, not
-per call, on both sides.
+per call, on both sides. A local Redis answers before the next call arrives, so batches stay near
+one command; a pipeline `window` makes an idle connection hold its first command that long for
+others to join it (written at once when `limit` commands are held): fewer writes, reads and
+wake-ups on both sides under sustained load, up to `window` more latency for a call that finds the
+connection idle.
 
 The connection is an asyncio Protocol: hiredis parses the bytes in `data_received`, and each reply
 resolves its caller's future there (no reader task to wake). A call that times out leaves its slot in
@@ -70,8 +74,12 @@ class RespConnection:
     def __init__(
         self, *, host: str = "127.0.0.1", port: int = 6379, path: str | None = None,
         username: str | None = None, password: str | None = None, db: int = 0,
+        window: float = 0.0, limit: int = 0,
     ) -> None:
         self.host, self.port, self.path = host, port, path
+        self.window = window  # seconds an idle connection holds its first command; 0: this loop turn
+        self.limit = limit  # a held batch of this many commands is written at once; 0: no limit
+        self._hold: asyncio.TimerHandle | None = None  # the window's timer, while a batch is held
         self._auth = (username, password)
         self._db = db
         self._protocol: _Protocol | None = None  # the open connection, else None
@@ -109,7 +117,12 @@ class RespConnection:
         self._outgoing.append(command)
         if not self._unanswered and not self._flush_soon:  # else the last reply of the batch flushes
             self._flush_soon = True
-            loop.call_soon(self._flush, self._protocol)
+            if self.window and self.limit != 1:
+                self._hold = loop.call_later(self.window, self._flush, self._protocol)
+            else:
+                loop.call_soon(self._flush, self._protocol)
+        elif self._hold is not None and len(self._outgoing) >= self.limit > 0:
+            self._flush(self._protocol)  # the held batch is full
         if deadline < self._timer_at or (self._timer is None and deadline != math.inf):
             self._arm(loop, deadline)
         return future
@@ -143,6 +156,9 @@ class RespConnection:
         if protocol is not self._protocol or protocol.transport is None:  # dropped since: callers failed
             return
         self._flush_soon = False
+        if self._hold is not None:  # written before the window ends (the limit): no timer to come
+            self._hold.cancel()
+            self._hold = None
         if self._outgoing:
             self._unanswered += len(self._outgoing)
             data, self._outgoing = b"".join(self._outgoing), []
@@ -204,6 +220,9 @@ class RespConnection:
         """Forget the connection; fail whoever still waits on it."""
         protocol, self._protocol = self._protocol, None
         self._outgoing, self._unanswered, self._flush_soon = [], 0, False
+        if self._hold is not None:
+            self._hold.cancel()
+            self._hold = None
         self._disarm()
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()

@@ -118,7 +118,7 @@ def _client(url: str, timeout: float) -> Any:
     return aioredis.Redis.from_url(url, **options)
 
 
-def _resp(url: str) -> RespConnection | None:
+def _resp(url: str, window: float = 0.0, limit: int = 0) -> RespConnection | None:
     """A single plain-TCP or unix-socket server: our pipelined connection. Others (TLS, Sentinel,
     Cluster): None, and redis-py does the work."""
     parts = urlsplit(url)
@@ -126,22 +126,29 @@ def _resp(url: str) -> RespConnection | None:
         return None
     path = [p for p in parts.path.split("/") if p]
     if parts.scheme == "unix":
-        return RespConnection(path=parts.path, username=parts.username or None, password=parts.password)
+        return RespConnection(
+            path=parts.path, username=parts.username or None, password=parts.password,
+            window=window, limit=limit,
+        )
     db = int(path[0]) if path else 0
     return RespConnection(
         host=parts.hostname or "127.0.0.1", port=parts.port or 6379,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None, db=db,
+        window=window, limit=limit,
     )
 
 
 class RedisStore:
-    """The Redis backend of Store. Build with `RedisStore(url, timeout=0.05)`; `close()` at the end."""
+    """The Redis backend of Store. Build with `RedisStore(url, timeout=0.05)`; `close()` at the end.
+    `pipeline_window` and `pipeline_limit`: see RespConnection (a single server only)."""
 
-    def __init__(self, url: str, *, timeout: float = 0.05) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = 0.05, pipeline_window: float = 0.0, pipeline_limit: int = 0
+    ) -> None:
         self.url = url
         self.timeout = timeout
-        self._resp = _resp(url)
+        self._resp = _resp(url, pipeline_window, pipeline_limit)
         self._client: Any = None if self._resp is not None else _client(url, timeout)
         self._sha: str | None = None
         # id(slots) -> (slots, second, sha, packed EVALSHA): see _evalsha

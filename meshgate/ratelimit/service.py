@@ -303,8 +303,11 @@ class RateLimitService:
             return MemoryStore(), "memory"
         from .redis_store import RedisStore
 
-        timeout = self.ctx.policy.policy.gateway.ratelimit.store_timeout
-        store = RedisStore(url, timeout=timeout)
+        rl = self.ctx.policy.policy.gateway.ratelimit
+        store = RedisStore(
+            url, timeout=rl.store_timeout,
+            pipeline_window=rl.store_pipeline_window, pipeline_limit=rl.store_pipeline_limit,
+        )
         log.info("ratelimit counters in %r", store)
         return store, "redis"
 

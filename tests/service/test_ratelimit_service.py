@@ -19,6 +19,7 @@ from meshgate.policy.store import PolicyStore
 from meshgate.ratelimit import Limiter, MemoryStore, RateLimitServicer, Slot, StoreResult, StoreUnavailable
 from meshgate.ratelimit.config import load_config_dir, merge_domains
 from meshgate.ratelimit.metrics import RateLimitMetrics
+from meshgate.ratelimit.redis_store import RedisStore
 from meshgate.ratelimit.service import RateLimitService, StoreHealth
 from meshgate.server import Context, ServeConfig
 
@@ -146,6 +147,23 @@ def test_service_from_policy_and_directory_with_hot_reload(tmp_path: Path) -> No
             await service.stop()
 
     asyncio.run(main())
+
+
+def test_the_policy_sets_the_redis_store_and_its_pipeline_window(tmp_path: Path) -> None:
+    policy_path = tmp_path / "policy.yaml"
+    policy_path.write_text(POLICY.replace(
+        "response_headers: x-ratelimit}", "response_headers: x-ratelimit, store_timeout: 80ms, "
+        "store_pipeline_window: 2ms, store_pipeline_limit: 8}",
+    ))
+    registry = CollectorRegistry()
+    policy = PolicyStore(policy_path, registry=registry)
+    policy.reload()
+    config = ServeConfig(policy=policy_path, redis_url="redis://127.0.0.1:1/0")  # never connected here
+    service = RateLimitService(Context(config=config, policy=policy, health=Health(registry=registry),
+                                       registry=registry))
+    store, name = service._store()
+    assert name == "redis" and isinstance(store, RedisStore) and store.timeout == 0.08
+    assert store._resp is not None and (store._resp.window, store._resp.limit) == (0.002, 8)
 
 
 def test_store_health_goes_down_and_up() -> None:

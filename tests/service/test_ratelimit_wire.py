@@ -4,9 +4,11 @@ in, serialized response out, as `add_to_server` registers it) and the RESP conne
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from envoy.service.ratelimit.v3 import rls_pb2
@@ -203,3 +205,55 @@ def test_commands_queued_while_a_batch_is_unanswered_go_out_together() -> None:
             server.close()
 
     asyncio.run(main())
+
+
+def test_a_pipeline_window_holds_an_idle_connections_first_command_for_others() -> None:
+    """With a window, an idle connection writes its first command only when the window ends, with the
+    commands queued meanwhile; a held batch that reaches the limit is written at once."""
+
+    async def main() -> None:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while data := await reader.read(65536):
+                writer.write(b"$-1\r\n" * data.count(b"*"))  # one nil per command
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        held = RespConnection(host="127.0.0.1", port=port, window=0.3)
+        full = RespConnection(host="127.0.0.1", port=port, window=30.0, limit=2)
+        try:
+            writes: dict[RespConnection, list[bytes]] = {}
+            for conn in (held, full):
+                await conn._connect(math.inf)  # connected, nothing sent yet
+                transport = conn._protocol.transport  # type: ignore[union-attr]
+                real_write = transport.write  # type: ignore[union-attr]
+                seen = writes[conn] = []
+
+                def spy(data: bytes, seen: list[bytes] = seen, real_write: Any = real_write) -> None:
+                    seen.append(data)
+                    real_write(data)
+
+                transport.write = spy  # type: ignore[union-attr,method-assign]
+
+            started = loop.time()
+            first = asyncio.create_task(held.call("GET", "a"))
+            await eventually(lambda: len(held._outgoing) == 1)
+            second = asyncio.create_task(held.call("GET", "b"))  # a loop turn later: joins the first
+            await eventually(lambda: len(held._outgoing) == 2)
+            assert writes[held] == []  # held, not written at the end of the loop turn
+            assert await asyncio.gather(first, second) == [None, None]
+            assert [w.count(b"*") for w in writes[held]] == [2]  # one write, when the window ended
+            assert loop.time() - started >= 0.29
+
+            # the limit: 2 commands held are written at once (the 30 s window would fail the test)
+            both = asyncio.gather(full.call("GET", "c"), full.call("GET", "d"))
+            assert await asyncio.wait_for(both, 10) == [None, None]
+            assert [w.count(b"*") for w in writes[full]] == [2]
+            assert full._hold is None  # its timer cancelled
+        finally:
+            await held.close()
+            await full.close()
+            server.close()
+
+    asyncio.run(main())
+

@@ -76,6 +76,18 @@ def test_all_errors_reported_at_once() -> None:
     ]
 
 
+def test_redis_pipeline_window_is_bounded() -> None:
+    text = "gateway:\n  ratelimit:\n    store_pipeline_window: 20ms\n    store_pipeline_limit: -1\n"
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text, "p.yaml")
+    assert [str(i) for i in caught.value.issues] == [
+        "p.yaml:3: gateway.ratelimit.store_pipeline_window: must be <= 0.01, got 0.02",  # seconds
+        "p.yaml:4: gateway.ratelimit.store_pipeline_limit: must be >= 0, got -1",
+    ]
+    settings = parse_policy("gateway: {ratelimit: {store_pipeline_window: 1ms}}").gateway.ratelimit
+    assert (settings.store_pipeline_window, settings.store_pipeline_limit) == (0.001, 0)
+
+
 def test_secrets_are_references_never_inline() -> None:
     text = """
 issuers:
