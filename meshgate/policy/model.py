@@ -65,6 +65,16 @@ def _check_host_port(value: str) -> str:
     return value
 
 
+def _check_pipeline_window(value: float) -> float:
+    milliseconds = round(value * 1000, 6)
+    if value and not (milliseconds.is_integer() and 1 <= milliseconds <= 10):
+        raise ValueError(
+            f"invalid pipeline window {value * 1000:g}ms: 0, or whole milliseconds from 1ms to 10ms "
+            "(the event loop's timers count milliseconds)"
+        )
+    return value
+
+
 def _as_tuple(value: Any) -> Any:
     return (value,) if isinstance(value, str) else value
 
@@ -520,12 +530,12 @@ class RateLimitSettings(_Strict):
     """Global shadow mode: count and report OVER_LIMIT per descriptor, but never refuse a request."""
     store_timeout: Duration = 0.05
     """Bound on each Redis call; past it ShouldRateLimit answers UNAVAILABLE (read at start)."""
-    store_pipeline_window: Duration = Field(default=0.0, ge=0, le=0.01)
-    """How long a command waits on an idle Redis connection for others to share its write (0: it is
-    written at the end of the event loop turn). Fewer writes and wake-ups under sustained load, at
-    the price of up to this much latency (the event loop's timers count in whole milliseconds). Like
-    envoyproxy/ratelimit's REDIS_PIPELINE_WINDOW; a single server over TCP or a unix socket only
-    (read at start)."""
+    store_pipeline_window: Annotated[Duration, AfterValidator(_check_pipeline_window)] = 0.0
+    """How long a command waits on an idle Redis connection for others to share its write: 0 (it is
+    written at the end of the event loop turn), or whole milliseconds from 1ms to 10ms (the event
+    loop's timers count milliseconds). Fewer writes and wake-ups under sustained load, at the price
+    of up to that much latency for a call that finds the connection idle. Like envoyproxy/ratelimit's
+    REDIS_PIPELINE_WINDOW; a single server over TCP or a unix socket only (read at start)."""
     store_pipeline_limit: int = Field(default=0, ge=0)
     """With a window: a held batch is written as soon as it holds this many commands (0: no limit).
     Like envoyproxy/ratelimit's REDIS_PIPELINE_LIMIT (read at start)."""

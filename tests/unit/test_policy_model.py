@@ -76,14 +76,21 @@ def test_all_errors_reported_at_once() -> None:
     ]
 
 
-def test_redis_pipeline_window_is_bounded() -> None:
-    text = "gateway:\n  ratelimit:\n    store_pipeline_window: 20ms\n    store_pipeline_limit: -1\n"
+@pytest.mark.parametrize("window", ["20ms", "0.5s", "250ms", "1.5ms"])
+def test_redis_pipeline_window_is_0_or_whole_milliseconds_up_to_10(window: str) -> None:
+    text = f"gateway:\n  ratelimit:\n    store_pipeline_window: {window}\n    store_pipeline_limit: -1\n"
     with pytest.raises(PolicyError) as caught:
         parse_policy(text, "p.yaml")
+    ms = f"{parse_duration(window) * 1000:g}ms"
     assert [str(i) for i in caught.value.issues] == [
-        "p.yaml:3: gateway.ratelimit.store_pipeline_window: must be <= 0.01, got 0.02",  # seconds
+        f"p.yaml:3: gateway.ratelimit.store_pipeline_window: invalid pipeline window {ms}: 0, or whole "
+        "milliseconds from 1ms to 10ms (the event loop's timers count milliseconds)",
         "p.yaml:4: gateway.ratelimit.store_pipeline_limit: must be >= 0, got -1",
     ]
+
+
+def test_redis_pipeline_window_defaults_off() -> None:
+    assert parse_policy("{}").gateway.ratelimit.store_pipeline_window == 0
     settings = parse_policy("gateway: {ratelimit: {store_pipeline_window: 1ms}}").gateway.ratelimit
     assert (settings.store_pipeline_window, settings.store_pipeline_limit) == (0.001, 0)
 
