@@ -533,9 +533,10 @@ class RateLimitSettings(_Strict):
     store_pipeline_window: Annotated[Duration, AfterValidator(_check_pipeline_window)] = 0.0
     """How long a command waits on an idle Redis connection for others to share its write: 0 (it is
     written at the end of the event loop turn), or whole milliseconds from 1ms to 10ms (the event
-    loop's timers count milliseconds). Fewer writes and wake-ups under sustained load, at the price
-    of up to that much latency for a call that finds the connection idle. Like envoyproxy/ratelimit's
-    REDIS_PIPELINE_WINDOW; a single server over TCP or a unix socket only (read at start)."""
+    loop's timers count milliseconds), shorter than store_timeout. Fewer writes and wake-ups under
+    sustained load, at the price of up to that much latency for a call that finds the connection
+    idle. Like envoyproxy/ratelimit's REDIS_PIPELINE_WINDOW; a single server over TCP or a unix
+    socket only (read at start)."""
     store_pipeline_limit: int = Field(default=0, ge=0)
     """With a window: a held batch is written as soon as it holds this many commands (0: no limit).
     Like envoyproxy/ratelimit's REDIS_PIPELINE_LIMIT (read at start)."""
@@ -543,6 +544,15 @@ class RateLimitSettings(_Strict):
     """Share of a limit above which a hit counts in the near_limit metric."""
     local_cache: bool = True
     """Remember exhausted counters until their window ends and refuse without a store call."""
+
+    @model_validator(mode="after")
+    def _window_within_timeout(self) -> RateLimitSettings:
+        if self.store_pipeline_window and self.store_pipeline_window >= self.store_timeout:
+            raise ValueError(
+                f"store_pipeline_window ({self.store_pipeline_window * 1000:g}ms) must be shorter than "
+                f"store_timeout ({self.store_timeout * 1000:g}ms): a held call would time out"
+            )
+        return self
 
 
 class GatewayTLS(_Strict):

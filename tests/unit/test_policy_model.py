@@ -89,6 +89,16 @@ def test_redis_pipeline_window_is_0_or_whole_milliseconds_up_to_10(window: str) 
     ]
 
 
+def test_redis_pipeline_window_must_be_shorter_than_the_store_timeout() -> None:
+    text = "gateway:\n  ratelimit:\n    store_timeout: 5ms\n    store_pipeline_window: 5ms\n"
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text, "p.yaml")
+    assert [str(i) for i in caught.value.issues] == [
+        "p.yaml:2: gateway.ratelimit: store_pipeline_window (5ms) must be shorter than store_timeout (5ms): "
+        "a held call would time out",
+    ]
+
+
 def test_redis_pipeline_window_defaults_off() -> None:
     assert parse_policy("{}").gateway.ratelimit.store_pipeline_window == 0
     settings = parse_policy("gateway: {ratelimit: {store_pipeline_window: 1ms}}").gateway.ratelimit
