@@ -7,6 +7,7 @@ one happens (X-RateLimit-Reset jumps up) the burst is retried with a fresh user.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import sys
 from collections.abc import Callable
@@ -136,7 +137,10 @@ def test_two_meshgates_sharing_redis_enforce_one_global_limit(
     redis_server: RedisServer,
 ) -> None:
     first = meshgate_factory(POLICY, redis_url=redis_server.url)
-    second = meshgate_factory(POLICY, redis_url=redis_server.url)
+    # the second holds its Redis commands for 2 ms (store_pipeline_window): the same one limit
+    windowed = copy.deepcopy(POLICY)
+    windowed["gateway"]["ratelimit"]["store_pipeline_window"] = "2ms"
+    second = meshgate_factory(windowed, redis_url=redis_server.url)
     envoy = envoy_factory(gateway(upstream, [first.ports["ratelimit"], second.ports["ratelimit"]]))
     with httpx.Client(base_url=f"http://127.0.0.1:{envoy.listener_port('ingress')}", trust_env=False) as client:
         admitted, refused = burst_until_refused(client, "globex", 60)
