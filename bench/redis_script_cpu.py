@@ -16,7 +16,6 @@ with none): repeatable where the CPU times move with whatever else the machine d
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 
 from meshgate.ratelimit.redis_store import LUA  # noqa: E402
-from tests.harness.procs import free_port  # noqa: E402
+from tests.harness.procs import Proc, free_port, wait_until  # noqa: E402
 from tests.harness.redis import RedisServer, ping, redis_binary  # noqa: E402
 
 
@@ -75,13 +74,6 @@ def cases(client: redis.Redis) -> dict[str, Callable[[Any], Any]]:
     return dict(zip(CASES, adds, strict=True))
 
 
-def _answers(port: int) -> bool:
-    try:
-        return ping("127.0.0.1", port)
-    except OSError:  # not listening yet
-        return False
-
-
 def instructions(case: str, commands: int, workdir: Path) -> int:
     """Instructions a redis-server under callgrind runs in all, with `commands` of `case` sent (after
     one, so that the counters exist) in pipelines of 100."""
@@ -90,13 +82,9 @@ def instructions(case: str, commands: int, workdir: Path) -> int:
         "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", redis_binary(),
         "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir),
     ]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = Proc("redis-callgrind", argv, log_dir=workdir).start()
     try:
-        deadline = time.monotonic() + 60
-        while not _answers(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("redis-server under valgrind did not start")
-            time.sleep(0.1)
+        wait_until(lambda: ping("127.0.0.1", port), 60, what="redis-server under valgrind", proc=proc)
         client = redis.Redis(host="127.0.0.1", port=port)
         add = cases(client)[case]
         add(client)
@@ -107,9 +95,8 @@ def instructions(case: str, commands: int, workdir: Path) -> int:
             pipe.execute()
         client.close()
     finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=60)
-    return int(err.rsplit("Collected : ", 1)[1].split()[0])
+        proc.stop(timeout=60)  # valgrind writes its totals on the way out
+    return int(proc.log_path.read_text().rsplit("Collected : ", 1)[1].split()[0])
 
 
 def main() -> int:
