@@ -56,8 +56,9 @@ local n = #ARGV
 local counts = redis.call('MGET', unpack(KEYS))
 local result, earlier, previous, hits = {1}, {}, n, {}
 for i = 1, n do
-  local limit, h, ttl, weight, enforce, charge =
-    string.match(ARGV[i], '^(%d+) (%d+) (%d+) (%d+) ([01]) ([01])$')
+  -- ttl (the third field) is read only for a new counter, below
+  local limit, h, weight, enforce, charge =
+    string.match(ARGV[i], '^(%d+) (%d+) %d+ (%d+) ([01]) ([01])$')
   local key = KEYS[i]
   local count = tonumber(counts[i] or 0) + (earlier[key] or 0)
   if weight ~= '0' then
