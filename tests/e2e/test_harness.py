@@ -192,10 +192,11 @@ def test_startup_failure_reports_the_log_tail(tmp_path: Path) -> None:
 
 def test_stop_kills_a_process_that_ignores_sigterm(tmp_path: Path) -> None:
     code = (
-        "import signal, sys, time\n"
+        "import signal\n"
         "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
         "print('ignoring', flush=True)\n"
-        "time.sleep(600)\n"
+        "while True:\n"
+        "    signal.pause()  # until a signal it does not ignore: the SIGKILL\n"
     )
     proc = Proc("stubborn", [sys.executable, "-c", code], log_dir=tmp_path).start()
     # a whole line: the log's first line is the argv, which contains the word too
