@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import socket
 import statistics
 import subprocess
@@ -26,6 +25,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry
 
+from meshgate import binaries
 from meshgate.policy.model import Policy
 from meshgate.xds import CompileOptions, XdsService, compile_snapshot
 from meshgate.xds.bootstrap import bootstrap_dict
@@ -99,7 +99,7 @@ async def run(models: int, rounds: int, *, delta: bool, workdir: Path) -> dict[s
     first = probe.expect()
     envoy = subprocess.Popen(
         [
-            shutil.which("envoy") or "envoy",
+            binaries.find("envoy"),
             "-c",
             str(path),
             "--disable-hot-restart",

@@ -566,7 +566,19 @@ class GatewayTLS(_Strict):
     """If set, clients must present a certificate signed by this CA (PEM): mutual TLS."""
 
 
+def _ip_address(value: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address (e.g. 0.0.0.0, 127.0.0.1 or ::)") from None
+
+
 class GatewaySettings(_Strict):
+    address: Annotated[str, AfterValidator(_ip_address)] = "0.0.0.0"
+    """IP address the gateway listener binds: 0.0.0.0 (every IPv4 interface, what a gateway pod needs),
+    :: (IPv6), or 127.0.0.1 for a gateway reachable from this machine only (the quickstart)."""
     port: int = Field(default=8080, gt=0, lt=65536)
     """Port of the gateway listener meshgate's xDS gives Envoy."""
     ext_authz: ExtAuthzSettings = ExtAuthzSettings()

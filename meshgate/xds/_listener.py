@@ -55,7 +55,7 @@ def gateway_listener(policy: Policy, options: CompileOptions) -> listener_pb2.Li
         name=_names.LISTENER,
         address=address_pb2.Address(
             socket_address=address_pb2.SocketAddress(
-                address=options.listener_address, port_value=gateway.port
+                address=options.listener_address or gateway.address, port_value=gateway.port
             )
         ),
         filter_chains=[chain],

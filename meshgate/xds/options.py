@@ -17,7 +17,7 @@ class CompileOptions:
 
     extauthz / ratelimit: host:port of meshgate's gRPC services as Envoy reaches them.
     enable_extauthz / enable_ratelimit: leave a filter (and its cluster) out, e.g. for routing tests.
-    listener_address: the IP the gateway listener binds.
+    listener_address: the IP the gateway listener binds; None: the policy's gateway.address.
     connect_timeout: seconds for every upstream connect.
     """
 
@@ -25,5 +25,5 @@ class CompileOptions:
     ratelimit: str = "127.0.0.1:9002"
     enable_extauthz: bool = True
     enable_ratelimit: bool = True
-    listener_address: str = "0.0.0.0"
+    listener_address: str | None = None
     connect_timeout: float = 2.0

