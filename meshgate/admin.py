@@ -6,15 +6,17 @@ Served on every meshgate gRPC port beside grpc.health.v1. It reads; it never cha
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import grpc
 
 from . import __version__
-from ._proto import admin_pb2, admin_pb2_grpc
+from ._proto import admin_pb2
 from .health import Health
 from .models import EndpointHealth, EndpointKey, EndpointState, Readiness, version_endpoints
 from .policy.model import ModelVersion, Policy
 from .policy.store import PolicyStore
+from .xds._wire import Malformed, abort_malformed, parse, register
 
 __all__ = ["AdminService", "status_message"]
 
@@ -89,7 +91,9 @@ def _models(policy: Policy, states: Mapping[EndpointKey, EndpointState]) -> list
     return out
 
 
-class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
+class AdminService:
+    """meshgate.admin.v1.Admin over request bytes: a malformed request is INVALID_ARGUMENT."""
+
     grpc_names = ("meshgate.admin.v1.Admin",)
 
     def __init__(self, store: PolicyStore, health: Health, readiness: Readiness | None = None) -> None:
@@ -98,11 +102,15 @@ class AdminService(admin_pb2_grpc.AdminServicer):  # type: ignore[misc]
         self._readiness = readiness
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        admin_pb2_grpc.add_AdminServicer_to_server(self, server)
+        register(server, self.grpc_names[0], {
+            "GetStatus": grpc.unary_unary_rpc_method_handler(
+                self.GetStatus, response_serializer=admin_pb2.Status.SerializeToString
+            )
+        })  # fmt: skip
 
-    async def GetStatus(
-        self,
-        request: admin_pb2.GetStatusRequest,
-        context: grpc.aio.ServicerContext[admin_pb2.GetStatusRequest, admin_pb2.Status],
-    ) -> admin_pb2.Status:
+    async def GetStatus(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> admin_pb2.Status:
+        try:
+            parse(admin_pb2.GetStatusRequest, raw)
+        except Malformed as exc:
+            await abort_malformed(context, "GetStatus", exc)
         return status_message(self._store, self._health, self._readiness)

@@ -12,9 +12,10 @@ from typing import Any
 import grpc
 from envoy.admin.v3 import config_dump_shared_pb2 as shared
 from envoy.config.core.v3 import base_pb2
-from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
+from envoy.service.status.v3 import csds_pb2
 
 from ._stream import TypeState
+from ._wire import Malformed, abort_malformed, parse, parsed, register
 from .status import StatusBoard
 
 __all__ = ["CSDS_SERVICE", "ClientStatus", "client_status"]
@@ -60,19 +61,38 @@ def _entries(st: TypeState, *, contents: bool) -> list[csds_pb2.ClientConfig.Gen
     return out
 
 
-class ClientStatus(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):  # type: ignore[misc]
+class ClientStatus:
+    """ClientStatusDiscoveryService over request bytes: a malformed request is INVALID_ARGUMENT.
+    (`client_status` is the same answer for in-process callers.)"""
+
     def __init__(self, board: StatusBoard) -> None:
         self._board = board
 
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        serialize = csds_pb2.ClientStatusResponse.SerializeToString
+        register(server, CSDS_SERVICE, {
+            "FetchClientStatus": grpc.unary_unary_rpc_method_handler(
+                self.FetchClientStatus, response_serializer=serialize
+            ),
+            "StreamClientStatus": grpc.stream_stream_rpc_method_handler(
+                self.StreamClientStatus, response_serializer=serialize
+            ),
+        })  # fmt: skip
+
     async def FetchClientStatus(
-        self, request: csds_pb2.ClientStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> csds_pb2.ClientStatusResponse:
+        try:
+            request = parse(csds_pb2.ClientStatusRequest, raw)
+        except Malformed as exc:
+            await abort_malformed(context, "FetchClientStatus", exc)
         return client_status(self._board, request)
 
     async def StreamClientStatus(
-        self,
-        requests: AsyncIterator[csds_pb2.ClientStatusRequest],
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[csds_pb2.ClientStatusResponse]:
-        async for request in requests:
-            yield client_status(self._board, request)
+        try:
+            async for request in parsed(csds_pb2.ClientStatusRequest, requests):
+                yield client_status(self._board, request)
+        except Malformed as exc:
+            await abort_malformed(context, "StreamClientStatus", exc)

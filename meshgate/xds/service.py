@@ -13,14 +13,14 @@ from typing import Any
 
 import grpc
 import watchfiles
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from envoy.service.status.v3 import csds_pb2_grpc
+from envoy.service.discovery.v3 import discovery_pb2
 from prometheus_client import CollectorRegistry
 
 from meshgate.models import EndpointHealth, EndpointKey, Readiness
 from meshgate.policy.model import Policy
 
 from ._loop import run_stream
+from ._wire import Malformed, abort_malformed, parsed, register
 from .cache import SnapshotCache
 from .compile import EndpointHealthMap, cert_files, compile_snapshot, update_health
 from .csds import CSDS_SERVICE, ClientStatus
@@ -177,8 +177,19 @@ class XdsService:
 
     # --- gRPC ---------------------------------------------------------------------------------
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Ads(self), server)
-        csds_pb2_grpc.add_ClientStatusDiscoveryServiceServicer_to_server(ClientStatus(self.board), server)
+        """ADS and CSDS; requests are parsed by the servicers (a malformed one is INVALID_ARGUMENT)."""
+        ads = _Ads(self)
+        register(server, ADS_SERVICE, {
+            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                ads.StreamAggregatedResources,
+                response_serializer=discovery_pb2.DiscoveryResponse.SerializeToString,
+            ),
+            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                ads.DeltaAggregatedResources,
+                response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString,
+            ),
+        })  # fmt: skip
+        ClientStatus(self.board).add_to_server(server)
 
     async def start(self) -> None:
         self._stopping = False
@@ -218,29 +229,37 @@ class XdsService:
         return self.board.snapshot()
 
 
-class _Ads(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+class _Ads:
+    """AggregatedDiscoveryService over request bytes (see `add_to_server`)."""
+
     def __init__(self, service: XdsService) -> None:
         self._s = service
 
     async def StreamAggregatedResources(
-        self,
-        requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        async for response in run_stream(
-            requests, SotwHandler(), cache=self._s.cache, board=self._s.board, observer=self._s.metrics
-        ):
-            yield response
+        s = self._s
+        try:
+            async for response in run_stream(
+                parsed(discovery_pb2.DiscoveryRequest, requests), SotwHandler(),
+                cache=s.cache, board=s.board, observer=s.metrics,
+            ):  # fmt: skip
+                yield response
+        except Malformed as exc:
+            await abort_malformed(context, "StreamAggregatedResources", exc)
 
     async def DeltaAggregatedResources(
-        self,
-        requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
-        context: grpc.aio.ServicerContext[Any, Any],
+        self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
-        async for response in run_stream(
-            requests, DeltaHandler(), cache=self._s.cache, board=self._s.board, observer=self._s.metrics
-        ):
-            yield response
+        s = self._s
+        try:
+            async for response in run_stream(
+                parsed(discovery_pb2.DeltaDiscoveryRequest, requests), DeltaHandler(),
+                cache=s.cache, board=s.board, observer=s.metrics,
+            ):  # fmt: skip
+                yield response
+        except Malformed as exc:
+            await abort_malformed(context, "DeltaAggregatedResources", exc)
 
 
 def options_from_env(listen: dict[str, str], env: dict[str, str]) -> CompileOptions:
