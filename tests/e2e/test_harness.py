@@ -206,3 +206,24 @@ def test_stop_kills_a_process_that_ignores_sigterm(tmp_path: Path) -> None:
 
     assert proc.stop(timeout=0.5) == -9  # SIGTERM ignored, SIGKILL after the deadline
     assert not proc.alive()
+
+
+def test_any_wait_fails_at_once_when_a_started_process_dies_unasked(tmp_path: Path) -> None:
+    """A wait that names no process still ends as soon as any process the test started exits without
+    being stopped or signalled through the harness (it would otherwise sit out its whole deadline)."""
+    doomed = Proc("doomed-helper", [sys.executable, "-c", "print('bye', flush=True); raise SystemExit(4)"],
+                  log_dir=tmp_path).start()
+    try:
+        with pytest.raises(StartupError) as caught:
+            wait_until(lambda: False, 600, what="something unrelated")  # no proc= given
+    finally:
+        doomed.stop()
+    message = str(caught.value)
+    assert "doomed-helper exited while waiting for something unrelated" in message and "exited with 4" in message
+
+
+def test_a_process_ended_on_purpose_does_not_fail_later_waits(tmp_path: Path) -> None:
+    proc = Proc("sleeper", [sys.executable, "-c", "import time; time.sleep(600)"], log_dir=tmp_path).start()
+    proc.kill()
+    wait_until(lambda: not proc.alive(), 30, what="the sleeper gone")
+    assert wait_until(lambda: "done", 5, what="an unrelated condition") == "done"

@@ -1,0 +1,317 @@
+"""The quickstart's two model backends, each its own process on 127.0.0.1.
+
+    python examples/quickstart_models.py iris --version v1 --http-port 9101 --grpc-port 9111
+    python examples/quickstart_models.py chat --model zen-chat --port 9201
+
+iris: a real classifier served by KServe's ModelServer (Open Inference Protocol v2, REST and gRPC). At
+start it trains on the iris data set that scikit-learn ships (150 flowers, 4 measurements in cm) — no
+download. Each version is another algorithm, so a canary is a real model change: v1 logistic
+regression, v2 k-nearest neighbours, v3 a decision tree. Input ``INPUT0`` FP32 [N, 4] (sepal length,
+sepal width, petal length, petal width); outputs ``CLASS`` INT32 [N] (0 setosa, 1 versicolor,
+2 virginica) and ``PROBABILITIES`` FP32 [N, 3]. The response carries ``model_version``.
+
+chat: a stand-in for an OpenAI-compatible LLM server (no LLM runs on a laptop-sized CPU in a minute),
+built on the standard library. It is a *fake server*: it answers ``POST /v1/chat/completions`` (JSON, or
+SSE with ``stream: true``; usage in the last chunk only with ``stream_options.include_usage``, as vLLM
+does), ``GET /v1/models`` and ``GET /health`` in the shapes of vLLM's OpenAI server. Its model is real if
+tiny: a word bigram chain trained at start on the Zen of Python (the stdlib's ``this`` module), seeded by
+the prompt so an answer repeats. Tokens are counted as whitespace-separated words.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import itertools
+import json
+import random
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+IRIS_CLASSES = ("setosa", "versicolor", "virginica")
+IRIS_ALGORITHMS = {"v1": "logistic regression", "v2": "k-nearest neighbours", "v3": "decision tree"}
+
+
+# --- iris: KServe ModelServer ------------------------------------------------------------------------
+
+
+def train_iris(version: str) -> Any:
+    """An sklearn classifier for `version`, fitted on the iris data sklearn ships."""
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.tree import DecisionTreeClassifier
+
+    data = load_iris()
+    models = {
+        "v1": lambda: LogisticRegression(max_iter=500),
+        "v2": lambda: KNeighborsClassifier(n_neighbors=5),
+        "v3": lambda: DecisionTreeClassifier(random_state=0),
+    }
+    return models.get(version, models["v1"])().fit(data.data, data.target)
+
+
+def serve_iris(name: str, version: str, http_port: int, grpc_port: int) -> None:
+    sys.argv = sys.argv[:1]  # kserve parses sys.argv when kserve.model_server is imported
+    import kserve
+    import numpy as np
+    from kserve.errors import InvalidInput
+
+    classifier = train_iris(version)
+
+    class IrisModel(kserve.Model):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__(name)
+            self.ready = True
+
+        async def predict(self, payload: Any, headers: Any = None, response_headers: Any = None) -> Any:
+            tensor = payload.get_input_by_name("INPUT0")
+            if tensor is None or len(tensor.shape) != 2 or tensor.shape[1] != 4:
+                raise InvalidInput("iris expects INPUT0, FP32 [N, 4]: sepal length/width, petal length/width")
+            features = tensor.as_numpy().astype(np.float64)
+            classes = classifier.predict(features).astype(np.int32)
+            probabilities = classifier.predict_proba(features).astype(np.float32)
+            outputs = []
+            for out_name, array, datatype in (
+                ("CLASS", classes, "INT32"),
+                ("PROBABILITIES", probabilities, "FP32"),
+            ):
+                output = kserve.InferOutput(out_name, list(array.shape), datatype)
+                output.set_data_from_numpy(array, binary_data=False)
+                outputs.append(output)
+            return kserve.InferResponse(
+                response_id=payload.id or str(uuid.uuid4()),
+                model_name=name,
+                model_version=version,
+                infer_outputs=outputs,
+                use_binary_outputs=payload.use_binary_outputs,
+                requested_outputs=payload.request_outputs,
+            )
+
+    server = kserve.ModelServer(
+        http_port=http_port, grpc_port=grpc_port, workers=1, enable_latency_logging=False, grace_period=2
+    )
+    server.start([IrisModel()])
+
+
+# --- chat: a stand-in for vLLM's OpenAI server ---------------------------------------------------------
+
+
+def zen_words() -> list[str]:
+    """The Zen of Python as words (the stdlib's `this` module holds it ROT13-encoded)."""
+    import this  # noqa: F401  (importing prints it; stdout is the log here)
+
+    return codecs.decode(sys.modules["this"].s, "rot13").split()
+
+
+class BigramChat:
+    """A word bigram chain: the next word is drawn from the words that followed the current one."""
+
+    def __init__(self, words: list[str]) -> None:
+        self.follows: dict[str, list[str]] = {}
+        for current, following in itertools.pairwise(words):
+            self.follows.setdefault(current, []).append(following)
+        self.starts = [w for w in words if w[:1].isupper()]
+
+    def words(self, prompt: str, max_words: int) -> Iterator[str]:
+        rng = random.Random(prompt)  # noqa: S311 - a toy model, not cryptography
+        word = rng.choice(self.starts)
+        for _ in range(max_words):
+            yield word
+            if word.endswith("."):
+                return
+            word = rng.choice(self.follows.get(word) or self.starts)
+
+
+def _count(text: str) -> int:
+    return len(text.split())
+
+
+def _prompt(messages: Any) -> str:
+    if not isinstance(messages, list):
+        return ""
+    parts = [m.get("content") for m in messages if isinstance(m, dict)]
+    return "\n".join(p for p in parts if isinstance(p, str))
+
+
+def chat_handler(model_name: str, model: BigramChat) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _json(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _error(self, status: int, message: str) -> None:
+            self._json(
+                status,
+                {
+                    "object": "error",
+                    "message": message,
+                    "type": "BadRequestError",
+                    "param": None,
+                    "code": status,
+                },
+            )
+
+        def do_GET(self) -> None:
+            if self.path == "/health":
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+            elif self.path == "/v1/models":
+                card = {
+                    "id": model_name,
+                    "object": "model",
+                    "created": int(time.time()),
+                    "owned_by": "vllm",
+                    "root": model_name,
+                    "parent": None,
+                    "max_model_len": 4096,
+                    "permission": [],
+                }
+                self._json(200, {"object": "list", "data": [card]})
+            else:
+                self._error(404, f"no route {self.path}")
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            try:
+                request = json.loads(self.rfile.read(length))
+            except ValueError:
+                self._error(400, "the body is not JSON")
+                return
+            if self.path != "/v1/chat/completions" or not isinstance(request, dict):
+                self._error(404, f"no route {self.path}")
+                return
+            if request.get("model") != model_name:
+                self._error(404, f"The model `{request.get('model')}` does not exist.")
+                return
+            prompt = _prompt(request.get("messages"))
+            max_words = int(request.get("max_tokens") or request.get("max_completion_tokens") or 32)
+            words = list(model.words(prompt, max(1, min(max_words, 256))))
+            usage = {
+                "prompt_tokens": _count(prompt),
+                "total_tokens": _count(prompt) + len(words),
+                "completion_tokens": len(words),
+                "prompt_tokens_details": None,
+            }
+            finish = "stop" if words[-1].endswith(".") else "length"
+            head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name}
+            if request.get("stream"):
+                include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+                self._stream(head, words, finish, usage if include_usage else None)
+                return
+            message = {
+                "role": "assistant",
+                "content": " ".join(words),
+                "reasoning_content": None,
+                "tool_calls": [],
+            }
+            choice = {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": finish,
+                "stop_reason": None,
+            }
+            self._json(
+                200,
+                {
+                    **head,
+                    "object": "chat.completion",
+                    "choices": [choice],
+                    "usage": usage,
+                    "prompt_logprobs": None,
+                },
+            )
+
+        def _stream(self, head: dict[str, Any], words: list[str], finish: str, usage: Any) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream; charset=utf-8")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            chunk = {**head, "object": "chat.completion.chunk"}
+            events = [
+                {
+                    **chunk,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ],
+                }
+            ]
+            for i, word in enumerate(words):
+                last = i == len(words) - 1
+                events.append(
+                    {
+                        **chunk,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "delta": {"content": (" " if i else "") + word},
+                                "logprobs": None,
+                                "finish_reason": finish if last else None,
+                                **({"stop_reason": None} if last else {}),
+                            }
+                        ],
+                    }
+                )
+            if usage is not None:
+                events.append({**chunk, "choices": [], "usage": usage})
+            for event in events:
+                self._chunk(f"data: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n")
+            self._chunk("data: [DONE]\n\n")
+            self._chunk("")
+
+        def _chunk(self, text: str) -> None:
+            data = text.encode()
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+
+    return Handler
+
+
+def serve_chat(name: str, port: int) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", port), chat_handler(name, BigramChat(zen_words())))
+    print(f"chat stand-in {name!r} on 127.0.0.1:{port}", flush=True)
+    server.serve_forever()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="kind", required=True)
+    iris = sub.add_parser("iris", help="the iris classifier on KServe's ModelServer")
+    iris.add_argument("--model", default="iris-classifier")
+    iris.add_argument("--version", default="v1", choices=sorted(IRIS_ALGORITHMS))
+    iris.add_argument("--http-port", type=int, required=True)
+    iris.add_argument("--grpc-port", type=int, required=True)
+    chat = sub.add_parser("chat", help="the OpenAI-compatible stand-in")
+    chat.add_argument("--model", default="zen-chat")
+    chat.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    if args.kind == "iris":
+        serve_iris(args.model, args.version, args.http_port, args.grpc_port)
+    else:
+        serve_chat(args.model, args.port)
+
+
+if __name__ == "__main__":
+    main()
