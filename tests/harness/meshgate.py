@@ -9,13 +9,13 @@ from __future__ import annotations
 import itertools
 import json
 import signal
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from meshgate import binaries
 from tests.harness.procs import Proc, StartupError, child_env, wait_until
 
 __all__ = ["SERVICES", "Meshgate"]
