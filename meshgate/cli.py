@@ -45,6 +45,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         ready_file=Path(args.ready_file) if args.ready_file else None,
         watch=not args.no_watch,
+        reload_settle=args.reload_settle,
         drain_delay=args.drain_delay,
         grace=args.grace,
         redis_url=args.redis_url,
@@ -146,6 +147,13 @@ def _server_tls(args: argparse.Namespace) -> ServerTLS | None:
     return ServerTLS(cert_file=Path(args.tls_cert), key_file=Path(args.tls_key), client_ca_file=ca)
 
 
+def _seconds(value: str) -> float:
+    seconds = float(value)
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {value!r}")
+    return seconds
+
+
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"MESHGATE_{name.upper()}", default)
 
@@ -218,6 +226,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--ready-file", default=None, help="write the bound ports as JSON here once serving")
     serve.add_argument(
         "--no-watch", action="store_true", help="do not watch the policy file (SIGHUP still reloads)"
+    )
+    serve.add_argument(
+        "--reload-settle",
+        type=_seconds,
+        default=_seconds(_env("reload_settle", "1")),
+        metavar="SECONDS",
+        help="a changed policy, ratelimit config or certificate file is read again this long after it "
+        "changed and applied only if its bytes are the same (docs/policy.md)",
     )
     serve.add_argument(
         "--drain-delay",

@@ -1,15 +1,19 @@
 """The composition root of `meshgate serve`: one process, every service, wired in one place.
 
-Nothing here runs at import time. `run(config)` loads the policy, builds the services, binds the
-gRPC servers (services sharing an address share a server), the health service and /metrics,
-then serves until SIGTERM/SIGINT: health goes NOT_SERVING first, then the servers drain.
+Nothing here runs at import time. `run(config)` reads the policy, binds the gRPC servers (services
+sharing an address share a server), builds and connects every service (`build_services`: each gets
+what it uses as constructor arguments), compiles the first policy (a policy that does not compile
+is an error at start: exit 1), then serves until SIGTERM/SIGINT. Changes to the policy file, the
+ratelimit config directory and the certificate files go through one reload pipeline
+(meshgate/policy/watch.py). Stopping: health goes NOT_SERVING, the drain delay passes, streams end
+and in-flight calls finish within the grace (meshgate/shutdown.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -24,18 +28,36 @@ from grpc_health.v1 import health_pb2_grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
 from .admin import AdminService
+from .extauthz import ExtAuthzService
 from .health import Health
-from .models import Prober, Readiness
-from .policy.errors import PolicyError
-from .policy.load import load_policy
-from .policy.store import PolicyStore
+from .models import Prober
+from .policy.errors import Issue, PolicyError
+from .policy.load import parse_policy_bytes
+from .policy.model import Policy
+from .policy.store import CompileError, PolicyStore
+from .policy.watch import DEFAULT_SETTLE, FilesInput, Input, Paths, Reloader
+from .ratelimit.config import ConfigError
+from .ratelimit.service import RateLimitService
+from .ratelimit.store import MemoryStore, Store
+from .shutdown import CallGate
 from .tls import ServerTLS, server_credentials
+from .xds import XdsService, options_from_env
 
-__all__ = ["Context", "ServeConfig", "Service", "run"]
+__all__ = [
+    "ServeConfig",
+    "Service",
+    "Wiring",
+    "build_services",
+    "certificates_input",
+    "ratelimit_config_input",
+    "ratelimit_store",
+    "run",
+]
 
 log = logging.getLogger("meshgate.server")
 
 ROLES = ("extauthz", "ratelimit", "xds")
+Servers = list[tuple[grpc.aio.Server, list[str]]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +73,9 @@ class ServeConfig:
     metrics: str = "0.0.0.0:9090"
     ready_file: Path | None = None
     watch: bool = True
+    reload_settle: float = DEFAULT_SETTLE
+    """Seconds a changed input (policy, ratelimit directory, certificates) must read the same before it
+    is parsed: see meshgate/policy/watch.py and docs/policy.md."""
     drain_delay: float = 2.0
     grace: float = 10.0
     redis_url: str | None = None
@@ -61,23 +86,6 @@ class ServeConfig:
     plaintext. extauthz and ratelimit stay plaintext for the gateway's Envoy, inside the mesh or behind
     the NetworkPolicy."""
     ratelimit_config: Path | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class Context:
-    """What every service gets: the config, the live policy, health and the metrics registry."""
-
-    config: ServeConfig
-    policy: PolicyStore
-    health: Health
-    registry: CollectorRegistry
-    ports: Mapping[str, int] = field(default_factory=dict)
-    """The gRPC ports actually bound, by role (port 0 in the config resolved)."""
-
-    def address(self, role: str) -> str:
-        """`host:port` of a role's gRPC server as a local peer reaches it (0.0.0.0 read as 127.0.0.1)."""
-        host = _split(self.config.listen[role])[0]
-        return f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{self.ports[role]}"
 
 
 class Service(Protocol):
@@ -92,28 +100,87 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
-def build_services(ctx: Context) -> dict[str, list[Service]]:
-    """Which services run under each role. Each role's package adds its own here."""
-    from .extauthz import ExtAuthzService
+@dataclass(frozen=True, kw_only=True)
+class Wiring:
+    """Every service of the process, connected: what `build_services` returns."""
 
-    services: dict[str, list[Service]] = {role: [] for role in ROLES}
-    # model readiness probes: a background component (no gRPC service of its own, grpc_names == ()),
-    # started and stopped with the services; admin shows its state, xds marks EDS endpoints with it.
-    prober = Prober(ctx.policy, registry=ctx.registry)
-    services["xds"].append(prober)
-    services["extauthz"].append(ExtAuthzService(ctx.policy, registry=ctx.registry))
-    from .ratelimit import RateLimitService
+    roles: dict[str, list[Service]]
+    """The services that run under each role (added to that role's gRPC server)."""
+    prober: Prober
+    ratelimit: RateLimitService
+    xds: XdsService
+    inputs: list[Input]
+    """The reload pipeline's inputs, in the order a reload processes them (the policy first)."""
 
-    services["ratelimit"].append(RateLimitService(ctx))
-    from .xds import build_xds_service
-
-    services["xds"].append(build_xds_service(ctx, readiness=prober))
-    return services
+    def every(self) -> list[Service]:
+        return [service for role in ROLES for service in self.roles[role]]
 
 
-def _readiness(services: dict[str, list[Service]]) -> Readiness | None:
-    """The model prober among the services, for the admin API (None when none runs)."""
-    return next((s for role in ROLES for s in services[role] if isinstance(s, Prober)), None)
+def ratelimit_store(redis_url: str | None, policy: Policy) -> tuple[Store, str]:
+    """The rate limiter's counters: in memory, or in Redis with the policy's timeout and pipelining."""
+    if not redis_url:
+        return MemoryStore(), "memory"
+    from .ratelimit.redis_store import RedisStore
+
+    rl = policy.gateway.ratelimit
+    store = RedisStore(
+        redis_url, timeout=rl.store_timeout,
+        pipeline_window=rl.store_pipeline_window, pipeline_limit=rl.store_pipeline_limit,
+    )
+    log.info("ratelimit counters in %r", store)
+    return store, "redis"
+
+
+def build_services(
+    config: ServeConfig,
+    *,
+    ports: Mapping[str, int],
+    first: Policy,
+    policies: PolicyStore,
+    health: Health,
+    registry: CollectorRegistry,
+) -> Wiring:
+    """The composition root: each service gets what it uses, and is subscribed to the policy store.
+    `first` (the policy `meshgate serve` starts with) decides the counter store's settings; `ports`
+    (bound before any service exists) tell xds where the gateway reaches extauthz and ratelimit."""
+    # model readiness probes: a background component (no gRPC service of its own), started and stopped
+    # with the services; admin shows its state, xds marks EDS endpoints with it.
+    prober = Prober(policies, registry=registry)
+    extauthz = ExtAuthzService(policies, registry=registry)
+    store, store_name = ratelimit_store(config.redis_url, first)
+    ratelimit = RateLimitService(
+        store, store_name=store_name, health=health, registry=registry,
+        config_dir=config.ratelimit_config, policy_source=str(config.policy),
+    )
+    policies.subscribe("ratelimit", ratelimit.prepare)
+    listen = {role: local_address(config.listen[role], ports[role]) for role in ("extauthz", "ratelimit")}
+    xds = XdsService(options=options_from_env(listen, dict(os.environ)), registry=registry, readiness=prober)
+    policies.subscribe("xds", xds.prepare)
+    inputs: list[Input] = [policies]
+    if config.ratelimit_config is not None:
+        inputs.append(ratelimit_config_input(ratelimit, config.ratelimit_config))
+    inputs.append(certificates_input(xds))
+    roles: dict[str, list[Service]] = {"extauthz": [extauthz], "ratelimit": [ratelimit], "xds": [prober, xds]}
+    return Wiring(roles=roles, prober=prober, ratelimit=ratelimit, xds=xds, inputs=inputs)
+
+
+def ratelimit_config_input(ratelimit: RateLimitService, directory: Path) -> Input:
+    """The envoyproxy/ratelimit YAML directory as an input of the reload pipeline."""
+    paths = Paths.of(directories=[directory])
+    return FilesInput("ratelimit-config", lambda: paths, ratelimit.prepare_config_dir)
+
+
+def certificates_input(xds: XdsService) -> Input:
+    """The certificate files the live policy names (SDS) as an input of the reload pipeline."""
+    return FilesInput(
+        "certificates", lambda: Paths.of(files=xds.certificate_paths()), xds.prepare_certificates
+    )
+
+
+def local_address(listen: str, port: int) -> str:
+    """`host:port` of a server as a local peer reaches it (0.0.0.0 and :: read as 127.0.0.1)."""
+    host = _split(listen)[0]
+    return f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -148,20 +215,22 @@ def _listen(config: ServeConfig) -> tuple[list[tuple[grpc.aio.Server, list[str]]
 
 
 async def _start(
-    ctx: Context, servers: list[tuple[grpc.aio.Server, list[str]]], services: dict[str, list[Service]]
+    servers: Servers, wiring: Wiring, *, config: ServeConfig, ports: Mapping[str, int], policies: PolicyStore,
+    health: Health, gate: CallGate,
 ) -> None:
-    """Add health, admin and each role's services to its server, then start serving."""
+    """Add health, admin and each role's services to its server (through the gate), then serve."""
     for server, roles in servers:
-        health_pb2_grpc.add_HealthServicer_to_server(ctx.health.servicer, server)
-        AdminService(ctx.policy, ctx.health, _readiness(services)).add_to_server(server)
+        gated = gate.server(server)
+        health_pb2_grpc.add_HealthServicer_to_server(health.servicer, gated)
+        AdminService(policies, health, wiring.prober).add_to_server(gated)
         for role in roles:
-            for service in services[role]:
-                service.add_to_server(server)
+            for service in wiring.roles[role]:
+                service.add_to_server(gated)
                 for name in service.grpc_names:
-                    ctx.health.add_service(name)
+                    health.add_service(name)
         await server.start()
         for role in roles:
-            log.info("%s listening on %s:%d", role, _split(ctx.config.listen[role])[0], ctx.ports[role])
+            log.info("%s listening on %s:%d", role, _split(config.listen[role])[0], ports[role])
 
 
 def _write_ready_file(path: Path, ports: dict[str, int]) -> None:
@@ -170,12 +239,38 @@ def _write_ready_file(path: Path, ports: dict[str, int]) -> None:
     tmp.replace(path)
 
 
+def _first_policy(policies: PolicyStore) -> tuple[Policy, str]:
+    """The policy to start with, and the digest of its bytes. Raises PolicyError."""
+    state = policies.read()
+    if state.data is None:
+        raise PolicyError([Issue(str(policies.path), 0, "<file>", "cannot read")])
+    return parse_policy_bytes(state.data, str(policies.path)), hashlib.sha256(state.data).hexdigest()
+
+
+async def _compile_first(wiring: Wiring, policies: PolicyStore, first: Policy, digest: str) -> bool:
+    """The ratelimit directory, then the first policy, compiled and made live before anything serves.
+    False (logged, exit 1) if either is refused: meshgate never serves without a compiled policy."""
+    try:
+        wiring.ratelimit.load_config_dir()
+    except ConfigError as exc:
+        for issue in exc.issues:
+            log.error("cannot start: ratelimit config rejected: %s", issue)
+        return False
+    try:
+        commit = await asyncio.to_thread(policies.prepare, first, digest=digest)
+    except CompileError as exc:
+        log.error("cannot start: policy %s is valid but %s", policies.path, exc, exc_info=exc.cause)
+        return False
+    commit()
+    return True
+
+
 async def run(config: ServeConfig) -> int:
     """Serve until a signal. Returns the process exit code."""
     registry = CollectorRegistry()
-    store = PolicyStore(config.policy, registry=registry)
+    policies = PolicyStore(config.policy, registry=registry)
     try:
-        first = load_policy(config.policy)
+        first, digest = _first_policy(policies)
     except PolicyError as exc:
         for issue in exc.issues:
             log.error("%s", issue)
@@ -186,15 +281,19 @@ async def run(config: ServeConfig) -> int:
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
-    ctx = Context(config=config, policy=store, health=health, registry=registry, ports=bound)
-    services = build_services(ctx)
-    store.apply(first)
-    await health.set("policy", store.loaded)
+    wiring = build_services(
+        config, ports=bound, first=first, policies=policies, health=health, registry=registry
+    )
+    if not await _compile_first(wiring, policies, first, digest):
+        await asyncio.gather(*(server.stop(None) for server, _ in servers))
+        await wiring.ratelimit.store.close()
+        return 1
+    await health.set("policy", policies.loaded)
 
-    every = [s for role in ROLES for s in services[role]]
-    for service in every:
+    for service in wiring.every():
         await service.start()
-    await _start(ctx, servers, services)
+    gate = CallGate()
+    await _start(servers, wiring, config=config, ports=bound, policies=policies, health=health, gate=gate)
     ports = dict(bound)
     # everything built so far lives as long as the process: keep it out of the cyclic GC's scans
     # (measured: about half of the 5 µs per check the collector cost extauthz)
@@ -205,35 +304,44 @@ async def run(config: ServeConfig) -> int:
     log.info("metrics listening on %s:%d", host, ports["metrics"])
     await health.publish()
 
+    reloader = Reloader(wiring.inputs, settle=config.reload_settle, watch=config.watch)
+    await reloader.run()
     stop = asyncio.Event()
-    _install_signals(stop, store)
-    watcher = asyncio.create_task(store.watch(stop)) if config.watch else None
+    _install_signals(stop, reloader)
     if config.ready_file is not None:
         _write_ready_file(config.ready_file, ports)
-    log.info("meshgate serving policy generation %d", store.generation)
+    log.info("meshgate serving policy generation %d", policies.generation)
 
     await stop.wait()
-    log.info("stopping: NOT_SERVING, draining for %.1fs, then %.1fs grace", config.drain_delay, config.grace)
-    await health.shutdown()
-    await asyncio.sleep(config.drain_delay)
-    await asyncio.gather(*(server.stop(config.grace) for server, _ in servers))
-    for service in reversed(every):
-        await service.stop()
-    if watcher is not None:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+    await _stop(config, servers, wiring, reloader=reloader, health=health, gate=gate)
     metrics_server.shutdown()
     log.info("stopped")
     return 0
 
 
-def _install_signals(stop: asyncio.Event, store: PolicyStore) -> None:
+async def _stop(
+    config: ServeConfig, servers: Servers, wiring: Wiring, *,
+    reloader: Reloader, health: Health, gate: CallGate,
+) -> None:
+    """NOT_SERVING, the drain delay, then streams end and unary calls finish (at most the grace), then
+    the servers stop: new calls are refused, calls still running get what is left of the grace."""
+    log.info("stopping: NOT_SERVING, draining for %.1fs, then %.1fs grace", config.drain_delay, config.grace)
+    await reloader.stop()
+    await health.shutdown()
+    await asyncio.sleep(config.drain_delay)
+    left = await gate.close(config.grace)
+    log.info("streams ended, %d call(s) in flight; stopping the servers", gate.in_flight)
+    await asyncio.gather(*(server.stop(left) for server, _ in servers))
+    for service in reversed(wiring.every()):
+        await service.stop()
+
+
+def _install_signals(stop: asyncio.Event, reloader: Reloader) -> None:
     loop = asyncio.get_running_loop()
     handlers: dict[signal.Signals, Callable[[], object]] = {
         signal.SIGTERM: stop.set,
         signal.SIGINT: stop.set,
-        signal.SIGHUP: store.reload,
+        signal.SIGHUP: reloader.request,
     }
     for sig, handler in handlers.items():
         loop.add_signal_handler(sig, handler)

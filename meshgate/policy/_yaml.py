@@ -27,6 +27,11 @@ class LineMap:
     def set(self, path: Path, line: int) -> None:
         self._lines.setdefault(path, line)
 
+    @property
+    def has_document(self) -> bool:
+        """False for a stream with no document at all (empty, blank or only comments)."""
+        return bool(self._lines)
+
     def line(self, path: Path) -> int:
         for n in range(len(path), -1, -1):
             if path[:n] in self._lines:

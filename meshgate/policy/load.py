@@ -15,9 +15,13 @@ from ._yaml import LineMap, load_yaml
 from .errors import Issue, Path, PolicyError, describe_value, format_path
 from .model import Policy
 
-__all__ = ["load_or_report", "load_policy", "parse_policy"]
+__all__ = ["EMPTY_POLICY", "load_or_report", "load_policy", "parse_policy", "parse_policy_bytes"]
 
 MAX_POLICY_BYTES = 8 << 20
+EMPTY_POLICY = (
+    "the policy is empty (no document: a 0-byte, blank or comment-only file, or one read while it was "
+    "being written); refused"
+)
 
 _PATTERN_HELP = {
     _model.NAME_PATTERN: (
@@ -92,6 +96,8 @@ def _loc_path(loc: tuple[Any, ...]) -> Path:
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
     """Parse and validate one policy document. Raises PolicyError listing every problem."""
     data, lines = load_yaml(text, source)
+    if not lines.has_document:
+        raise PolicyError([Issue(source, 1, "<document>", EMPTY_POLICY)])
     if not isinstance(data, dict):
         raise PolicyError([Issue(source, 1, "<document>", "a policy must be a mapping at the top level")])
     try:
@@ -122,6 +128,11 @@ def load_policy(path: str | FsPath) -> Policy:
         raw = FsPath(path).read_bytes()
     except OSError as exc:
         raise PolicyError([Issue(source, 0, "<file>", f"cannot read: {exc.strerror}")]) from None
+    return parse_policy_bytes(raw, source)
+
+
+def parse_policy_bytes(raw: bytes, source: str) -> Policy:
+    """Parse the bytes of a policy file (what `load_policy` read, or a watcher's settled copy)."""
     if len(raw) > MAX_POLICY_BYTES:
         raise PolicyError([Issue(source, 0, "<file>", f"larger than {MAX_POLICY_BYTES} bytes")])
     try:

@@ -1,26 +1,31 @@
-"""The live policy: loaded from a file, watched, swapped atomically, never replaced by a bad one.
+"""The live policy: the last good one, swapped atomically, never replaced by a bad one.
 
-Consumers (extauthz, ratelimit, xds) subscribe with a *prepare* function: given a new Policy it
-compiles its artifact (may raise) and returns a *commit* callable that swaps it in. A reload runs
-every prepare first and commits only if all succeeded, so the services never disagree about which
-policy is live.
+Consumers (extauthz, ratelimit, xds, the prober) subscribe with a *prepare* function: given a new
+Policy it compiles its artifact (may raise) and returns a *commit* callable that swaps it in. A change
+runs every prepare first and commits only if all succeeded, so the services never disagree about which
+policy is live. Prepare runs in the reload pipeline's worker thread (meshgate/policy/watch.py); the
+commit runs on the event loop: a prepare function must not touch what the loop mutates, a commit must
+be quick.
+
+The store is also the policy file's input to that pipeline: `read` takes the file's bytes, `prepare`
+parses exactly those bytes and compiles them.
 """
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import watchfiles
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from .errors import PolicyError
-from .load import load_policy
+from .load import parse_policy_bytes
 from .model import Policy
+from .watch import FileState, Paths
 
-__all__ = ["Commit", "PolicyStore", "Prepare"]
+__all__ = ["Commit", "CompileError", "PolicyStore", "Prepare"]
 
 log = logging.getLogger("meshgate.policy")
 
@@ -28,14 +33,27 @@ Commit = Callable[[], None]
 Prepare = Callable[[Policy], Commit]
 
 
+class CompileError(Exception):
+    """A subscriber could not compile a policy that is otherwise valid."""
+
+    def __init__(self, subscriber: str, cause: BaseException) -> None:
+        self.subscriber = subscriber
+        self.cause = cause
+        super().__init__(f"{subscriber} could not compile it: {type(cause).__name__}: {cause}")
+
+
 class PolicyStore:
     """Holds the last good policy from `path` and hands it to subscribers."""
+
+    name = "policy"
 
     def __init__(self, path: str | Path, *, registry: CollectorRegistry | None = None) -> None:
         self.path = Path(path)
         self._policy: Policy | None = None
         self._subscribers: list[tuple[str, Prepare]] = []
         self.generation = 0
+        self.digest = ""
+        """SHA-256 of the bytes of the live policy (logged with each generation)."""
         self._reloads = Counter(
             "meshgate_policy_reloads",
             "Policy loads by result (ok, invalid, unchanged, compile_error).",
@@ -69,57 +87,90 @@ class PolicyStore:
         if self._policy is not None:
             prepare(self._policy)()
 
-    def reload(self) -> bool:
-        """Load the file again. True if a new policy is live; False if unchanged or rejected."""
-        try:
-            policy = load_policy(self.path)
-        except PolicyError as exc:
-            for issue in exc.issues:
-                log.error("policy rejected, keeping generation %d: %s", self.generation, issue)
-            return self._result("invalid", ok=False)
-        return self.apply(policy)
-
-    def apply(self, policy: Policy) -> bool:
-        """Make `policy` live if every subscriber can compile it."""
-        if policy == self._policy:
-            return self._result("unchanged", ok=True)
+    # --- the two phases -------------------------------------------------------------------------
+    def prepare(self, policy: Policy, *, digest: str = "") -> Commit:
+        """Compile `policy` for every subscriber (raises CompileError naming the first that cannot);
+        the returned commit makes it live everywhere at once. Thread-safe: no subscriber commits here."""
         commits = []
         for name, prepare in self._subscribers:
             try:
                 commits.append(prepare(policy))
-            except Exception:
-                log.exception(
-                    "policy rejected: %s could not compile it; keeping generation %d", name, self.generation
-                )
-                return self._result("compile_error", ok=False)
-        for commit in commits:
-            commit()
-        self._policy = policy
-        self.generation += 1
-        self._generation.set(self.generation)
-        log.info("policy generation %d live from %s", self.generation, self.path)
-        self._result("ok", ok=True)
+            except Exception as exc:
+                raise CompileError(name, exc) from exc
+
+        def commit() -> None:
+            for subscriber_commit in commits:
+                subscriber_commit()
+            self._policy = policy
+            self.digest = digest
+            self.generation += 1
+            self._generation.set(self.generation)
+            log.info(
+                "policy generation %d live from %s (sha256 %s)",
+                self.generation, self.path, digest[:16] or "-",
+            )
+            self._result("ok", ok=True)
+
+        return commit
+
+    def apply(self, policy: Policy, *, digest: str = "") -> bool:
+        """Prepare and commit now. True if `policy` is live and new; False if unchanged or refused."""
+        if policy == self._policy:
+            return self._result("unchanged", ok=True)
+        try:
+            commit = self.prepare(policy, digest=digest)
+        except CompileError as exc:
+            return self._compile_error(exc)
+        commit()
         return True
+
+    def reload(self) -> bool:
+        """Read the file and apply it now, on the caller's thread (tools and tests; `meshgate serve`
+        reloads through the pipeline, see meshgate/policy/watch.py)."""
+        commit = self.prepare_state(self.read())
+        if commit is None:
+            return False
+        commit()
+        return True
+
+    # --- as the policy file's input to the reload pipeline --------------------------------------
+    def paths(self) -> Paths:
+        return Paths.of(files=[self.path])
+
+    def read(self) -> FileState:
+        return FileState.read(self.path)
+
+    def prepare_state(self, state: FileState) -> Commit | None:
+        """Parse the bytes read and compile them: the commit, or None (unchanged, or refused: logged
+        and counted)."""
+        if state.data is None:
+            log.error("policy rejected, keeping generation %d: %s: cannot read", self.generation, self.path)
+            self._result("invalid", ok=False)
+            return None
+        try:
+            policy = parse_policy_bytes(state.data, str(self.path))
+        except PolicyError as exc:
+            for issue in exc.issues:
+                log.error("policy rejected, keeping generation %d: %s", self.generation, issue)
+            self._result("invalid", ok=False)
+            return None
+        if policy == self._policy:
+            self._result("unchanged", ok=True)
+            return None
+        try:
+            return self.prepare(policy, digest=hashlib.sha256(state.data).hexdigest())
+        except CompileError as exc:
+            self._compile_error(exc)
+            return None
+
+    # --- results --------------------------------------------------------------------------------
+    def _compile_error(self, exc: CompileError) -> bool:
+        log.error(
+            "policy rejected: %s; keeping generation %d", exc, self.generation, exc_info=exc.cause
+        )
+        return self._result("compile_error", ok=False)
 
     def _result(self, result: str, *, ok: bool) -> bool:
         self._reloads.labels(result).inc()
         self._last_ok.set(1 if ok else 0)
         return False
-
-    async def watch(self, stop: asyncio.Event, *, debounce_ms: int = 200) -> None:
-        """Reload whenever the file changes (including Kubernetes ConfigMap symlink swaps)."""
-        directory = self.path.absolute().parent
-        async for _changes in watchfiles.awatch(
-            directory,
-            stop_event=stop,
-            debounce=debounce_ms,
-            step=50,
-            recursive=False,
-            watch_filter=self._is_policy_change,
-        ):
-            self.reload()
-
-    def _is_policy_change(self, _change: watchfiles.Change, path: str) -> bool:
-        """Only the policy file, or a ConfigMap's `..data` symlink swap, can change the policy."""
-        name = Path(path).name
-        return name == self.path.name or name.startswith("..data")

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
-import watchfiles
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from prometheus_client import CollectorRegistry
 
 from ..policy.model import Policy
 from ..policy.store import Commit
@@ -27,11 +27,10 @@ from .config import ConfigError, load_config_dir, merge_domains
 from .core import Decision, Descriptor, InvalidRequest, Limiter, Request, Settings, limit_header
 from .metrics import RateLimitMetrics
 from .model import Node, Unit
-from .store import MemoryStore, Store, StoreUnavailable
+from .store import Store, StoreUnavailable
 
 if TYPE_CHECKING:
     from ..health import Health
-    from ..server import Context
 
 __all__ = ["RateLimitService", "RateLimitServicer", "add_to_server", "to_request", "to_response"]
 
@@ -281,67 +280,101 @@ def settings_of(policy: Policy) -> Settings:
 
 
 class RateLimitService:
-    """envoy.service.ratelimit.v3.RateLimitService, fed by the policy and an optional YAML directory."""
+    """envoy.service.ratelimit.v3.RateLimitService, fed by the policy and an optional YAML directory.
+
+    Built by the composition root (meshgate/server.py) with everything it uses: the counter store it
+    chose (memory or Redis), health, metrics registry and the YAML directory. The root subscribes
+    `prepare` to the policy store and feeds `prepare_config_dir` from the reload pipeline; both run in
+    the pipeline's worker thread and return the commit that swaps the limiter's config on the loop.
+    """
 
     grpc_names: tuple[str, ...] = (SERVICE_NAME,)
 
-    def __init__(self, ctx: Context, *, probe_interval: float = 1.0) -> None:
-        self.ctx = ctx
-        self.metrics = RateLimitMetrics(ctx.registry)
-        self.config_dir: Path | None = ctx.config.ratelimit_config
+    def __init__(
+        self,
+        store: Store,
+        *,
+        store_name: str,
+        health: Health,
+        registry: CollectorRegistry | None = None,
+        config_dir: Path | None = None,
+        policy_source: str = "policy",
+        probe_interval: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.config_dir = config_dir
+        self.policy_source = policy_source
         self.probe_interval = probe_interval
-        self.limiter: Limiter | None = None
-        self.servicer: RateLimitServicer | None = None
+        self.metrics = RateLimitMetrics(registry)
+        self._health = health
+        self.health = StoreHealth(health)
+        self.limiter = Limiter(store, metrics=self.metrics)
+        self.servicer = RateLimitServicer(self.limiter, self.metrics, store_name, self.health)
         self._dir_domains: Mapping[str, tuple[str, Node]] = {}
         self._policy_domain: Mapping[str, tuple[str, Node]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._stop = asyncio.Event()
-
-    def _store(self) -> tuple[Store, str]:
-        url = self.ctx.config.redis_url
-        if not url:
-            return MemoryStore(), "memory"
-        from .redis_store import RedisStore
-
-        rl = self.ctx.policy.policy.gateway.ratelimit
-        store = RedisStore(
-            url, timeout=rl.store_timeout,
-            pipeline_window=rl.store_pipeline_window, pipeline_limit=rl.store_pipeline_limit,
-        )
-        log.info("ratelimit counters in %r", store)
-        return store, "redis"
 
     async def start(self) -> None:
-        store, name = self._store()
-        self.health = StoreHealth(self.ctx.health)
-        self.limiter = Limiter(store, metrics=self.metrics)
-        self.servicer = RateLimitServicer(self.limiter, self.metrics, name, self.health)
-        if self.config_dir is not None:
-            self._dir_domains = self._load_dir()  # a bad directory at start is fatal
-        self.ctx.policy.subscribe("ratelimit", self._prepare)
-        await self.ctx.health.set("ratelimit_config", True, scope=SERVICE_NAME)
-        await self.ctx.health.set("ratelimit_store", True, scope=SERVICE_NAME)
-        self._tasks.append(asyncio.create_task(self._probe(store)))
-        if self.config_dir is not None:
-            self._tasks.append(asyncio.create_task(self._watch(self.config_dir)))
+        await self._health.set("ratelimit_config", True, scope=SERVICE_NAME)
+        await self._health.set("ratelimit_store", True, scope=SERVICE_NAME)
+        self._tasks.append(asyncio.create_task(self._probe(self.store)))
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        if self.servicer is None:
-            raise RuntimeError("RateLimitService.start() first")
         add_to_server(self.servicer, server)
 
     async def stop(self) -> None:
-        self._stop.set()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.limiter is not None:
-            await self.limiter.store.close()
+        await self.limiter.store.close()
 
-    # config sources --------------------------------------------------------------------------------
+    # config sources (prepared in the reload pipeline's worker thread, committed on the loop) --------
+    def prepare(self, policy: Policy) -> Commit:
+        """PolicyStore's first phase: compile (may raise); the returned commit swaps it in."""
+        domain, tree = compile_policy(policy)
+        policy_domain = {domain: (f"{self.policy_source} (gateway.ratelimit.domain)", tree)}
+        config = merge_domains(policy_domain, self._dir_domains)
+        settings = settings_of(policy)
+
+        def commit() -> None:
+            self._policy_domain = policy_domain
+            self.limiter.config, self.limiter.settings = config, settings
+
+        return commit
+
+    def load_config_dir(self) -> None:
+        """Read the YAML directory at start, before the first policy: a bad one raises ConfigError."""
+        self._dir_domains = self._load_dir()
+
+    def prepare_config_dir(self) -> Commit | None:
+        """Read the YAML directory again: the commit that makes it live, or None when it is refused
+        (logged and counted; the live config stays)."""
+        try:
+            domains = self._load_dir()
+            config = merge_domains(self._policy_domain, domains)
+        except ConfigError as exc:
+            for issue in exc.issues:
+                log.error("ratelimit config rejected, keeping the live one: %s", issue)
+            return None
+
+        def commit() -> None:
+            self._dir_domains = domains
+            self.limiter.config = config
+            log.info("ratelimit config live from %s", ", ".join(config.sources))
+
+        return commit
+
+    def reload_dir(self) -> bool:
+        """Re-read the YAML directory and apply it now (tests; `meshgate serve` uses the pipeline)."""
+        commit = self.prepare_config_dir()
+        if commit is not None:
+            commit()
+        return commit is not None
+
     def _load_dir(self) -> Mapping[str, tuple[str, Node]]:
-        assert self.config_dir is not None
+        if self.config_dir is None:
+            return {}
         try:
             domains = load_config_dir(self.config_dir)
         except ConfigError:
@@ -349,39 +382,6 @@ class RateLimitService:
             raise
         self.metrics.config_loads.labels("ok").inc()
         return domains
-
-    def _prepare(self, policy: Policy) -> Commit:
-        """PolicyStore's first phase: compile (may raise); the returned commit swaps it in."""
-        domain, tree = compile_policy(policy)
-        policy_domain = {domain: (f"{self.ctx.policy.path} (gateway.ratelimit.domain)", tree)}
-        config = merge_domains(policy_domain, self._dir_domains)
-        settings = settings_of(policy)
-
-        def commit() -> None:
-            assert self.limiter is not None
-            self._policy_domain = policy_domain
-            self.limiter.config, self.limiter.settings = config, settings
-
-        return commit
-
-    def reload_dir(self) -> bool:
-        """Re-read the YAML directory; a bad one is logged and the live config kept."""
-        try:
-            domains = self._load_dir()
-            config = merge_domains(self._policy_domain, domains)
-        except ConfigError as exc:
-            for issue in exc.issues:
-                log.error("ratelimit config rejected, keeping the live one: %s", issue)
-            return False
-        assert self.limiter is not None
-        self._dir_domains = domains
-        self.limiter.config = config
-        log.info("ratelimit config live from %s", ", ".join(config.sources))
-        return True
-
-    async def _watch(self, directory: Path) -> None:
-        async for _ in watchfiles.awatch(directory, stop_event=self._stop, debounce=200, step=50):
-            self.reload_dir()
 
     async def _probe(self, store: Store) -> None:
         """Keep "ratelimit_store" honest without traffic: ping every `probe_interval` seconds."""

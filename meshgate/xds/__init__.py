@@ -6,8 +6,6 @@ compile_snapshot (pure) -> Snapshot (immutable, consistency-checked) -> Snapshot
 from __future__ import annotations
 
 import logging
-import os
-from typing import TYPE_CHECKING
 
 from .bootstrap import envoy_bootstrap
 from .cache import SnapshotCache
@@ -15,10 +13,6 @@ from .compile import EndpointHealthMap, cert_files, compile_snapshot, update_hea
 from .options import CompileOptions
 from .service import XdsService, options_from_env
 from .snapshot import InconsistentSnapshot, Resource, Snapshot
-
-if TYPE_CHECKING:
-    from meshgate.models import Readiness
-    from meshgate.server import Context
 
 log = logging.getLogger("meshgate.xds")
 
@@ -30,19 +24,9 @@ __all__ = [
     "Snapshot",
     "SnapshotCache",
     "XdsService",
-    "build_xds_service",
     "cert_files",
     "compile_snapshot",
     "envoy_bootstrap",
+    "options_from_env",
     "update_health",
 ]
-
-
-def build_xds_service(ctx: Context, *, readiness: Readiness | None = None) -> XdsService:
-    """The xds role of `meshgate serve`: an XdsService subscribed to the policy store; with
-    `readiness` (the model prober) EDS carries endpoint health and traffic avoids versions that are down."""
-    listen = {role: ctx.address(role) for role in ("extauthz", "ratelimit")}
-    options = options_from_env(listen, dict(os.environ))
-    service = XdsService(options=options, registry=ctx.registry, readiness=readiness)
-    ctx.policy.subscribe("xds", service.prepare)
-    return service

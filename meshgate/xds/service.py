@@ -1,10 +1,12 @@
 """The xds role: compiles each policy into a snapshot (prepare), publishes it debounced (commit),
-and serves it over ADS, state-of-the-world and delta, on one gRPC server."""
+and serves it over ADS, state-of-the-world and delta, on one gRPC server.
+
+The certificate files a policy names are one input of the reload pipeline (meshgate/policy/watch.py):
+`certificate_paths` says which, `prepare_certificates` compiles a snapshot with their new bytes."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -12,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import watchfiles
 from envoy.service.discovery.v3 import discovery_pb2
 from prometheus_client import CollectorRegistry
 
@@ -78,10 +79,6 @@ class XdsService:
         self._first_pending = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._policy: Policy | None = None
-        self._cert_dirs: tuple[str, ...] = ()
-        self._rewatch = asyncio.Event()
-        self._stopping = False
-        self._watcher: asyncio.Task[None] | None = None
 
     # --- policy -> snapshot -------------------------------------------------------------------
     def prepare(self, policy: Policy) -> Callable[[], None]:
@@ -93,10 +90,6 @@ class XdsService:
 
         def commit() -> None:
             self._policy = policy
-            dirs = tuple(sorted({str(Path(p).absolute().parent) for p in paths}))
-            if dirs != self._cert_dirs:
-                self._cert_dirs = dirs
-                self._rewatch.set()
             self._latest, self._latest_health = snapshot, health
             self.schedule(snapshot)
             if self._health_now() != health:  # changed between prepare and commit
@@ -137,14 +130,26 @@ class XdsService:
             log.info("xds: endpoint health of %s changed", ", ".join(sorted(models)))
             self.schedule(snapshot)
 
-    def reload_certificates(self) -> None:
-        """Read the certificate files again; publishes a new snapshot if any bytes changed."""
+    def certificate_paths(self) -> tuple[str, ...]:
+        """The certificate files the live policy names (served inline over SDS)."""
+        return tuple(cert_files(self._policy)) if self._policy is not None else ()
+
+    def prepare_certificates(self) -> Callable[[], None] | None:
+        """Compile the live policy with the certificate files as they are now: the commit that publishes
+        it (a snapshot with unchanged bytes keeps its version), or None when it cannot be compiled."""
         if self._policy is None:
-            return
+            return None
         try:
-            self.prepare(self._policy)()
-        except Exception:  # a half-written file: keep serving the last good secrets
+            return self.prepare(self._policy)
+        except Exception:  # an unreadable or half-written file: keep serving the last good secrets
             log.exception("certificates could not be reloaded; keeping the previous ones")
+            return None
+
+    def reload_certificates(self) -> None:
+        """Read the certificate files again and publish now (tests; `meshgate serve` uses the pipeline)."""
+        commit = self.prepare_certificates()
+        if commit is not None:
+            commit()
 
     def schedule(self, snapshot: Snapshot) -> None:
         """Publish after `quiet` seconds without another change, at most `max_delay` after the first."""
@@ -192,8 +197,6 @@ class XdsService:
         ClientStatus(self.board).add_to_server(server)
 
     async def start(self) -> None:
-        self._stopping = False
-        self._watcher = asyncio.create_task(self._watch_certificates())
         if self.readiness is not None and self._unsubscribe is None:
             self._unsubscribe = self.readiness.on_change(self.health_changed)
             self.health_changed({})  # probes that finished before the xds service started
@@ -202,27 +205,9 @@ class XdsService:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        self._stopping = True
-        self._rewatch.set()
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
         if self._timer is not None:
             self._timer.cancel()
             self._flush()
-
-    async def _watch_certificates(self) -> None:
-        """Re-read certificates when a file in their directories changes (rotation without restart)."""
-        while not self._stopping:
-            self._rewatch.clear()
-            if not self._cert_dirs:
-                await self._rewatch.wait()
-                continue
-            async for _changes in watchfiles.awatch(
-                *self._cert_dirs, stop_event=self._rewatch, debounce=200, step=50, recursive=False
-            ):
-                self.reload_certificates()
 
     def client_status(self) -> list[dict[str, Any]]:
         """Per connected stream: node, protocol, and per type the versions sent, ACKed and NACKed."""

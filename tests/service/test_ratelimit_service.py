@@ -15,13 +15,14 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from meshgate.health import Health
+from meshgate.policy import load_policy
 from meshgate.policy.store import PolicyStore
 from meshgate.ratelimit import Limiter, MemoryStore, RateLimitServicer, Slot, StoreResult, StoreUnavailable
 from meshgate.ratelimit.config import load_config_dir, merge_domains
 from meshgate.ratelimit.metrics import RateLimitMetrics
 from meshgate.ratelimit.redis_store import RedisStore
 from meshgate.ratelimit.service import RateLimitService, StoreHealth
-from meshgate.server import Context, ServeConfig
+from meshgate.server import ratelimit_store
 
 GOOD = Path(__file__).parent.parent / "fixtures" / "ratelimit" / "good"
 OK, OVER = rls_pb2.RateLimitResponse.OK, rls_pb2.RateLimitResponse.OVER_LIMIT
@@ -106,8 +107,12 @@ def test_service_from_policy_and_directory_with_hot_reload(tmp_path: Path) -> No
         store = PolicyStore(policy_path, registry=registry)
         store.reload()
         health = Health(registry=registry)
-        config = ServeConfig(policy=policy_path, ratelimit_config=limits)
-        service = RateLimitService(Context(config=config, policy=store, health=health, registry=registry))
+        service = RateLimitService(
+            MemoryStore(), store_name="memory", health=health, registry=registry, config_dir=limits,
+            policy_source=str(policy_path),
+        )
+        service.load_config_dir()  # as meshgate serve wires it (server.build_services)
+        store.subscribe("ratelimit", service.prepare)
         await service.start()
         server = grpc.aio.server()
         service.add_to_server(server)
@@ -155,13 +160,8 @@ def test_the_policy_sets_the_redis_store_and_its_pipeline_window(tmp_path: Path)
         "response_headers: x-ratelimit}", "response_headers: x-ratelimit, store_timeout: 80ms, "
         "store_pipeline_window: 2ms, store_pipeline_limit: 8}",
     ))
-    registry = CollectorRegistry()
-    policy = PolicyStore(policy_path, registry=registry)
-    policy.reload()
-    config = ServeConfig(policy=policy_path, redis_url="redis://127.0.0.1:1/0")  # never connected here
-    service = RateLimitService(Context(config=config, policy=policy, health=Health(registry=registry),
-                                       registry=registry))
-    store, name = service._store()
+    policy = load_policy(policy_path)
+    store, name = ratelimit_store("redis://127.0.0.1:1/0", policy)  # never connected here
     assert name == "redis" and isinstance(store, RedisStore) and store.timeout == 0.08
     assert store._resp is not None and (store._resp.window, store._resp.limit) == (0.002, 8)
 

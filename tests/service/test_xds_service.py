@@ -9,6 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from meshgate.policy.store import PolicyStore
+from meshgate.policy.watch import Reloader
+from meshgate.server import certificates_input
 from meshgate.xds import CompileOptions, XdsService, compile_snapshot
 from meshgate.xds._types import SECRET
 from tests.harness.procs import eventually
@@ -75,12 +77,15 @@ def test_rotated_certificates_are_republished(tmp_path: Path) -> None:
     async def scenario() -> None:
         service = XdsService(options=CompileOptions(), registry=CollectorRegistry(), quiet=0.01)
         service.prepare(p)()
+        assert sorted(service.certificate_paths()) == sorted(str(certs[k]) for k in ("client_cert", "client_key", "ca"))
+        reloader = Reloader([certificates_input(service)], settle=0.05)  # as meshgate serve wires it
         await service.start()
+        await reloader.run()
         try:
             assert chain(service) == certs["client_cert"].read_bytes()
             cert, key, _ = ca.issue("client", ["meshgate-gateway"])
             write_atomic(certs["client_key"], key)
-            # the watcher may not be watching yet when start() returns: write again until it is seen
+            # the watcher may not be watching yet when run() returns: write again until it is seen
             for _ in range(20):
                 write_atomic(certs["client_cert"], cert)
                 with contextlib.suppress(AssertionError):
@@ -88,6 +93,7 @@ def test_rotated_certificates_are_republished(tmp_path: Path) -> None:
                     break
             assert chain(service) == cert
         finally:
+            await reloader.stop()
             await service.stop()
 
     run(scenario)

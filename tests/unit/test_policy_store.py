@@ -1,16 +1,16 @@
-"""The live policy: atomic swap, last good kept, two-phase commit across subscribers, file watch."""
+"""The live policy: atomic swap, last good kept, two-phase commit across subscribers (the file watch and
+the reload pipeline: test_policy_reload.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from pathlib import Path
 
-import watchfiles
+import pytest
 from prometheus_client import CollectorRegistry
 
-from meshgate.policy import Policy
-from meshgate.policy.store import Commit, PolicyStore
+from meshgate.policy import Policy, parse_policy
+from meshgate.policy.store import Commit, CompileError, PolicyStore
 
 MINIMAL = Path(__file__).parents[1] / "fixtures" / "policies" / "minimal.yaml"
 
@@ -92,38 +92,26 @@ def test_late_subscriber_gets_the_live_policy_at_once(tmp_path: Path) -> None:
     assert seen == ["resnet"]
 
 
-def test_watch_picks_up_a_changed_file(tmp_path: Path) -> None:
-    store, path, _ = _store(tmp_path)
+def test_an_empty_or_comment_only_file_is_refused(tmp_path: Path) -> None:
+    store, path, registry = _store(tmp_path)
     store.reload()
-
-    async def scenario() -> None:
-        stop = asyncio.Event()
-        watcher = asyncio.create_task(store.watch(stop, debounce_ms=50))
-        text = path.read_text().replace("acme", "initech")
-        try:
-            async with asyncio.timeout(15):
-                while store.generation < 2:
-                    # the watcher may not be registered yet: swap the file in again until it is seen
-                    replacement = tmp_path / "policy.yaml.new"
-                    replacement.write_text(text)
-                    replacement.replace(path)  # atomic swap, as editors and ConfigMaps do
-                    for _ in range(20):
-                        if store.generation >= 2:
-                            break
-                        await asyncio.sleep(0.05)
-        finally:
-            stop.set()
-            await watcher
-
-    asyncio.run(scenario())
-    assert store.policy.tenants[0].name == "initech"
+    for text in ("", "\n  \n", "# policy.yaml, being written\n"):
+        path.write_text(text)
+        assert store.reload() is False
+        assert store.generation == 1 and store.policy.tenants[0].name == "acme"
+        assert registry.get_sample_value("meshgate_policy_last_reload_ok") == 0
+    assert _reloads(registry, "invalid") == 3
 
 
-def test_watch_ignores_other_files_in_the_directory(tmp_path: Path) -> None:
-    store, path, _ = _store(tmp_path)
-    change = watchfiles.Change.modified
-    assert store._is_policy_change(change, str(path))
-    assert store._is_policy_change(change, str(tmp_path / "..data"))  # Kubernetes ConfigMap swap
-    assert store._is_policy_change(change, str(tmp_path / "..data_tmp"))
-    assert not store._is_policy_change(change, str(tmp_path / "meshgate.log"))
-    assert not store._is_policy_change(change, str(tmp_path / "policy.yaml.new"))
+def test_a_compile_error_names_the_subscriber_and_keeps_the_policy(tmp_path: Path) -> None:
+    store, _, registry = _store(tmp_path)
+
+    def refuse(policy: Policy) -> Commit:
+        raise ValueError("no such certificate")
+
+    store.subscribe("xds", refuse)
+    with pytest.raises(CompileError, match="xds could not compile it: ValueError: no such certificate"):
+        store.prepare(parse_policy(MINIMAL.read_text()))
+    assert store.reload() is False
+    assert not store.loaded
+    assert _reloads(registry, "compile_error") == 1
