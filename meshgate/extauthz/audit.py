@@ -1,11 +1,13 @@
 """The audit trail: one JSON line per decision on the logger `meshgate.extauthz.audit` (INFO).
 
-A line is built from the Decision only (never a header, token or key value). Lines are handed to logging
-in batches, one record of several lines at most every `flush_after` seconds (50 ms), and at stop: a write
-per check costs a grpc.aio server as much as the whole cached decision. Every line is a complete JSON
-object with its own timestamp `ts`, so a reader splits records on newlines and needs nothing from the
-record prefix. Without a running event loop a line is logged at once. A check only notes its decision;
-the lines are formatted at the flush, the decision's part of a line once per batch.
+A line is built from the Decision only (never a header, token or key value); the client-chosen strings
+in it (user, model, version, request id, source) are cut to LOGGED_STRING_BYTES bytes (bounds.clip).
+Lines are handed to logging in batches, one record of several lines at most every `flush_after` seconds
+(50 ms), and at stop: a write per check costs a grpc.aio server as much as the whole cached decision.
+Every line is a complete JSON object with its own timestamp `ts`, so a reader splits records on newlines
+and needs nothing from the record prefix. Without a running event loop a line is logged at once. A check
+only notes its decision; the lines are formatted at the flush, the decision's part of a line once per
+batch.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import logging
 import time
 
+from .bounds import LOGGED_STRING_BYTES, clip
 from .request import CheckInput, Decision
 
 __all__ = ["AuditLog", "audit_record"]
@@ -22,6 +25,7 @@ __all__ = ["AuditLog", "audit_record"]
 _encode = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps with options builds one per call
 _string = json.encoder.encode_basestring_ascii  # a JSON string literal, as the encoder writes it
 _Entry = tuple[float, str, Decision, bool, str, str]  # ts, decision id, decision, cached, request id, source
+_SHORT = LOGGED_STRING_BYTES >> 2  # a string of at most this many characters is within the bound
 
 
 def audit_record(decision: Decision, req: CheckInput, decision_id: str, cached: bool) -> dict[str, object]:
@@ -32,8 +36,8 @@ def audit_record(decision: Decision, req: CheckInput, decision_id: str, cached: 
         "decision_id": decision_id,
         **_decision_fields(decision),
         "cache": cached,
-        "request_id": req.request_id,
-        "source": req.source,
+        "request_id": clip(req.request_id),
+        "source": clip(req.source),
     }
 
 
@@ -44,10 +48,10 @@ def _decision_fields(decision: Decision) -> dict[str, object]:
         "code": decision.code,
         "status": decision.status,
         "tenant": who.tenant if who else None,
-        "user": who.user if who else None,
+        "user": clip(who.user) if who else None,
         "credential": who.credential if who else None,
-        "model": target.model if target else None,
-        "version": target.version if target else None,
+        "model": clip(target.model) if target else None,
+        "version": clip(target.version) if target else None,
         "tokens": target.tokens if target else None,
     }
 
@@ -59,6 +63,8 @@ def _line(entry: _Entry, fragments: dict[int, str]) -> str:
     fragment = fragments.get(id(decision))
     if fragment is None:
         fragment = fragments[id(decision)] = _encode(_decision_fields(decision))[1:-1]
+    if len(request_id) > _SHORT or len(source) > _SHORT:
+        request_id, source = clip(request_id), clip(source)
     return (
         f'{{"audit":"extauthz","ts":{ts:.3f},"decision_id":{_string(decision_id)},{fragment},'
         f'"cache":{"true" if cached else "false"},"request_id":{_string(request_id)},'

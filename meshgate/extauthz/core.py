@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from .bounds import DECISION_CACHE_BYTES, DECISION_ENTRY_BYTES, clip
 from .cache import DecisionCache
 from .request import CheckInput, Decision, Identity, Target
 from .table import AuthzTable, IssuerEntry
@@ -44,9 +45,17 @@ def decide(table: AuthzTable, req: CheckInput) -> Decision:
 class Authorizer:
     """A compiled table plus its decision cache. A new policy means a new Authorizer (empty cache)."""
 
-    def __init__(self, table: AuthzTable) -> None:
+    def __init__(
+        self,
+        table: AuthzTable,
+        *,
+        cache_bytes: int = DECISION_CACHE_BYTES,
+        cache_entry_bytes: int = DECISION_ENTRY_BYTES,
+    ) -> None:
         self.table = table
-        self.cache = DecisionCache(table.auth.decision_cache_entries)
+        self.cache = DecisionCache(
+            table.auth.decision_cache_entries, max_bytes=cache_bytes, max_entry_bytes=cache_entry_bytes
+        )
 
     def decide(self, req: CheckInput, *, now: float | None = None) -> tuple[Decision, bool]:
         """(decision, served from cache)."""
@@ -119,7 +128,7 @@ def _api_key(table: AuthzTable, key: str) -> Identity | Decision:
     if record is None or not hmac.compare_digest(record.sha256, digest):
         return Decision.deny("invalid_api_key", "API key is not valid")
     if record.tenant not in table.tenants:
-        return Decision.deny("unknown_tenant", f"tenant {record.tenant!r} is not known")
+        return Decision.deny("unknown_tenant", f"tenant {clip(record.tenant)!r} is not known")
     return Identity(
         tenant=record.tenant,
         user=record.user or record.id,
@@ -159,12 +168,12 @@ def _identity_from_claims(
     else:
         roles = ()
     if tenant not in table.tenants:
-        return Decision.deny("unknown_tenant", f"tenant {tenant!r} is not known")
+        return Decision.deny("unknown_tenant", f"tenant {clip(tenant)!r} is not known")
     tier = table.tier_of(tenant)
     if names.tier is not None and _claim(claims, names.tier) is not None:
         tier = _claim(claims, names.tier)
-        if tier not in table.tiers:
-            return Decision.deny("unknown_tier", f"tier {tier!r} is not known")
+        if not isinstance(tier, str) or tier not in table.tiers:  # a list claim is not even hashable
+            return Decision.deny("unknown_tier", f"tier {clip(str(tier))!r} is not known")
     exp = claims.get("exp")
     return Identity(
         tenant=tenant,
@@ -197,7 +206,7 @@ def _authorize(table: AuthzTable, who: Identity, target: Target, headers: Mappin
         # unknown and someone else's private model read the same: no oracle for private model names
         return Decision.deny(
             "model_forbidden",
-            f"model {target.model!r} is not available to tenant {who.tenant}",
+            f"model {clip(target.model)!r} is not available to tenant {who.tenant}",
             identity=who,
             target=target,
         )
@@ -209,7 +218,7 @@ def _authorize(table: AuthzTable, who: Identity, target: Target, headers: Mappin
     if target.version and (target.version not in model.versions or target.version not in versions):
         return Decision.deny(
             "version_forbidden",
-            f"version {target.version!r} of {model.name} is not available to the caller",
+            f"version {clip(target.version)!r} of {model.name} is not available to the caller",
             identity=who,
             target=target,
         )

@@ -8,10 +8,10 @@ numbers, and a scrape (from another thread) reads a copy of them.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -23,12 +23,16 @@ UNKNOWN_TENANT = "unknown"
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 _DECISIONS = ("meshgate_extauthz_decisions", "Check decisions by decision (allow, deny), code and tenant.")
 _LATENCY = ("meshgate_extauthz_check_seconds", "Time to decide one check, by decision cache result.")
+_CACHE_BYTES = ("meshgate_extauthz_cache_bytes", "Bytes held by each extauthz cache (an estimate it keeps).")
+_CACHE_BUDGET = ("meshgate_extauthz_cache_budget_bytes", "The byte budget of each extauthz cache.")
+CacheSizes = Callable[[], Mapping[str, tuple[int, int]]]  # cache name -> (bytes held, byte budget)
 
 
 class CheckMetrics(Collector):
-    """decisions{decision, code, tenant} and check_seconds{cache} (collected), unavailable{reason}."""
+    """decisions{decision, code, tenant}, check_seconds{cache}, cache_bytes{cache} and
+    cache_budget_bytes{cache} (collected); unavailable{reason} and invalid_requests."""
 
-    def __init__(self, registry: CollectorRegistry | None) -> None:
+    def __init__(self, registry: CollectorRegistry | None, *, caches: CacheSizes | None = None) -> None:
         registry = REGISTRY if registry is None else registry
         self.errors = Counter(
             "meshgate_extauthz_unavailable",
@@ -36,6 +40,12 @@ class CheckMetrics(Collector):
             ["reason"],
             registry=registry,
         )
+        self.invalid = Counter(
+            "meshgate_extauthz_invalid_requests",
+            "Check calls whose request is not a CheckRequest (answered INVALID_ARGUMENT).",
+            registry=registry,
+        )
+        self._caches = caches
         self.tenants: frozenset[str] = frozenset()
         self._decisions: dict[tuple[str, str, str], int] = {}
         # per cache result: a count per bucket (the last one past every bound) and the sum of seconds
@@ -61,6 +71,9 @@ class CheckMetrics(Collector):
     def describe(self) -> Iterator[Metric]:
         yield CounterMetricFamily(*_DECISIONS, labels=["decision", "code", "tenant"])
         yield HistogramMetricFamily(*_LATENCY, labels=["cache"])
+        if self._caches is not None:
+            yield GaugeMetricFamily(*_CACHE_BYTES, labels=["cache"])
+            yield GaugeMetricFamily(*_CACHE_BUDGET, labels=["cache"])
 
     def collect(self) -> Iterator[Metric]:
         decisions = CounterMetricFamily(*_DECISIONS, labels=["decision", "code", "tenant"])
@@ -77,3 +90,11 @@ class CheckMetrics(Collector):
                 cumulative.append((bound, float(total)))
             latency.add_metric([cache], cumulative, self._seconds[cache])
         yield latency
+        if self._caches is not None:
+            held = GaugeMetricFamily(*_CACHE_BYTES, labels=["cache"])
+            budget = GaugeMetricFamily(*_CACHE_BUDGET, labels=["cache"])
+            for name, (size, limit) in sorted(self._caches().items()):
+                held.add_metric([name], size)
+                budget.add_metric([name], limit)
+            yield held
+            yield budget

@@ -6,22 +6,28 @@
 - OpenAI-style JSON: POST /v1/chat/completions, /v1/completions, /v1/embeddings with "model" and
   "max_tokens" in the body.
 Server-level endpoints (health, server metadata) have no model: kind "server".
+
+This runs before the credential is checked (the target is part of the decision cache's key), so what it
+keeps of a request is bounded: the path memo in bytes (`PATHS`), and a JSON body nested too deep for the
+parser is a 400 `invalid_body`, never an exception.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import re
+import sys
 from typing import Any
 
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from tritonclient.grpc import service_pb2
 
+from .bounds import PATH_MEMO_BYTES, PATH_MEMO_ENTRY_BYTES, clip
+from .cache import BoundedMemo, target_bytes
 from .request import CheckInput, Target
 
-__all__ = ["TargetError", "resolve_target"]
+__all__ = ["PATHS", "TargetError", "resolve_target"]
 
 _V2_MODEL = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/.*)?$")
 _SERVER_PATHS = frozenset({"/v2", "/v2/", "/v2/health/live", "/v2/health/ready", "/v1/models"})
@@ -38,6 +44,11 @@ _GRPC_MODEL_METHODS: dict[str, tuple[Any, str, str]] = {
 }
 _OPENAI_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 CHARS_PER_TOKEN = 4
+_NO_TARGET = Target(kind="server", model="\x00")  # memoized "this path names no target" (never returned)
+PATHS: BoundedMemo[str, Target] = BoundedMemo(PATH_MEMO_BYTES, max_entry_bytes=PATH_MEMO_ENTRY_BYTES)
+"""Path -> target, for paths that alone name it: the same few paths come again and again, and a Target
+is immutable. A path is client-chosen and read before authentication: the memo is bounded in bytes,
+and a long path (an entry over PATH_MEMO_ENTRY_BYTES) is resolved each time, never kept."""
 
 
 class TargetError(Exception):
@@ -55,22 +66,23 @@ def resolve_target(req: CheckInput) -> Target:
         return _grpc(path[len(GRPC_PREFIX) :], req.body)
     if path in _OPENAI_PATHS:
         return _openai(req.body)
-    target = _path_target(path)
+    target = PATHS.get(path)
     if target is None:
-        raise TargetError("model_unresolved", f"no model can be read from {req.method} {path}")
+        target = _path_target(path)
+        PATHS.put(path, target, sys.getsizeof(path) + target_bytes(target))
+    if target is _NO_TARGET:
+        raise TargetError("model_unresolved", f"no model can be read from {clip(req.method)} {clip(path)}")
     return target
 
 
-@functools.lru_cache(maxsize=4096)
-def _path_target(path: str) -> Target | None:
-    """The target of a path that alone names it (KServe REST, server level). Memoized: the same few
-    paths come again and again, and a Target is immutable."""
+def _path_target(path: str) -> Target:
+    """The target of a path that alone names it (KServe REST, server level), else _NO_TARGET."""
     match = _V2_MODEL.match(path)
     if match:
         return Target(kind="model", model=match.group(1), version=match.group(2) or "")
     if path in _SERVER_PATHS:
         return Target(kind="server")
-    return None
+    return _NO_TARGET
 
 
 def _grpc(method: str, body: bytes) -> Target:
@@ -78,7 +90,9 @@ def _grpc(method: str, body: bytes) -> Target:
         return Target(kind="server")
     spec = _GRPC_MODEL_METHODS.get(method)
     if spec is None:
-        raise TargetError("model_unresolved", f"gRPC method {method} is not an inference call meshgate knows")
+        raise TargetError(
+            "model_unresolved", f"gRPC method {clip(method)} is not an inference call meshgate knows"
+        )
     if len(body) < 5:
         raise TargetError("invalid_body", "gRPC body missing: enable with_request_body and pack_as_bytes")
     flag, length = body[0], int.from_bytes(body[1:5], "big")
@@ -103,6 +117,8 @@ def _openai(body: bytes) -> Target:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise TargetError("invalid_body", "body is not JSON") from None
+    except RecursionError:  # nested deeper than the parser goes (about 1000 levels)
+        raise TargetError("invalid_body", "body is nested too deep") from None
     if not isinstance(doc, dict):
         raise TargetError("invalid_body", "body is not a JSON object")
     model = doc.get("model")
@@ -126,10 +142,16 @@ def _prompt_tokens(doc: dict[str, Any]) -> int:
 
 
 def _text_chars(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return sum(_text_chars(v) for v in value)
-    if isinstance(value, dict):
-        return _text_chars(value.get("content")) + _text_chars(value.get("text"))
-    return 0
+    """Characters of the strings in `value`, in lists and in the "content" / "text" of objects, at any
+    depth. A loop with its own stack: a deep body must not reach Python's recursion limit."""
+    chars, pending = 0, [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            chars += len(item)
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.append(item.get("content"))
+            pending.append(item.get("text"))
+    return chars
