@@ -2,8 +2,11 @@
 
 Each source is refetched when its TTL runs out: Cache-Control max-age clamped to the issuer's
 jwks_cache [min_ttl, max_ttl] (min_ttl when absent). A token with an unknown kid asks for an early
-refetch, at most once per unknown_kid_refetch. A failed fetch keeps the last good keys and retries
-with backoff (1 s, 2 s, 4 s ... up to min(min_ttl, 60 s)).
+refetch, at most once per unknown_kid_refetch. A token for an issuer with no keys at all asks for an
+early fetch too, at most once per `missing_keys_refetch` (1 s) after the last attempt. A failed fetch
+keeps the last good keys and retries with backoff (1 s, 2 s, 4 s ... up to min(min_ttl, 10 s)).
+At most one fetch per source is in flight (single-flight); sources are fetched independently, so a slow
+IdP delays no other issuer. A failure is logged with its reason and the URL without credentials.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter
 
 from ..policy.model import Issuer
+from .bounds import clip
 from .keys import KeySet, KeySource
 
 __all__ = ["JwksRefresher", "RemoteKeys"]
@@ -28,6 +32,9 @@ __all__ = ["JwksRefresher", "RemoteKeys"]
 log = logging.getLogger("meshgate.extauthz.jwks")
 
 MAX_DOCUMENT_BYTES = 1 << 20
+RETRY_FIRST_S = 1.0
+RETRY_CAP_S = 10.0
+MISSING_KEYS_REFETCH_S = 1.0
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
 
 
@@ -40,8 +47,11 @@ class RemoteKeys(KeySource):
         self.jwks_uri: str | None = issuer.jwks_uri
         self.next_fetch = 0.0
         self.last_kid_refetch = float("-inf")
+        self.last_attempt = float("-inf")
+        self.in_flight = False
         self.failures = 0
         self.fingerprint = ""
+        self.url = ""  # the URL being fetched (discovery or JWKS), for the log
 
     @property
     def identity(self) -> tuple[object, ...]:
@@ -69,15 +79,22 @@ class JwksRefresher:
         client_factory: Callable[[], httpx.AsyncClient] | None = None,
         on_change: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        retry_first: float = RETRY_FIRST_S,
+        retry_cap: float = RETRY_CAP_S,
+        missing_keys_refetch: float = MISSING_KEYS_REFETCH_S,
     ) -> None:
         self._sources: dict[tuple[object, ...], RemoteKeys] = {}
         self._client_factory = client_factory or (lambda: httpx.AsyncClient(timeout=5.0, trust_env=False))
         self._client: httpx.AsyncClient | None = None
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
+        self._tasks: set[asyncio.Task[bool]] = set()
         self.attempts = 0  # fetch attempts so far, ok or not
         self._clock = clock
+        self.retry_first, self.retry_cap = retry_first, retry_cap
+        self.missing_keys_refetch = missing_keys_refetch
         self.on_change = on_change
+        self.on_progress: Callable[[], None] | None = None  # after every attempt
         self._fetches = Counter(
             "meshgate_extauthz_jwks_fetches",
             "JWKS fetches by issuer and result (ok, error).",
@@ -96,6 +113,7 @@ class JwksRefresher:
         self._sources = {s.identity: s for s in sources}
         for source in self._sources.values():
             source.on_unknown_kid = lambda kid, s=source: self._unknown_kid(s, kid)
+            source.on_keys_missing = lambda s=source: self._keys_missing(s)
         self._wake.set()
 
     @property
@@ -111,21 +129,41 @@ class JwksRefresher:
         log.info("issuer %s: unknown kid %.64r, refetching keys", source.name, kid)
         self._wake.set()
 
+    def _keys_missing(self, source: RemoteKeys) -> None:
+        """A token for an issuer with no keys: fetch now, unless a fetch is in flight or began less than
+        `missing_keys_refetch` ago (every such token calls this: it must stay cheap)."""
+        now = self._clock()
+        if (
+            source.in_flight
+            or source.next_fetch <= now
+            or now - source.last_attempt < self.missing_keys_refetch
+        ):
+            return
+        source.next_fetch = now
+        self._wake.set()
+
     async def run(self) -> None:
-        """Fetch whatever is due, sleep until the next due time or a wake-up; forever (cancel to stop)."""
+        """Start a fetch of each source that is due and not in flight; sleep until the next due time or a
+        wake-up (a fetch ended, a sync, an early refetch asked for); forever (cancel to stop)."""
         self._client = self._client_factory()
         try:
             while True:
                 self._wake.clear()
                 now = self._clock()
-                due = [s for s in self._sources.values() if s.next_fetch <= now]
-                if due:
-                    await asyncio.gather(*(self.refresh(s) for s in due))
-                    continue
-                wait = min((s.next_fetch for s in self._sources.values()), default=now + 3600) - now
+                for source in self._sources.values():
+                    if source.next_fetch <= now and not source.in_flight:
+                        task = asyncio.create_task(self.refresh(source), name=f"jwks-{source.name}")
+                        self._tasks.add(task)
+                        task.add_done_callback(self._tasks.discard)
+                idle = [s.next_fetch for s in self._sources.values() if not s.in_flight]
+                wait = min(idle, default=now + 3600) - now
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.0))
         finally:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self._client.aclose()
             self._client = None
 
@@ -155,11 +193,16 @@ class JwksRefresher:
 
     async def refresh(self, source: RemoteKeys) -> bool:
         """One fetch of `source`. On failure the last good keys stay."""
+        source.in_flight, source.last_attempt = True, self._clock()
         try:
             return await self._refresh(source)
         finally:
+            source.in_flight = False
             self.attempts += 1
             self._progress.set()
+            self._wake.set()
+            if self.on_progress is not None:
+                self.on_progress()
 
     async def _refresh(self, source: RemoteKeys) -> bool:
         try:
@@ -170,20 +213,7 @@ class JwksRefresher:
                     document, ttl = await self._fetch_jwks(client, source)
             keys = KeySet.parse(document, source=f"issuer {source.name}")
         except Exception as exc:  # the refresher must outlive any failure; last good keys stay
-            if not isinstance(exc, httpx.HTTPError | ValueError):
-                log.exception("issuer %s: unexpected JWKS fetch failure", source.name)
-            source.failures += 1
-            source.jwks_uri = source.issuer.jwks_uri  # rediscover next time
-            backoff = min(2.0 ** (source.failures - 1), source.issuer.jwks_cache.min_ttl, 60.0)
-            source.next_fetch = self._clock() + backoff
-            self._fetches.labels(source.name, "error").inc()
-            log.warning(
-                "issuer %s: JWKS fetch failed (%s), keeping %s, retry in %.0fs",
-                source.name,
-                exc,
-                "the last good keys" if source.keys else "no keys",
-                backoff,
-            )
+            self._failed(source, exc)
             return False
         fingerprint = json.dumps(document, sort_keys=True)
         changed = source.keys is not None and fingerprint != source.fingerprint
@@ -195,17 +225,37 @@ class JwksRefresher:
             self.on_change()
         return True
 
+    def _failed(self, source: RemoteKeys, exc: Exception) -> None:
+        if not isinstance(exc, httpx.HTTPError | ValueError):
+            log.exception("issuer %s: unexpected JWKS fetch failure", source.name)
+        source.failures += 1
+        source.jwks_uri = source.issuer.jwks_uri  # rediscover next time
+        backoff = min(
+            self.retry_first * 2.0 ** (source.failures - 1), source.issuer.jwks_cache.min_ttl, self.retry_cap
+        )
+        source.next_fetch = self._clock() + backoff
+        self._fetches.labels(source.name, "error").inc()
+        log.warning(
+            "issuer %s: JWKS fetch from %s failed (%s), keeping %s, retry in %.1fs",
+            source.name,
+            redact_url(source.url),
+            failure_reason(exc, source.url),
+            "the last good keys" if source.keys else "no keys",
+            backoff,
+        )
+
     async def _fetch_jwks(
         self, client: httpx.AsyncClient, source: RemoteKeys
     ) -> tuple[dict[str, Any], float]:
         if source.jwks_uri is None:
-            source.jwks_uri = await self._discover(client, source.issuer)
+            source.url = source.issuer.issuer.rstrip("/") + "/.well-known/openid-configuration"
+            source.jwks_uri = await self._discover(client, source.issuer, source.url)
+        source.url = source.jwks_uri
         response = await client.get(source.jwks_uri, follow_redirects=False)
         document = _json_object(response, what="JWKS")
         return document, cache_ttl(response.headers.get("cache-control"), source.issuer)
 
-    async def _discover(self, client: httpx.AsyncClient, issuer: Issuer) -> str:
-        url = issuer.issuer.rstrip("/") + "/.well-known/openid-configuration"
+    async def _discover(self, client: httpx.AsyncClient, issuer: Issuer, url: str) -> str:
         document = _json_object(await client.get(url, follow_redirects=False), what="OIDC discovery document")
         if document.get("issuer") != issuer.issuer:
             raise ValueError(
@@ -215,6 +265,28 @@ class JwksRefresher:
         if not isinstance(jwks_uri, str) or not re.match(r"^https?://", jwks_uri):
             raise ValueError("discovery document has no http(s) jwks_uri")
         return jwks_uri
+
+
+def redact_url(url: str) -> str:
+    """`url` without what may carry a secret: user info, query and fragment."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return "(invalid URL)"
+    port = f":{parsed.port}" if parsed.port is not None else ""
+    return clip(f"{parsed.scheme}://{parsed.host}{port}{parsed.path}")
+
+
+def failure_reason(exc: Exception, url: str) -> str:
+    """The exception's type and message, never empty (httpx's timeouts have no message), without the URL's
+    secrets (an HTTP status error names the full URL) and clipped."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        text = f"HTTP {exc.response.status_code}"
+    else:
+        text = str(exc)
+        if url:
+            text = text.replace(url, redact_url(url))
+    return clip(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
 
 
 def _json_object(response: httpx.Response, *, what: str) -> dict[str, Any]:

@@ -114,10 +114,16 @@ class KeySource:
         self.name = name
         self.keys: KeySet | None = None
         self.on_unknown_kid: Callable[[str], None] | None = None
+        self.on_keys_missing: Callable[[], None] | None = None
 
     def unknown_kid(self, kid: str) -> None:
         if self.on_unknown_kid is not None:
             self.on_unknown_kid(kid)
+
+    def keys_missing(self) -> None:
+        """A token for this issuer came while it has no keys at all (a refresher may fetch early)."""
+        if self.on_keys_missing is not None:
+            self.on_keys_missing()
 
 
 class StaticKeys(KeySource):

@@ -3,6 +3,9 @@
 Per check: one OpenTelemetry span (continuing the request's traceparent), one counter increment by
 decision/code/tenant, one latency observation, one audit log line (never a token or a key).
 Internal failures become gRPC UNAVAILABLE so Envoy's failure mode decides; nothing fails open here.
+A request that is not a CheckRequest is INVALID_ARGUMENT. Logs a client can cause at will are
+rate-limited (bounds.LogLimiter). With `health`, the component "extauthz_keys" (scoped to this service's
+name) says whether any issuer has keys (docs/extauthz.md, "Health").
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import itertools
 import logging
 import secrets
 import time
+from typing import Protocol
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry
@@ -23,22 +28,32 @@ from prometheus_client import CollectorRegistry
 from ..policy.model import Issuer, Policy
 from ..policy.store import Commit, PolicyStore
 from .audit import AuditLog
+from .bounds import RESPONSE_ENTRY_BYTES, RESPONSE_MEMO_BYTES, LogLimiter, clip
+from .cache import BoundedMemo, decision_bytes, strings_bytes
 from .core import Authorizer
 from .jwks import JwksRefresher, RemoteKeys
 from .metrics import CheckMetrics
 from .request import CheckInput, Decision, Unavailable
 from .responses import HEADER_PREFIX, WireTemplate, add_decision_id, to_check_input, to_response
-from .table import compile_table
+from .table import AuthzTable, compile_table
+from .target import PATHS
 
-__all__ = ["ExtAuthzService"]
+__all__ = ["KEYS_COMPONENT", "ExtAuthzService", "HealthComponents"]
 
 log = logging.getLogger("meshgate.extauthz")
 _PROPAGATOR = TraceContextTextMapPropagator()
 _TRACER_NAME = "meshgate.extauthz"
 _PROVIDER_RECHECK_S = 1.0
-_MEMO_ENTRIES = 10000
 _ID_DIGITS = 12  # fixed width: a cached response has a hole of one size for the id (2**48 checks)
 _GRPC_SERVICE = "envoy.service.auth.v3.Authorization"
+KEYS_COMPONENT = "extauthz_keys"
+_Memo = BoundedMemo[tuple[int, tuple[str, ...]], tuple[Decision, WireTemplate]]
+
+
+class HealthComponents(Protocol):
+    """What the service needs of meshgate.health.Health: to set one named component."""
+
+    async def set(self, component: str, up: bool, *, scope: str = "") -> None: ...
 
 
 class ExtAuthzService:
@@ -54,16 +69,24 @@ class ExtAuthzService:
         tracer_provider: trace.TracerProvider | None = None,
         refresher: JwksRefresher | None = None,
         initial_keys_timeout: float = 5.0,
+        health: HealthComponents | None = None,
     ) -> None:
         self._authorizer: Authorizer | None = None
         self._refresher = refresher or JwksRefresher(registry=registry)
         self._refresher.on_change = self._keys_changed
-        self._metrics = CheckMetrics(registry)
+        self._refresher.on_progress = self._update_keys_health
+        self._health = health
+        self._keys_up: bool | None = None  # as last published
+        self._health_tasks: set[asyncio.Task[None]] = set()
+        self._memo: _Memo = BoundedMemo(RESPONSE_MEMO_BYTES, max_entry_bytes=RESPONSE_ENTRY_BYTES)
+        self._metrics = CheckMetrics(registry, caches=self.cache_bytes)
+        self._not_decided = LogLimiter(log)
+        self._failed = LogLimiter(log)
+        self._malformed = LogLimiter(log)
         self._tracer = tracer_provider.get_tracer(_TRACER_NAME) if tracer_provider is not None else None
         self._next_provider_check = 0.0
         self._initial_keys_timeout = initial_keys_timeout
         self._task: asyncio.Task[None] | None = None
-        self._memo: dict[tuple[int, tuple[str, ...]], tuple[Decision, WireTemplate]] = {}
         self._id_prefix = secrets.token_hex(6) + "-"  # then the check's number: _ID_DIGITS hex digits
         self._ids = itertools.count(1)
         self._audit = AuditLog()
@@ -86,6 +109,7 @@ class ExtAuthzService:
             self._refresher.sync(remote)
             self._metrics.tenants = frozenset(authorizer.table.tenants)
             self._memo.clear()
+            self._update_keys_health()
 
         return commit
 
@@ -93,15 +117,48 @@ class ExtAuthzService:
         if self._authorizer is not None:
             self._authorizer.cache.clear()
 
+    def cache_bytes(self) -> dict[str, tuple[int, int]]:
+        """Each cache's (bytes held, byte budget), for the metrics."""
+        authorizer = self._authorizer
+        decisions = (authorizer.cache.bytes, authorizer.cache.max_bytes) if authorizer else (0, 0)
+        return {
+            "decision": decisions,
+            "response": (self._memo.bytes, self._memo.max_bytes),
+            "path": (PATHS.bytes, PATHS.max_bytes),
+        }
+
+    # --- health ---------------------------------------------------------------------------------
+    def keys_up(self) -> bool:
+        """False while the policy names issuers and not one of them has keys (inline, a shared secret, or
+        fetched at least once): no JWT can be decided at all. One issuer with keys is enough, so one
+        tenant's unreachable IdP does not take extauthz out for the others."""
+        authorizer = self._authorizer
+        return authorizer is None or _any_issuer_keys(authorizer.table)
+
+    def _update_keys_health(self) -> None:
+        """Publish "extauthz_keys" when it changes (from the event loop; start() publishes the first)."""
+        if self._health is None or self._keys_up is None:
+            return
+        up = self.keys_up()
+        if up == self._keys_up:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a commit outside the loop: the next fetch publishes it
+            return
+        self._keys_up = up
+        task = loop.create_task(self._health.set(KEYS_COMPONENT, up, scope=_GRPC_SERVICE))
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
+
     # --- Service protocol -----------------------------------------------------------------------
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Authorization/Check, as the generated add_AuthorizationServicer_to_server registers it, except
-        that `check` hands back the CheckResponse already serialized (so no response serializer)."""
+        that `check` hands back the CheckResponse already serialized (so no response serializer) and the
+        request is parsed by the servicer (a malformed one is INVALID_ARGUMENT, not grpc's UNKNOWN)."""
         handlers = {
             "Check": grpc.unary_unary_rpc_method_handler(
-                _Servicer(self).Check,
-                request_deserializer=external_auth_pb2.CheckRequest.FromString,
-                response_serializer=None,
+                _Servicer(self).Check, request_deserializer=None, response_serializer=None
             )
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_GRPC_SERVICE, handlers),))
@@ -111,6 +168,9 @@ class ExtAuthzService:
         self._task = asyncio.create_task(self._refresher.run(), name="extauthz-jwks")
         if self._refresher.sources:
             await self._refresher.wait_loaded(self._initial_keys_timeout)
+        if self._health is not None:
+            self._keys_up = up = self.keys_up()
+            await self._health.set(KEYS_COMPONENT, up, scope=_GRPC_SERVICE)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -118,6 +178,8 @@ class ExtAuthzService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        for task in list(self._health_tasks):
+            task.cancel()
         self._audit.flush()
 
     # --- one check ------------------------------------------------------------------------------
@@ -159,31 +221,54 @@ class ExtAuthzService:
             self._tracer = provider.get_tracer(_TRACER_NAME)  # a global provider, once set, stays
         return self._tracer
 
-    def unavailable(self, reason: str) -> None:
-        """Count a check answered UNAVAILABLE (reason: unavailable, internal)."""
+    def unavailable(self, reason: str, exc: Exception) -> None:
+        """Count (and log, at a bounded rate) a check answered UNAVAILABLE (reason: unavailable, internal)."""
         self._metrics.errors.labels(reason).inc()
+        if reason == "unavailable":
+            self._not_decided.log(logging.WARNING, "check not decided: %s", exc)
+        else:
+            self._failed.log(logging.ERROR, "check failed", exc_info=exc)
+
+    def malformed(self, exc: DecodeError, peer: str) -> None:
+        """Count (and log, at a bounded rate, no traceback) a request that is not a CheckRequest."""
+        self._metrics.invalid.inc()
+        self._malformed.log(logging.WARNING, "malformed CheckRequest from %s: %s", clip(peer), clip(str(exc)))
 
     def _respond(
         self, authorizer: Authorizer, decision: Decision, req: CheckInput, decision_id: str, *, cached: bool
     ) -> bytes:
         """The serialized response for `decision`. A decision served from the cache reuses the response
         built for it before (keyed by the decision object and the client's x-meshgate-* header names): only
-        the id changes. A decision made now (a new token, a 401) is built and serialized once."""
+        the id changes. A decision made now (a new token, a 401), or one whose response is too large for the
+        memo's per-entry bound, is built and serialized for this request only."""
         client_headers = tuple([name for name in req.headers if name.startswith(HEADER_PREFIX)])
-        if not cached:
-            response = self._build(authorizer, decision, client_headers)
-            add_decision_id(response, decision_id)
-            return bytes(response.SerializeToString())
-        key = (id(decision), client_headers)
-        memo = self._memo.get(key)
-        if memo is None or memo[0] is not decision:
-            template = WireTemplate.build(
-                self._build(authorizer, decision, client_headers), width=len(decision_id)
-            )
-            if len(self._memo) >= _MEMO_ENTRIES:
-                self._memo.clear()
-            memo = self._memo[key] = (decision, template)
-        return memo[1].render(decision_id)
+        if cached:
+            key = (id(decision), client_headers)
+            memo = self._memo.get(key)
+            if memo is not None and memo[0] is decision:
+                return memo[1].render(decision_id)
+            if self._memoize(authorizer, decision, client_headers, key, width=len(decision_id)):
+                return self._memo.get(key)[1].render(decision_id)  # type: ignore[index]
+        response = self._build(authorizer, decision, client_headers)
+        add_decision_id(response, decision_id)
+        return bytes(response.SerializeToString())
+
+    def _memoize(
+        self,
+        authorizer: Authorizer,
+        decision: Decision,
+        client_headers: tuple[str, ...],
+        key: tuple[int, tuple[str, ...]],
+        *,
+        width: int,
+    ) -> bool:
+        """Keep the response template of a cached decision, unless it is over the per-entry bound (the
+        decision is counted too: the memo keeps it alive). Whether it was kept."""
+        size = strings_bytes(client_headers) + decision_bytes(decision)
+        if size > self._memo.max_entry_bytes:
+            return False
+        template = WireTemplate.build(self._build(authorizer, decision, client_headers), width=width)
+        return self._memo.put(key, (decision, template), size + len(template.head) + len(template.tail))
 
     @staticmethod
     def _build(
@@ -217,7 +302,7 @@ class ExtAuthzService:
                     "meshgate.decision": "allow" if decision.allowed else "deny",
                     "meshgate.code": decision.code,
                     "meshgate.tenant": tenant,
-                    "meshgate.model": target.model if target is not None else "",
+                    "meshgate.model": clip(target.model) if target is not None else "",
                     "meshgate.decision_id": decision_id,
                     "meshgate.cache_hit": cached,
                     "http.request.method": req.method,
@@ -232,17 +317,32 @@ class _Servicer:
     def __init__(self, service: ExtAuthzService) -> None:
         self._service = service
 
-    async def Check(
-        self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> bytes:
+    async def Check(self, raw: bytes, context: grpc.aio.ServicerContext[object, object]) -> bytes:
+        try:
+            request = _parse(raw)
+        except DecodeError as exc:
+            self._service.malformed(exc, context.peer())
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request is not a CheckRequest")
+            raise AssertionError("unreachable: abort raises") from None
+        error: Exception
         try:
             return self._service.check(request)
         except Unavailable as exc:
-            reason, detail = "unavailable", str(exc)
-            log.warning("check not decided: %s", exc)
-        except Exception:
-            reason, detail = "internal", "internal error"
-            log.exception("check failed")
-        self._service.unavailable(reason)
+            reason, detail, error = "unavailable", str(exc), exc
+        except Exception as exc:
+            reason, detail, error = "internal", "internal error", exc
+        self._service.unavailable(reason, error)
         await context.abort(grpc.StatusCode.UNAVAILABLE, detail)
         raise AssertionError("unreachable: abort raises")
+
+
+_parse = external_auth_pb2.CheckRequest.FromString
+
+
+def _any_issuer_keys(table: AuthzTable) -> bool:
+    if not table.issuers:
+        return True
+    return any(
+        i.secret is not None or (i.keys is not None and i.keys.keys is not None)
+        for i in table.issuers.values()
+    )

@@ -103,6 +103,8 @@ def _keys_for(issuer: IssuerEntry, alg: str, kid: str | None) -> list[Any]:
         return [issuer.secret.value]
     source = issuer.keys
     if source is None or source.keys is None:
+        if source is not None:
+            source.keys_missing()
         raise KeysUnavailable(f"keys of issuer {issuer.name} are not loaded yet")
     found: list[KeyEntry] = source.keys.candidates(kid, alg)
     if not found:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
 
 import jwt
 import yaml
@@ -155,3 +157,48 @@ def forge(header: Mapping[str, Any], payload: Mapping[str, Any], signature: byte
     """A token assembled by hand (for alg none and other malformed tokens)."""
     parts = [b64(json.dumps(header).encode()), b64(json.dumps(payload).encode()), b64(signature)]
     return ".".join(parts)
+
+
+class LateJwks:
+    """A real JWKS HTTP server on 127.0.0.1 that starts down: its port is bound but not listening, so a
+    fetch is refused (ECONNREFUSED) until `up()`. `hits` counts the JWKS requests it answered. Use as a
+    context manager (shut down and joined at exit)."""
+
+    def __init__(self, document: Mapping[str, Any] | None = None) -> None:
+        self.document = dict(document or public_jwks())
+        self.hits = 0
+        late = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                late.hits += 1
+                body = json.dumps(late.document).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("cache-control", "max-age=3600")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+        self.server.server_bind()  # the port is ours, nothing listens on it yet
+        self.port = int(self.server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}/jwks.json"
+        self._thread: threading.Thread | None = None
+
+    def up(self) -> None:
+        self.server.server_activate()
+        self._thread = threading.Thread(target=self.server.serve_forever, name="late-jwks", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self.server.shutdown()
+            self._thread.join(timeout=10)
+        self.server.server_close()
