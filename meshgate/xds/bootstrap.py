@@ -10,7 +10,7 @@ import yaml
 
 from ._pb import split_host_port
 
-__all__ = ["XDS_CLUSTER", "XdsTLS", "bootstrap_dict", "envoy_bootstrap"]
+__all__ = ["RECONNECT", "XDS_CLUSTER", "Reconnect", "XdsTLS", "bootstrap_dict", "envoy_bootstrap"]
 
 XDS_CLUSTER = "meshgate_xds"
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -36,6 +36,36 @@ class XdsTLS:
     sni: str | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class Reconnect:
+    """How soon Envoy re-opens the ADS stream after it broke: a fully jittered exponential backoff, each
+    wait drawn from [0, interval), the interval doubling from `base` up to `max` seconds.
+
+    Envoy's own default (no `retry_policy`) is 0.5 s doubling to 30 s: after a restart of meshgate a
+    gateway could sit out most of 30 s before it asks again. With `max` = 1 s it asks at least once a
+    second while meshgate is away, and so is back within about a second of meshgate listening."""
+
+    base: float = 0.25
+    max: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.001 <= self.base <= self.max:
+            raise ValueError(f"reconnect backoff needs 0.001 <= base <= max, got {self.base} and {self.max}")
+
+    def retry_policy(self) -> dict[str, Any]:
+        """`config.core.v3.RetryPolicy` of `GrpcService.EnvoyGrpc.retry_policy` (only `retry_back_off`
+        counts for xDS streams)."""
+        backoff = {"base_interval": _duration(self.base), "max_interval": _duration(self.max)}
+        return {"retry_back_off": backoff}
+
+
+RECONNECT = Reconnect()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+
+
 def bootstrap_dict(
     node_id: str,
     *,
@@ -44,8 +74,10 @@ def bootstrap_dict(
     delta: bool = True,
     node_cluster: str = "meshgate-gateway",
     tls: XdsTLS | None = None,
+    reconnect: Reconnect = RECONNECT,
 ) -> dict[str, Any]:
     ads = {"ads": {}, "resource_api_version": "V3"}
+    grpc_service = {"envoy_grpc": {"cluster_name": XDS_CLUSTER, "retry_policy": reconnect.retry_policy()}}
     return {
         "node": {"id": node_id, "cluster": node_cluster},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
@@ -54,7 +86,7 @@ def bootstrap_dict(
                 "api_type": "DELTA_GRPC" if delta else "GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "grpc_services": [grpc_service],
             },
             "cds_config": dict(ads),
             "lds_config": dict(ads),

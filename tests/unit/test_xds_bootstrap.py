@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from meshgate.cli import main
+from meshgate.xds.bootstrap import Reconnect, bootstrap_dict
 
 
 def bootstrap(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:
@@ -20,7 +21,10 @@ def test_defaults_are_delta_ads_to_local_meshgate(capsys: pytest.CaptureFixture[
     assert doc["node"] == {"id": "gw-1", "cluster": "meshgate-gateway"}
     ads = doc["dynamic_resources"]["ads_config"]  # type: ignore[index]
     assert ads["api_type"] == "DELTA_GRPC"
-    assert ads["grpc_services"] == [{"envoy_grpc": {"cluster_name": "meshgate_xds"}}]
+    backoff = {"base_interval": "0.25s", "max_interval": "1s"}  # Envoy's default would be 0.5 s .. 30 s
+    assert ads["grpc_services"] == [
+        {"envoy_grpc": {"cluster_name": "meshgate_xds", "retry_policy": {"retry_back_off": backoff}}}
+    ]
     [cluster] = doc["static_resources"]["clusters"]  # type: ignore[index]
     assert cluster["type"] == "STATIC"
     address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
@@ -62,3 +66,14 @@ def test_tls_to_meshgate(capsys: pytest.CaptureFixture[str]) -> None:
 def test_half_a_client_certificate_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["envoy-bootstrap", "--node-id", "n", "--tls-ca", "/ca", "--tls-cert", "/c"]) == 2
     assert "--tls-key" in capsys.readouterr().err
+
+
+def test_reconnect_backoff_is_bounded_and_configurable() -> None:
+    doc = bootstrap_dict("n", reconnect=Reconnect(base=0.05, max=2.5))
+    [service] = doc["dynamic_resources"]["ads_config"]["grpc_services"]
+    assert service["envoy_grpc"]["retry_policy"] == {
+        "retry_back_off": {"base_interval": "0.05s", "max_interval": "2.5s"}
+    }
+    for base, most in ((0.0, 1.0), (2.0, 1.0)):  # Envoy wants base >= 1 ms and max >= base
+        with pytest.raises(ValueError, match="base <= max"):
+            Reconnect(base=base, max=most)
