@@ -12,10 +12,11 @@ sepal width, petal length, petal width); outputs ``CLASS`` INT32 [N] (0 setosa, 
 
 chat: a stand-in for an OpenAI-compatible LLM server (no LLM runs on a laptop-sized CPU in a minute),
 built on the standard library. It is a *fake server*: it answers ``POST /v1/chat/completions`` (JSON, or
-SSE with ``stream: true``; usage in the last chunk only with ``stream_options.include_usage``, as vLLM
-does), ``GET /v1/models`` and ``GET /health`` in the shapes of vLLM's OpenAI server. Its model is real if
-tiny: a word bigram chain trained at start on the Zen of Python (the stdlib's ``this`` module), seeded by
-the prompt so an answer repeats. Tokens are counted as whitespace-separated words.
+SSE with ``stream: true``; usage in the last chunk only with ``stream_options.include_usage``, and
+``stream_options`` without ``stream`` refused with a 400, as vLLM does), ``GET /v1/models`` and
+``GET /health`` in the shapes of vLLM's OpenAI server. Its model is real if tiny: a word bigram chain
+trained at start on the Zen of Python (the stdlib's ``this`` module), seeded by the prompt so an answer
+repeats. Tokens are counted as whitespace-separated words.
 """
 
 from __future__ import annotations
@@ -185,10 +186,21 @@ def chat_handler(model_name: str, model: BigramChat) -> type[BaseHTTPRequestHand
             else:
                 self._error(404, f"no route {self.path}")
 
+        def _body(self) -> bytes:
+            """The request body, sized or chunked (a gateway that rewrites a body sends it chunked)."""
+            if "chunked" not in (self.headers.get("transfer-encoding") or "").lower():
+                return self.rfile.read(int(self.headers.get("content-length") or 0))
+            body = bytearray()
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                body += self.rfile.read(size)
+                self.rfile.readline()  # the CRLF after each chunk
+            while self.rfile.readline().strip():  # trailers, up to the empty line
+                pass
+            return bytes(body)
+
         def do_POST(self) -> None:
-            length = int(self.headers.get("content-length") or 0)
             try:
-                request = json.loads(self.rfile.read(length))
+                request = json.loads(self._body())
             except ValueError:
                 self._error(400, "the body is not JSON")
                 return
@@ -197,6 +209,9 @@ def chat_handler(model_name: str, model: BigramChat) -> type[BaseHTTPRequestHand
                 return
             if request.get("model") != model_name:
                 self._error(404, f"The model `{request.get('model')}` does not exist.")
+                return
+            if request.get("stream_options") and not request.get("stream"):  # vLLM refuses it too
+                self._error(400, "Stream options can only be defined when `stream=True`.")
                 return
             prompt = _prompt(request.get("messages"))
             max_words = int(request.get("max_tokens") or request.get("max_completion_tokens") or 32)

@@ -9,7 +9,8 @@ do not list a quota get no node for it, so its descriptor matches nothing for th
 `per` has no `tenant` is one counter (per user / model) for every request the gateway sends it for,
 and the tier multiplier cannot apply. With `model` in `per`, the model entry matches the quota's
 `models` patterns (expanded against the policy's models); without it, the xDS routes attach the
-descriptor only to the routes of matching models.
+descriptor only to the routes of matching models. The same tree holds the chargeback nodes
+(`meshgate.usage=<kind> -> tenant -> model`, usage.py): counted, never limited.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import math
 
 from ..policy.model import Policy, Quota
 from .model import Node, Rule
+from .usage import usage_nodes
 
 __all__ = ["QUOTA_KEY", "compile_policy", "quota_limit"]
 
@@ -84,4 +86,5 @@ def compile_policy(policy: Policy) -> tuple[str, Node]:
         node = _quota_node(policy, domain, quota)
         if node is not None:
             children[(QUOTA_KEY, quota.name)] = node
+    children.update(usage_nodes(policy, domain))  # chargeback counters (usage.py)
     return domain, Node(children=children)

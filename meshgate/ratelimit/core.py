@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote
 
+from meshgate import contract
+
 from .metrics import KeyCounters, RateLimitMetrics
 from .model import UNIT_SECONDS, RateLimitConfig, Rule, Unit
 from .store import Slot, Store, StoreResult
+from .usage import usage_hits
 
 __all__ = [
     "HEADER_NAMES",
@@ -34,7 +37,7 @@ __all__ = [
     "limit_header",
 ]
 
-PHASE_KEY = "meshgate.phase"
+PHASE_KEY = contract.PHASE_KEY
 Phase = Literal["", "check", "charge"]
 HeaderStyle = Literal["none", "x-ratelimit", "draft-03"]
 _PLAIN = re.compile(r"^[A-Za-z0-9_.\-]*$")
@@ -186,6 +189,7 @@ class _Prepared:
     # keeps the pair it started with across its store await
     slots: list[Slot] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)
+    usage: tuple[tuple[KeyCounters, int], ...] = ()  # chargeback descriptors: counted, never limited
 
 
 def _q(text: str) -> str:
@@ -282,6 +286,8 @@ class Limiter:
         prepared = self._prepared.get(id(request))
         if prepared is None or prepared.request is not request:
             prepared = self._prepare(request)
+        for usage_counters, usage in prepared.usage:  # chargeback (usage.py)
+            usage_counters.total += usage
         if not prepared.parts:
             return Decision(False, prepared.blank, self._settings.response_headers, prepared.form)
         settings, now = self._settings, self._clock()
@@ -301,7 +307,8 @@ class Limiter:
         for part, end, used in zip(prepared.parts, ends, result.used, strict=True):
             # one status per part, inline (a call per descriptor shows on the hot path)
             hits, counters, limit = part.hits, part.counters, part.limit
-            counters.total += hits
+            if part.charge:  # total hits: what is added, not a check phase's asked tokens
+                counters.total += hits
             if used + hits > limit and not part.charging:  # over the limit
                 if part.shadow_rule:
                     counters.shadow += 1
@@ -353,6 +360,8 @@ class Limiter:
             self._forms = {}
         form = self._forms.setdefault(form, form)
         prepared = _Prepared(request, parts, blank, any(p.sliding for p in parts), form)
+        config, metrics = self._config, self.metrics
+        prepared.usage = usage_hits(config, metrics, request.domain, request.descriptors, default_hits)
         if len(self._prepared) >= 50_000:
             self._prepared = {}
         self._prepared[id(request)] = prepared
@@ -407,7 +416,8 @@ def _from_cache(prepared: _Prepared, blocked: list[_Part], second: int, settings
         over = any(part is b for b in blocked)
         if over:
             counters = part.counters
-            counters.total += part.hits
+            if part.charge:
+                counters.total += part.hits
             counters.over += 1
             counters.local_cache += 1
         remaining = 0 if over else part.limit

@@ -1,4 +1,4 @@
-"""The gateway listener: HTTP/1.1 + h2c, ext_authz -> ratelimit -> router, routes over RDS."""
+"""The gateway listener: HTTP/1.1 + h2c, ext_authz -> ratelimit -> [LLM usage] -> router, routes over RDS."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import wrappers_pb2  # type: ignore[import-untyped]
 
+from meshgate.contract import reads_usage
 from meshgate.policy.model import GatewaySettings, GatewayTLS, Policy
 
 from . import _names
 from ._pb import ADS, duration, pack
-from ._quotas import usage_filter, uses_tokens
 from ._secrets import sds
+from ._usage import usage_filters
 from .options import CompileOptions
 
 __all__ = ["gateway_listener"]
@@ -32,8 +33,8 @@ def gateway_listener(policy: Policy, options: CompileOptions) -> listener_pb2.Li
         filters.append(_ext_authz(gateway))
     if options.enable_ratelimit:
         filters.append(_ratelimit(gateway))
-        if uses_tokens(policy):
-            filters.append(usage_filter())
+        if any(reads_usage(m) for m in policy.models):
+            filters += usage_filters()  # disabled here, enabled per route (see _usage)
     filters.append(
         hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
     )

@@ -20,11 +20,14 @@ from envoy.extensions.retry.priority.previous_priorities.v3.previous_priorities_
 from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import percent_pb2
 
+from meshgate import contract
+from meshgate.contract import reads_usage
 from meshgate.policy.model import Model, Policy
 
 from . import _names
 from ._pb import duration, pack, u32
 from ._quotas import model_rate_limits
+from ._usage import route_filters
 
 __all__ = ["route_configuration"]
 
@@ -37,17 +40,30 @@ NO_ROUTE = "meshgate|no_route"
 
 def route_configuration(policy: Policy, *, ratelimit: bool = True) -> route_pb2.RouteConfiguration:
     routes = []
+    usage = ratelimit and any(reads_usage(m) for m in policy.models)
     for model in policy.models:
         limits = model_rate_limits(policy, model) if ratelimit else None
         for route in _model_routes(model):
             if limits is not None:
                 route.typed_per_filter_config[RATELIMIT_FILTER].CopyFrom(pack(limits))
+            if usage and reads_usage(model):
+                _read_usage(route)
             routes.append(route)
-    routes.append(_unrouted())
+    unrouted = _unrouted()
+    if usage:
+        _read_usage(unrouted)  # an OpenAI request matches it first: its model is only in the body
+    routes.append(unrouted)
     return route_pb2.RouteConfiguration(
         name=_names.ROUTE_CONFIG,
         virtual_hosts=[rc.VirtualHost(name=_names.VIRTUAL_HOST, domains=["*"], routes=routes)],
     )
+
+
+def _read_usage(route: rc.Route) -> None:
+    """Enable the LLM usage filters on `route` (docs/llm.md); the backend never sees the stream flag."""
+    for name, config in route_filters():
+        route.typed_per_filter_config[name].CopyFrom(pack(config))
+    route.request_headers_to_remove.append(contract.STREAM_HEADER)
 
 
 def _unrouted() -> rc.Route:

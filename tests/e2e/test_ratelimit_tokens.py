@@ -4,8 +4,9 @@
   caller asked for, read from ext_authz dynamic metadata
   (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz:meshgate:tokens)%`): checked, not consumed;
 - at stream end (`apply_on_stream_done: true`), the same descriptor ending in `meshgate.phase=charge`
-  whose hits_addend is the usage the upstream reported, moved from a response header into dynamic
-  metadata by header_to_metadata (`%DYNAMIC_METADATA(meshgate.usage:tokens)%`): always charged.
+  whose hits_addend is the usage the upstream reported in its JSON body (`usage.total_tokens`), moved
+  into dynamic metadata by json_to_metadata (`%DYNAMIC_METADATA(meshgate.usage:tokens)%`): always
+  charged. (SSE streams and the filters xds generates: tests/e2e/test_llm_usage.py, docs/llm.md.)
 
 A stub ext_authz (in this process) plays meshgate extauthz: it returns the same metadata shape,
 `{"meshgate": {"tokens": N}}`, taking N from a test header.
@@ -39,14 +40,15 @@ POLICY: dict[str, Any] = {
 _T = "type.googleapis.com/envoy.extensions.filters.http."
 
 UPSTREAM = """
-import http.server, sys
+import http.server, json, sys
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        body = json.dumps({"usage": {"total_tokens": int(self.headers.get("x-test-usage", "0"))}}).encode()
         self.send_response(200)
-        self.send_header("x-meshgate-usage-tokens", self.headers.get("x-test-usage", "0"))
-        self.send_header("content-length", "2")
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
         self.end_headers()
-        self.wfile.write(b"ok")
+        self.wfile.write(body)
     def log_message(self, *args):
         pass
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
@@ -121,10 +123,10 @@ def gateway(upstream: Upstream, authz_port: int, rls_port: int, *, placement: st
     filters = [
         {"name": "envoy.filters.http.ext_authz", "typed_config": {
             "@type": _T + "ext_authz.v3.ExtAuthz", "transport_api_version": "V3", "grpc_service": grpc_service}},
-        {"name": "envoy.filters.http.header_to_metadata", "typed_config": {
-            "@type": _T + "header_to_metadata.v3.Config",
-            "response_rules": [{"header": "x-meshgate-usage-tokens", "on_header_present": {
-                "metadata_namespace": "meshgate.usage", "key": "tokens", "type": "NUMBER"}}]}},
+        {"name": "envoy.filters.http.json_to_metadata", "typed_config": {
+            "@type": _T + "json_to_metadata.v3.JsonToMetadata",
+            "response_rules": {"rules": [{"selectors": [{"key": "usage"}, {"key": "total_tokens"}], "on_present": {
+                "metadata_namespace": "meshgate.usage", "key": "tokens", "type": "NUMBER"}}]}}},
         {"name": "envoy.filters.http.ratelimit", "typed_config": {
             "@type": _T + "ratelimit.v3.RateLimit", "domain": "meshgate", "failure_mode_deny": True, "timeout": "1s",
             "rate_limits": filter_limits,

@@ -156,10 +156,13 @@ def test_quotas_become_per_route_rate_limits_for_their_models() -> None:
     user_rps = [("quota", "user-rps"), ("tenant", "x-meshgate-tenant"), ("user", "x-meshgate-user")]
     assert limits("resnet|canary") == [user_rps]  # the token quota only covers llama-chat
     tokens = [("quota", "tenant-tokens-per-minute"), ("tenant", "x-meshgate-tenant")]
+    identity = [("tenant", "x-meshgate-tenant"), ("model", "x-meshgate-model")]
     assert limits("llama-chat|canary") == [
         user_rps,
         [*tokens, ("meshgate.phase", "check")],
         [*tokens, ("meshgate.phase", "charge")],
+        # an OpenAI model's chargeback descriptors (docs/llm.md)
+        *([("meshgate.usage", kind), *identity] for kind in ("requests", "prompt_tokens", "completion_tokens")),
     ]
     bare = compile_snapshot(load_policy(EXAMPLE), CompileOptions(enable_ratelimit=False))
     assert not any(r.typed_per_filter_config for r in routes(bare))

@@ -1,0 +1,186 @@
+"""LLM usage from the response itself: the Envoy filters that read what an OpenAI-compatible backend
+reports it used, and ask it to report it when streaming (docs/llm.md).
+
+Four HTTP filters, after ratelimit and before the router, all native to Envoy 1.40:
+
+1. `meshgate.llm.stream` (transform): `x-meshgate-stream` <- the request body's `stream` (any copy the
+   client sent is removed first).
+2. `meshgate.llm.include_usage` (match_delegate around transform): only when that header is `true`,
+   merges `{"stream_options": {"include_usage": true}}` into the request body, so the backend ends the
+   stream with a usage chunk even when the client did not ask for one.
+3. `meshgate.llm.usage_json` (json_to_metadata, response rules): a JSON answer's `usage`.
+4. `meshgate.llm.usage_sse` (sse_to_metadata with the JSON content parser): an event stream's `usage`,
+   read event by event as it passes (nothing is buffered but the event being parsed); the last one wins.
+
+Both readers write `meshgate.usage:{tokens, prompt_tokens, completion_tokens, requests}`, where the rate
+limit filter's stream-end descriptors read them (`_quotas`). The filters are disabled on the listener
+and enabled per route (`route_filters`): on the OpenAI models' routes and on the catch-all route an
+OpenAI request first matches (its model is in the body; Envoy builds a request's filter chain from the
+first route it matches). So KServe v2 REST requests, routed by path, never get their JSON parsed or
+their answers buffered.
+
+sse_to_metadata and its JSON content parser are not in the xds-protos wheel: their configs are
+`xds.type.v3.TypedStruct`s, with the field names checked against Envoy 1.40 (tests/e2e/test_llm_usage.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
+from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
+from envoy.config.core.v3 import extension_pb2 as core_extension_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.common.matching.v3 import extension_matcher_pb2
+from envoy.extensions.filters.common.matcher.action.v3 import skip_action_pb2
+from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2 as j2m
+from envoy.extensions.filters.http.transform.v3 import transform_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.type.matcher.v3 import http_inputs_pb2
+from google.protobuf import struct_pb2  # type: ignore[import-untyped]
+from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
+from xds.core.v3 import extension_pb2
+from xds.type.matcher.v3 import matcher_pb2, string_pb2
+from xds.type.v3 import typed_struct_pb2
+
+from meshgate import contract
+
+from ._pb import pack
+
+__all__ = ["FILTER_NAMES", "route_filters", "usage_filters"]
+
+STREAM_FILTER = "meshgate.llm.stream"
+INCLUDE_USAGE_FILTER = "meshgate.llm.include_usage"
+JSON_FILTER = "meshgate.llm.usage_json"
+SSE_FILTER = "meshgate.llm.usage_sse"
+FILTER_NAMES = (STREAM_FILTER, INCLUDE_USAGE_FILTER, JSON_FILTER, SSE_FILTER)
+
+_TYPE = "type.googleapis.com/"
+_SSE_TO_METADATA = _TYPE + "envoy.extensions.filters.http.sse_to_metadata.v3.SseToMetadata"
+_JSON_PARSER = _TYPE + "envoy.extensions.content_parsers.json.v3.JsonContentParser"
+_MAX_EVENT_BYTES = 64 * 1024  # one SSE event (a usage chunk is ~200 bytes; a content chunk rarely 4 KiB)
+
+
+def usage_filters() -> list[hcm_pb2.HttpFilter]:
+    """The four filters, disabled until a route enables them (see `route_filters`)."""
+    filters = [
+        (STREAM_FILTER, pack(_stream_flag())),
+        (INCLUDE_USAGE_FILTER, pack(_include_usage())),
+        (JSON_FILTER, pack(_json_usage())),
+        (SSE_FILTER, _typed_struct(_SSE_TO_METADATA, _sse_usage())),
+    ]
+    return [hcm_pb2.HttpFilter(name=name, typed_config=config, disabled=True) for name, config in filters]
+
+
+def route_filters() -> Iterator[tuple[str, rc.FilterConfig]]:
+    """(filter name, per-route config) enabling every usage filter on a route: a FilterConfig whose
+    `config` is set but empty enables a filter disabled on the listener, with the listener's config."""
+    for name in FILTER_NAMES:
+        enabled = rc.FilterConfig()
+        enabled.config.SetInParent()
+        yield name, enabled
+
+
+# --- request: ask the backend for usage in the stream ----------------------------------------------
+
+
+def _stream_flag() -> transform_pb2.TransformConfig:
+    set_flag = base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=contract.STREAM_HEADER, value="%REQUEST_BODY(stream)%"),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+    return transform_pb2.TransformConfig(
+        request_transformation=transform_pb2.Transformation(
+            headers_mutations=[
+                mutation_rules_pb2.HeaderMutation(remove=contract.STREAM_HEADER),
+                mutation_rules_pb2.HeaderMutation(append=set_flag),
+            ]
+        )
+    )
+
+
+def _include_usage() -> extension_matcher_pb2.ExtensionWithMatcher:
+    """transform merging stream_options.include_usage=true, skipped unless the stream header is true.
+    The merge replaces a `stream_options` object the client sent (its other keys are dropped)."""
+    body = struct_pb2.Struct()
+    body.update({"stream_options": {"include_usage": True}})
+    merge = transform_pb2.TransformConfig(
+        request_transformation=transform_pb2.Transformation(
+            body_transformation=transform_pb2.BodyTransformation(
+                body_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=body),
+                action=transform_pb2.BodyTransformation.MERGE,
+            )
+        )
+    )
+    streaming = matcher_pb2.Matcher.MatcherList.Predicate.SinglePredicate(
+        input=extension_pb2.TypedExtensionConfig(
+            name="stream",
+            typed_config=pack(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=contract.STREAM_HEADER)),
+        ),
+        value_match=string_pb2.StringMatcher(exact="true"),
+    )
+    skip_filter = pack(skip_action_pb2.SkipFilter())
+    skip = matcher_pb2.Matcher.OnMatch(
+        action=extension_pb2.TypedExtensionConfig(name="skip", typed_config=skip_filter)
+    )
+    not_streaming = matcher_pb2.Matcher.MatcherList.Predicate(
+        not_matcher=matcher_pb2.Matcher.MatcherList.Predicate(single_predicate=streaming)
+    )
+    matcher = matcher_pb2.Matcher(
+        matcher_list=matcher_pb2.Matcher.MatcherList(
+            matchers=[matcher_pb2.Matcher.MatcherList.FieldMatcher(predicate=not_streaming, on_match=skip)]
+        )
+    )
+    return extension_matcher_pb2.ExtensionWithMatcher(
+        xds_matcher=matcher,
+        extension_config=core_extension_pb2.TypedExtensionConfig(
+            name="envoy.filters.http.transform", typed_config=pack(merge)
+        ),
+    )
+
+
+# --- response: read the usage the backend reported -------------------------------------------------
+
+
+_J = j2m.JsonToMetadata
+
+
+def _usage_rule(field: str, key: str, value: struct_pb2.Value | None = None) -> j2m.JsonToMetadata.Rule:
+    """`usage.<field>` present -> `meshgate.usage:<key>` = its number (or `value`)."""
+    write = _J.KeyValuePair(metadata_namespace=contract.USAGE_NAMESPACE, key=key, type=_J.NUMBER)
+    if value is not None:
+        write.value.CopyFrom(value)
+    return _J.Rule(selectors=[_J.Selector(key="usage"), _J.Selector(key=field)], on_present=write)
+
+
+def _usage_rules() -> list[j2m.JsonToMetadata.Rule]:
+    """One rule per usage number, and `requests` = 1 once a response reported any."""
+    rules = [_usage_rule(field, key) for key, field in contract.USAGE_FIELDS.items()]
+    total = contract.USAGE_FIELDS[contract.TOTAL_TOKENS]
+    rules.append(_usage_rule(total, contract.REQUESTS, struct_pb2.Value(number_value=1)))
+    return rules
+
+
+def _json_usage() -> j2m.JsonToMetadata:
+    return _J(response_rules=_J.MatchRules(rules=_usage_rules()))
+
+
+def _sse_usage() -> dict[str, object]:
+    """SseToMetadata as plain JSON: `response_rules {content_parser, max_event_size}`; the JSON content
+    parser's rules are json_to_metadata's Rule, each wrapped as `{rule: ...}` (last match wins)."""
+    rules = [{"rule": MessageToDict(rule, preserving_proto_field_name=True)} for rule in _usage_rules()]
+    parser = {
+        "name": "envoy.content_parsers.json",
+        "typed_config": _typed_struct_json(_JSON_PARSER, {"rules": rules}),
+    }
+    return {"response_rules": {"content_parser": parser, "max_event_size": _MAX_EVENT_BYTES}}
+
+
+def _typed_struct_json(type_url: str, value: dict[str, object]) -> dict[str, object]:
+    return {"@type": _TYPE + "xds.type.v3.TypedStruct", "type_url": type_url, "value": value}
+
+
+def _typed_struct(type_url: str, value: dict[str, object]) -> object:
+    config = typed_struct_pb2.TypedStruct(type_url=type_url)
+    config.value.update(value)
+    return pack(config)

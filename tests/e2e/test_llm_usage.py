@@ -1,0 +1,239 @@
+"""LLM token quotas with the usage a real OpenAI-compatible server reports: in the JSON body, or in the
+last SSE chunk of a stream, never in a header (docs/llm.md).
+
+The whole chain, as `meshgate serve` configures it over ADS: Envoy 1.40 -> ext_authz (a JWT, the model
+from the body) -> ratelimit (check the asked tokens) -> the LLM usage filters -> the chat stand-in of
+examples/quickstart_models.py (vLLM's shapes: usage in the last chunk only with
+`stream_options.include_usage`). The client is the official `openai` SDK.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import openai
+import pytest
+import yaml
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from meshgate.xds.bootstrap import envoy_bootstrap
+from tests.harness.envoy import Envoy
+from tests.harness.meshgate import Meshgate
+from tests.harness.procs import Proc, free_port, http_get, wait_for_http, wait_until
+from tests.harness.stack import Stack
+from tests.unit.test_extauthz_support import AUDIENCE, ISSUER, mint, public_jwks
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "zen-chat"
+QUOTA = "tokens-per-day"
+LIMIT = 400
+DOMAIN = "meshgate"
+
+
+class ChatStandIn:
+    """`python examples/quickstart_models.py chat --model NAME --port P`, stopped by PID."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, workdir: Path, model: str = MODEL) -> None:
+        self.port = free_port()
+        argv = [sys.executable, ROOT / "examples" / "quickstart_models.py", "chat", "--model", model,
+                "--port", self.port]  # fmt: skip
+        self.proc = Proc(f"chat-{model}", argv, log_dir=workdir)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> ChatStandIn:
+        self.proc.start()
+        wait_for_http(f"{self.url}/health", 20, proc=self.proc)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        return self.proc.stop(timeout)
+
+
+def llm_policy(gateway_port: int, backend: ChatStandIn, *, limit: int = LIMIT) -> dict[str, Any]:
+    """acme and globex, each with a per-tenant token quota; one OpenAI model; JWTs from an inline JWKS."""
+    return {
+        "version": 1,
+        "gateway": {"port": gateway_port},
+        "issuers": [{
+            "name": "test", "issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["RS256"],
+            "claims": {"tenant": "tenant", "user": "sub", "roles": "roles"}, "jwks": public_jwks(),
+        }],
+        "tenants": [{"name": "acme", "quotas": [QUOTA]}, {"name": "globex", "quotas": [QUOTA]}],
+        "roles": [{"name": "invoker", "models": ["*"]}],
+        "models": [{"name": MODEL, "protocol": "openai", "versions": [
+            {"name": "v1", "endpoints": [f"{backend.host}:{backend.port}"]}]}],
+        "quotas": [{"name": QUOTA, "per": "tenant", "unit": "tokens", "limit": limit, "window": "day"}],
+    }  # fmt: skip
+
+
+@dataclass
+class Gateway:
+    port: int
+    meshgate: Meshgate
+    envoy: Envoy
+    backend: ChatStandIn
+
+    def client(self, tenant: str = "acme", **kwargs: Any) -> openai.OpenAI:
+        """The OpenAI SDK with a tenant's JWT as its API key (sent as `Authorization: Bearer`)."""
+        token = mint(tenant=tenant, sub=f"{tenant}-user", roles=["invoker"])
+        kwargs.setdefault("max_retries", 0)  # a 429 must reach the test, not be retried
+        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=token, timeout=20, **kwargs)
+
+    def remaining(self, tenant: str = "acme") -> int:
+        """What the tenant's token quota has left, asked with hits_addend 0 (checks, adds nothing)."""
+        request = rls_pb2.RateLimitRequest(domain=DOMAIN)
+        descriptor = request.descriptors.add()
+        for key, value in (("quota", QUOTA), ("tenant", tenant)):
+            descriptor.entries.add(key=key, value=value)
+        descriptor.hits_addend.value = 0
+        with grpc.insecure_channel(self.meshgate.address("ratelimit")) as channel:
+            reply = rls_pb2_grpc.RateLimitServiceStub(channel).ShouldRateLimit(request, timeout=2.0)
+        return int(reply.statuses[0].limit_remaining)
+
+    def charged_to(self, left: int, tenant: str = "acme") -> None:
+        """Wait for the stream-end charge (Envoy sends it after the client got the last byte)."""
+        wait_until(lambda: self.remaining(tenant) == left, 10, what=f"{tenant} remaining == {left}",
+                   proc=self.meshgate.proc)  # fmt: skip
+
+    def hits(self, key: str) -> float:
+        """meshgate_ratelimit_total_hits_total for one key of the policy's domain (0 when absent)."""
+        status, body = http_get(self.meshgate.metrics_url)
+        assert status == 200
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                if sample.name == "meshgate_ratelimit_total_hits_total" and sample.labels.get("key") == key:
+                    return sample.value
+        return 0.0
+
+
+def start_gateway(
+    harness: Stack,
+    meshgate_factory: Callable[..., Meshgate],
+    envoy_factory: Callable[..., Envoy],
+    *,
+    limit: int = LIMIT,
+) -> Gateway:
+    backend = harness.add(ChatStandIn(harness.workdir)).start()
+    port = free_port()
+    policy = harness.workdir / "policy.yaml"
+    policy.write_text(yaml.safe_dump(llm_policy(port, backend, limit=limit), sort_keys=False))
+    mg = meshgate_factory(policy)
+    envoy = envoy_factory(envoy_bootstrap("llm", xds=mg.address("xds")))
+    return Gateway(port, mg, envoy, backend)
+
+
+@pytest.fixture
+def gateway(
+    harness: Stack, meshgate_factory: Callable[..., Meshgate], envoy_factory: Callable[..., Envoy]
+) -> Iterator[Gateway]:
+    yield start_gateway(harness, meshgate_factory, envoy_factory)
+
+
+def words(text: str) -> int:
+    """The stand-in counts tokens as whitespace-separated words."""
+    return len(text.split())
+
+
+def test_usage_from_the_json_body_and_the_last_sse_chunk_is_charged_exactly(gateway: Gateway) -> None:
+    client = gateway.client()
+    left = LIMIT
+
+    # JSON: usage only in the body
+    prompt = "Which is better, explicit or implicit?"
+    answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
+                                            max_tokens=6)  # fmt: skip
+    assert answer.usage is not None
+    used = answer.usage.total_tokens
+    assert used == words(prompt) + words(answer.choices[0].message.content or "")
+    left -= used
+    gateway.charged_to(left)
+
+    # SSE, the client asked for usage: only the last chunk carries it
+    prompt = "Is flat better than nested?"
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=7, stream=True,
+        stream_options={"include_usage": True},
+    ))  # fmt: skip
+    assert [c.usage is not None for c in chunks].index(True) == len(chunks) - 1
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.total_tokens == words(prompt) + words(text)
+    left -= chunks[-1].usage.total_tokens
+    gateway.charged_to(left)
+
+    # SSE, the client did not ask: the gateway asked the backend for it, and charges it all the same
+    prompt = "Should errors pass silently?"
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=9, stream=True,
+    ))  # fmt: skip
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    left -= words(prompt) + words(text)
+    gateway.charged_to(left)
+    assert gateway.remaining("globex") == LIMIT  # another tenant's quota is untouched
+
+
+def test_a_request_that_would_exceed_the_token_quota_is_refused(gateway: Gateway) -> None:
+    client = gateway.client()
+    answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Now is better."}],
+                                            max_tokens=8)  # fmt: skip
+    assert answer.usage is not None
+    left = LIMIT - answer.usage.total_tokens
+    gateway.charged_to(left)
+
+    # asked = the prompt's estimate + max_tokens: more than is left -> 429 before the backend is called
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Now?"}],
+                                       max_tokens=left + 1)  # fmt: skip
+    with pytest.raises(openai.RateLimitError):
+        list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Now?"}],
+                                            max_tokens=left + 1, stream=True))  # fmt: skip
+    assert gateway.remaining() == left  # a refused request is charged nothing
+    # what still fits is served
+    small = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Never?"}],
+                                           max_tokens=4)  # fmt: skip
+    assert small.usage is not None
+    gateway.charged_to(left - small.usage.total_tokens)
+
+
+def test_chargeback_counters_per_tenant_and_model(gateway: Gateway) -> None:
+    """Requests, prompt and completion tokens per (tenant, model); total hits of a token quota count the
+    tokens charged (used), not those only checked (asked) at admission."""
+    prompts = {"acme": ["Beautiful is better than ugly.", "Simple is better than complex."],
+               "globex": ["Readability counts."]}  # fmt: skip
+    expected: dict[str, dict[str, int]] = {}
+    for tenant, texts in prompts.items():
+        client = gateway.client(tenant)
+        counts = expected[tenant] = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        for i, prompt in enumerate(texts):
+            messages = [{"role": "user", "content": prompt}]
+            if i % 2:
+                chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=5,
+                                                             stream=True))  # fmt: skip
+                completion = words("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+            else:
+                answer = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=5)
+                completion = words(answer.choices[0].message.content or "")
+            counts["requests"] += 1
+            counts["prompt_tokens"] += words(prompt)
+            counts["completion_tokens"] += completion
+    for tenant, counts in expected.items():
+        gateway.charged_to(LIMIT - counts["prompt_tokens"] - counts["completion_tokens"], tenant)
+        for kind, value in counts.items():
+            key = f"{DOMAIN}.meshgate.usage_{kind}.tenant_{tenant}.model_{MODEL}"
+            wait_until(lambda key=key, value=value: gateway.hits(key) == value, 10, what=f"{key} == {value}")
+    used = sum(c["prompt_tokens"] + c["completion_tokens"] for c in expected.values())
+    # the token quota's counters: only what was charged at stream end (the check phase adds nothing)
+    quota_hits = sum(gateway.hits(f"{DOMAIN}.quota_{QUOTA}.tenant_{t}") for t in expected)
+    assert quota_hits == used
