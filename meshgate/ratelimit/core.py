@@ -10,25 +10,37 @@ never refuse) used for LLM token quotas. See docs/ratelimit.md.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import quote
 
 from meshgate import contract
 
+from .bounds import MIB, Budget, OverLimitCache, entries_bytes, request_bytes, sizeof
+from .decision import (
+    HEADER_NAMES,
+    Decision,
+    Descriptor,
+    HeaderStyle,
+    InvalidRequest,
+    Request,
+    Settings,
+    Status,
+    limit_header,
+)
+from .keys import counter_base
 from .metrics import KeyCounters, RateLimitMetrics
-from .model import UNIT_SECONDS, RateLimitConfig, Rule, Unit
-from .store import Slot, Store, StoreResult
+from .model import RateLimitConfig, Rule, Unit
+from .store import MemoryStore, Slot, Store, StoreResult
 from .usage import usage_hits
 
-__all__ = [
+__all__ = [  # the plain types live in decision.py, re-exported here
     "HEADER_NAMES",
     "PHASE_KEY",
     "Decision",
     "Descriptor",
+    "HeaderStyle",
     "InvalidRequest",
     "Limiter",
     "Request",
@@ -39,95 +51,14 @@ __all__ = [
 
 PHASE_KEY = contract.PHASE_KEY
 Phase = Literal["", "check", "charge"]
-HeaderStyle = Literal["none", "x-ratelimit", "draft-03"]
-_PLAIN = re.compile(r"^[A-Za-z0-9_.\-]*$")
-
-
-class InvalidRequest(ValueError):
-    """The request itself is malformed (empty domain, no descriptors)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Descriptor:
-    entries: tuple[tuple[str, str], ...]
-    limit: tuple[int, Unit] | None = None  # Envoy's override: (requests_per_unit, unit)
-    hits_addend: int | None = None  # None: the request's; 0: check only
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    domain: str
-    descriptors: tuple[Descriptor, ...]
-    hits_addend: int = 0  # 0 means 1, as in Envoy
-
-
-@dataclass(slots=True)  # hot path: one per descriptor; frozen would cost ~1 us each; never mutated
-class Status:
-    over_limit: bool = False
-    limit: int | None = None  # requests_per_unit; None when no limit applies
-    unit: Unit | None = None
-    remaining: int = 0
-    reset: int = 0  # seconds until the window ends
-
-
-@dataclass(slots=True)  # hot path: one per call; frozen would cost ~0.3 us; never mutated
-class Decision:
-    over_limit: bool
-    statuses: tuple[Status, ...]
-    style: HeaderStyle = "none"  # the response headers asked for (see `headers`)
-    # Decisions with equal `shape`s (not None) differ only in over_limit, each status's over_limit,
-    # remaining and reset, and the header values: the same statuses carry a limit (the same limit and
-    # unit), the same header names. The service keeps a response per shape and updates it in place.
-    shape: object = field(default=None, compare=False, repr=False)
-
-    @property
-    def worst(self) -> Status | None:
-        """The most constraining status carrying a limit: the first over-limit one, else the first of
-        the least remaining; None when no limit applies."""
-        worst: Status | None = None
-        for s in self.statuses:
-            if s.limit is None:
-                continue
-            if worst is None or (
-                (s.over_limit and not worst.over_limit)
-                or (s.over_limit == worst.over_limit and s.remaining < worst.remaining)
-            ):
-                worst = s
-        return worst
-
-    @property
-    def headers(self) -> tuple[tuple[str, str], ...]:
-        """The response headers of `style`, for the worst status. Built when asked for, not per call:
-        the service sets the values it keeps only when their numbers change."""
-        worst = self.worst if self.style != "none" else None
-        if worst is None or worst.limit is None or worst.unit is None:
-            return ()
-        limit, remaining, reset = HEADER_NAMES[self.style]
-        return (
-            (limit, limit_header(self.style, worst.limit, worst.unit)),
-            (remaining, str(worst.remaining)),
-            (reset, str(worst.reset)),
-        )
-
-
-# the names of the limit, remaining and reset headers of each style
-HEADER_NAMES: dict[HeaderStyle, tuple[str, str, str]] = {
-    "x-ratelimit": ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"),
-    "draft-03": ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"),
-}
-
-
-def limit_header(style: HeaderStyle, limit: int, unit: Unit) -> str:
-    """The value of the limit header: draft-03 adds the quota policy (`10, 10;w=60`)."""
-    return f"{limit}, {limit};w={UNIT_SECONDS[unit]}" if style == "draft-03" else str(limit)
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    shadow_mode: bool = False  # global: never refuse, statuses still say OVER_LIMIT
-    response_headers: HeaderStyle = "none"
-    near_limit_ratio: float = 0.8
-    local_cache: bool = True
+# the limiter's caches (see bounds.py): resolved descriptors, prepared requests, decision shapes and
+# the over-limit counters; a request or descriptor larger than its cache's entry limit is resolved
+# for its call only
+TARGETS_BUDGET, PREPARED_BUDGET, SHAPES_BUDGET, OVER_LIMIT_BUDGET = 16 * MIB, 32 * MIB, 1 * MIB, 4 * MIB
+TARGET_MAX, PREPARED_MAX = 16 << 10, 64 << 10  # bytes of one entry
+# bytes beside the strings (measured with tracemalloc): a _Target and its key; a _Prepared and its
+# lists; a _Part and its Slot; a decision shape per part
+_TARGET, _PREPARED, _PART, _SHAPE = 420, 420, 420, 80
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,13 +118,9 @@ class _Prepared:
     end: int = 0  # ... to the earliest window end
     # the parts' slots and window ends, replaced (never changed in place) when a window rolls: a call
     # keeps the pair it started with across its store await
-    slots: list[Slot] = field(default_factory=list)
+    slots: Sequence[Slot] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)
     usage: tuple[tuple[KeyCounters, int], ...] = ()  # chargeback descriptors: counted, never limited
-
-
-def _q(text: str) -> str:
-    return text if _PLAIN.match(text) else quote(text, safe="")
 
 
 def _strip_phase(entries: tuple[tuple[str, str], ...]) -> tuple[tuple[tuple[str, str], ...], Phase]:
@@ -205,27 +132,6 @@ def _strip_phase(entries: tuple[tuple[str, str], ...]) -> tuple[tuple[tuple[str,
         else:
             kept.append((key, value))
     return tuple(kept), phase
-
-
-@dataclass(slots=True)
-class _LocalCache:
-    """Counters known to be exhausted until their window ends: refused without a store call."""
-
-    until: dict[str, float] = field(default_factory=dict)
-
-    def blocked(self, key: str, now: float) -> bool:
-        expires = self.until.get(key)
-        if expires is None:
-            return False
-        if expires <= now:
-            del self.until[key]
-            return False
-        return True
-
-    def add(self, key: str, expires: float, now: float) -> None:
-        if len(self.until) > 100_000:
-            self.until = {k: v for k, v in self.until.items() if v > now}
-        self.until[key] = expires
 
 
 class Limiter:
@@ -240,12 +146,16 @@ class Limiter:
         metrics: RateLimitMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.metrics = metrics or RateLimitMetrics(None)
+        self._clock = clock
         self.store = store  # see the property
         self._config = config or RateLimitConfig()
         self._settings = settings or Settings()
-        self.metrics = metrics or RateLimitMetrics(None)
-        self._clock = clock
-        self._cache = _LocalCache()
+        track = self.metrics.track
+        self._targets_budget = track(Budget("targets", TARGETS_BUDGET, entry_max=TARGET_MAX))
+        self._prepared_budget = track(Budget("prepared", PREPARED_BUDGET, entry_max=PREPARED_MAX))
+        self._forms_budget = track(Budget("shapes", SHAPES_BUDGET))
+        self._cache = OverLimitCache(track(Budget("over_limit", OVER_LIMIT_BUDGET)))
         self._targets: dict[tuple[str, tuple[tuple[str, str], ...], object], _Target | None] = {}
         self._prepared: dict[int, _Prepared] = {}  # id(request) -> its preparation (holds the request)
         self._forms: dict[tuple[object, ...], tuple[object, ...]] = {}  # equal forms -> one object
@@ -262,6 +172,10 @@ class Limiter:
         self._apply_now: Callable[[Sequence[Slot], float], StoreResult] | None = getattr(
             store, "apply_now", None
         )
+        if isinstance(store, MemoryStore):
+            store.clock = self._clock  # its idle sweep reads the clock its expiries were set with
+        for budget in getattr(store, "budgets", ()):
+            self.metrics.track(budget)
 
     @property
     def config(self) -> RateLimitConfig:
@@ -272,7 +186,9 @@ class Limiter:
         """A new config applies to the next call: what was resolved under the old one is dropped, and
         so is the over-limit cache (a raised limit must not wait for the window to end)."""
         self._config, self._targets, self._prepared, self._forms = config, {}, {}, {}
-        self._cache = _LocalCache()
+        self._cache = OverLimitCache(self._cache.budget)
+        for budget in (self._targets_budget, self._prepared_budget, self._forms_budget, self._cache.budget):
+            budget.reset()
 
     @property
     def settings(self) -> Settings:
@@ -281,6 +197,8 @@ class Limiter:
     @settings.setter
     def settings(self, settings: Settings) -> None:
         self._settings, self._prepared, self._forms = settings, {}, {}
+        self._prepared_budget.reset()
+        self._forms_budget.reset()
 
     async def decide(self, request: Request) -> Decision:
         prepared = self._prepared.get(id(request))
@@ -326,7 +244,7 @@ class Limiter:
                 status = Status(False, limit, part.unit, limit - after if after < limit else 0, end - second)
             statuses[part.index] = status
             if cache is not None and part.enforce and used >= limit and not part.sliding:
-                cache.add(part.slot.key, end, now)  # type: ignore[union-attr]
+                cache.add(part.slot.key, end)  # type: ignore[union-attr]
         return _decision(not admitted, statuses, settings, prepared.form)
 
     # preparing -------------------------------------------------------------------------------------
@@ -356,15 +274,20 @@ class Limiter:
         blank = (_NO_LIMIT,) * len(request.descriptors)
         style = self._settings.response_headers
         form: tuple[object, ...] = (len(blank), style, tuple((p.index, p.limit, p.unit) for p in parts))
-        if len(self._forms) >= 10_000:
-            self._forms = {}
-        form = self._forms.setdefault(form, form)
+        kept = self._forms.get(form)
+        if kept is not None:
+            form = kept
+        elif self._forms_budget.admit(self._forms, _SHAPE * (1 + len(parts))):
+            self._forms[form] = form
         prepared = _Prepared(request, parts, blank, any(p.sliding for p in parts), form)
         config, metrics = self._config, self.metrics
         prepared.usage = usage_hits(config, metrics, request.domain, request.descriptors, default_hits)
-        if len(self._prepared) >= 50_000:
-            self._prepared = {}
-        self._prepared[id(request)] = prepared
+        # what it holds: the request, and per part its _Part, Slot and window keys (the base and a start)
+        cost = request_bytes(request.domain, request.descriptors) + _PREPARED + sum(
+            _PART + (2 if p.sliding else 1) * sizeof(p.target.base) for p in parts
+        )
+        if request.keep and self._prepared_budget.admit(self._prepared, cost):
+            self._prepared[id(request)] = prepared
         return prepared
 
     def _target(self, domain: str, descriptor: Descriptor) -> _Target | None:
@@ -373,9 +296,14 @@ class Limiter:
             return self._targets[key]
         except KeyError:
             pass
-        if len(self._targets) > 50_000:
-            self._targets = {}
-        target = self._targets[key] = self._resolve(domain, descriptor)
+        target = self._resolve(domain, descriptor)
+        # the key holds the descriptor's strings; the target its base key (its rule and counters are
+        # the config's and the metrics')
+        cost = _TARGET + sizeof(domain) + entries_bytes(descriptor.entries)
+        if target is not None:
+            cost += sizeof(target.base)
+        if self._targets_budget.admit(self._targets, cost):
+            self._targets[key] = target
         return target
 
     def _resolve(self, domain: str, descriptor: Descriptor) -> _Target | None:
@@ -391,15 +319,15 @@ class Limiter:
             rule = config.match(domain, entries)
         if rule is None or rule.unlimited:
             return None
-        pairs = [f"{_q(k)}={_q(v)}" for k, v in entries]
-        tenant = next((v for k, v in entries if k == "tenant"), None)
-        tag = _q(tenant) if tenant is not None else (pairs[0] if pairs else "")
-        base = f"mg:{{{tag}}}:{_q(domain)}:{':'.join(pairs)}:{rule.window}:"
-        label = rule.full_key
+        base, tag = counter_base(domain, entries, rule.window)
+        # a label made of the request's values falls back to the rule's path without them (metrics.py)
+        label, fallback = rule.full_key, None
+        if descriptor.limit is not None:
+            fallback = ".".join([domain, *(k for k, _ in entries)])
         if rule.detailed_metric:
-            label = ".".join([domain, *(f"{k}_{v}" for k, v in entries)])
+            label, fallback = ".".join([domain, *(f"{k}_{v}" for k, v in entries)]), rule.full_key
         return _Target(
-            rule, entries, phase, base, tag, self.metrics.key(domain, label),
+            rule, entries, phase, base, tag, self.metrics.key(domain, label, fallback),
             window=rule.window,
             limit=rule.requests_per_unit,
             sliding=rule.algorithm == "sliding_window",
@@ -432,7 +360,10 @@ def _roll(prepared: _Prepared, now: float) -> None:
     for part in prepared.parts:
         if not part.end - part.target.window <= second < part.end or part.sliding:
             _slot(part, now)
-    prepared.slots = [p.slot for p in prepared.parts]  # type: ignore[misc]
+    # a list for a kept request: the store may keep what it derives from it by its identity (a tuple
+    # is a one-off; see Store)
+    slots: list[Slot] = [p.slot for p in prepared.parts]  # type: ignore[misc]
+    prepared.slots = slots if prepared.request.keep else tuple(slots)
     prepared.ends = [p.end for p in prepared.parts]
     prepared.begin = max(p.end - p.target.window for p in prepared.parts)
     prepared.end = min(prepared.ends)
@@ -455,7 +386,7 @@ def _slot(part: _Part, now: float) -> None:
     )
 
 
-def _blocked(cache: _LocalCache, part: _Part, now: float) -> bool:
+def _blocked(cache: OverLimitCache, part: _Part, now: float) -> bool:
     return part.enforce and part.hits > 0 and not part.sliding and cache.blocked(part.slot.key, now)  # type: ignore[union-attr]
 
 

@@ -3,7 +3,11 @@
 Per domain and descriptor key (`domain.key_value.key`: the config path, bounded by the config; the
 request's own values only for rules with `detailed_metric: true`): total hits, within, over and
 near limit, shadow-mode hits and refusals from the local over-limit cache. Plus store errors, config
-loads and the latency of ShouldRateLimit.
+loads, the latency of ShouldRateLimit, and the bytes each cache holds against its budget (bounds.py).
+
+The per-key counters are themselves bounded (`METRIC_KEYS_BUDGET`): a label made of a request's values
+(detailed_metric, a limit override) longer than `LABEL_MAX` characters, or one more past the budget,
+is counted under the rule's label without the values (`Limiter` hands it in as `fallback`).
 """
 
 from __future__ import annotations
@@ -12,10 +16,16 @@ import bisect
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["KeyCounters", "Latency", "RateLimitMetrics"]
+from .bounds import MIB, Budget, sizeof
+
+__all__ = ["LABEL_MAX", "METRIC_KEYS_BUDGET", "KeyCounters", "Latency", "RateLimitMetrics"]
+
+LABEL_MAX = 256  # characters of a `key` label made of a request's values
+METRIC_KEYS_BUDGET = 4 * MIB
+_KEY_COST = 400  # a KeyCounters, its (domain, key) tuple and dict slot, beside the two strings
 
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -92,11 +102,42 @@ class Latency(Collector):
         yield HistogramMetricFamily(self.name, self.documentation)
 
 
+class _BudgetCollector(Collector):
+    """Exports every tracked Budget: bytes held, the limit, times emptied, entries not kept."""
+
+    def __init__(self, budgets: dict[str, Budget]) -> None:
+        self._budgets = budgets
+
+    def collect(self) -> Iterator[Metric]:
+        held = GaugeMetricFamily("meshgate_ratelimit_cache_bytes", "Estimated bytes a rate limit cache "
+                                 "(or the memory store's counters) holds.", labels=("cache",))
+        limit = GaugeMetricFamily("meshgate_ratelimit_cache_limit_bytes", "Byte budget of a rate limit "
+                                  "cache.", labels=("cache",))
+        clears = CounterMetricFamily("meshgate_ratelimit_cache_clears", "Times a rate limit cache was "
+                                     "emptied to stay within its budget.", labels=("cache",))
+        oversized = CounterMetricFamily(
+            "meshgate_ratelimit_cache_oversized", "Entries not kept: larger than a cache's entry limit, "
+            "or (counters) past the memory store's budget.", labels=("cache",),
+        )
+        for name, budget in sorted(self._budgets.items()):
+            held.add_metric((name,), budget.used)
+            limit.add_metric((name,), budget.limit)
+            clears.add_metric((name,), budget.clears)
+            oversized.add_metric((name,), budget.oversized)
+        yield from (held, limit, clears, oversized)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # the families depend on what is tracked: collected, not described
+
+
 class RateLimitMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self._keys: dict[tuple[str, str], KeyCounters] = {}
+        self.budgets: dict[str, Budget] = {}  # by cache name, exported at scrape
+        self._keys_budget = self.track(Budget("metric_keys", METRIC_KEYS_BUDGET))
         if registry is not None:
             registry.register(_KeyCollector(self._keys))
+            registry.register(_BudgetCollector(self.budgets))
         self.store_errors = Counter(
             "meshgate_ratelimit_store_errors", "Store calls that failed (answered UNAVAILABLE).", ["store"],
             registry=registry,
@@ -112,10 +153,24 @@ class RateLimitMetrics:
         if registry is not None:
             registry.register(self.latency)
 
-    def key(self, domain: str, key: str) -> KeyCounters:
-        """The counters of (domain, key), created on first use. The keys are bounded by the config
-        (values only for `detailed_metric` rules), as the label sets of the exported metrics are."""
+    def track(self, budget: Budget) -> Budget:
+        """Export `budget` (replacing one of the same name: a swapped store's)."""
+        self.budgets[budget.name] = budget
+        return budget
+
+    def key(self, domain: str, key: str, fallback: str | None = None) -> KeyCounters:
+        """The counters of (domain, key), created on first use. Keys come from the config, except those
+        made of a request's values (`detailed_metric`, a limit override: they pass `fallback`, the
+        label without the values), which are bounded: a long one, or a new one once the keys' budget
+        is spent, is counted under `fallback`. Keys are never dropped (counters only go up)."""
         found = self._keys.get((domain, key))
-        if found is None:
-            found = self._keys[(domain, key)] = KeyCounters()
+        if found is not None:
+            return found
+        if fallback is not None and fallback != key:
+            if len(key) > LABEL_MAX:
+                self._keys_budget.oversized += 1
+                return self.key(domain, fallback)
+            if not self._keys_budget.take(_KEY_COST + sizeof(domain) + sizeof(key)):
+                return self.key(domain, fallback)
+        found = self._keys[(domain, key)] = KeyCounters()
         return found

@@ -34,11 +34,12 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from ._resp import RespConnection, RespError, pack
+from .bounds import MIB, Budget, sizeof
 from .store import Slot, StoreResult, StoreUnavailable
 
 __all__ = ["LUA", "RedisStore", "redact"]
 
-_PACKED_MAX = 20_000
+COMMANDS_BUDGET = 8 * MIB  # the packed EVALSHA kept per request (see _evalsha and bounds.py)
 
 # KEYS: the current window's counter of each slot, in order, then the previous window's counter of
 # each slot with a sliding window (weight > 0), in the same order: a fixed window sends its key once.
@@ -111,7 +112,7 @@ def _client(url: str, timeout: float) -> Any:
         path = [p for p in parts.path.split("/") if p]
         if not path:
             raise ValueError(f"{redact(url)}: a sentinel URL names the service: redis+sentinel://host:port/service")
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
             [(h, int(p)) for h, p in hosts], password=parts.password, ssl=scheme.startswith("rediss"),
             sentinel_kwargs={"password": parts.password, **options}, **options,
         )
@@ -154,6 +155,8 @@ class RedisStore:
         self._sha: str | None = None
         # id(slots) -> (slots, second, sha, packed EVALSHA): see _evalsha
         self._packed: dict[int, tuple[Sequence[Slot], int, str, bytes]] = {}
+        self._packed_budget = Budget("commands", COMMANDS_BUDGET)
+        self.budgets = (self._packed_budget,)
         self.cluster = isinstance(self._client, RedisCluster)
 
     def __repr__(self) -> str:
@@ -199,10 +202,12 @@ class RedisStore:
             return found[3]
         keys, args = _keys_args(slots, now)
         command = pack(("EVALSHA", sha, len(keys), *keys, *args))
-        if not any(s.weight for s in slots):  # a sliding window's weight moves: no repeat
-            if len(self._packed) >= _PACKED_MAX:
-                self._packed.clear()
-            # the entry holds `slots`: its id cannot be reused while the entry lives
+        # kept for a list of slots (a tuple is a one-off: see Store), not for a sliding window (its
+        # weight moves: no repeat); the entry holds `slots` (its id cannot be reused while the entry
+        # lives) and their keys
+        if type(slots) is list and not any(s.weight for s in slots) and self._packed_budget.admit(
+            self._packed, sizeof(command) + 200 + 250 * len(slots)
+        ):
             self._packed[id(slots)] = (slots, second, sha, command)
         return command
 

@@ -2,14 +2,16 @@
 `Service` the composition root runs (store, config sources, hot reload, health).
 
 Errors are classified where they arise and mapped to a status here only: StoreUnavailable ->
-UNAVAILABLE (Envoy's failure_mode_deny decides), InvalidRequest -> INVALID_ARGUMENT.
+UNAVAILABLE (Envoy's failure_mode_deny decides), InvalidRequest -> INVALID_ARGUMENT (request bytes
+that are not a RateLimitRequest too: MalformedRequest, logged at most once a minute, no traceback).
+The kept responses are in `_reply.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -18,16 +20,19 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped,unused-ignore]
 from prometheus_client import CollectorRegistry
 
 from ..policy.model import Policy
 from ..policy.store import Commit
+from ._reply import CURRENT_LIMITS, RESPONSES_BUDGET, UNIT_FROM_PB, _Entry, _Replies, to_response
+from .bounds import MIB, Budget, request_bytes, sizeof
 from .compile import compile_policy
 from .config import ConfigError, load_config_dir, merge_domains
-from .core import Decision, Descriptor, InvalidRequest, Limiter, Request, Settings, limit_header
+from .core import Descriptor, InvalidRequest, Limiter, Request, Settings
 from .metrics import RateLimitMetrics
-from .model import Node, Unit
-from .store import Store, StoreUnavailable
+from .model import Node
+from .store import Store, StoreFull, StoreUnavailable
 
 if TYPE_CHECKING:
     from ..health import Health
@@ -37,25 +42,34 @@ __all__ = ["RateLimitService", "RateLimitServicer", "add_to_server", "to_request
 log = logging.getLogger("meshgate.ratelimit")
 
 SERVICE_NAME = "envoy.service.ratelimit.v3.RateLimitService"
-_Code = rls_pb2.RateLimitResponse.Code
-_PbRateLimit = rls_pb2.RateLimitResponse.RateLimit
-_PbUnit = _PbRateLimit.Unit
-_OK: int = _Code.OK  # plain ints: enum attribute lookups are slow on the hot path
-_OVER_LIMIT: int = _Code.OVER_LIMIT
-_UNIT_FROM_PB: dict[int, Unit] = {
-    _PbUnit.SECOND: "second", _PbUnit.MINUTE: "minute", _PbUnit.HOUR: "hour", _PbUnit.DAY: "day",
-    _PbUnit.WEEK: "week", _PbUnit.MONTH: "month", _PbUnit.YEAR: "year",
-}
-_UNIT_TO_PB = {name: value for value, name in _UNIT_FROM_PB.items()}
-_CACHE_MAX = 50_000
-_REPLIES_MAX = 10_000
-_REBUILD_AFTER = 4096  # header value sets before a kept response is built afresh (see _Reply)
+# the servicer's converted requests, by their bytes (see bounds.py); a larger request is converted
+# for its call only
+REQUESTS_BUDGET, REQUEST_MAX = 32 * MIB, 32 << 10
+
+
+class MalformedRequest(InvalidRequest):
+    """The request's bytes are not a RateLimitRequest."""
+
+
+class _Throttled:
+    """A warning logged at most once per `every` seconds, with the count of those it held back."""
+
+    def __init__(self, every: float) -> None:
+        self.every, self.next_at, self.held = every, 0.0, 0
+
+    def warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now < self.next_at:
+            self.held += 1
+            return
+        held, self.held, self.next_at = self.held, 0, now + self.every
+        log.warning("%s%s", message, f" ({held} more like it since the last such line)" if held else "")
 
 
 def _descriptor(d: Any) -> Descriptor:
     limit = None
-    if d.HasField("limit") and d.limit.unit in _UNIT_FROM_PB:
-        limit = (d.limit.requests_per_unit, _UNIT_FROM_PB[d.limit.unit])
+    if d.HasField("limit") and d.limit.unit in UNIT_FROM_PB:
+        limit = (d.limit.requests_per_unit, UNIT_FROM_PB[d.limit.unit])
     hits = d.hits_addend.value if d.HasField("hits_addend") else None
     return Descriptor(tuple([(e.key, e.value) for e in d.entries]), limit, hits)
 
@@ -63,132 +77,6 @@ def _descriptor(d: Any) -> Descriptor:
 def to_request(pb: rls_pb2.RateLimitRequest) -> Request:
     """protobuf -> core (the servicer converts a request's bytes once: see RateLimitServicer._entry)."""
     return Request(pb.domain, tuple([_descriptor(d) for d in pb.descriptors]), pb.hits_addend)
-
-
-@functools.lru_cache(maxsize=1024)
-def _current_limit(requests_per_unit: int, unit: Unit) -> rls_pb2.RateLimitResponse.RateLimit:
-    """The `current_limit` message of a (limit, unit): built once, copied into each status."""
-    return _PbRateLimit(requests_per_unit=requests_per_unit, unit=_UNIT_TO_PB[unit])
-
-
-def to_response(decision: Decision) -> rls_pb2.RateLimitResponse:
-    response = rls_pb2.RateLimitResponse(overall_code=_OVER_LIMIT if decision.over_limit else _OK)
-    statuses = response.statuses
-    for s in decision.statuses:
-        code = _OVER_LIMIT if s.over_limit else _OK
-        if s.limit is None or s.unit is None:
-            statuses.add(code=code)
-            continue
-        status = statuses.add(
-            code=code, current_limit=_current_limit(s.limit, s.unit), limit_remaining=s.remaining
-        )
-        status.duration_until_reset.seconds = s.reset
-    headers = response.response_headers_to_add
-    for name, value in decision.headers:
-        headers.add(key=name, value=value)
-    return response
-
-
-class _Reply:
-    """A response built once by `to_response` and then updated in place for each decision of an equal
-    shape (see Decision.shape), whichever request it answers: setting a few fields of a kept message
-    costs a fraction of building it again, and requests of one form (say, every user's request with
-    the same quotas) share one message. A field is set only when its value differs from the one the
-    message holds (codes and resets rarely change from one call to the next; a upb field set costs more
-    than the comparison). Filled and serialized with no await in between.
-
-    upb copies a string set on a message into the message's arena, which is freed only with the
-    message: each header value set would grow a kept message by its length for as long as the process
-    runs. So after `_REBUILD_AFTER` header value sets the message is built afresh (and the old one
-    freed): it holds at most a few tens of KiB of superseded values."""
-
-    __slots__ = ("headers", "held", "limited", "message", "overall", "sets", "shape", "style")
-
-    def __init__(self, decision: Decision) -> None:
-        self._build(decision)
-
-    def _build(self, decision: Decision) -> None:
-        self.shape, self.style = decision.shape, decision.style
-        self.message = to_response(decision)
-        self.overall = self.message.overall_code
-        statuses = self.message.statuses
-        # per status carrying a limit: its index, its message, its duration, and [code, reset] as set
-        self.limited = [
-            (i, statuses[i], statuses[i].duration_until_reset, [statuses[i].code, s.reset])
-            for i, s in enumerate(decision.statuses) if s.limit is not None
-        ]
-        # the limit, remaining and reset header messages (none, or all three: fixed by the shape), and
-        # the worst status's [limit, unit, remaining, reset] their values were made from
-        self.headers = list(self.message.response_headers_to_add)
-        worst = decision.worst
-        self.held = [worst.limit, worst.unit, worst.remaining, worst.reset] if worst is not None else []
-        self.sets = 0  # header values set since the message was built
-
-    def fill(self, decision: Decision) -> bytes:
-        if self.sets >= _REBUILD_AFTER:  # a fresh arena (see the class doc)
-            self._build(decision)
-            return bytes(self.message.SerializeToString())
-        message = self.message
-        overall = _OVER_LIMIT if decision.over_limit else _OK
-        if overall != self.overall:
-            message.overall_code = self.overall = overall
-        statuses = decision.statuses
-        for i, status, duration, held in self.limited:
-            s = statuses[i]
-            code = _OVER_LIMIT if s.over_limit else _OK
-            if code != held[0]:
-                status.code = held[0] = code
-            status.limit_remaining = s.remaining
-            if s.reset != held[1]:
-                duration.seconds = held[1] = s.reset
-        if self.headers:  # values made from numbers, and only when a number changed
-            worst, held = decision.worst, self.held
-            assert worst is not None and worst.limit is not None and worst.unit is not None  # the shape's
-            if worst.remaining != held[2]:
-                self.headers[1].value = str(worst.remaining)
-                held[2] = worst.remaining
-                self.sets += 1
-            if worst.reset != held[3]:
-                self.headers[2].value = str(worst.reset)
-                held[3] = worst.reset
-                self.sets += 1
-            if worst.limit != held[0] or worst.unit != held[1]:  # another descriptor is the worst now
-                self.headers[0].value = limit_header(self.style, worst.limit, worst.unit)
-                held[0], held[1] = worst.limit, worst.unit
-                self.sets += 1
-        return bytes(message.SerializeToString())
-
-
-class _Entry:
-    """What the servicer keeps per serialized request: the request, and the reply it last used."""
-
-    __slots__ = ("reply", "request")
-
-    def __init__(self, request: Request) -> None:
-        self.request = request
-        self.reply: _Reply | None = None
-
-
-class _Replies:
-    """The kept responses, one per decision shape."""
-
-    def __init__(self) -> None:
-        self._by_shape: dict[object, _Reply] = {}
-
-    def answer(self, entry: _Entry, decision: Decision) -> bytes:
-        reply = entry.reply
-        if reply is None or reply.shape is not decision.shape:
-            shape = decision.shape
-            if shape is None:
-                return bytes(to_response(decision).SerializeToString())
-            reply = self._by_shape.get(shape)
-            if reply is None:
-                if len(self._by_shape) >= _REPLIES_MAX:
-                    self._by_shape.clear()
-                reply = self._by_shape[shape] = _Reply(decision)
-            reply.shape = shape  # an equal shape from a newer config: the next call matches at once
-            entry.reply = reply
-        return reply.fill(decision)
 
 
 class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[misc]
@@ -204,25 +92,44 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         self.store_name = store_name
         self.on_store = on_store
         self._requests: dict[bytes, _Entry] = {}  # serialized RateLimitRequest -> its Request, reply
-        self._replies = _Replies()
+        self._budget = metrics.track(Budget("requests", REQUESTS_BUDGET, entry_max=REQUEST_MAX))
+        self._replies = _Replies(metrics.track(Budget("responses", RESPONSES_BUDGET)))
+        metrics.track(CURRENT_LIMITS)
+        self._malformed, self._full = _Throttled(60.0), _Throttled(60.0)
 
     def _entry(self, raw: bytes) -> _Entry:
-        """A request seen before (same bytes) is not parsed and converted again. A malformed one raises
-        DecodeError, which grpc answers as it answers its own deserializer failing."""
+        """A request seen before (same bytes) is not parsed and converted again."""
         found = self._requests.get(raw)
         if found is None:
-            if len(self._requests) >= _CACHE_MAX:
-                self._requests.clear()
-            found = self._requests[raw] = _Entry(to_request(rls_pb2.RateLimitRequest.FromString(raw)))
+            found = self._convert(raw)
         return found
+
+    def _convert(self, raw: bytes) -> _Entry:
+        """Parse and convert; kept by its bytes within the budget. Bytes that are not a RateLimitRequest
+        raise MalformedRequest."""
+        try:
+            request = to_request(rls_pb2.RateLimitRequest.FromString(raw))
+        except DecodeError:
+            raise MalformedRequest("malformed RateLimitRequest: the bytes are not a valid message") from None
+        cost = sizeof(raw) + request_bytes(request.domain, request.descriptors)
+        if self._budget.admit(self._requests, cost):
+            entry = self._requests[raw] = _Entry(request)
+            return entry
+        return _Entry(dataclasses.replace(request, keep=False))  # for this call only: nothing keeps it
 
     async def should_rate_limit(self, raw: bytes, context: grpc.aio.ServicerContext[object, object]) -> bytes:
         started = time.perf_counter()
-        entry = self._entry(raw)
         try:
+            entry = self._entry(raw)
             decision = await self.limiter.decide(entry.request)
         except InvalidRequest as exc:
+            if isinstance(exc, MalformedRequest):
+                self._malformed.warn(f"ratelimit: {exc} ({len(raw)} bytes), answered INVALID_ARGUMENT")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except StoreFull as exc:  # not an outage: the store answers, health stays as it is
+            self.metrics.store_errors.labels(self.store_name).inc()
+            self._full.warn(f"ratelimit: {exc}; new counters answered UNAVAILABLE")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "rate limit store full")
         except StoreUnavailable as exc:
             self.metrics.store_errors.labels(self.store_name).inc()
             if self.on_store is None or self.on_store.up:  # once per outage, not once per call

@@ -11,11 +11,19 @@ hits back from a refused request, with no await in between: nobody sees the diff
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import math
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["MemoryStore", "Slot", "Store", "StoreResult", "StoreUnavailable", "used_of"]
+from .bounds import MIB, Budget, sizeof
+
+__all__ = [
+    "COUNTERS_BUDGET", "MemoryStore", "Slot", "Store", "StoreFull", "StoreResult", "StoreUnavailable",
+    "used_of",
+]
 
 
 class StoreUnavailable(Exception):
@@ -44,6 +52,10 @@ class StoreResult:
 
 
 class Store(Protocol):
+    """`slots`: the limiter hands in the same list object for a request it keeps, until one of its
+    windows rolls (a store may keep what it derives from it, by identity, as RedisStore keeps the
+    packed command); a tuple for a one-off request."""
+
     async def apply(self, slots: Sequence[Slot], now: float) -> StoreResult: ...
 
     async def ping(self) -> None: ...
@@ -56,13 +68,33 @@ def used_of(current: int, previous: int, weight: int) -> int:
     return current + (previous * weight) // 1000 if weight else current
 
 
-class MemoryStore:
-    """Counters in this process: the default for a single replica. Expired counters are swept lazily."""
+class StoreFull(StoreUnavailable):
+    """The memory store's byte budget is spent: a new counter cannot be kept (the call is answered
+    UNAVAILABLE, so Envoy's failure_mode_deny decides, as for any store failure)."""
 
-    def __init__(self, *, sweep_every: int = 4096) -> None:
-        self._counts: dict[str, list[int]] = {}  # key -> [count, expires]; expired ones swept lazily
-        self._sweep_every = sweep_every
-        self._countdown = sweep_every  # calls until the next sweep
+
+COUNTERS_BUDGET = 128 * MIB  # the memory store's counters, keys included (~400k counters)
+_CELL = 220  # bytes of a counter beside its key: its dict slot, [count, expires, cost], a bucket entry
+
+
+class MemoryStore:
+    """Counters in this process: the default for a single replica.
+
+    Memory: each counter is filed under its expiry second; a call past the earliest expiry sweeps the
+    counters that expired (those only), and a timer on the event loop does it when no calls come, so
+    an idle store lets its counters go when their windows end. Counters hold at most `budget` bytes
+    (`COUNTERS_BUDGET`; keys are short, see keys.py): a request that needs a new counter past it is
+    refused with StoreFull; live counters are never dropped to make room."""
+
+    def __init__(self, *, budget: int = COUNTERS_BUDGET) -> None:
+        self._counts: dict[str, list[int]] = {}  # key -> [count, expires, bytes counted in the budget]
+        self._expiring: dict[int, list[str]] = {}  # expiry second -> keys filed then (some gone since)
+        self._next: float = math.inf  # the earliest second in _expiring
+        self._peak = 0  # most counters since the dict was last rebuilt (a dict never shrinks itself)
+        self.budget = Budget("counters", budget, entry_max=budget)
+        self.budgets = (self.budget,)
+        self.clock: Callable[[], float] = time.time  # the clock of `now`: the Limiter sets its own
+        self._timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return len(self._counts)
@@ -75,16 +107,17 @@ class MemoryStore:
         reads its counter, then adds its hits at once when it charges, so a counter shared by several
         slots shows each slot the hits of the earlier ones. A refused request then takes back what the
         pass added (refusals are rare: the limiter's over-limit cache answers the repeated ones)."""
-        self._countdown -= 1
-        if not self._countdown:
-            self._sweep(now)
-        counts = self._counts
         second = int(now)  # expiries are whole seconds: the same comparisons, int against int
+        if second > self._next:
+            self._sweep(second)
+        counts = self._counts
         used = []
         ok = True
+        created: list[Slot] | None = None
         for s in slots:
             cell = counts.get(s.key)
-            if cell is not None and cell[1] <= second:  # expired: the window starts again from zero
+            if cell is not None and cell[1] <= second:  # expired, not swept yet: it starts afresh
+                self._remove(s.key)
                 cell = None
             count = 0 if cell is None else cell[0]
             if s.weight:
@@ -96,14 +129,36 @@ class MemoryStore:
                 ok = False
             if s.charge and hits > 0:
                 if cell is None:
-                    counts[s.key] = [hits, s.expires]
+                    counts[s.key] = [hits, s.expires, 0]
+                    if created is None:
+                        created = []
+                    created.append(s)
                 else:
                     cell[0] += hits  # one list per live counter, whichever slots share it
                     if s.expires > cell[1]:
                         cell[1] = s.expires
+                        self._file(s.key, s.expires)
         if not ok:
             self._take_back(slots)
+        elif created is not None:
+            self._keep(slots, created)
         return StoreResult(ok, used)
+
+    def _keep(self, slots: Sequence[Slot], created: list[Slot]) -> None:
+        """Count the admitted request's new counters in the budget and file them under their expiry;
+        if they do not fit, the request is taken back and refused."""
+        costs = [sizeof(s.key) + _CELL for s in created]
+        if not self.budget.take(sum(costs)):
+            self._take_back(slots)
+            budget = self.budget
+            raise StoreFull(f"memory store full: its counters hold {budget.used} of {budget.limit} bytes")
+        counts = self._counts
+        for s, cost in zip(created, costs, strict=True):
+            cell = counts[s.key]
+            cell[2] = cost
+            self._file(s.key, cell[1])
+        if len(counts) > self._peak:
+            self._peak = len(counts)
 
     def _take_back(self, slots: Sequence[Slot]) -> None:
         """Undo the hits `apply` added for `slots` (a counter back at zero goes)."""
@@ -113,15 +168,63 @@ class MemoryStore:
                 cell = counts[s.key]
                 cell[0] -= s.hits
                 if cell[0] <= 0:
-                    del counts[s.key]
+                    self._remove(s.key)
 
-    def _sweep(self, now: float) -> None:
-        self._countdown = self._sweep_every
-        for key in [k for k, (_, expires) in self._counts.items() if expires <= now]:
-            del self._counts[key]
+    def _remove(self, key: str) -> None:
+        cell = self._counts.pop(key)
+        if cell[2]:
+            self.budget.release(cell[2])
+
+    def _file(self, key: str, expires: int) -> None:
+        bucket = self._expiring.get(expires)
+        if bucket is not None:
+            bucket.append(key)
+            return
+        self._expiring[expires] = [key]
+        if expires < self._next:
+            self._next = expires
+            self._arm()
+
+    def _sweep(self, second: int) -> None:
+        """Remove the counters expired for a second at least at `second` (a call that read the clock
+        just before still finds its counter); only the buckets due are read."""
+        counts, expiring = self._counts, self._expiring
+        for when in [w for w in expiring if w < second]:
+            for key in expiring.pop(when):
+                cell = counts.get(key)
+                if cell is not None and cell[1] <= second:  # else: gone already, or filed again later
+                    self._remove(key)
+        self._next = min(expiring, default=math.inf)
+        if self._peak > 4096 and len(counts) < self._peak // 4:  # give the emptied table back
+            self._counts = dict(counts)
+            self._peak = len(self._counts)
+
+    def _arm(self) -> None:
+        """The idle sweep: a timer for the earliest expiry (none outside an event loop: calls sweep)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_later(max(0.01, self._next + 1 - self.clock()), self._idle_sweep)
+
+    def _idle_sweep(self) -> None:
+        self._timer = None
+        second = int(self.clock())
+        if second > self._next:
+            self._sweep(second)
+        if self._expiring:
+            self._arm()
 
     async def ping(self) -> None:
         return None
 
     async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._counts.clear()
+        self._expiring.clear()
+        self._next = math.inf
+        self.budget.reset()

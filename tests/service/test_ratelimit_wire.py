@@ -4,21 +4,23 @@ in, serialized response out, as `add_to_server` registers it) and the RESP conne
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
+import grpc
 import pytest
 from envoy.service.ratelimit.v3 import rls_pb2
-from google.protobuf.message import DecodeError
 
 from meshgate.ratelimit import Limiter, MemoryStore, RateLimitServicer, Settings
+from meshgate.ratelimit._reply import _Reply
 from meshgate.ratelimit._resp import RespConnection
 from meshgate.ratelimit.core import Decision, HeaderStyle, Status
 from meshgate.ratelimit.metrics import RateLimitMetrics
-from meshgate.ratelimit.service import _Reply, to_request, to_response
+from meshgate.ratelimit.service import SERVICE_NAME, add_to_server, to_request, to_response
 from tests.harness.procs import eventually
 
 from .test_ratelimit_service import GOOD, USER, rls_request
@@ -110,12 +112,42 @@ def test_a_kept_response_follows_the_worst_status_from_one_descriptor_to_another
         assert reply.fill(decision) == to_response(decision).SerializeToString()
 
 
-def test_malformed_request_bytes_raise_as_grpc_deserializer_would() -> None:
-    async def main() -> None:
-        with pytest.raises(DecodeError):
-            await servicer().should_rate_limit(b"\xff\xff", None)  # type: ignore[arg-type]
+def test_malformed_bytes_over_a_real_channel_are_invalid_argument_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Bytes that are not a RateLimitRequest (a bad tag, truncated fields, invalid UTF-8 in a string),
+    sent raw over a real channel to the handler `add_to_server` registers: INVALID_ARGUMENT with a
+    short message, one warning line for the lot (the rest held back for a minute), no traceback; a
+    good request still answers after them."""
+    malformed = [b"\xff\xff", b"\x0a\x05ab", b"\x12\x01", b"\x0a\x02\xff\xfe"]
 
-    asyncio.run(main())
+    async def main() -> tuple[list[tuple[grpc.StatusCode, str]], bytes]:
+        server = grpc.aio.server()
+        add_to_server(servicer(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.unary_unary(f"/{SERVICE_NAME}/ShouldRateLimit")  # bytes in, bytes out
+                answers = []
+                for raw in malformed * 25:
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await call(raw)
+                    answers.append((caught.value.code(), caught.value.details() or ""))
+                good = await call(rls_request("compat", [("user", "x")]).SerializeToString())
+        finally:
+            await server.stop(None)
+        return answers, good
+
+    caplog.set_level(logging.INFO)
+    answers, good = asyncio.run(main())
+    assert {code for code, _ in answers} == {grpc.StatusCode.INVALID_ARGUMENT}
+    assert {details for _, details in answers} == {"malformed RateLimitRequest: the bytes are not a valid message"}
+    assert rls_pb2.RateLimitResponse.FromString(good).overall_code == rls_pb2.RateLimitResponse.OK
+    lines = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.name for r in lines] == ["meshgate.ratelimit"]
+    assert "malformed RateLimitRequest" in lines[0].getMessage()
+    assert not any(r.exc_info or r.exc_text for r in caplog.records)
 
 
 def test_message_path_still_answers_messages() -> None:

@@ -1,5 +1,5 @@
 """MemoryStore details the shared behaviour suite (tests/service/test_ratelimit_behaviour.py) does not
-reach: the lazy sweep of expired counters, and a refusal that replaced an expired counter."""
+reach: the sweep of expired counters, and a refusal that replaced an expired counter."""
 
 from __future__ import annotations
 
@@ -12,16 +12,20 @@ def slot(key: str, *, limit: int = 10, hits: int = 1, expires: int = 60, enforce
     return Slot(key, key, limit, hits, expires, 0, enforce, True)
 
 
-def test_expired_counters_are_swept_every_n_calls() -> None:
+def test_expired_counters_are_swept_by_the_first_call_past_their_expiry() -> None:
     async def main() -> None:
-        store = MemoryStore(sweep_every=3)
+        store = MemoryStore()
         await store.apply([slot("a", expires=10)], now=0)
         await store.apply([slot("b", expires=100)], now=0)
-        assert len(store) == 2
-        await store.apply([slot("b", expires=100)], now=50)  # third call: "a" expired at 10, swept
+        await store.apply([slot("b", expires=100)], now=10)
+        assert len(store) == 2  # "a" expired at 10: kept a second more (a call that read 9 finds it)
+        await store.apply([slot("b", expires=100)], now=11)
         assert len(store) == 1
         result = await store.apply([slot("a", expires=100)], now=50)
         assert result.admitted and list(result.used) == [0]  # a new window for "a"
+        assert store.budget.used > 0
+        await store.apply([], now=101)
+        assert len(store) == 0 and store.budget.used == 0  # every counter's bytes given back
 
     asyncio.run(main())
 
