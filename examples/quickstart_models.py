@@ -118,12 +118,14 @@ class BigramChat:
             self.follows.setdefault(current, []).append(following)
         self.starts = [w for w in words if w[:1].isupper()]
 
-    def words(self, prompt: str, max_words: int) -> Iterator[str]:
+    def words(self, prompt: str, max_words: int, *, ignore_eos: bool = False) -> Iterator[str]:
+        """Up to `max_words` words, ending at the first sentence end unless `ignore_eos` (vLLM's
+        sampling parameter of that name)."""
         rng = random.Random(prompt)  # noqa: S311 - a toy model, not cryptography
         word = rng.choice(self.starts)
         for _ in range(max_words):
             yield word
-            if word.endswith("."):
+            if word.endswith(".") and not ignore_eos:
                 return
             word = rng.choice(self.follows.get(word) or self.starts)
 
@@ -139,9 +141,14 @@ def _prompt(messages: Any) -> str:
     return "\n".join(p for p in parts if isinstance(p, str))
 
 
-def chat_handler(model_name: str, model: BigramChat) -> type[BaseHTTPRequestHandler]:
+def chat_handler(
+    model_name: str, model: BigramChat, *, token_delay: float = 0.0
+) -> type[BaseHTTPRequestHandler]:
+    """The handler class; `token_delay` seconds pass before each streamed word (a decode step)."""
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # each SSE chunk leaves at once, as from vLLM's server
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -215,7 +222,8 @@ def chat_handler(model_name: str, model: BigramChat) -> type[BaseHTTPRequestHand
                 return
             prompt = _prompt(request.get("messages"))
             max_words = int(request.get("max_tokens") or request.get("max_completion_tokens") or 32)
-            words = list(model.words(prompt, max(1, min(max_words, 256))))
+            ignore_eos = request.get("ignore_eos") is True
+            words = list(model.words(prompt, max(1, min(max_words, 256)), ignore_eos=ignore_eos))
             usage = {
                 "prompt_tokens": _count(prompt),
                 "total_tokens": _count(prompt) + len(words),
@@ -289,7 +297,9 @@ def chat_handler(model_name: str, model: BigramChat) -> type[BaseHTTPRequestHand
                 )
             if usage is not None:
                 events.append({**chunk, "choices": [], "usage": usage})
-            for event in events:
+            for i, event in enumerate(events):
+                if token_delay and 0 < i <= len(words):  # the role chunk goes at once, each word after a step
+                    time.sleep(token_delay)
                 self._chunk(f"data: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n")
             self._chunk("data: [DONE]\n\n")
             self._chunk("")
@@ -302,8 +312,9 @@ def chat_handler(model_name: str, model: BigramChat) -> type[BaseHTTPRequestHand
     return Handler
 
 
-def serve_chat(name: str, port: int) -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", port), chat_handler(name, BigramChat(zen_words())))
+def serve_chat(name: str, port: int, *, token_delay: float = 0.0) -> None:
+    handler = chat_handler(name, BigramChat(zen_words()), token_delay=token_delay)
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     print(f"chat stand-in {name!r} on 127.0.0.1:{port}", flush=True)
     server.serve_forever()
 
@@ -321,11 +332,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     chat = sub.add_parser("chat", help="the OpenAI-compatible stand-in")
     chat.add_argument("--model", default="zen-chat")
     chat.add_argument("--port", type=int, required=True)
+    chat.add_argument("--token-delay", type=float, default=0.0, metavar="SECONDS",
+                      help="pause before each streamed word, as a model's decode step (default 0)")
     args = parser.parse_args(argv)
     if args.kind == "iris":
         serve_iris(args.model, args.version, args.http_port, args.grpc_port)
     else:
-        serve_chat(args.model, args.port)
+        serve_chat(args.model, args.port, token_delay=args.token_delay)
 
 
 if __name__ == "__main__":
