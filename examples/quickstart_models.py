@@ -27,6 +27,7 @@ import itertools
 import json
 import random
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -142,9 +143,14 @@ def _prompt(messages: Any) -> str:
 
 
 def chat_handler(
-    model_name: str, model: BigramChat, *, token_delay: float = 0.0
+    model_name: str, model: BigramChat, *, token_delay: float = 0.0, hold_streams: bool = False
 ) -> type[BaseHTTPRequestHandler]:
-    """The handler class; `token_delay` seconds pass before each streamed word (a decode step)."""
+    """The handler class; `token_delay` seconds pass before each streamed word (a decode step). With
+    `hold_streams`, every stream stops after its first word until `POST /_release` (tests that need
+    several streams in flight at once, without timing)."""
+    release = threading.Event()
+    if not hold_streams:
+        release.set()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -206,6 +212,10 @@ def chat_handler(
             return bytes(body)
 
         def do_POST(self) -> None:
+            if self.path == "/_release":
+                release.set()
+                self._json(200, {"released": True})
+                return
             try:
                 request = json.loads(self._body())
             except ValueError:
@@ -300,6 +310,8 @@ def chat_handler(
             for i, event in enumerate(events):
                 if token_delay and 0 < i <= len(words):  # the role chunk goes at once, each word after a step
                     time.sleep(token_delay)
+                if i == 2:  # the role chunk and the first word are out
+                    release.wait()
                 self._chunk(f"data: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n")
             self._chunk("data: [DONE]\n\n")
             self._chunk("")
@@ -312,8 +324,9 @@ def chat_handler(
     return Handler
 
 
-def serve_chat(name: str, port: int, *, token_delay: float = 0.0) -> None:
-    handler = chat_handler(name, BigramChat(zen_words()), token_delay=token_delay)
+def serve_chat(name: str, port: int, *, token_delay: float = 0.0, hold_streams: bool = False) -> None:
+    model = BigramChat(zen_words())
+    handler = chat_handler(name, model, token_delay=token_delay, hold_streams=hold_streams)
     server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     print(f"chat stand-in {name!r} on 127.0.0.1:{port}", flush=True)
     server.serve_forever()
@@ -334,11 +347,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     chat.add_argument("--port", type=int, required=True)
     chat.add_argument("--token-delay", type=float, default=0.0, metavar="SECONDS",
                       help="pause before each streamed word, as a model's decode step (default 0)")
+    chat.add_argument("--hold-streams", action="store_true",
+                      help="stop every stream after its first word until POST /_release")
     args = parser.parse_args(argv)
     if args.kind == "iris":
         serve_iris(args.model, args.version, args.http_port, args.grpc_port)
     else:
-        serve_chat(args.model, args.port, token_delay=args.token_delay)
+        serve_chat(args.model, args.port, token_delay=args.token_delay, hold_streams=args.hold_streams)
 
 
 if __name__ == "__main__":

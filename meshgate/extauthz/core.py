@@ -11,6 +11,7 @@ under an identity the caller did not mean, and the two may name different tenant
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import time
@@ -237,6 +238,10 @@ def _authorize(table: AuthzTable, who: Identity, target: Target, headers: Mappin
             identity=who,
             target=target,
         )
+    if limit is not None and target.max_tokens is None:
+        # no max_tokens: the backend may generate up to its context limit, so that is what is asked
+        # for at admission (docs/llm.md); the charge at stream end is what it really used
+        target = dataclasses.replace(target, tokens=max(target.tokens, limit))
     return Decision(code="ok", identity=who, target=target)
 
 

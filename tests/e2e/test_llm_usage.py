@@ -41,10 +41,10 @@ class ChatStandIn:
 
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path, model: str = MODEL) -> None:
+    def __init__(self, workdir: Path, *args: str, model: str = MODEL) -> None:
         self.port = free_port()
         argv = [sys.executable, ROOT / "examples" / "quickstart_models.py", "chat", "--model", model,
-                "--port", self.port]  # fmt: skip
+                "--port", self.port, *args]  # fmt: skip
         self.proc = Proc(f"chat-{model}", argv, log_dir=workdir)
 
     @property
@@ -60,7 +60,9 @@ class ChatStandIn:
         return self.proc.stop(timeout)
 
 
-def llm_policy(gateway_port: int, backend: ChatStandIn, *, limit: int = LIMIT) -> dict[str, Any]:
+def llm_policy(
+    gateway_port: int, backend: ChatStandIn, *, limit: int = LIMIT, **model: Any
+) -> dict[str, Any]:
     """acme and globex, each with a per-tenant token quota; one OpenAI model; JWTs from an inline JWKS."""
     return {
         "version": 1,
@@ -72,7 +74,7 @@ def llm_policy(gateway_port: int, backend: ChatStandIn, *, limit: int = LIMIT) -
         "tenants": [{"name": "acme", "quotas": [QUOTA]}, {"name": "globex", "quotas": [QUOTA]}],
         "roles": [{"name": "invoker", "models": ["*"]}],
         "models": [{"name": MODEL, "protocol": "openai", "versions": [
-            {"name": "v1", "endpoints": [f"{backend.host}:{backend.port}"]}]}],
+            {"name": "v1", "endpoints": [f"{backend.host}:{backend.port}"]}], **model}],
         "quotas": [{"name": QUOTA, "per": "tenant", "unit": "tokens", "limit": limit, "window": "day"}],
     }  # fmt: skip
 
@@ -123,11 +125,15 @@ def start_gateway(
     envoy_factory: Callable[..., Envoy],
     *,
     limit: int = LIMIT,
+    backend_args: tuple[str, ...] = (),
+    **model: Any,
 ) -> Gateway:
-    backend = harness.add(ChatStandIn(harness.workdir)).start()
+    """The chat stand-in (with `backend_args`), meshgate with `llm_policy` (`model`: more fields of the
+    model) and Envoy fed by its ADS."""
+    backend = harness.add(ChatStandIn(harness.workdir, *backend_args)).start()
     port = free_port()
     policy = harness.workdir / "policy.yaml"
-    policy.write_text(yaml.safe_dump(llm_policy(port, backend, limit=limit), sort_keys=False))
+    policy.write_text(yaml.safe_dump(llm_policy(port, backend, limit=limit, **model), sort_keys=False))
     mg = meshgate_factory(policy)
     envoy = envoy_factory(envoy_bootstrap("llm", xds=mg.address("xds")))
     return Gateway(port, mg, envoy, backend)
