@@ -16,9 +16,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ASKED_TOKENS",
+    "ASKED_TOKENS_KEY",
     "CHARGE",
     "CHECK",
     "COMPLETION_TOKENS",
+    "EXTAUTHZ_METADATA",
     "EXTAUTHZ_NAMESPACE",
     "PHASE_KEY",
     "PROMPT_TOKENS",
@@ -60,6 +62,10 @@ def reads_usage(model: Model) -> bool:
 
 EXTAUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
 """Envoy's ext_authz filter stores the metadata meshgate extauthz returns under its own name."""
+EXTAUTHZ_METADATA = "meshgate"
+"""The struct meshgate extauthz returns in `dynamic_metadata` (tenant, user, tier, model, tokens)."""
+ASKED_TOKENS_KEY = "tokens"
+"""Its key for the tokens a request asks for (prompt estimate + max_tokens, or the context limit)."""
 
 USAGE_NAMESPACE = "meshgate.usage"
 """Where Envoy writes what the backend reported it used (one number per key below)."""
@@ -82,8 +88,8 @@ def metadata(namespace: str, *path: str) -> str:
     return f"%DYNAMIC_METADATA({':'.join((namespace, *path))})%"
 
 
-ASKED_TOKENS = metadata(EXTAUTHZ_NAMESPACE, "meshgate", "tokens")
-"""The tokens a request asks for (prompt estimate + max_tokens), set by extauthz."""
+ASKED_TOKENS = metadata(EXTAUTHZ_NAMESPACE, EXTAUTHZ_METADATA, ASKED_TOKENS_KEY)
+"""The tokens a request asks for, as Envoy's formatter reads them after ext_authz."""
 USED_TOKENS = metadata(USAGE_NAMESPACE, TOTAL_TOKENS)
 """The tokens the response used, as the backend reported them."""
 

@@ -11,6 +11,8 @@ from envoy.service.auth.v3 import external_auth_pb2
 from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 
+from meshgate import contract
+
 from .request import CheckInput, Decision
 
 __all__ = [
@@ -27,7 +29,7 @@ __all__ = [
 
 HEADER_PREFIX = "x-meshgate-"
 DECISION_ID_HEADER = "x-meshgate-decision-id"
-METADATA_NAMESPACE = "meshgate"
+METADATA_NAMESPACE = contract.EXTAUTHZ_METADATA
 REALM = "meshgate"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _GRPC_STATUS = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED}
@@ -131,7 +133,7 @@ def to_response(
         "user": who.user,
         "tier": who.tier,
         "model": target.model,
-        "tokens": target.tokens,
+        contract.ASKED_TOKENS_KEY: target.tokens,
     }
     if target.version:
         metadata["version"] = target.version
