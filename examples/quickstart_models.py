@@ -246,25 +246,26 @@ def chat_handler(
                 include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
                 self._stream(head, words, finish, usage if include_usage else None)
                 return
+            n = request.get("n") or 1  # choices (JSON answers only here): each the same words
+            if not isinstance(n, int) or n < 1:
+                self._error(400, "n must be a positive integer")
+                return
+            usage["completion_tokens"] = n * len(words)
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
             message = {
                 "role": "assistant",
                 "content": " ".join(words),
                 "reasoning_content": None,
                 "tool_calls": [],
             }
-            choice = {
-                "index": 0,
-                "message": message,
-                "logprobs": None,
-                "finish_reason": finish,
-                "stop_reason": None,
-            }
+            done = {"logprobs": None, "finish_reason": finish, "stop_reason": None}
+            choices = [{"index": i, "message": message, **done} for i in range(n)]
             self._json(
                 200,
                 {
                     **head,
                     "object": "chat.completion",
-                    "choices": [choice],
+                    "choices": choices,
                     "usage": usage,
                     "prompt_logprobs": None,
                 },

@@ -8,7 +8,8 @@ Four HTTP filters, after ratelimit and before the router, all native to Envoy 1.
 2. `meshgate.llm.include_usage` (match_delegate around transform): only when that header is `true`,
    merges `{"stream_options": {"include_usage": true}}` into the request body, so the backend ends the
    stream with a usage chunk even when the client did not ask for one.
-3. `meshgate.llm.usage_json` (json_to_metadata, response rules): a JSON answer's `usage`.
+3. `meshgate.llm.usage_json` (json_to_metadata, response rules, behind match_delegate): a JSON
+   answer's `usage`, unless the answer is too large to hold (see `_json_usage`).
 4. `meshgate.llm.usage_sse` (sse_to_metadata with the JSON content parser): an event stream's `usage`,
    read event by event as it passes (nothing is buffered but the event being parsed); the last one wins.
 
@@ -39,8 +40,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.type.matcher.v3 import http_inputs_pb2
 from google.protobuf import struct_pb2  # type: ignore[import-untyped]
 from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
+from google.protobuf.message import Message  # type: ignore[import-untyped]
 from xds.core.v3 import extension_pb2
-from xds.type.matcher.v3 import matcher_pb2, string_pb2
+from xds.type.matcher.v3 import matcher_pb2, regex_pb2, string_pb2
 from xds.type.v3 import typed_struct_pb2
 
 from meshgate import contract
@@ -58,6 +60,7 @@ FILTER_NAMES = (STREAM_FILTER, INCLUDE_USAGE_FILTER, JSON_FILTER, SSE_FILTER)
 _TYPE = "type.googleapis.com/"
 _SSE_TO_METADATA = _TYPE + "envoy.extensions.filters.http.sse_to_metadata.v3.SseToMetadata"
 _JSON_PARSER = _TYPE + "envoy.extensions.content_parsers.json.v3.JsonContentParser"
+_LARGE = r"^[0-9]{7,}$"  # a content-length of 1,000,000 bytes or more
 _MAX_EVENT_BYTES = 64 * 1024  # one SSE event (a usage chunk is ~200 bytes; a content chunk rarely 4 KiB)
 
 
@@ -112,30 +115,35 @@ def _include_usage() -> extension_matcher_pb2.ExtensionWithMatcher:
             )
         )
     )
-    streaming = matcher_pb2.Matcher.MatcherList.Predicate.SinglePredicate(
-        input=extension_pb2.TypedExtensionConfig(
-            name="stream",
-            typed_config=pack(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=contract.STREAM_HEADER)),
-        ),
-        value_match=string_pb2.StringMatcher(exact="true"),
+    streaming = _header_is(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=contract.STREAM_HEADER),
+                           string_pb2.StringMatcher(exact="true"))  # fmt: skip
+    not_streaming = _Predicate(not_matcher=streaming)
+    return _skip_when(not_streaming, "envoy.filters.http.transform", merge)
+
+
+_Predicate = matcher_pb2.Matcher.MatcherList.Predicate
+
+
+def _header_is(source: Message, value: string_pb2.StringMatcher) -> matcher_pb2.Matcher.MatcherList.Predicate:
+    """A predicate on one request or response header (`source`: its match input)."""
+    single = _Predicate.SinglePredicate(
+        input=extension_pb2.TypedExtensionConfig(name="header", typed_config=pack(source)), value_match=value
     )
-    skip_filter = pack(skip_action_pb2.SkipFilter())
+    return _Predicate(single_predicate=single)
+
+
+def _skip_when(
+    predicate: matcher_pb2.Matcher.MatcherList.Predicate, name: str, config: Message
+) -> extension_matcher_pb2.ExtensionWithMatcher:
+    """match_delegate around filter `name`: skipped for a request (or response) matching `predicate`."""
+    skip_action = pack(skip_action_pb2.SkipFilter())
     skip = matcher_pb2.Matcher.OnMatch(
-        action=extension_pb2.TypedExtensionConfig(name="skip", typed_config=skip_filter)
+        action=extension_pb2.TypedExtensionConfig(name="skip", typed_config=skip_action)
     )
-    not_streaming = matcher_pb2.Matcher.MatcherList.Predicate(
-        not_matcher=matcher_pb2.Matcher.MatcherList.Predicate(single_predicate=streaming)
-    )
-    matcher = matcher_pb2.Matcher(
-        matcher_list=matcher_pb2.Matcher.MatcherList(
-            matchers=[matcher_pb2.Matcher.MatcherList.FieldMatcher(predicate=not_streaming, on_match=skip)]
-        )
-    )
+    field_matcher = matcher_pb2.Matcher.MatcherList.FieldMatcher(predicate=predicate, on_match=skip)
     return extension_matcher_pb2.ExtensionWithMatcher(
-        xds_matcher=matcher,
-        extension_config=core_extension_pb2.TypedExtensionConfig(
-            name="envoy.filters.http.transform", typed_config=pack(merge)
-        ),
+        xds_matcher=matcher_pb2.Matcher(matcher_list=matcher_pb2.Matcher.MatcherList(matchers=[field_matcher])),
+        extension_config=core_extension_pb2.TypedExtensionConfig(name=name, typed_config=pack(config)),
     )
 
 
@@ -161,8 +169,15 @@ def _usage_rules() -> list[j2m.JsonToMetadata.Rule]:
     return rules
 
 
-def _json_usage() -> j2m.JsonToMetadata:
-    return _J(response_rules=_J.MatchRules(rules=_usage_rules()))
+def _json_usage() -> extension_matcher_pb2.ExtensionWithMatcher:
+    """json_to_metadata must hold a JSON answer whole, within Envoy's buffer limit (the listener's
+    per_connection_buffer_limit_bytes, 1 MiB by default), past which Envoy answers 500. So an answer
+    that says it is 1,000,000 bytes or more (content-length of 7 digits) passes through unread, and
+    uncharged (docs/llm.md); a stream is read event by event whatever its length."""
+    reader = _J(response_rules=_J.MatchRules(rules=_usage_rules()))
+    length = http_inputs_pb2.HttpResponseHeaderMatchInput(header_name="content-length")
+    large = string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=_LARGE, google_re2={}))
+    return _skip_when(_header_is(length, large), "envoy.filters.http.json_to_metadata", reader)
 
 
 def _sse_usage() -> dict[str, object]:

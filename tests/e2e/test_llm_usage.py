@@ -243,3 +243,18 @@ def test_chargeback_counters_per_tenant_and_model(gateway: Gateway) -> None:
     # the token quota's counters: only what was charged at stream end (the check phase adds nothing)
     quota_hits = sum(gateway.hits(f"{DOMAIN}.quota_{QUOTA}.tenant_{t}") for t in expected)
     assert quota_hits == used
+
+
+def test_a_json_answer_too_large_to_hold_passes_through_uncharged(gateway: Gateway) -> None:
+    """json_to_metadata must hold a JSON answer whole, within Envoy's 1 MiB buffer: an answer of
+    1,000,000 bytes or more is passed through unread (not a 500) and is not charged; a small one is."""
+    client = gateway.client()
+    messages = [{"role": "user", "content": "Special cases aren't special enough."}]
+    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=messages, max_tokens=256,
+                                                           n=700, extra_body={"ignore_eos": True})  # fmt: skip
+    assert int(raw.headers["content-length"]) >= 1_000_000
+    big = raw.parse()
+    assert len(big.choices) == 700 and big.usage is not None and big.usage.total_tokens > LIMIT
+    small = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4)
+    assert small.usage is not None
+    gateway.charged_to(LIMIT - small.usage.total_tokens)  # the large answer was not charged
