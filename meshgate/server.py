@@ -259,7 +259,8 @@ async def _compile_first(wiring: Wiring, policies: PolicyStore, first: Policy, d
     try:
         commit = await asyncio.to_thread(policies.prepare, first, digest=digest)
     except CompileError as exc:
-        log.error("cannot start: policy %s is valid but %s", policies.path, exc, exc_info=exc.cause)
+        log.error("cannot start: policy %s is valid but %s", policies.path, exc)
+        log.debug("the compile error in full", exc_info=exc.cause)
         return False
     commit()
     return True

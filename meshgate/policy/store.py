@@ -165,9 +165,8 @@ class PolicyStore:
 
     # --- results --------------------------------------------------------------------------------
     def _compile_error(self, exc: CompileError) -> bool:
-        log.error(
-            "policy rejected: %s; keeping generation %d", exc, self.generation, exc_info=exc.cause
-        )
+        log.error("policy rejected: %s; keeping generation %d", exc, self.generation)
+        log.debug("the compile error in full", exc_info=exc.cause)
         return self._result("compile_error", ok=False)
 
     def _result(self, result: str, *, ok: bool) -> bool:
