@@ -467,7 +467,11 @@ class Model(_Strict):
     upstream_tls: UpstreamTLS = UpstreamTLS()
     """TLS from the gateway to the backends."""
     timeout: Duration = 60.0
-    """Route timeout of a request."""
+    """Route timeout of a request: until its response has ended (a stream's last byte included)."""
+    idle_timeout: Duration | None = None
+    """Longest silence of a request's stream (between two chunks of a response); Envoy then ends it.
+    Unset: only `timeout` applies. For LLM streams set `timeout` to the longest generation and this to
+    the longest pause between tokens (docs/llm.md)."""
     retries: Retries = Retries()
     """Retry policy."""
     circuit_breaker: CircuitBreaker = CircuitBreaker()

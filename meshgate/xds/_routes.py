@@ -112,6 +112,8 @@ def _model_routes(model: Model) -> Iterator[rc.Route]:
 
 def _action(model: Model, *, cluster: str = "") -> rc.RouteAction:
     action = rc.RouteAction(timeout=duration(model.timeout))
+    if model.idle_timeout is not None:  # a stalled stream ends here, a long one still within `timeout`
+        action.idle_timeout.CopyFrom(duration(model.idle_timeout))
     if cluster:
         action.cluster = cluster
     retries = model.retries

@@ -90,7 +90,8 @@ class Gateway:
         """The OpenAI SDK with a tenant's JWT as its API key (sent as `Authorization: Bearer`)."""
         token = mint(tenant=tenant, sub=f"{tenant}-user", roles=["invoker"])
         kwargs.setdefault("max_retries", 0)  # a 429 must reach the test, not be retried
-        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=token, timeout=20, **kwargs)
+        kwargs.setdefault("timeout", 20)
+        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=token, **kwargs)
 
     def remaining(self, tenant: str = "acme") -> int:
         """What the tenant's token quota has left, asked with hits_addend 0 (checks, adds nothing)."""
