@@ -62,13 +62,14 @@ def cases(client: redis.Redis) -> dict[str, Callable[[Any], Any]]:
     window = now - now % 60
     keys = [f"mg:{{acme}}:meshgate:quota=q{i}:tenant=acme:user=u1:60:{window}" for i in range(5)]
     slot = "1000000000 1 61 0 1 1"  # limit hits ttl weight enforce charge
-    five = [*keys, *[slot] * 5]
+    deadline = str((now + 3600) * 1000)  # the call's deadline, ms on Redis's clock (the last argument)
+    five = [*keys, *[slot] * 5, deadline]
     adds: list[Callable[[Any], Any]] = [
         lambda p: p.ping(),
         lambda p: p.incrby(keys[0], 1),
-        lambda p: p.evalsha(empty, 1, keys[0], slot),
+        lambda p: p.evalsha(empty, 1, keys[0], slot, deadline),
         lambda p: p.evalsha(empty, 5, *five),
-        lambda p: p.evalsha(script, 1, keys[0], slot),
+        lambda p: p.evalsha(script, 1, keys[0], slot, deadline),
         lambda p: p.evalsha(script, 5, *five),
     ]
     return dict(zip(CASES, adds, strict=True))

@@ -14,11 +14,19 @@ wake-ups on both sides under sustained load, up to `window` more latency for a c
 connection idle.
 
 The connection is an asyncio Protocol: hiredis parses the bytes in `data_received`, and each reply
-resolves its caller's future there (no reader task to wake). A call that times out leaves its slot in
-the queue (its late reply is dropped); a broken connection fails every pending call, and the next call
-connects again. Deadlines are kept by the connection, not by each call: one timer, armed for the
-earliest deadline among the calls waiting, fails the calls past theirs with TimeoutError (an
-`asyncio.timeout` per call costs a timer, a context manager and a cancellation each).
+resolves its caller's future there (no reader task to wake). Deadlines are kept by the connection,
+not by each call: one timer, armed for the earliest deadline among the calls waiting, fails the calls
+past theirs with TimeoutError (an `asyncio.timeout` per call costs a timer, a context manager and a
+cancellation each). A broken connection fails every pending call, and the next call connects again.
+
+A call that times out leaves its slot in the queue: its late reply is read, in order, and handed to
+`on_late` with the tag the call was sent with (RedisStore takes back what a late script charged).
+The connection is not replaced when calls time out: Redis runs whatever reached its socket whenever
+it resumes, on an old connection or a new one alike, so a new connection per timed-out call would
+only pile up more commands. Instead the connection is *stalled* from the first timeout until every
+late reply is in: new calls fail at once (ConnectionError) without writing anything. A connection
+stalled for `abandon_after` seconds (a peer that accepts bytes and never answers) is closed and the
+next call connects again; TCP_USER_TIMEOUT closes one whose bytes go unacknowledged (a host gone).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
-import time
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -74,9 +82,14 @@ class RespConnection:
     def __init__(
         self, *, host: str = "127.0.0.1", port: int = 6379, path: str | None = None,
         username: str | None = None, password: str | None = None, db: int = 0,
-        window: float = 0.0, limit: int = 0,
+        window: float = 0.0, limit: int = 0, abandon_after: float = 10.0, user_timeout: float = 1.0,
     ) -> None:
         self.host, self.port, self.path = host, port, path
+        self.abandon_after = abandon_after  # seconds stalled before the connection is closed (see above)
+        self.user_timeout = user_timeout  # TCP_USER_TIMEOUT, seconds (TCP only, where the OS has it)
+        # called with (reply, tag) for each reply whose call had already timed out
+        self.on_late: Callable[[Any, object], None] | None = None
+        self._stalled_at: float | None = None  # loop time of the first timeout not yet answered
         self.window = window  # seconds an idle connection holds its first command; 0: this loop turn
         self.limit = limit  # a held batch of this many commands is written at once; 0: no limit
         self._hold: asyncio.TimerHandle | None = None  # the window's timer, while a batch is held
@@ -84,36 +97,41 @@ class RespConnection:
         self._db = db
         self._protocol: _Protocol | None = None  # the open connection, else None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # (future, deadline) per command sent, in the order the replies will come
-        self._pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        # (future, deadline, tag) per command sent, in the order the replies will come
+        self._pending: collections.deque[tuple[asyncio.Future[Any], float, object]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None  # armed while calls wait: at the earliest deadline
         self._timer_at = 0.0
         self._outgoing: list[bytes] = []  # commands not yet written
         self._unanswered = 0  # commands written whose replies have not come back
         self._flush_soon = False  # a _flush is scheduled for the end of this loop turn
         self._connecting: asyncio.Lock | None = None
-        self._last_reply = 0.0
 
     @property
     def connected(self) -> bool:
         return self._protocol is not None
 
-    async def call(self, *args: Any, deadline: float = math.inf) -> Any:
+    async def call(self, *args: Any, deadline: float = math.inf, tag: object = None) -> Any:
         """Send one command and wait for its reply until `deadline` (the event loop's clock). Raises
         RespError, OSError, ConnectionError or TimeoutError."""
         if self._protocol is None:
             async with asyncio.timeout_at(None if deadline == math.inf else deadline):
                 await self._connect(deadline)
-        return await self.send(pack(args), deadline)
+        return await self.send(pack(args), deadline, tag)
 
-    def send(self, command: bytes, deadline: float = math.inf) -> asyncio.Future[Any]:
+    def send(
+        self, command: bytes, deadline: float = math.inf, tag: object = None, *, stalled_too: bool = False
+    ) -> asyncio.Future[Any]:
         """Queue one packed command (see `pack`) on the open connection (`connected`); the future of
-        its reply, failed with TimeoutError at `deadline` (the event loop's clock)."""
+        its reply, failed with TimeoutError at `deadline` (the event loop's clock). A late reply goes
+        to `on_late` with `tag`. Raises ConnectionError while the connection is stalled (see the
+        module doc), unless `stalled_too`: a command that must follow the late ones in order."""
         loop = self._loop
         if self._protocol is None or loop is None:
             raise ConnectionError("redis connection not open")
+        if self._stalled_at is not None and not stalled_too:
+            self._refuse(loop)
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((future, deadline))
+        self._pending.append((future, deadline, tag))
         self._outgoing.append(command)
         if not self._unanswered and not self._flush_soon:  # else the last reply of the batch flushes
             self._flush_soon = True
@@ -126,6 +144,16 @@ class RespConnection:
         if deadline < self._timer_at or (self._timer is None and deadline != math.inf):
             self._arm(loop, deadline)
         return future
+
+    def _refuse(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A stalled connection takes no new command; one stalled too long is closed (the next call
+        connects again)."""
+        assert self._stalled_at is not None
+        waited = loop.time() - self._stalled_at
+        if waited > self.abandon_after:
+            self._drop(ConnectionError(f"redis did not answer for {waited:.1f}s: connection closed"))
+            raise ConnectionError(f"redis did not answer for {waited:.1f}s: connection closed, reconnecting")
+        raise ConnectionError("redis is not answering: calls timed out and their replies have not come")
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._timer is not None:
@@ -141,14 +169,17 @@ class RespConnection:
         """The timer: fail the calls past their deadline (their slots stay: late replies are dropped),
         and arm again for the earliest deadline still ahead."""
         self._timer, self._timer_at = None, 0.0
-        now, ahead = loop.time(), math.inf
-        for future, deadline in self._pending:
+        now, ahead, expired = loop.time(), math.inf, False
+        for future, deadline, _ in self._pending:
             if future.done():
                 continue
             if deadline <= now:
                 future.set_exception(TimeoutError())
+                expired = True
             else:
                 ahead = min(ahead, deadline)
+        if expired and self._stalled_at is None:
+            self._stalled_at = now  # until the late replies are in (see _received)
         if ahead != math.inf:
             self._arm(loop, ahead)
 
@@ -176,8 +207,9 @@ class RespConnection:
                 await loop.create_unix_connection(lambda: protocol, self.path)
             else:
                 await loop.create_connection(lambda: protocol, self.host, self.port)
+                _user_timeout(protocol, self.user_timeout)
             self._pending.clear()
-            self._last_reply = time.monotonic()
+            self._stalled_at = None
             self._loop, self._protocol = loop, protocol
             try:
                 username, password = self._auth
@@ -194,13 +226,15 @@ class RespConnection:
         if protocol is not self._protocol:  # a dropped connection's last bytes
             return
         parser = protocol.parser
+        pending = self._pending
         try:
             parser.feed(data)
-            self._last_reply = time.monotonic()
             while (reply := parser.gets()) is not False:
-                future = self._pending.popleft()[0]
+                future, _, tag = pending.popleft()
                 self._unanswered -= 1
                 if future.done():  # its caller timed out
+                    if tag is not None and self.on_late is not None:
+                        self.on_late(reply, tag)
                     continue
                 if isinstance(reply, hiredis.ReplyError):
                     future.set_exception(RespError(str(reply)))
@@ -209,6 +243,8 @@ class RespConnection:
         except (hiredis.ProtocolError, IndexError) as exc:  # garbage, or a reply nobody asked for
             self._drop(ConnectionError(f"redis protocol error: {exc!r}"))
             return
+        if self._stalled_at is not None and (not pending or not pending[0][0].done()):
+            self._stalled_at = None  # every late reply is in: new calls may go
         if not self._unanswered and self._outgoing and not self._flush_soon:
             self._flush(protocol)  # the batch is answered: what queued meanwhile goes out now
 
@@ -219,7 +255,7 @@ class RespConnection:
     def _drop(self, error: BaseException) -> None:
         """Forget the connection; fail whoever still waits on it."""
         protocol, self._protocol = self._protocol, None
-        self._outgoing, self._unanswered, self._flush_soon = [], 0, False
+        self._outgoing, self._unanswered, self._flush_soon, self._stalled_at = [], 0, False, None
         if self._hold is not None:
             self._hold.cancel()
             self._hold = None
@@ -231,11 +267,18 @@ class RespConnection:
             if not future.done():
                 future.set_exception(ConnectionError(str(error)))
 
-    def drop_if_stale(self, after: float) -> None:
-        """Calls wait but nothing came back for `after` seconds: a silent connection; start afresh."""
-        if self._pending and time.monotonic() - self._last_reply > after:
-            self._drop(ConnectionError(f"no reply from redis for {after:g}s"))
+    @property
+    def stalled(self) -> bool:
+        return self._stalled_at is not None
 
     async def close(self) -> None:
         self._drop(ConnectionError("closed"))
         await asyncio.sleep(0)  # the transport's connection_lost runs on the next loop turn
+
+
+def _user_timeout(protocol: _Protocol, seconds: float) -> None:
+    """TCP_USER_TIMEOUT: the OS closes the connection when bytes sent stay unacknowledged that long."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    sock = protocol.transport.get_extra_info("socket") if protocol.transport is not None else None
+    if option is not None and sock is not None and seconds > 0:
+        sock.setsockopt(socket.IPPROTO_TCP, option, int(seconds * 1000))

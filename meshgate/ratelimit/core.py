@@ -32,7 +32,7 @@ from .decision import (
 from .keys import counter_base
 from .metrics import KeyCounters, RateLimitMetrics
 from .model import RateLimitConfig, Rule, Unit
-from .store import MemoryStore, Slot, Store, StoreResult
+from .store import Slot, Store, StoreResult
 from .usage import usage_hits
 
 __all__ = [  # the plain types live in decision.py, re-exported here
@@ -172,8 +172,6 @@ class Limiter:
         self._apply_now: Callable[[Sequence[Slot], float], StoreResult] | None = getattr(
             store, "apply_now", None
         )
-        if isinstance(store, MemoryStore):
-            store.clock = self._clock  # its idle sweep reads the clock its expiries were set with
         for budget in getattr(store, "budgets", ()):
             self.metrics.track(budget)
 

@@ -8,22 +8,32 @@ through redis-py. Key layout:
     mg:{<tag>}:<domain>:<k1>=<v1>:<k2>=<v2>:<window seconds>:<window start, epoch seconds>
 
 `<tag>` is the value of the descriptor's `tenant` entry (else its first `key=value`), so one tenant's
-counters share a Redis Cluster slot and its request is one script on one node. Keys, values and
-the domain are percent-encoded when they hold anything but letters, digits and `_ . -`. Counters
-expire at the end of their window (sliding windows: after two windows).
+counters share a Redis Cluster slot and its request is one script on one node (keys.py: encoding, and
+long descriptors hashed). Counters expire at the end of their window (sliding: after two windows).
 
 URLs: `redis://[:password@]host:port/db`, `rediss://...` (TLS), `unix:///path.sock`;
 `redis+sentinel://host:port[,host:port]/<service>[/db]`; `redis+cluster://host:port`.
 Every call is bounded by `timeout` (default 50 ms); any failure raises StoreUnavailable.
+
+A call answered UNAVAILABLE is never charged later. Redis runs whatever reached its socket when it
+resumes (a hung Redis, SIGSTOP), even from a connection closed meanwhile, so each script carries its
+call's deadline on Redis's clock and charges nothing past it (`_deadline_ms`: the offset between the
+clocks is learnt from the replies, a lower bound, so a script that runs after its caller gave up
+always finds itself late). A script Redis ran in time but answered late (it hung in between) charged
+a call answered UNAVAILABLE: on our own connection its late reply is read, and its hits taken back
+(`_late`). redis-py (TLS, Sentinel, Cluster) drops a connection whose call timed out, so that last
+case is not taken back there; on a Cluster the offset mixes the nodes' clocks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -37,25 +47,34 @@ from ._resp import RespConnection, RespError, pack
 from .bounds import MIB, Budget, sizeof
 from .store import Slot, StoreResult, StoreUnavailable
 
-__all__ = ["LUA", "RedisStore", "redact"]
+__all__ = ["LUA", "TAKE_BACK", "RedisStore", "redact"]
+
+log = logging.getLogger("meshgate.ratelimit")
 
 COMMANDS_BUDGET = 8 * MIB  # the packed EVALSHA kept per request (see _evalsha and bounds.py)
+_MARGIN = 0.002  # seconds off each sample of Redis's clock: uvloop's loop clock reads up to 1 ms behind
+_EPOCH = 256  # replies per epoch of the clock offset (samples older than two epochs are forgotten)
 
 # KEYS: the current window's counter of each slot, in order, then the previous window's counter of
 # each slot with a sliding window (weight > 0), in the same order: a fixed window sends its key once.
 # ARGV[i]: slot i as "limit hits ttl weight enforce charge" (ttl: seconds until a new counter may go,
 # counted on meshgate's clock, so a skewed Redis clock does not shorten it; weight per mille; enforce,
 # charge 1/0): one argument per slot rather than six keeps the command short to build and to parse.
+# The last ARGV: the call's deadline, milliseconds on Redis's clock: past it, Redis hung or was slow
+# and the call was answered UNAVAILABLE, so the script charges nothing ({-1, now}).
 # One MGET reads every counter; a counter shared by several slots counts the hits of the earlier ones
 # (store.py). Only an admitted request writes: INCRBY, and EXPIRE on a counter MGET did not find.
 # Lean on purpose, Redis runs it for every request: numbers stay strings where Lua's arithmetic or
 # Redis takes them as they are (callgrind on redis-server: about 20 % fewer instructions per call
 # than a version that converted every field and kept four tables).
-# Returns {admitted (1/0), used_1, ..., used_n}.
+# Returns {admitted (1/0), now (ms, Redis's clock), used_1, ..., used_n}.
 LUA = """
-local n = #ARGV
+local n = #ARGV - 1
+local now = redis.call('TIME')
+now = now[1] * 1000 + math.floor(now[2] / 1000)
+if now > tonumber(ARGV[n + 1]) then return {-1, now} end
 local counts = redis.call('MGET', unpack(KEYS))
-local result, earlier, previous, hits = {1}, {}, n, {}
+local result, earlier, previous, hits = {1, now}, {}, n, {}
 for i = 1, n do
   -- ttl (the third field) is read only for a new counter, below
   local limit, h, weight, enforce, charge =
@@ -66,7 +85,7 @@ for i = 1, n do
     previous = previous + 1
     count = count + math.floor(tonumber(counts[previous] or 0) * weight / 1000)
   end
-  result[i + 1] = count
+  result[i + 2] = count
   if enforce == '1' and count + h > tonumber(limit) then result[1] = 0 end
   if charge == '1' and h ~= '0' then
     hits[i] = h
@@ -83,6 +102,17 @@ if result[1] == 1 then
   end
 end
 return result
+"""
+
+# A late reply said its script charged a call answered UNAVAILABLE: take the hits back (KEYS: the
+# charged counters, ARGV: their hits); a counter gone meanwhile stays gone, one back at zero goes.
+TAKE_BACK = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 and redis.call('DECRBY', KEYS[i], ARGV[i]) <= 0 then
+    redis.call('DEL', KEYS[i])
+  end
+end
+return #KEYS
 """
 
 
@@ -158,6 +188,12 @@ class RedisStore:
         self._packed_budget = Budget("commands", COMMANDS_BUDGET)
         self.budgets = (self._packed_budget,)
         self.cluster = isinstance(self._client, RedisCluster)
+        # Redis's clock minus the event loop's, seconds (a lower bound; see _deadline_ms)
+        self._offset: float | None = None
+        self._offset_max, self._offset_left = -math.inf, _EPOCH
+        self.taken_back = 0  # late replies whose hits were taken back (see _late)
+        if self._resp is not None:
+            self._resp.on_late = self._late
 
     def __repr__(self) -> str:
         return f"RedisStore({redact(self.url)}, timeout={self.timeout})"
@@ -170,46 +206,97 @@ class RedisStore:
             return await self._apply_client(slots, now)
         # our connection: it keeps the deadline (no timer of our own), and the call is awaited right
         # here (no coroutine in between): the hot path
-        deadline = asyncio.get_running_loop().time() + self.timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        until = self._deadline_ms(deadline)
         try:
-            command = self._evalsha(slots, now) if resp.connected else None
+            command = self._evalsha(slots, now, until) if resp.connected else None
             if command is None:
-                reply = await self._eval(*_keys_args(slots, now), deadline=deadline)
+                reply = await self._eval(*_keys_args(slots, now, until), deadline=deadline, tag=slots)
             else:
                 try:
-                    reply = await resp.send(command, deadline)
+                    reply = await resp.send(command, deadline, slots)
                 except RespError as exc:
                     if not str(exc).startswith("NOSCRIPT"):
                         raise
                     self._sha = None  # the server restarted or was flushed: EVAL caches the script again
-                    reply = await self._eval(*_keys_args(slots, now), deadline=deadline)
-        except TimeoutError as exc:
-            resp.drop_if_stale(self.timeout)
+                    reply = await self._eval(*_keys_args(slots, now, until), deadline=deadline, tag=slots)
+        except (TimeoutError, RespError, OSError) as exc:
             raise self._unavailable(exc) from exc
-        except (RespError, OSError) as exc:
-            raise self._unavailable(exc) from exc
-        return StoreResult(reply[0] == 1, reply[1:])  # the script's integers
+        return self._result(reply, loop)
 
-    def _evalsha(self, slots: Sequence[Slot], now: float) -> bytes | None:
+    def _deadline_ms(self, deadline: float) -> int:
+        """`deadline` (the loop's clock) on Redis's clock, in ms: the script charges nothing past it.
+        The offset is the highest of the recent samples `Redis's time in a reply - the loop's time
+        when it was read - _MARGIN`, each a lower bound of the true offset (Redis ran the script before
+        its reply was read), so a script Redis runs after the caller gave up finds itself late. Before
+        the first reply, the clocks are taken to agree."""
+        offset = self._offset
+        if offset is None:
+            offset = time.time() - asyncio.get_running_loop().time()
+        return int((deadline + offset) * 1000)
+
+    def _result(self, reply: Any, loop: asyncio.AbstractEventLoop) -> StoreResult:
+        """The script's reply; its Redis time is a sample of the clock offset (see _deadline_ms)."""
+        sample = reply[1] / 1000 - loop.time() - _MARGIN
+        if self._offset is None or sample > self._offset:
+            self._offset = sample
+        if sample > self._offset_max:
+            self._offset_max = sample
+        self._offset_left -= 1
+        if not self._offset_left:  # a new epoch: older samples go (Redis's clock may have stepped back)
+            self._offset, self._offset_max, self._offset_left = self._offset_max, -math.inf, _EPOCH
+        if reply[0] < 0:
+            raise StoreUnavailable(f"redis {redact(self.url)}: the script ran past its call's deadline")
+        return StoreResult(reply[0] == 1, reply[2:])
+
+    def _late(self, reply: Any, tag: object) -> None:
+        """The reply of a script whose call had timed out (answered UNAVAILABLE). If it charged (Redis
+        ran it in time, then hung before answering), take its hits back: the command goes in the
+        connection's order, ahead of any later call."""
+        if not isinstance(reply, list) or not reply or reply[0] != 1 or self._resp is None:
+            return
+        charged = [s for s in cast(Sequence[Slot], tag) if s.charge and s.hits > 0]
+        if not charged:
+            return
+        keys, hits = [s.key for s in charged], [s.hits for s in charged]
+        deadline = asyncio.get_running_loop().time() + max(1.0, self.timeout)
+        command = pack(("EVAL", TAKE_BACK, len(keys), *keys, *hits))
+        self._resp.send(command, deadline, stalled_too=True).add_done_callback(self._taken_back)
+
+    def _taken_back(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.taken_back += 1
+            log.info("redis %s: took back the hits of a script that ran in time but answered late",
+                     redact(self.url))
+            return
+        log.warning("redis %s: could not take back the hits of a call answered UNAVAILABLE: %r",
+                    redact(self.url), None if future.cancelled() else future.exception())
+
+    def _evalsha(self, slots: Sequence[Slot], now: float, until: int) -> bytes | None:
         """The packed EVALSHA for `slots` (None before the script's SHA is known). The limiter hands in
-        the same `slots` list for a request until one of its windows rolls, so the command is kept per
-        (list, second): a repeated request costs a dict lookup, not a command to format and pack."""
+        the same `slots` list for a request until one of its windows rolls, so the command up to its
+        deadline argument is kept per (list, second): a repeated request costs a dict lookup and the
+        deadline's bytes, not a command to format and pack."""
         sha, second = self._sha, int(now)
         if sha is None:
             return None
         found = self._packed.get(id(slots))
         if found is not None and found[0] is slots and found[1] == second and found[2] == sha:
-            return found[3]
-        keys, args = _keys_args(slots, now)
-        command = pack(("EVALSHA", sha, len(keys), *keys, *args))
-        # kept for a list of slots (a tuple is a one-off: see Store), not for a sliding window (its
-        # weight moves: no repeat); the entry holds `slots` (its id cannot be reused while the entry
-        # lives) and their keys
-        if type(slots) is list and not any(s.weight for s in slots) and self._packed_budget.admit(
-            self._packed, sizeof(command) + 200 + 250 * len(slots)
-        ):
-            self._packed[id(slots)] = (slots, second, sha, command)
-        return command
+            prefix = found[3]
+        else:
+            keys, args = _keys_args(slots, now, 0)
+            args[-1] = ""
+            prefix = pack(("EVALSHA", sha, len(keys), *keys, *args))[:-6]  # without its "$0\r\n\r\n"
+            # kept for a list of slots (a tuple is a one-off: see Store), not for a sliding window (its
+            # weight moves: no repeat); the entry holds `slots` (its id cannot be reused while the
+            # entry lives) and their keys
+            if type(slots) is list and not any(s.weight for s in slots) and self._packed_budget.admit(
+                self._packed, sizeof(prefix) + 200 + 250 * len(slots)
+            ):
+                self._packed[id(slots)] = (slots, second, sha, prefix)
+        digits = b"%d" % until
+        return b"%s$%d\r\n%s\r\n" % (prefix, len(digits), digits)
 
     async def _apply_per_tag(self, slots: Sequence[Slot], now: float) -> StoreResult:
         """Redis Cluster, counters of several tags: one script per slot (all-or-nothing per tag)."""
@@ -226,28 +313,34 @@ class RedisStore:
         return StoreResult(ok, used)
 
     async def _apply_client(self, slots: Sequence[Slot], now: float) -> StoreResult:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
         try:
-            async with asyncio.timeout(self.timeout):
-                reply = await self._eval(*_keys_args(slots, now))
+            async with asyncio.timeout_at(deadline):
+                reply = await self._eval(*_keys_args(slots, now, self._deadline_ms(deadline)))
         except (TimeoutError, RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
-        return StoreResult(reply[0] == 1, reply[1:])
+        return self._result(reply, loop)
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         if isinstance(exc, TimeoutError):
             return StoreUnavailable(f"redis {redact(self.url)}: no answer in {self.timeout:g}s")
         return StoreUnavailable(f"redis {redact(self.url)}: {type(exc).__name__}: {exc}")
 
-    async def _command(self, *args: Any, deadline: float = math.inf) -> Any:
+    async def _command(self, *args: Any, deadline: float = math.inf, tag: object = None) -> Any:
         if self._resp is not None:
-            return await self._resp.call(*args, deadline=deadline)
+            return await self._resp.call(*args, deadline=deadline, tag=tag)
         return await self._client.execute_command(*args)
 
-    async def _eval(self, keys: list[str], args: list[str], deadline: float = math.inf) -> Any:
+    async def _eval(
+        self, keys: list[str], args: list[str], deadline: float = math.inf, tag: object = None
+    ) -> Any:
         """EVALSHA, else EVAL; both within `deadline` (the event loop's clock; _resp only)."""
         if self._sha is not None:
             try:
-                return await self._command("EVALSHA", self._sha, len(keys), *keys, *args, deadline=deadline)
+                return await self._command(
+                    "EVALSHA", self._sha, len(keys), *keys, *args, deadline=deadline, tag=tag
+                )
             except (NoScriptError, RespError) as exc:
                 # redis-py raises NoScriptError (its message drops the NOSCRIPT prefix); _resp an
                 # error reply that starts with it
@@ -256,14 +349,17 @@ class RedisStore:
                 # the server restarted or was flushed, or (Cluster) this node has not seen the
                 # script yet: EVAL caches it there
                 self._sha = None
-        reply = await self._command("EVAL", LUA, len(keys), *keys, *args, deadline=deadline)
+        reply = await self._command("EVAL", LUA, len(keys), *keys, *args, deadline=deadline, tag=tag)
         self._sha = _sha1(LUA)
         return reply
 
     async def ping(self) -> None:
+        """PING within max(timeout, 0.5 s). Our connection keeps the deadline itself (a PING it fails
+        stalls the connection like a script), redis-py's is bounded here."""
+        deadline = asyncio.get_running_loop().time() + max(self.timeout, 0.5)
         try:
-            async with asyncio.timeout(max(self.timeout, 0.5)):
-                await self._command("PING")
+            async with asyncio.timeout_at(None if self._resp is not None else deadline):
+                await self._command("PING", deadline=deadline)
         except (RedisError, RespError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"redis {redact(self.url)}: {type(exc).__name__}: {exc}") from exc
 
@@ -274,8 +370,8 @@ class RedisStore:
             await self._client.aclose()
 
 
-def _keys_args(slots: Sequence[Slot], now: float) -> tuple[list[str], list[str]]:
-    """KEYS and ARGV of the script (see LUA)."""
+def _keys_args(slots: Sequence[Slot], now: float, until: int) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of the script (see LUA), `until` the deadline (ms, Redis's clock)."""
     keys = [s.key for s in slots]
     keys += [s.prev_key for s in slots if s.weight]
     second = int(now)
@@ -283,6 +379,7 @@ def _keys_args(slots: Sequence[Slot], now: float) -> tuple[list[str], list[str]]
         f"{s.limit} {s.hits} {max(1, s.expires - second)} {s.weight} {s.enforce:d} {s.charge:d}"
         for s in slots
     ]
+    args.append(str(until))
     return keys, args
 
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -82,7 +81,9 @@ class MemoryStore:
 
     Memory: each counter is filed under its expiry second; a call past the earliest expiry sweeps the
     counters that expired (those only), and a timer on the event loop does it when no calls come, so
-    an idle store lets its counters go when their windows end. Counters hold at most `budget` bytes
+    an idle store lets its counters go when their windows end. The timer reads no clock of its own:
+    it takes the `now` of the last call plus the loop's time since (`now` may come from a test's
+    clock). Counters hold at most `budget` bytes
     (`COUNTERS_BUDGET`; keys are short, see keys.py): a request that needs a new counter past it is
     refused with StoreFull; live counters are never dropped to make room."""
 
@@ -93,8 +94,10 @@ class MemoryStore:
         self._peak = 0  # most counters since the dict was last rebuilt (a dict never shrinks itself)
         self.budget = Budget("counters", budget, entry_max=budget)
         self.budgets = (self.budget,)
-        self.clock: Callable[[], float] = time.time  # the clock of `now`: the Limiter sets its own
+        self._last_now = 0.0  # the `now` of the last call
         self._timer: asyncio.TimerHandle | None = None
+        # when the timer was armed: the last call's `now`, the store's time then, and the loop's time
+        self._armed = (0.0, 0.0, 0.0)
 
     def __len__(self) -> int:
         return len(self._counts)
@@ -107,6 +110,7 @@ class MemoryStore:
         reads its counter, then adds its hits at once when it charges, so a counter shared by several
         slots shows each slot the hits of the earlier ones. A refused request then takes back what the
         pass added (refusals are rare: the limiter's over-limit cache answers the repeated ones)."""
+        self._last_now = now
         second = int(now)  # expiries are whole seconds: the same comparisons, int against int
         if second > self._next:
             self._sweep(second)
@@ -199,23 +203,30 @@ class MemoryStore:
             self._counts = dict(counts)
             self._peak = len(self._counts)
 
-    def _arm(self) -> None:
-        """The idle sweep: a timer for the earliest expiry (none outside an event loop: calls sweep)."""
+    def _arm(self, now: float | None = None) -> None:
+        """The idle sweep: a timer for the earliest expiry, on the store's time `now` (default: the last
+        call's); none outside an event loop (calls sweep)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = loop.call_later(max(0.01, self._next + 1 - self.clock()), self._idle_sweep)
+        now = self._last_now if now is None else now
+        self._armed = (self._last_now, now, loop.time())
+        self._timer = loop.call_later(max(0.01, self._next + 1 - now), self._idle_sweep, loop)
 
-    def _idle_sweep(self) -> None:
+    def _idle_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
-        second = int(self.clock())
-        if second > self._next:
-            self._sweep(second)
+        last, now, armed_at = self._armed
+        if self._last_now != last:  # calls came meanwhile (and swept for themselves)
+            now = self._last_now
+        else:  # idle: the store's time went on as the loop's did
+            now += loop.time() - armed_at
+            if int(now) > self._next:
+                self._sweep(int(now))
         if self._expiring:
-            self._arm()
+            self._arm(now)
 
     async def ping(self) -> None:
         return None

@@ -21,6 +21,7 @@ from meshgate.ratelimit.compile import compile_policy
 from meshgate.ratelimit.model import RateLimitConfig
 from meshgate.ratelimit.redis_store import RedisStore, redact
 from meshgate.ratelimit.store import Slot, StoreResult
+from tests.harness.procs import eventually
 from tests.harness.redis import RedisServer
 from tests.service._redis_topologies import ClusterTopology, SentinelTopology, flush
 
@@ -59,6 +60,7 @@ def script_calls(client: redis.Redis) -> int:
 # commands a client sends to open a connection, and the ones the script runs inside Redis
 _NOT_ROUND_TRIPS = {
     "info", "config|resetstat", "config", "hello", "client", "client|setinfo", "mget", "incrby", "expire",
+    "time",
 }
 
 
@@ -267,10 +269,14 @@ def test_database_from_the_url(redis_server: RedisServer) -> None:
 
 
 def test_late_replies_after_a_timeout_do_not_shift_the_answers(redis_server: RedisServer) -> None:
-    """A paused server times the call out; its reply arrives later and must not answer the next call."""
+    """A paused server times the call out; its reply arrives later and must not answer the next call,
+    and its script, run once Redis resumes, past its deadline, charges nothing. Until that late reply
+    is in, the connection takes no new call (UNAVAILABLE at once, nothing written)."""
 
     async def main() -> None:
         limiter = limiter_for(redis_server.url)
+        store = limiter.store
+        assert isinstance(store, RedisStore) and store._resp is not None
         try:
             assert (await limiter.decide(request("globex", "late"))).statuses[0].remaining == 4
             pid = redis_server.proc.pid
@@ -279,15 +285,69 @@ def test_late_replies_after_a_timeout_do_not_shift_the_answers(redis_server: Red
             try:
                 with pytest.raises(StoreUnavailable):
                     await limiter.decide(request("globex", "late"))
+                assert store._resp.stalled
+                with pytest.raises(StoreUnavailable, match="not answering"):
+                    await limiter.decide(request("globex", "late"))
             finally:
                 os.kill(pid, signal.SIGCONT)
-            # the paused call was executed by Redis once resumed (Envoy already answered UNAVAILABLE)
+            await eventually(lambda: not store._resp.stalled)  # the late reply is in
             answers = [(await limiter.decide(request("globex", "late"))).statuses[0].remaining for _ in range(2)]
-            assert answers in ([2, 1], [3, 2])
+            assert answers == [3, 2]  # the refused calls counted nothing
         finally:
-            await limiter.store.close()
+            await store.close()
 
     asyncio.run(main())
+
+
+def test_a_script_run_past_its_deadline_charges_nothing_and_the_clock_offset_is_learnt(
+    redis_server: RedisServer,
+) -> None:
+    """The script compares its call's deadline with Redis's TIME. Told Redis's clock runs an hour
+    behind, the store sends a deadline Redis has passed: the script charges nothing and the call is
+    UNAVAILABLE; its reply carries Redis's time, so the next call's deadline is right again."""
+
+    async def main() -> list[int]:
+        limiter = limiter_for(redis_server.url)
+        store = limiter.store
+        assert isinstance(store, RedisStore)
+        try:
+            first = (await limiter.decide(request("globex", "clock"))).statuses[0].remaining
+            assert store._offset is not None
+            store._offset -= 3600
+            with pytest.raises(StoreUnavailable, match="past its call's deadline"):
+                await limiter.decide(request("globex", "clock"))
+            after = (await limiter.decide(request("globex", "clock"))).statuses[0].remaining
+            return [first, after]
+        finally:
+            await store.close()
+
+    assert asyncio.run(main()) == [4, 3]  # the refused call counted nothing
+
+
+def test_a_late_reply_of_a_script_that_charged_is_taken_back(redis_server: RedisServer) -> None:
+    """Redis ran the script in time but its reply came after the call had been answered UNAVAILABLE
+    (here: the connection's deadline is now, Redis's a minute away): the late reply is read and the
+    hits it added taken back, ahead of the next call on the connection."""
+
+    async def main() -> list[int]:
+        limiter = limiter_for(redis_server.url)
+        store = limiter.store
+        assert isinstance(store, RedisStore) and store._resp is not None
+        try:
+            before = [s.remaining for s in (await limiter.decide(request("globex", "race"))).statuses]
+            prepared = next(iter(limiter._prepared.values()))
+            loop = asyncio.get_running_loop()
+            command = store._evalsha(prepared.slots, time.time(), int((time.time() + 60) * 1000))
+            assert command is not None
+            with pytest.raises(TimeoutError):
+                await store._resp.send(command, loop.time(), prepared.slots)
+            await eventually(lambda: store.taken_back == 1)
+            after = [s.remaining for s in (await limiter.decide(request("globex", "race"))).statuses]
+            return before + after
+        finally:
+            await store.close()
+
+    assert asyncio.run(main()) == [4, 99, 3, 98]  # the call answered UNAVAILABLE left nothing behind
 
 
 def test_error_reply_is_unavailable(redis_server: RedisServer) -> None:

@@ -17,7 +17,7 @@ from envoy.service.ratelimit.v3 import rls_pb2
 
 from meshgate.ratelimit import Limiter, MemoryStore, RateLimitServicer, Settings
 from meshgate.ratelimit._reply import _Reply
-from meshgate.ratelimit._resp import RespConnection
+from meshgate.ratelimit._resp import RespConnection, pack
 from meshgate.ratelimit.core import Decision, HeaderStyle, Status
 from meshgate.ratelimit.metrics import RateLimitMetrics
 from meshgate.ratelimit.service import SERVICE_NAME, add_to_server, to_request, to_response
@@ -192,6 +192,79 @@ def test_connection_deadlines_fail_only_the_late_calls() -> None:
 
     asyncio.run(main())
 
+
+
+def test_a_timed_out_connection_stalls_until_its_late_reply_is_in_and_hands_it_on() -> None:
+    """A call times out: the connection is kept (no new one: Redis would run what it holds anyway), a
+    call meanwhile fails at once and writes nothing, the late reply goes to `on_late` with its call's
+    tag, and then calls go again on the same connection."""
+
+    async def main() -> None:
+        received: list[bytes] = []
+        release = asyncio.Event()
+        connections = 0
+
+        async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal connections
+            connections += 1
+            answered = 0
+            while data := await reader.read(65536):
+                received.append(data)
+                await release.wait()
+                pings = b"".join(received).count(b"PING") - answered
+                writer.write(b"+PONG\r\n" * pings)
+                answered += pings
+
+        server = await asyncio.start_server(held, "127.0.0.1", 0)
+        conn = RespConnection(host="127.0.0.1", port=server.sockets[0].getsockname()[1])
+        late: list[tuple[Any, object]] = []
+        conn.on_late = lambda reply, tag: late.append((reply, tag))
+        loop = asyncio.get_running_loop()
+        try:
+            with pytest.raises(TimeoutError):
+                await conn.call("PING", deadline=loop.time() + 0.05, tag="first")
+            assert conn.stalled
+            with pytest.raises(ConnectionError, match="not answering"):
+                conn.send(pack(("PING",)), loop.time() + 5, "refused")
+            await eventually(lambda: bool(received))  # the first PING reached the server
+            release.set()
+            await eventually(lambda: not conn.stalled)
+            assert late == [(b"PONG", "first")]
+            assert await conn.call("PING", deadline=loop.time() + 5) == b"PONG"
+            assert connections == 1 and b"".join(received).count(b"PING") == 2  # the refused one: never sent
+        finally:
+            await conn.close()
+            server.close()
+
+    asyncio.run(main())
+
+
+def test_a_connection_stalled_past_abandon_after_is_closed_and_the_next_call_connects_again() -> None:
+    async def main() -> None:
+        connections = 0
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal connections
+            connections += 1
+            await reader.read(-1)
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        conn = RespConnection(host="127.0.0.1", port=server.sockets[0].getsockname()[1], abandon_after=0)
+        loop = asyncio.get_running_loop()
+        try:
+            with pytest.raises(TimeoutError):
+                await conn.call("PING", deadline=loop.time() + 0.05)
+            with pytest.raises(ConnectionError, match="connection closed"):
+                conn.send(pack(("PING",)), loop.time() + 5)
+            assert not conn.connected and not conn.stalled
+            with pytest.raises(TimeoutError):
+                await conn.call("PING", deadline=loop.time() + 0.05)  # a new connection, silent too
+            assert connections == 2
+        finally:
+            await conn.close()
+            server.close()
+
+    asyncio.run(main())
 
 
 def test_commands_queued_while_a_batch_is_unanswered_go_out_together() -> None:
