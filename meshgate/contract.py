@@ -1,4 +1,10 @@
-"""Names that several compilers and services must agree on: one rule, one place.
+"""Names and rules that several compilers and services must agree on: one rule, one place.
+
+Every compiler of the policy (xds for meshgate's own gateway, meshconfig for Istio and Envoy Gateway,
+ratelimit's descriptor tree) and every service (extauthz, ratelimit) imports them from here; none keeps
+a copy. What lives here: the headers the gateway sets (and no client may send), the rate limit
+descriptor keys and their order, the token phase key, the tier arithmetic, which models a quota counts
+(computed once per policy), and the LLM usage metadata names below.
 
 LLM token accounting (docs/llm.md) crosses three rooms. extauthz puts the tokens a request *asks*
 for in its dynamic metadata; xds configures Envoy to copy the tokens a response *used* (the backend's
@@ -9,10 +15,16 @@ those steps share lives here, and each side imports it from here.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from fnmatch import fnmatchcase
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from meshgate.policy.model import Model
+    from meshgate.policy.model import Model, Policy, Quota
 
 __all__ = [
     "ASKED_TOKENS",
@@ -20,12 +32,22 @@ __all__ = [
     "CHARGE",
     "CHECK",
     "COMPLETION_TOKENS",
+    "DECISION_ID_HEADER",
+    "DESCRIPTOR_KEYS",
     "EXTAUTHZ_METADATA",
     "EXTAUTHZ_NAMESPACE",
+    "GATEWAY_HEADERS",
+    "HEADER_PREFIX",
+    "IDENTITY_HEADERS",
+    "MODEL_HEADER",
     "PHASE_KEY",
     "PROMPT_TOKENS",
+    "PUBLIC_PATHS",
+    "QUOTA_KEY",
     "REQUESTS",
     "STREAM_HEADER",
+    "TENANT_HEADER",
+    "TIER_HEADER",
     "TOTAL_TOKENS",
     "USAGE_FIELDS",
     "USAGE_KEY",
@@ -33,11 +55,53 @@ __all__ = [
     "USAGE_NAMESPACE",
     "USAGE_RULE",
     "USED_TOKENS",
+    "USER_HEADER",
+    "VERSION_HEADER",
+    "QuotaPlan",
+    "descriptor_headers",
     "metadata",
+    "quota_limit",
+    "quota_plan",
     "reads_usage",
+    "rule_label",
+    "tier_limit",
 ]
 
+# --- headers the gateway sets ----------------------------------------------------------------------
+
+HEADER_PREFIX = "x-meshgate-"
+"""Every header below starts with it. None may come from a client: extauthz overwrites or removes the
+client's copies on every request it allows, and the Istio and Envoy Gateway renderings also strip them
+before routing (docs/meshconfig.md)."""
+TENANT_HEADER = "x-meshgate-tenant"
+USER_HEADER = "x-meshgate-user"
+TIER_HEADER = "x-meshgate-tier"
+MODEL_HEADER = "x-meshgate-model"
+"""The model extauthz read from the path or the body; routes of body-named models (OpenAI, Triton gRPC)
+match it after extauthz cleared the route cache."""
+VERSION_HEADER = "x-meshgate-model-version"
+DECISION_ID_HEADER = "x-meshgate-decision-id"
+IDENTITY_HEADERS: Mapping[str, str] = {
+    "tenant": TENANT_HEADER,
+    "user": USER_HEADER,
+    "tier": TIER_HEADER,
+    "model": MODEL_HEADER,
+}
+"""Identity key -> the header extauthz sets on an allowed request."""
+
+PUBLIC_PATHS: tuple[str, ...] = ()
+"""Paths a gateway may serve without an ext_authz check. None: every request the gateway accepts is
+checked (the gateways' own health checks listen on ports of their own: Istio 15021, Envoy Gateway
+19003, meshgate's Envoy its admin port)."""
+
+
 # --- descriptors the rate limiter reads -------------------------------------------------------------
+
+QUOTA_KEY = "quota"
+"""First entry of a quota's descriptor: `quota=<quota name>`."""
+DESCRIPTOR_KEYS = ("tenant", "user", "model")
+"""The identity entries that follow, in this order whatever the order of the quota's `per`; each value
+is the header of that key in IDENTITY_HEADERS."""
 
 PHASE_KEY = "meshgate.phase"
 """Reserved last entry of a token quota's descriptor: `check` (at request time: refuse if the asked
@@ -51,11 +115,102 @@ USAGE_RULE = "meshgate.usage"
 """Name of the (unlimited) rules the policy compiles for the declared chargeback descriptors."""
 
 
-
 def reads_usage(model: Model) -> bool:
     """Whether the gateway reads `model`'s usage from its responses (OpenAI-compatible backends): xds
     sends its chargeback descriptors, ratelimit counts them."""
     return model.protocol == "openai"
+
+
+def descriptor_keys(quota: Quota) -> tuple[str, ...]:
+    """The identity entries of `quota`'s descriptor, in DESCRIPTOR_KEYS order (a quota's `models` never
+    adds one: the descriptor goes only on the routes of the models it counts)."""
+    return tuple(key for key in DESCRIPTOR_KEYS if key in quota.per)
+
+
+def descriptor_headers(quota: Quota) -> tuple[tuple[str, str], ...]:
+    """(descriptor key, header) of each identity entry of `quota`'s descriptor."""
+    return tuple((key, IDENTITY_HEADERS[key]) for key in descriptor_keys(quota))
+
+
+def rule_label(quota: str, keys: tuple[str, ...], tenant: str | None) -> str:
+    """The config path of a quota's rule, envoyproxy/ratelimit's `key_value.key` style, used as its
+    metric label: `quota_<name>.tenant_<tenant>.user`. Built part by part: a dot in a quota or tenant
+    name stays in its own part."""
+    parts = [f"{QUOTA_KEY}_{quota}"]
+    for key in keys:
+        parts.append(f"{key}_{tenant}" if key == "tenant" and tenant is not None else key)
+    return ".".join(parts)
+
+
+# --- tier arithmetic -------------------------------------------------------------------------------
+
+
+def tier_limit(limit: int, multiplier: float) -> int:
+    """`limit` times a tier's `multiplier`, rounded down, at least 1. Exact: the multiplier is taken as
+    the decimal it was written as (0.29 x 100 is 29, not the 28.999... of binary floating point)."""
+    return max(1, math.floor(Decimal(limit) * Decimal(repr(float(multiplier)))))
+
+
+def quota_limit(policy: Policy, quota: Quota, tenant: str | None) -> int:
+    """The limit of `quota` for `tenant` (its tier's multiplier applied); the quota's own limit when it
+    is counted without a tenant (its `per` has no tenant) or the tenant has no tier."""
+    if tenant is None:
+        return quota.limit
+    found = policy.tenant(tenant)
+    tier = policy.tier(found.tier) if found is not None and found.tier else None
+    return tier_limit(quota.limit, tier.multiplier) if tier is not None else quota.limit
+
+
+# --- which models a quota counts -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaPlan:
+    """The policy's quota `models` patterns matched against its model names, once."""
+
+    models: Mapping[str, tuple[str, ...]]
+    """Quota name -> the names of the policy's models it counts, sorted."""
+    every_model: frozenset[str]
+    """Quotas whose patterns are the default `*` (they count requests of any model)."""
+
+    def applies(self, quota: Quota, model: str) -> bool:
+        return model in self.models[quota.name]
+
+    def quotas_of(self, policy: Policy, model: str) -> tuple[Quota, ...]:
+        """The policy's quotas counting `model`, in policy order."""
+        return tuple(q for q in policy.quotas if model in self.models[q.name])
+
+
+class _Identity:
+    """A policy as a cache key by identity (policies hold mappings and are not hashable)."""
+
+    __slots__ = ("policy",)
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+    def __hash__(self) -> int:
+        return id(self.policy)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Identity) and other.policy is self.policy
+
+
+def quota_plan(policy: Policy) -> QuotaPlan:
+    """The QuotaPlan of `policy`, computed once per policy object (the last few are kept)."""
+    return _plan(_Identity(policy))
+
+
+@lru_cache(maxsize=8)
+def _plan(key: _Identity) -> QuotaPlan:
+    policy = key.policy
+    names = [m.name for m in policy.models]
+    models = {
+        q.name: tuple(sorted(n for n in names if any(fnmatchcase(n, p) for p in q.models)))
+        for q in policy.quotas
+    }
+    every = frozenset(q.name for q in policy.quotas if q.models == ("*",))
+    return QuotaPlan(models=models, every_model=every)
 
 
 # --- dynamic metadata ------------------------------------------------------------------------------
@@ -98,3 +253,15 @@ USED_TOKENS = metadata(USAGE_NAMESPACE, TOTAL_TOKENS)
 STREAM_HEADER = "x-meshgate-stream"
 """Set by the gateway from the request body's `stream` (`true` when streaming), overwriting any copy
 the client sent; the gateway then asks the backend for usage in the stream (docs/llm.md)."""
+
+GATEWAY_HEADERS = (
+    TENANT_HEADER,
+    USER_HEADER,
+    TIER_HEADER,
+    MODEL_HEADER,
+    VERSION_HEADER,
+    DECISION_ID_HEADER,
+    STREAM_HEADER,
+)
+"""Every header meshgate or its gateway filters set: where a gateway can only remove headers by name
+(Envoy Gateway's earlyRequestHeaders), these are the names removed from what the client sent."""

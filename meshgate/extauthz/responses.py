@@ -27,8 +27,8 @@ __all__ = [
     "to_response",
 ]
 
-HEADER_PREFIX = "x-meshgate-"
-DECISION_ID_HEADER = "x-meshgate-decision-id"
+HEADER_PREFIX = contract.HEADER_PREFIX
+DECISION_ID_HEADER = contract.DECISION_ID_HEADER
 METADATA_NAMESPACE = contract.EXTAUTHZ_METADATA
 REALM = "meshgate"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -120,11 +120,15 @@ def to_response(
         return deny(decision.status, decision.code, decision.message, headers=extra)
     who, target = decision.identity, decision.target
     assert who is not None and target is not None
-    headers = {"x-meshgate-tenant": who.tenant, "x-meshgate-user": who.user, "x-meshgate-tier": who.tier}
+    headers = {
+        contract.TENANT_HEADER: who.tenant,
+        contract.USER_HEADER: who.user,
+        contract.TIER_HEADER: who.tier,
+    }
     if target.model:
-        headers["x-meshgate-model"] = target.model
+        headers[contract.MODEL_HEADER] = target.model
     if target.version:
-        headers["x-meshgate-model-version"] = target.version
+        headers[contract.VERSION_HEADER] = target.version
     remove = [*client_headers, api_key_header]
     if not forward_authorization:
         remove.append("authorization")

@@ -15,8 +15,8 @@ descriptor only to the routes of matching models. The same tree holds the charge
 
 from __future__ import annotations
 
-import fnmatch
-import math
+from meshgate import contract
+from meshgate.contract import QUOTA_KEY, quota_limit
 
 from ..policy.model import Policy, Quota
 from .model import Node, Rule
@@ -24,17 +24,7 @@ from .usage import usage_nodes
 
 __all__ = ["QUOTA_KEY", "compile_policy", "quota_limit"]
 
-QUOTA_KEY = "quota"
-_ORDER = ("tenant", "user", "model")
-
-
-def quota_limit(policy: Policy, quota: Quota, tenant: str | None) -> int:
-    """The quota's limit for `tenant`: times its tier's multiplier, rounded down, at least 1."""
-    if tenant is None:
-        return quota.limit
-    found = policy.tenant(tenant)
-    tier = policy.tier(found.tier) if found is not None and found.tier else None
-    return max(1, math.floor(quota.limit * (tier.multiplier if tier else 1.0)))
+# the descriptor keys, their order, the tier arithmetic and the rule labels: meshgate/contract.py
 
 
 def _rule(domain: str, quota: Quota, limit: int, path: str) -> Rule:
@@ -61,18 +51,16 @@ def _chain(keys: tuple[str, ...], models: tuple[str, ...], leaf: Rule) -> Node:
 
 
 def _quota_node(policy: Policy, domain: str, quota: Quota) -> Node | None:
-    keys = tuple(k for k in _ORDER if k in quota.per)
-    patterns = quota.models
-    models = ("*",) if patterns == ("*",) else tuple(
-        sorted(m.name for m in policy.models if any(fnmatch.fnmatchcase(m.name, p) for p in patterns))
-    )
-    label = ".".join([f"{QUOTA_KEY}_{quota.name}", *keys])
+    keys = contract.descriptor_keys(quota)
+    plan = contract.quota_plan(policy)
+    models = ("*",) if quota.name in plan.every_model else plan.models[quota.name]
     if "tenant" not in keys:
+        label = contract.rule_label(quota.name, keys, None)
         return _chain(keys, models, _rule(domain, quota, quota.limit, label))
     tenants: dict[tuple[str, str | None], Node] = {}
     for tenant in policy.tenants:
         if quota.name in tenant.quotas:
-            path = label.replace(".tenant", f".tenant_{tenant.name}", 1)
+            path = contract.rule_label(quota.name, keys, tenant.name)
             rule = _rule(domain, quota, quota_limit(policy, quota, tenant.name), path)
             tenants[("tenant", tenant.name)] = _chain(keys[1:], models, rule)
     return Node(children=tenants) if tenants else None

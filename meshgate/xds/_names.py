@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import hashlib
 
+from meshgate import contract
+
 LISTENER = "meshgate_gateway"
 ROUTE_CONFIG = "meshgate_routes"
 VIRTUAL_HOST = "models"
 EXTAUTHZ_CLUSTER = "meshgate|extauthz"
 RATELIMIT_CLUSTER = "meshgate|ratelimit"
-MODEL_HEADER = "x-meshgate-model"
-IDENTITY_HEADERS = (
-    ("tenant", "x-meshgate-tenant"),
-    ("user", "x-meshgate-user"),
-    ("model", "x-meshgate-model"),
-)
+MODEL_HEADER = contract.MODEL_HEADER
 
 
 def cluster(model: str, version: str) -> str:

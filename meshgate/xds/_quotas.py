@@ -14,8 +14,6 @@ hits_addend is that number of the response's usage (docs/llm.md).
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
-
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
 
@@ -23,19 +21,13 @@ from meshgate import contract
 from meshgate.contract import reads_usage
 from meshgate.policy.model import Model, Policy, Quota
 
-from . import _names
-
 __all__ = ["model_rate_limits"]
 
 _A = rc.RateLimit.Action
 
 
-def _applies(quota: Quota, model: Model) -> bool:
-    return any(fnmatchcase(model.name, pattern) for pattern in quota.models)
-
-
 def _header(key: str) -> rc.RateLimit.Action:
-    header = dict(_names.IDENTITY_HEADERS)[key]
+    header = contract.IDENTITY_HEADERS[key]
     return _A(request_headers=_A.RequestHeaders(header_name=header, descriptor_key=key))
 
 
@@ -44,8 +36,8 @@ def _generic(key: str, value: str) -> rc.RateLimit.Action:
 
 
 def _actions(quota: Quota) -> list[rc.RateLimit.Action]:
-    identity = [_header(key) for key, _ in _names.IDENTITY_HEADERS if key in quota.per]
-    return [_generic("quota", quota.name), *identity]
+    identity = [_header(key) for key in contract.descriptor_keys(quota)]
+    return [_generic(contract.QUOTA_KEY, quota.name), *identity]
 
 
 def _limit(actions: list[rc.RateLimit.Action], hits: str, *, on_done: bool) -> rc.RateLimit:
@@ -69,9 +61,7 @@ def _chargeback() -> list[rc.RateLimit]:
 def model_rate_limits(policy: Policy, model: Model) -> rate_limit_pb2.RateLimitPerRoute | None:
     """The per-route rate limits of `model`'s routes, or None when none applies to it."""
     limits: list[rc.RateLimit] = []
-    for quota in policy.quotas:
-        if not _applies(quota, model):
-            continue
+    for quota in contract.quota_plan(policy).quotas_of(policy, model.name):
         if quota.unit == "tokens":
             check = [*_actions(quota), _generic(contract.PHASE_KEY, contract.CHECK)]
             charge = [*_actions(quota), _generic(contract.PHASE_KEY, contract.CHARGE)]
