@@ -189,7 +189,7 @@ def test_deep_messages_the_parser_accepts_are_counted_without_recursion() -> Non
     """Nesting the JSON parser still takes (under its limit) is walked by a loop, not by recursion."""
     table = make_table()
     inner = b"[" * 900 + b'"abcd"' + b"]" * 900
-    body = b'{"model": "llama-chat", "messages": ' + inner + b"}"
+    body = b'{"model": "llama-chat", "max_tokens": 0, "messages": ' + inner + b"}"  # tokens: the prompt's
     req = CheckInput(method="POST", path="/v1/chat/completions", headers={"x-api-key": API_KEY}, body=body)
     decision = decide(table, req)
     assert decision.code == "ok" and decision.target is not None and decision.target.tokens == 1
