@@ -130,10 +130,7 @@ def _parses(raw: bytes) -> bool:
     return True
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known (issue 15, item 9, ratelimit part, owned by the ratelimit engineer): a request that is not "
-    "a RateLimitRequest escapes as DecodeError (gRPC UNKNOWN + traceback), not INVALID_ARGUMENT",
-)
 def test_malformed_bytes_are_invalid_argument(servicer: RateLimitServicer) -> None:
+    """Issue 15, item 9 (kept here as xfail while it was open): a request that is not a RateLimitRequest
+    escaped as DecodeError (gRPC UNKNOWN, a traceback per call); fixed in meshgate/ratelimit (029545e)."""
     assert call(servicer, b"\x7f\xff\xff\xff") == grpc.StatusCode.INVALID_ARGUMENT
