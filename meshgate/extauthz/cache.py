@@ -44,6 +44,8 @@ def decision_bytes(decision: Decision) -> int:
         size += strings_bytes(who.roles) + 8 * len(who.roles)
     if target is not None:
         size += _sizeof(target.model) + _sizeof(target.version)
+    if decision.listing:  # a model list's names
+        size += strings_bytes(decision.listing) + 8 * len(decision.listing)
     return size
 
 

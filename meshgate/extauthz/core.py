@@ -7,6 +7,10 @@ Order: credential (401) -> target model (400) -> caller checks (origin, tenant) 
 Both a bearer token and an API key in one request: refused with 401 `ambiguous_credentials`. Picking
 one silently would let a proxy that injects a key (or a leaked key pasted next to a user's token) act
 under an identity the caller did not mean, and the two may name different tenants.
+
+A bearer that is not a JWT (not three dot-separated parts) is an API key: OpenAI's clients send their
+`api_key` as `Authorization: Bearer <key>`. It is looked up like one from the API key header; with
+that header present too, the request is ambiguous as above, whatever the bearer holds.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ def decide(table: AuthzTable, req: CheckInput) -> Decision:
     if isinstance(cred, Decision):
         return cred
     try:
-        target: Target | TargetError = resolve_target(req)
+        target: Target | TargetError = resolve_target(req, table.tokenized)
     except TargetError as exc:
         target = exc
     return _decide(table, req, cred, target)
@@ -65,7 +69,7 @@ class Authorizer:
         if isinstance(cred, Decision):
             return cred, False
         try:
-            target = resolve_target(req)
+            target = resolve_target(req, self.table.tokenized)
         except TargetError as exc:
             return _decide(self.table, req, cred, exc), False
         key = _cache_key(cred, target, req.headers)
@@ -107,6 +111,8 @@ def _credential(table: AuthzTable, req: CheckInput) -> Credential | Decision:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         return Decision.deny("unsupported_auth_scheme", "Authorization must be 'Bearer <token>'")
+    if token.count(".") != 2:  # not a JWT's header.payload.signature: an API key (OpenAI's clients)
+        return ("api_key", token)
     return ("jwt", token)
 
 
@@ -190,6 +196,9 @@ def _identity_from_claims(
 
 
 def _authorize(table: AuthzTable, who: Identity, target: Target, headers: Mapping[str, str]) -> Decision:
+    texts = target.texts
+    if texts:  # a decision (cached, logged) never holds the prompt
+        target = dataclasses.replace(target, texts=())
     origin = headers.get("origin")
     tenant = table.tenants[who.tenant]
     browser = origin is not None or "sec-fetch-site" in headers
@@ -202,6 +211,8 @@ def _authorize(table: AuthzTable, who: Identity, target: Target, headers: Mappin
         )
     if target.kind == "server":
         return Decision(code="ok", identity=who, target=target)
+    if target.kind == "models":
+        return _listing(table, who, target)
     model = table.models.get(target.model)
     if model is None or (model.owner is not None and model.owner != who.tenant):
         # unknown and someone else's private model read the same: no oracle for private model names
@@ -223,6 +234,9 @@ def _authorize(table: AuthzTable, who: Identity, target: Target, headers: Mappin
             identity=who,
             target=target,
         )
+    if texts and model.tokenizer is not None:  # counted by the model's tokenizer, now it may be used
+        prompt = target.tokens + model.tokenizer.count(texts)
+        target = dataclasses.replace(target, tokens=prompt + (target.max_tokens or 0))
     limit = model.context_limit
     if limit is not None and target.max_tokens is not None and target.max_tokens > limit:
         return Decision.deny(
@@ -245,6 +259,21 @@ def _authorize(table: AuthzTable, who: Identity, target: Target, headers: Mappin
     return Decision(code="ok", identity=who, target=target)
 
 
+def _listing(table: AuthzTable, who: Identity, target: Target) -> Decision:
+    """GET /v1/models: the OpenAI models the caller may use; /v1/models/{model}: that one, if it may."""
+    listing = table.listing(who.tenant, who.roles)
+    if not target.model:
+        return Decision(code="ok", identity=who, target=target, listing=listing)
+    if target.model in listing:
+        return Decision(code="ok", identity=who, target=target, listing=(target.model,))
+    return Decision.deny(  # unknown and not allowed read the same: no oracle for private model names
+        "model_not_found",
+        f"The model {clip(target.model)!r} does not exist or you do not have access to it.",
+        identity=who,
+        target=target,
+    )
+
+
 def _cache_key(cred: Credential, target: Target, headers: Mapping[str, str]) -> bytes:
     parts = (
         cred[0],
@@ -256,5 +285,6 @@ def _cache_key(cred: Credential, target: Target, headers: Mapping[str, str]) -> 
         str(target.max_tokens),
         headers.get("origin", "\x00"),
         headers.get("sec-fetch-site", "\x00"),
+        *target.texts,  # a prompt its model's tokenizer counts: the count depends on the text itself
     )
-    return hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).digest()

@@ -36,6 +36,9 @@ CODES: Mapping[str, int] = {
     "role_forbidden": 403,
     "version_forbidden": 403,
     "origin_forbidden": 403,
+    # 404: a model the caller may not see, asked for by name (GET /v1/models/{id}): unknown and
+    # forbidden read the same
+    "model_not_found": 404,
     # 400 / 413: the request itself
     "model_unresolved": 400,
     "invalid_body": 400,
@@ -70,13 +73,18 @@ class Identity:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Target:
-    """What the request wants: the model, a pinned version, and how many tokens it may use."""
+    """What the request wants: the model, a pinned version, and how many tokens it may use.
 
-    kind: Literal["model", "server"]
+    kind "models" is OpenAI's model list (`GET /v1/models`, or `/v1/models/{model}` for one), which
+    extauthz answers itself. `texts` holds the prompt's strings only while the model's own tokenizer
+    has to count them (the core drops them once counted: a cached decision never holds a prompt)."""
+
+    kind: Literal["model", "server", "models"]
     model: str = ""
     version: str = ""
     tokens: int = 0
     max_tokens: int | None = None
+    texts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,6 +95,8 @@ class Decision:
     message: str = ""
     identity: Identity | None = None
     target: Target | None = None
+    listing: tuple[str, ...] = ()
+    """For an allowed target of kind "models": the models the caller may use (OpenAI protocol)."""
 
     @property
     def allowed(self) -> bool:

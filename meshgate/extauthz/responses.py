@@ -1,4 +1,9 @@
-"""The protobuf edge: CheckRequest -> CheckInput, Decision -> CheckResponse via `allow()` / `deny()`."""
+"""The protobuf edge: CheckRequest -> CheckInput, Decision -> CheckResponse via `allow()` / `deny()`.
+
+Under OpenAI's paths (target.OPENAI_PREFIXES) a denial's body is in OpenAI's error shape, `{"error":
+{"message", "type", "param", "code"}}`, which OpenAI's SDKs read into their exceptions; elsewhere it is
+meshgate's `{"error": code, "message"}`. OpenAI's model list is answered here too (`answer()`): a
+denied_response with status 200, which Envoy sends to the client as it is (extauthz answered it)."""
 
 from __future__ import annotations
 
@@ -19,10 +24,13 @@ __all__ = [
     "DECISION_ID_HEADER",
     "HEADER_PREFIX",
     "METADATA_NAMESPACE",
+    "OPENAI_ERROR_TYPES",
     "WireTemplate",
     "add_decision_id",
     "allow",
+    "answer",
     "deny",
+    "openai_error",
     "to_check_input",
     "to_response",
 ]
@@ -32,7 +40,16 @@ DECISION_ID_HEADER = contract.DECISION_ID_HEADER
 METADATA_NAMESPACE = contract.EXTAUTHZ_METADATA
 REALM = "meshgate"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-_GRPC_STATUS = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED}
+_GRPC_STATUS = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED, 404: code_pb2.NOT_FOUND}
+OPENAI_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",  # OpenAI's own type for model_not_found
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+"""HTTP status -> the `type` of an OpenAI-shaped error (the SDKs pick their exception by the status)."""
 
 
 def to_check_input(request: external_auth_pb2.CheckRequest) -> CheckInput:
@@ -76,23 +93,67 @@ def allow(
     return response
 
 
+def openai_error(status: int, code: str, message: str) -> dict[str, object]:
+    """OpenAI's error body."""
+    error_type = OPENAI_ERROR_TYPES.get(status, "invalid_request_error")
+    return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+
+
 def deny(
-    status: int, code: str, message: str, *, headers: Mapping[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    openai: bool = False,
 ) -> external_auth_pb2.CheckResponse:
-    """A denied response: HTTP `status` with a JSON body {"error": code, "message": message}."""
-    response = external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=_GRPC_STATUS.get(status, code_pb2.INVALID_ARGUMENT), message=code)
-    )
+    """A denied response: HTTP `status` with a JSON body {"error": code, "message": message}, or in
+    OpenAI's shape with `openai`."""
+    body = openai_error(status, code, message) if openai else {"error": code, "message": message}
+    grpc_code = _GRPC_STATUS.get(status, code_pb2.INVALID_ARGUMENT)
+    return _direct(status, json.dumps(body), grpc_code=grpc_code, message=code, headers=headers)
+
+
+def answer(body: str) -> external_auth_pb2.CheckResponse:
+    """A request extauthz answers itself (OpenAI's model list): HTTP 200 with a JSON `body`, sent to the
+    client by Envoy as a denied_response (any CheckResponse status but OK is one; ABORTED: "not let
+    through"). Envoy counts it in its ext_authz.denied stat."""
+    return _direct(200, body, grpc_code=code_pb2.ABORTED, message="answered", headers=None)
+
+
+def _direct(
+    status: int, body: str, *, grpc_code: int, message: str, headers: Mapping[str, str] | None
+) -> external_auth_pb2.CheckResponse:
+    response = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=grpc_code, message=message))
     denied = response.denied_response
     denied.status.code = http_status_pb2.StatusCode.Value(_STATUS_NAMES[status])
     all_headers = {"content-type": "application/json", **(headers or {})}
     for name, value in all_headers.items():
         denied.headers.add(header=base_pb2.HeaderValue(key=name, value=value), append_action=_OVERWRITE)
-    denied.body = json.dumps({"error": code, "message": message})
+    denied.body = body
     return response
 
 
-_STATUS_NAMES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 413: "PayloadTooLarge"}
+_STATUS_NAMES = {
+    200: "OK",
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    413: "PayloadTooLarge",
+}
+
+
+def _model_card(name: str) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "meshgate"}
+
+
+def model_list(decision: Decision) -> str:
+    """The body of an allowed OpenAI model list (or of one model, for /v1/models/{model})."""
+    target = decision.target
+    if target is not None and target.model:
+        return json.dumps(_model_card(decision.listing[0]))
+    return json.dumps({"object": "list", "data": [_model_card(name) for name in decision.listing]})
 
 
 def www_authenticate(code: str) -> str:
@@ -110,16 +171,20 @@ def to_response(
     client_headers: Iterable[str],
     api_key_header: str,
     forward_authorization: bool,
+    openai: bool = False,
 ) -> external_auth_pb2.CheckResponse:
-    """The CheckResponse for a decision: identity headers on allow, a JSON error on deny.
+    """The CheckResponse for a decision: identity headers on allow, a JSON error on deny (in OpenAI's
+    shape with `openai`), the model list for an allowed list request.
     `client_headers`: the x-meshgate-* header names the client sent (all removed or overwritten)."""
     if not decision.allowed:
         extra = {}
         if decision.status == 401:
             extra["www-authenticate"] = www_authenticate(decision.code)
-        return deny(decision.status, decision.code, decision.message, headers=extra)
+        return deny(decision.status, decision.code, decision.message, headers=extra, openai=openai)
     who, target = decision.identity, decision.target
     assert who is not None and target is not None
+    if target.kind == "models":
+        return answer(model_list(decision))
     headers = {
         contract.TENANT_HEADER: who.tenant,
         contract.USER_HEADER: who.user,
@@ -130,7 +195,7 @@ def to_response(
     if target.version:
         headers[contract.VERSION_HEADER] = target.version
     remove = [*client_headers, api_key_header]
-    if not forward_authorization:
+    if not forward_authorization or who.credential.startswith("api_key:"):  # a key never goes upstream
         remove.append("authorization")
     metadata: dict[str, str | int] = {
         "tenant": who.tenant,

@@ -36,7 +36,7 @@ from .metrics import CheckMetrics
 from .request import CheckInput, Decision, Unavailable
 from .responses import HEADER_PREFIX, WireTemplate, add_decision_id, to_check_input, to_response
 from .table import AuthzTable, compile_table
-from .target import PATHS
+from .target import OPENAI_PREFIXES, PATHS
 
 __all__ = ["KEYS_COMPONENT", "ExtAuthzService", "HealthComponents"]
 
@@ -47,7 +47,8 @@ _PROVIDER_RECHECK_S = 1.0
 _ID_DIGITS = 12  # fixed width: a cached response has a hole of one size for the id (2**48 checks)
 _GRPC_SERVICE = "envoy.service.auth.v3.Authorization"
 KEYS_COMPONENT = "extauthz_keys"
-_Memo = BoundedMemo[tuple[int, tuple[str, ...]], tuple[Decision, WireTemplate]]
+_MemoKey = tuple[int, tuple[str, ...], bool]  # decision id, client x-meshgate-* names, OpenAI path
+_Memo = BoundedMemo[_MemoKey, tuple[Decision, WireTemplate]]
 
 
 class HealthComponents(Protocol):
@@ -242,14 +243,15 @@ class ExtAuthzService:
         the id changes. A decision made now (a new token, a 401), or one whose response is too large for the
         memo's per-entry bound, is built and serialized for this request only."""
         client_headers = tuple([name for name in req.headers if name.startswith(HEADER_PREFIX)])
+        openai = req.path.startswith(OPENAI_PREFIXES)  # errors in OpenAI's shape there
         if cached:
-            key = (id(decision), client_headers)
+            key = (id(decision), client_headers, openai)
             memo = self._memo.get(key)
             if memo is not None and memo[0] is decision:
                 return memo[1].render(decision_id)
             if self._memoize(authorizer, decision, client_headers, key, width=len(decision_id)):
                 return self._memo.get(key)[1].render(decision_id)  # type: ignore[index]
-        response = self._build(authorizer, decision, client_headers)
+        response = self._build(authorizer, decision, client_headers, openai)
         add_decision_id(response, decision_id)
         return bytes(response.SerializeToString())
 
@@ -258,7 +260,7 @@ class ExtAuthzService:
         authorizer: Authorizer,
         decision: Decision,
         client_headers: tuple[str, ...],
-        key: tuple[int, tuple[str, ...]],
+        key: _MemoKey,
         *,
         width: int,
     ) -> bool:
@@ -267,12 +269,13 @@ class ExtAuthzService:
         size = strings_bytes(client_headers) + decision_bytes(decision)
         if size > self._memo.max_entry_bytes:
             return False
-        template = WireTemplate.build(self._build(authorizer, decision, client_headers), width=width)
+        response = self._build(authorizer, decision, client_headers, key[2])
+        template = WireTemplate.build(response, width=width)
         return self._memo.put(key, (decision, template), size + len(template.head) + len(template.tail))
 
     @staticmethod
     def _build(
-        authorizer: Authorizer, decision: Decision, client_headers: tuple[str, ...]
+        authorizer: Authorizer, decision: Decision, client_headers: tuple[str, ...], openai: bool
     ) -> external_auth_pb2.CheckResponse:
         auth = authorizer.table.auth
         return to_response(
@@ -280,6 +283,7 @@ class ExtAuthzService:
             client_headers=client_headers,
             api_key_header=auth.api_key_header,
             forward_authorization=auth.forward_authorization,
+            openai=openai,
         )
 
     def _observe(

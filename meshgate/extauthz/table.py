@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, cast
 
-from ..policy.model import ApiKey, AuthSettings, ClaimMap, Issuer, Policy, Tenant
+from ..policy.model import ApiKey, AuthSettings, ClaimMap, Issuer, Model, Policy, Tenant
 from .keys import KeySource, SecretKey, StaticKeys, load_secret
+from .prompt import TokenCounter
 
 __all__ = ["AuthzTable", "IssuerEntry", "ModelEntry", "compile_table"]
 
@@ -37,6 +38,8 @@ class ModelEntry:
     owner: str | None  # set only for private models
     versions: frozenset[str]
     context_limit: int | None
+    openai: bool = False  # protocol openai: listed by GET /v1/models
+    tokenizer: TokenCounter | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +52,7 @@ class AuthzTable:
     models: Mapping[str, ModelEntry]
     # role -> model -> versions the role may pin
     grants: Mapping[str, Mapping[str, frozenset[str]]]
+    tokenized: frozenset[str] = frozenset()  # models whose prompts their own tokenizer counts
 
     @property
     def issuer_names(self) -> tuple[str, ...]:
@@ -67,19 +71,21 @@ class AuthzTable:
                 found = versions if found is None else found | versions
         return found
 
+    def listing(self, tenant: str, roles: tuple[str, ...]) -> tuple[str, ...]:
+        """The OpenAI models a caller may use (GET /v1/models): granted by a role, visible to the tenant."""
+        return tuple(
+            name
+            for name, model in self.models.items()
+            if model.openai
+            and (model.owner is None or model.owner == tenant)
+            and self.allowed_versions(roles, name) is not None
+        )
+
 
 def compile_table(policy: Policy, *, remote_keys: RemoteKeys) -> AuthzTable:
     """Compile a policy. Raises ValueError (bad inline JWKS, missing secret): the policy is then refused."""
     issuers = {i.issuer: _issuer(i, remote_keys) for i in policy.issuers}
-    models = {
-        m.name: ModelEntry(
-            name=m.name,
-            owner=m.owner if m.visibility == "private" else None,
-            versions=frozenset(v.name for v in m.versions),
-            context_limit=m.context_limit_tokens,
-        )
-        for m in policy.models
-    }
+    models = {m.name: _model(m) for m in policy.models}
     grants: dict[str, dict[str, frozenset[str]]] = {}
     for role in policy.roles:
         per_model: dict[str, frozenset[str]] = {}
@@ -97,6 +103,24 @@ def compile_table(policy: Policy, *, remote_keys: RemoteKeys) -> AuthzTable:
         tiers=frozenset(t.name for t in policy.tiers),
         models=models,
         grants=grants,
+        tokenized=frozenset(name for name, entry in models.items() if entry.tokenizer is not None),
+    )
+
+
+def _model(model: Model) -> ModelEntry:
+    tokenizer = None
+    if model.tokenizer is not None:
+        try:
+            tokenizer = TokenCounter(model.tokenizer)
+        except ValueError as exc:
+            raise ValueError(f"model {model.name} tokenizer: {exc}") from None
+    return ModelEntry(
+        name=model.name,
+        owner=model.owner if model.visibility == "private" else None,
+        versions=frozenset(v.name for v in model.versions),
+        context_limit=model.context_limit_tokens,
+        openai=model.protocol == "openai",
+        tokenizer=tokenizer,
     )
 
 

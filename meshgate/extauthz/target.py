@@ -3,8 +3,11 @@
 - KServe / Open Inference Protocol REST: /v2/models/{name}[/versions/{v}]/...
 - Triton / KServe gRPC: /inference.GRPCInferenceService/{Method}; the body (sent by Envoy with
   with_request_body + pack_as_bytes) is one length-prefixed gRPC message: 1 flag byte, 4 length bytes.
-- OpenAI-style JSON: POST /v1/chat/completions, /v1/completions, /v1/embeddings with "model" and
-  "max_tokens" in the body.
+- OpenAI-style JSON: POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses (and
+  the same under /openai/v1/, where KServe's Hugging Face runtime serves them) with "model" and
+  "max_tokens" (or max_completion_tokens, max_output_tokens) in the body; the prompt is counted by
+  `prompt.py`. An embedding generates nothing: it asks for its input only.
+- OpenAI's model list: GET /v1/models (and /v1/models/{model}): kind "models", answered by extauthz.
 Server-level endpoints (health, server metadata) have no model: kind "server".
 
 This runs before the credential is checked (the target is part of the decision cache's key), so what it
@@ -15,9 +18,9 @@ parser is a 400 `invalid_body`, never an exception.
 from __future__ import annotations
 
 import json
-import math
 import re
 import sys
+from collections.abc import Container
 from typing import Any
 
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
@@ -25,12 +28,13 @@ from tritonclient.grpc import service_pb2
 
 from .bounds import PATH_MEMO_BYTES, PATH_MEMO_ENTRY_BYTES, clip
 from .cache import BoundedMemo, target_bytes
+from .prompt import estimate_tokens, prompt_texts
 from .request import CheckInput, Target
 
-__all__ = ["PATHS", "TargetError", "resolve_target"]
+__all__ = ["OPENAI_PREFIXES", "PATHS", "TargetError", "resolve_target"]
 
 _V2_MODEL = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/.*)?$")
-_SERVER_PATHS = frozenset({"/v2", "/v2/", "/v2/health/live", "/v2/health/ready", "/v1/models"})
+_SERVER_PATHS = frozenset({"/v2", "/v2/", "/v2/health/live", "/v2/health/ready"})
 GRPC_PREFIX = "/inference.GRPCInferenceService/"
 _GRPC_SERVER_METHODS = frozenset({"ServerLive", "ServerReady", "ServerMetadata"})
 # methods whose request names a model: message type and its (name field, version field)
@@ -42,8 +46,18 @@ _GRPC_MODEL_METHODS: dict[str, tuple[Any, str, str]] = {
     "ModelConfig": (service_pb2.ModelConfigRequest, "name", "version"),
     "ModelStatistics": (service_pb2.ModelStatisticsRequest, "name", "version"),
 }
-_OPENAI_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
-CHARS_PER_TOKEN = 4
+OPENAI_PREFIXES = ("/v1/", "/openai/v1/")
+"""Where OpenAI's API lives: vLLM, TGI, llama.cpp at /v1/, KServe's Hugging Face runtime at /openai/v1/.
+Every answer extauthz gives under them is in OpenAI's shape (responses.py)."""
+# OpenAI endpoints whose body names the model -> whether they generate (an embedding does not)
+_OPENAI_ENDPOINTS = {"chat/completions": True, "completions": True, "responses": True, "embeddings": False}
+_OPENAI_PATHS = {
+    prefix + endpoint: generates
+    for prefix in OPENAI_PREFIXES
+    for endpoint, generates in _OPENAI_ENDPOINTS.items()
+}
+_MODEL_LISTS = tuple(prefix + "models" for prefix in OPENAI_PREFIXES)
+_MAX_TOKENS_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _NO_TARGET = Target(kind="server", model="\x00")  # memoized "this path names no target" (never returned)
 PATHS: BoundedMemo[str, Target] = BoundedMemo(PATH_MEMO_BYTES, max_entry_bytes=PATH_MEMO_ENTRY_BYTES)
 """Path -> target, for paths that alone name it: the same few paths come again and again, and a Target
@@ -60,12 +74,15 @@ class TargetError(Exception):
         self.message = message
 
 
-def resolve_target(req: CheckInput) -> Target:
+def resolve_target(req: CheckInput, tokenized: Container[str] = ()) -> Target:
+    """The request's target. `tokenized`: the models whose own tokenizer counts the prompt (their
+    target keeps the prompt's strings for the core to count once the caller is authenticated)."""
     path = req.path.split("?", 1)[0]
     if path.startswith(GRPC_PREFIX):
         return _grpc(path[len(GRPC_PREFIX) :], req.body)
-    if path in _OPENAI_PATHS:
-        return _openai(req.body)
+    generates = _OPENAI_PATHS.get(path)
+    if generates is not None:
+        return _openai(req.body, generates=generates, tokenized=tokenized)
     target = PATHS.get(path)
     if target is None:
         target = _path_target(path)
@@ -82,6 +99,11 @@ def _path_target(path: str) -> Target:
         return Target(kind="model", model=match.group(1), version=match.group(2) or "")
     if path in _SERVER_PATHS:
         return Target(kind="server")
+    for prefix in _MODEL_LISTS:
+        if path == prefix:
+            return Target(kind="models")
+        if path.startswith(prefix + "/") and len(path) > len(prefix) + 1:
+            return Target(kind="models", model=path[len(prefix) + 1 :])
     return _NO_TARGET
 
 
@@ -112,7 +134,7 @@ def _grpc(method: str, body: bytes) -> Target:
     return Target(kind="model", model=name, version=version)
 
 
-def _openai(body: bytes) -> Target:
+def _openai(body: bytes, *, generates: bool, tokenized: Container[str]) -> Target:
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -124,34 +146,15 @@ def _openai(body: bytes) -> Target:
     model = doc.get("model")
     if not isinstance(model, str) or not model:
         raise TargetError("model_unresolved", 'body has no "model" string')
-    max_tokens = doc.get("max_tokens", doc.get("max_completion_tokens"))
+    max_tokens = next((doc[key] for key in _MAX_TOKENS_KEYS if doc.get(key) is not None), None)
     if max_tokens is not None and (
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0
     ):
         raise TargetError("invalid_body", "max_tokens must be a non-negative integer")
-    prompt = _prompt_tokens(doc)
+    if not generates:
+        max_tokens = 0  # an embedding's answer holds no tokens: it asks for its input only
+    texts, ids = prompt_texts(doc)
+    if texts and model in tokenized:  # counted by the model's tokenizer after authentication (core.py)
+        return Target(kind="model", model=model, tokens=ids, max_tokens=max_tokens, texts=tuple(texts))
+    prompt = ids + estimate_tokens(texts)
     return Target(kind="model", model=model, tokens=prompt + (max_tokens or 0), max_tokens=max_tokens)
-
-
-def _prompt_tokens(doc: dict[str, Any]) -> int:
-    """A cheap estimate: characters of prompt text / 4, rounded up (exact counts need the tokenizer)."""
-    chars = 0
-    for key in ("messages", "prompt", "input"):
-        chars += _text_chars(doc.get(key))
-    return math.ceil(chars / CHARS_PER_TOKEN)
-
-
-def _text_chars(value: Any) -> int:
-    """Characters of the strings in `value`, in lists and in the "content" / "text" of objects, at any
-    depth. A loop with its own stack: a deep body must not reach Python's recursion limit."""
-    chars, pending = 0, [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            chars += len(item)
-        elif isinstance(item, list):
-            pending.extend(item)
-        elif isinstance(item, dict):
-            pending.append(item.get("content"))
-            pending.append(item.get("text"))
-    return chars

@@ -331,6 +331,10 @@ class ModelVersion(_Strict):
     """Most replicas; default: KServe's default."""
     deployment_mode: Literal["Standard", "Knative"] = "Standard"
     """KServe deployment mode: Standard (formerly RawDeployment) or Knative (formerly Serverless)."""
+    served_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_./:-]{0,255}$")
+    """protocol openai: the model name this version's backend serves (its `--served-model-name`, e.g.
+    `meta-llama/Llama-3.1-8B-Instruct`); the gateway rewrites the request body's `model` to it.
+    Unset: the name clients call."""
 
     @model_validator(mode="after")
     def _replicas(self) -> ModelVersion:
@@ -458,6 +462,9 @@ class Model(_Strict):
     """Kubernetes namespace of its pods (meshgate render); default: first kserve.namespace, else default."""
     context_limit_tokens: int | None = Field(default=None, gt=0)
     """Requests asking for more tokens (`max_tokens`) are refused."""
+    tokenizer: str | None = Field(default=None, min_length=1)
+    """protocol openai: path of the model's Hugging Face `tokenizer.json`; prompts are then counted
+    with it (read when the policy is loaded). Unset: estimated from the text (docs/llm.md)."""
     versions: tuple[ModelVersion, ...] = Field(min_length=1)
     """The versions and their backends."""
     shadow: Shadow | None = None

@@ -97,7 +97,7 @@ def test_deeply_nested_json_is_invalid_body_without_a_traceback(
                 body = b'{"model":' * depth + b"1" + b"}" * depth
                 response = await stub.Check(check_request("/v1/chat/completions", body, x_api_key=API_KEY))
                 assert response.denied_response.status.code == 400
-                assert json.loads(response.denied_response.body)["error"] == "invalid_body"
+                assert json.loads(response.denied_response.body)["error"]["code"] == "invalid_body"  # OpenAI shape
 
     with caplog.at_level(logging.WARNING):
         run(scenario)

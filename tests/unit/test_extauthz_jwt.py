@@ -101,7 +101,7 @@ ATTACKS: list[tuple[str, Callable[[], str], str]] = [
     ("tampered signature", _tampered_signature, "token_invalid_signature"),
     ("oversized token", lambda: mint(padding="x" * 9000), "token_too_large"),
     ("non-JSON header", _non_json_header, "token_malformed"),
-    ("not a JWT at all", lambda: "abc", "token_malformed"),
+    ("not a JWT at all: an API key, and not a valid one", lambda: "abc", "invalid_api_key"),
     ("jku/x5u pointing elsewhere, real kid", _attacker_jku, "token_invalid_signature"),
     ("jku pointing elsewhere, attacker kid", _attacker_jku_own_kid, "token_unknown_kid"),
     ("alg not allowed for the issuer", lambda: mint("RS384"), "token_alg_not_allowed"),
