@@ -305,7 +305,7 @@ async def run(config: ServeConfig) -> int:
     log.info("metrics listening on %s:%d", host, ports["metrics"])
     await health.publish()
 
-    reloader = Reloader(wiring.inputs, settle=config.reload_settle, watch=config.watch)
+    reloader = Reloader(wiring.inputs, settle=config.reload_settle, watch=config.watch, freeze_gc=True)
     await reloader.run()
     stop = asyncio.Event()
     _install_signals(stop, reloader)

@@ -54,7 +54,7 @@ def load_yaml(text: str, source: str) -> tuple[Any, LineMap]:
     if node is None:
         return {}, lines
     issues: list[Issue] = []
-    constructor = yaml.SafeLoader("")
+    constructor = yaml.constructor.SafeConstructor()  # a loader would keep every node alive in a cycle
     data = _convert(node, (), lines, issues, source, constructor)
     if issues:
         raise PolicyError(issues)
@@ -62,7 +62,8 @@ def load_yaml(text: str, source: str) -> tuple[Any, LineMap]:
 
 
 def _convert(
-    node: yaml.Node, path: Path, lines: LineMap, issues: list[Issue], source: str, ctor: yaml.SafeLoader
+    node: yaml.Node, path: Path, lines: LineMap, issues: list[Issue], source: str,
+    ctor: yaml.constructor.SafeConstructor,
 ) -> Any:
     lines.set(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):

@@ -9,17 +9,21 @@ from one model to all). Which rule refuses each prefix is stated by `test_which_
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import watchfiles
 from prometheus_client import CollectorRegistry
 
+from meshgate.health import Health
 from meshgate.policy import Policy, PolicyError, parse_policy
 from meshgate.policy.load import EMPTY_POLICY
 from meshgate.policy.store import Commit, PolicyStore
 from meshgate.policy.watch import FilesInput, Paths, Reloader
+from meshgate.server import ServeConfig, build_services
 from tests.harness.procs import eventually
 
 ROOT = Path(__file__).parents[2]
@@ -260,3 +264,40 @@ def test_the_watcher_reports_the_inputs_a_change_concerns(tmp_path: Path) -> Non
 def test_a_negative_settle_is_refused() -> None:
     with pytest.raises(ValueError, match="settle must be >= 0"):
         Reloader([], settle=-1)
+
+
+def test_a_reload_leaves_no_cyclic_garbage(tmp_path: Path) -> None:
+    """meshgate serve freezes what a reload leaves alive (Reloader freeze_gc): that is only sound if a
+    reload, through every compiler of meshgate serve, makes no reference cycles that die later. (The
+    YAML loader used to keep every node alive in one: ~100,000 objects per reload of a 1000-model
+    policy, for the collector.)"""
+    path = tmp_path / "policy.yaml"
+    path.write_text(EXAMPLE)
+    registry = CollectorRegistry()
+    store = PolicyStore(path, registry=registry)
+
+    async def scenario() -> list[object]:
+        first = parse_policy(EXAMPLE)
+        build_services(
+            ServeConfig(policy=path), ports={"extauthz": 1, "ratelimit": 2, "xds": 3}, first=first,
+            policies=store, health=Health(registry=registry), registry=registry,
+        )
+        store.prepare(first)()
+        reloader = Reloader([store], settle=0.0, watch=False)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            path.write_text(VARIANT)
+            assert await reloader.reload(store)
+            path.write_text(EXAMPLE)
+            assert await reloader.reload(store)
+            gc.collect()
+            return list(gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            await reloader.stop()
+
+    garbage = asyncio.run(scenario())
+    assert store.generation == 3
+    assert Counter(type(o).__name__ for o in garbage).most_common(5) == []
