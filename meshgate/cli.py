@@ -96,30 +96,9 @@ def _cmd_envoy_bootstrap(args: argparse.Namespace) -> int:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from .meshconfig import SchemaSet, render, render_files, validate_objects
-    from .meshconfig.render import dump_yaml, mesh_config_yaml, write_dir
-    from .policy.load import load_or_report
+    from .meshconfig.cli import cmd_render
 
-    policy = load_or_report(args.policy)
-    if policy is None:
-        return 1
-    if args.mesh_config:
-        sys.stdout.write(mesh_config_yaml(policy))
-        return 0
-    objs = render(policy, args.target)
-    schemas = SchemaSet.from_dir(args.schemas) if args.schemas else None
-    problems = validate_objects(objs, schemas)
-    if problems:
-        for problem in problems:
-            print(f"refused: {problem}", file=sys.stderr)
-        print(f"{args.policy}: {len(problems)} schema error(s); nothing written", file=sys.stderr)
-        return 1
-    if args.output is None:
-        sys.stdout.write(dump_yaml(objs))
-        return 0
-    for path in write_dir(render_files(objs), Path(args.output)):
-        print(path)
-    return 0
+    return cmd_render(args)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -176,12 +155,26 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--policy", required=True, help="policy file")
     render.add_argument("--target", choices=["istio", "envoy-gateway", "kserve", "all"], default="all")
     render.add_argument(
-        "-o", "--output", metavar="DIR", help="write one file per kind here (default: one stream)"
+        "-o",
+        "--output",
+        metavar="DIR",
+        help="write one file per kind here (--target all: one directory per target); default: one stream",
     )
     render.add_argument(
         "--mesh-config",
         action="store_true",
         help="print only the istiod meshConfig values that register meshgate as ext_authz provider",
+    )
+    render.add_argument(
+        "--existing-mesh-config",
+        metavar="FILE",
+        help="with --mesh-config: the cluster's mesh config (istiod Helm values, or the istio ConfigMap); "
+        "its extension providers are kept",
+    )
+    render.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (exit 1, nothing written) when a target cannot enforce a policy feature as written",
     )
     render.add_argument(
         "--schemas", metavar="DIR", help="validate against the CRDs under DIR (default: packaged)"

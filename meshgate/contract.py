@@ -40,6 +40,7 @@ __all__ = [
     "HEADER_PREFIX",
     "IDENTITY_HEADERS",
     "MODEL_HEADER",
+    "NO_ROUTE_BODY",
     "PHASE_KEY",
     "PROMPT_TOKENS",
     "PUBLIC_PATHS",
@@ -88,6 +89,10 @@ IDENTITY_HEADERS: Mapping[str, str] = {
     "model": MODEL_HEADER,
 }
 """Identity key -> the header extauthz sets on an allowed request."""
+
+NO_ROUTE_BODY = '{"error":"no_route","message":"no model route matches this request"}'
+"""The 404 body of every gateway's catch-all route: a request no model route matches, after ext_authz
+ran on it (a body-routed request matches the catch-all first; ext_authz then names its model)."""
 
 PUBLIC_PATHS: tuple[str, ...] = ()
 """Paths a gateway may serve without an ext_authz check. None: every request the gateway accepts is

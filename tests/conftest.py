@@ -3,7 +3,7 @@
 Each fixture stops exactly the processes it started (by PID) at teardown. The test process never imports
 kserve (see tests/harness/model_server.py). Tests are marked by directory: tests/unit -> ``unit``,
 tests/service -> ``service``, tests/e2e -> ``e2e``,
-tests/faults -> ``faults``, tests/fuzz -> ``fuzz``.
+tests/faults -> ``faults``, tests/fuzz -> ``fuzz``, tests/conformance -> ``conformance``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tests.harness.redis import RedisServer
 from tests.harness.stack import Stack
 
 TESTS_DIR = Path(__file__).resolve().parent
-TIERS = ("unit", "service", "e2e", "faults", "fuzz")
+TIERS = ("unit", "service", "e2e", "faults", "fuzz", "conformance")
 _STACK_KEY = pytest.StashKey[Stack]()
 
 

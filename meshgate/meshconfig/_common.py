@@ -10,7 +10,6 @@ from typing import Any
 from ..policy.model import Model, ModelVersion, Policy, Tenant
 
 __all__ = [
-    "IDENTITY_HEADERS",
     "LABEL_MANAGED_BY",
     "LABEL_MODEL",
     "LABEL_VERSION",
@@ -34,14 +33,6 @@ Obj = dict[str, Any]
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_MODEL = "meshgate.io/model"
 LABEL_VERSION = "meshgate.io/version"
-
-# set by meshgate extauthz on every allowed request; read by routes and rate limits
-IDENTITY_HEADERS = {
-    "tenant": "x-meshgate-tenant",
-    "user": "x-meshgate-user",
-    "tier": "x-meshgate-tier",
-    "model": "x-meshgate-model",
-}
 
 _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 
@@ -75,14 +66,18 @@ def version_name(model: Model, version: ModelVersion) -> str:
 
 
 def model_namespace(model: Model) -> str:
+    """Where the model's objects go: its `namespace`, else its first KServe reference's, else `default`.
+    Only a `namespace` the policy sets is *declared* (see `_namespaces`): namespace-wide objects
+    (isolation, mTLS, the Namespace itself) go only into declared namespaces."""
     if model.namespace is not None:
         return model.namespace
     refs = [v.kserve.namespace for v in model.versions if v.kserve is not None]
     return refs[0] if refs else "default"
 
 
-def tenant_namespace(tenant: Tenant) -> str:
-    return tenant.namespace if tenant.namespace is not None else k8s_name(tenant.name)
+def tenant_namespace(tenant: Tenant) -> str | None:
+    """The tenant's declared namespace, or None: a tenant without one gets no namespace-wide object."""
+    return tenant.namespace
 
 
 def model_labels(model: Model, version: ModelVersion | None = None) -> dict[str, str]:

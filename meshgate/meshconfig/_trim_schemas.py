@@ -39,6 +39,8 @@ NEEDED: dict[tuple[str, str], tuple[str, ...]] = {
     ("gateway.envoyproxy.io", "Backend"): ("v1alpha1",),
     ("gateway.envoyproxy.io", "SecurityPolicy"): ("v1alpha1",),
     ("gateway.envoyproxy.io", "BackendTrafficPolicy"): ("v1alpha1",),
+    ("gateway.envoyproxy.io", "ClientTrafficPolicy"): ("v1alpha1",),
+    ("gateway.envoyproxy.io", "HTTPRouteFilter"): ("v1alpha1",),
     ("aigateway.envoyproxy.io", "AIGatewayRoute"): ("v1beta1",),
     ("aigateway.envoyproxy.io", "AIServiceBackend"): ("v1beta1",),
 }

@@ -1,18 +1,32 @@
 """Policy -> Envoy Gateway / Envoy AI Gateway: Gateway, HTTPRoute (KServe v2 REST), GRPCRoute (Triton
 gRPC), AIGatewayRoute + AIServiceBackend + Backend (OpenAI protocol), SecurityPolicy extAuth to
-meshgate, BackendTrafficPolicy global rate limits on the identity headers, ReferenceGrant.
+meshgate, BackendTrafficPolicy global rate limits on the identity headers (`_eg_ratelimit`),
+ReferenceGrant, and the namespaces the policy declares.
 
 Routes live in the model's namespace and point at the per-version Services that `--target kserve`
 renders, so only the SecurityPolicy -> meshgate Service reference crosses namespaces.
+
+Deny by default, by construction. Envoy Gateway enables ext_authz per route (disabled on the listener,
+enabled on each route a SecurityPolicy covers: internal/xds/translator/extauth.go), and Envoy runs no
+filter for a request that matches no route. So:
+- a catch-all HTTPRoute (`/`, answering 404 through an HTTPRouteFilter directResponse) gives every
+  request a route, covered by the Gateway's SecurityPolicy: a gRPC request, whose model is only in its
+  body, matches it first; ext_authz sets x-meshgate-model and recomputes the route (`recomputeRoute`,
+  Envoy's clear_route_cache), and the GRPCRoute's longer path prefix wins (Envoy Gateway sorts routes
+  by match type, then path length, then header matches: internal/gatewayapi/sort.go; a GRPCRoute
+  service match is a path prefix `/<service>`: internal/gatewayapi/route.go);
+- the Gateway accepts routes only from the namespaces meshgate renders routes into, so no other
+  namespace can attach a route (and a SecurityPolicy of its own) to it;
+- a ClientTrafficPolicy removes every header meshgate sets (contract.GATEWAY_HEADERS) from what the
+  client sent, before routing (`earlyRequestHeaders`).
 """
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
+from meshgate import contract
 
-from ..policy.model import Model, ModelVersion, Policy, Quota, Tenant
+from ..policy.model import Model, ModelVersion, Policy
 from ._common import (
-    IDENTITY_HEADERS,
     Obj,
     gateway_api_duration,
     metadata,
@@ -22,15 +36,17 @@ from ._common import (
     model_port,
     version_name,
 )
+from ._eg_ratelimit import traffic_policy
+from ._namespaces import declared_model_namespaces, declared_tenant_namespaces, namespace, tenant_objects
 
-__all__ = ["GATEWAY_NAME", "render_envoy_gateway"]
+__all__ = ["GATEWAY_NAME", "NO_ROUTE", "render_envoy_gateway"]
 
 GATEWAY_NAME = "meshgate"
+NO_ROUTE = "meshgate-no-route"
 _GW_API = "gateway.networking.k8s.io/v1"
 _EG = "gateway.envoyproxy.io/v1alpha1"
 _AIGW = "aigateway.envoyproxy.io/v1beta1"
-_AI_METADATA_NS = "io.envoy.ai_gateway"
-_UNITS = {"second": "Second", "minute": "Minute", "hour": "Hour", "day": "Day"}
+_NAME_LABEL = "kubernetes.io/metadata.name"
 # llmRequestCosts recorded by Envoy AI Gateway; token quotas are charged the total
 TOKEN_COSTS = (
     ("llm_input_token", "InputToken"),
@@ -40,10 +56,19 @@ TOKEN_COSTS = (
 
 
 def render_envoy_gateway(policy: Policy) -> list[Obj]:
-    objs: list[Obj] = [_gateway(policy), _security_policy(policy), _reference_grant(policy)]
-    rate_limit = _traffic_policy(policy)
+    objs: list[Obj] = [
+        namespace(_ns(policy)),
+        _gateway(policy),
+        _security_policy(policy),
+        _reference_grant(policy),
+    ]
+    objs += [_client_traffic_policy(policy), *_no_route(policy)]
+    rate_limit = traffic_policy(policy, _ns(policy), _gateway_target())
     if rate_limit is not None:
         objs.append(rate_limit)
+    objs += [namespace(ns) for ns in declared_model_namespaces(policy) if ns != _ns(policy)]
+    for ns in declared_tenant_namespaces(policy):
+        objs += tenant_objects(ns, [_ns(policy), policy.mesh.namespace])
     for model in policy.models:
         if model.protocol == "openai":
             objs += _ai_route(policy, model)
@@ -71,9 +96,15 @@ def _gateway_target() -> list[Obj]:
     return [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": GATEWAY_NAME}]
 
 
+def _route_namespaces(policy: Policy) -> list[str]:
+    return sorted({_ns(policy)} | {model_namespace(m) for m in policy.models})
+
+
 def _gateway(policy: Policy) -> Obj:
     eg = policy.mesh.envoy_gateway
-    base: Obj = {"protocol": "HTTP", "port": eg.port, "allowedRoutes": {"namespaces": {"from": "All"}}}
+    only = {"matchExpressions": [{"key": _NAME_LABEL, "operator": "In", "values": _route_namespaces(policy)}]}
+    allowed = {"namespaces": {"from": "Selector", "selector": only}}
+    base: Obj = {"protocol": "HTTP", "port": eg.port, "allowedRoutes": allowed}
     if eg.hostnames:
         listeners = [{"name": f"http-{i}", "hostname": h, **base} for i, h in enumerate(eg.hostnames)]
     else:
@@ -171,7 +202,7 @@ def _http_route(policy: Policy, model: Model) -> Obj:
 def _grpc_route(policy: Policy, model: Model) -> Obj:
     """Triton gRPC names the model in the body: route on the header meshgate's ext_authz sets."""
     method = {"type": "Exact", "service": "inference.GRPCInferenceService"}
-    by_model = {"type": "Exact", "name": IDENTITY_HEADERS["model"], "value": model.name}
+    by_model = {"type": "Exact", "name": contract.MODEL_HEADER, "value": model.name}
     rules: list[Obj] = []
     for i, ab in enumerate(model.ab):
         headers = [by_model, {"type": "Exact", "name": ab.header, "value": ab.value}]
@@ -277,9 +308,10 @@ def _security_policy(policy: Policy) -> Obj:
         "timeout": gateway_api_duration(ext.timeout),
     }
     if any(m.protocol != "v2-rest" for m in policy.models):
-        # the model is named in the body: send it, and pick the route again after meshgate's answer
+        # the model is named in the body: send it to meshgate
         ext_auth["bodyToExtAuth"] = {"maxRequestBytes": ext.max_request_bytes}
-        ext_auth["recomputeRoute"] = True
+    # pick the route again after meshgate's answer (it sets x-meshgate-model), as meshgate's own gateway
+    ext_auth["recomputeRoute"] = True
     spec = {"targetRefs": _gateway_target(), "extAuth": ext_auth}
     return {
         "apiVersion": _EG,
@@ -304,58 +336,52 @@ def _reference_grant(policy: Policy) -> Obj:
     }
 
 
-def _models_regex(policy: Policy, quota: Quota) -> str:
-    """An RE2 alternation of the model names the quota's globs match (names use [A-Za-z0-9_.-])."""
-    names = sorted({m.name for m in policy.models for g in quota.models if fnmatchcase(m.name, g)})
-    return "^(" + "|".join(n.replace(".", "\\.") for n in names) + ")$"
-
-
-def _rule(policy: Policy, tenant: Tenant, quota: Quota) -> Obj:
-    tier = policy.tier(tenant.tier) if tenant.tier else None
-    limit = max(1, round(quota.limit * (tier.multiplier if tier else 1.0)))
-    headers: list[Obj] = [{"name": IDENTITY_HEADERS["tenant"], "type": "Exact", "value": tenant.name}]
-    if "user" in quota.per:
-        headers.append({"name": IDENTITY_HEADERS["user"], "type": "Distinct"})
-    if quota.models != ("*",):
-        headers.append(
-            {
-                "name": IDENTITY_HEADERS["model"],
-                "type": "RegularExpression",
-                "value": _models_regex(policy, quota),
-            }
-        )
-    elif "model" in quota.per:
-        headers.append({"name": IDENTITY_HEADERS["model"], "type": "Distinct"})
-    rule: Obj = {
-        "clientSelectors": [{"headers": headers}],
-        "limit": {"requests": limit, "unit": _UNITS[quota.window]},
+def _client_traffic_policy(policy: Policy) -> Obj:
+    """Every header meshgate sets is removed from what the client sent, before routing."""
+    spec = {
+        "targetRefs": _gateway_target(),
+        "headers": {"earlyRequestHeaders": {"remove": list(contract.GATEWAY_HEADERS)}},
     }
-    if quota.unit == "tokens":
-        rule["cost"] = {
-            "request": {"from": "Number", "number": 0},
-            "response": {
-                "from": "Metadata",
-                "metadata": {"namespace": _AI_METADATA_NS, "key": "llm_total_token"},
-            },
-        }
-    if quota.shadow_mode:
-        rule["shadowMode"] = True
-    return rule
-
-
-def _traffic_policy(policy: Policy) -> Obj | None:
-    rules = []
-    for tenant in sorted(policy.tenants, key=lambda t: t.name):
-        for quota_name in tenant.quotas:
-            quota = next(q for q in policy.quotas if q.name == quota_name)
-            rules.append(_rule(policy, tenant, quota))
-    if not rules:
-        return None
-    rate_limit: Obj = {"type": "Global", "global": {"rules": rules}}
-    spec = {"targetRefs": _gateway_target(), "rateLimit": rate_limit}
     return {
         "apiVersion": _EG,
-        "kind": "BackendTrafficPolicy",
-        "metadata": metadata("meshgate-rate-limit", _ns(policy)),
+        "kind": "ClientTrafficPolicy",
+        "metadata": metadata("meshgate-strip-identity", _ns(policy)),
         "spec": spec,
     }
+
+
+def _no_route(policy: Policy) -> list[Obj]:
+    """The catch-all: every request the Gateway accepts has a route, so ext_authz runs on it; what no
+    model route matches after ext_authz is answered 404."""
+    response = {
+        "contentType": "application/json",
+        "statusCode": 404,
+        "body": {"type": "Inline", "inline": contract.NO_ROUTE_BODY},
+    }
+    route_filter = {
+        "apiVersion": _EG,
+        "kind": "HTTPRouteFilter",
+        "metadata": metadata(NO_ROUTE, _ns(policy)),
+        "spec": {"directResponse": response},
+    }
+    rule = {
+        "name": "no-route",
+        "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+        "filters": [
+            {
+                "type": "ExtensionRef",
+                "extensionRef": {
+                    "group": "gateway.envoyproxy.io",
+                    "kind": "HTTPRouteFilter",
+                    "name": NO_ROUTE,
+                },
+            }
+        ],
+    }
+    route = {
+        "apiVersion": _GW_API,
+        "kind": "HTTPRoute",
+        "metadata": metadata(NO_ROUTE, _ns(policy)),
+        "spec": _route_spec(policy, [rule]),
+    }
+    return [route_filter, route]

@@ -1,17 +1,34 @@
-"""Policy -> Istio: ingress Gateway, per-model VirtualService + DestinationRule, meshgate as the
-ext_authz (AuthorizationPolicy CUSTOM) and global rate limit (EnvoyFilter) provider, tenant isolation.
+"""Policy -> Istio: ingress Gateway, one VirtualService for every model route plus a catch-all,
+DestinationRules, meshgate as the ext_authz (AuthorizationPolicy CUSTOM on every request) and rate
+limit (EnvoyFilter, `_istio_filters`) provider, isolation of the namespaces the policy declares.
+
+Deny by default, by construction:
+- the CUSTOM AuthorizationPolicy has one empty rule, which Istio compiles to a permission `any: true`
+  (pilot/pkg/security/authz/model/model.go, generatePermission): ext_authz runs on every request the
+  gateway accepts, whatever its path (contract.PUBLIC_PATHS would be excluded by notPaths; it is empty);
+- every route is in one VirtualService, in the gateway's namespace, ending with a catch-all that answers
+  404 after ext_authz ran. One resource because Istio orders routes merged from several VirtualServices
+  by creation time (istio/istio#10464), so a catch-all of its own could shadow model routes;
+- the Gateway binds only VirtualServices of its own namespace (`./host`, networking/v1alpha3/gateway.proto
+  Server.hosts), so no other namespace can add a route to it.
+The request is first matched against the catch-all when its model is named only in the body (OpenAI,
+Triton gRPC); ext_authz reads the body, sets x-meshgate-model and clears the route cache (`_istio_filters`),
+and Envoy picks the model's route. Client copies of x-meshgate-* are removed before any of this.
 
 The meshConfig `extensionProviders` entry is not a Kubernetes object: `mesh_config()` returns it as
-Helm values for the istiod chart (see docs/meshconfig.md).
+Helm values for the istiod chart, merged into the providers the cluster already has (docs/meshconfig.md).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
-from ..policy.model import Model, Policy, Quota
+from meshgate import contract
+
+from ..policy.model import Model, Policy
 from ._common import (
-    IDENTITY_HEADERS,
     LABEL_VERSION,
     Obj,
     meshgate_host,
@@ -22,33 +39,32 @@ from ._common import (
     model_namespace,
     model_port,
     proto_duration,
-    tenant_namespace,
 )
+from ._istio_filters import envoy_filters, route_name
+from ._namespaces import declared_model_namespaces, declared_tenant_namespaces, namespace, tenant_objects
 
-__all__ = ["GATEWAY_NAME", "mesh_config", "render_istio"]
+__all__ = ["GATEWAY_NAME", "NO_ROUTE", "mesh_config", "render_istio"]
 
 GATEWAY_NAME = "meshgate"
+NO_ROUTE = "meshgate.no-route"
 _NET = "networking.istio.io/v1"
 _SEC = "security.istio.io/v1"
-_MODEL_PATHS = {
-    "v2-rest": ("/v2/models/*",),
-    "v2-grpc": ("/inference.GRPCInferenceService/*",),
-    "openai": ("/v1/*", "/openai/v1/*"),
-}
 
 
 def render_istio(policy: Policy) -> list[Obj]:
-    objs: list[Obj] = [_gateway(policy), _ext_authz(policy), *_ratelimit_filters(policy)]
-    for model in policy.models:
-        objs += [_virtual_service(policy, model), _destination_rule(model)]
+    objs: list[Obj] = [_gateway(policy), _virtual_service(policy), _ext_authz(policy), *envoy_filters(policy)]
+    objs += [_destination_rule(model) for model in policy.models]
     objs += _isolation(policy)
     if policy.mesh.istio.request_authentication:
         objs += _request_authentication(policy)
     return objs
 
 
-def mesh_config(policy: Policy) -> Obj:
-    """The istiod Helm values fragment that registers meshgate as an ext_authz provider."""
+def mesh_config(policy: Policy, existing: Mapping[str, Any] | None = None) -> Obj:
+    """The istiod Helm values that register meshgate as an ext_authz provider. `existing`: the mesh
+    config the cluster runs (Helm values with `meshConfig`, or the `mesh` document itself): its other
+    providers are kept in order, one of meshgate's name is replaced. Helm replaces lists on upgrade, so
+    without `existing` the fragment holds meshgate's provider only."""
     ext = policy.gateway.ext_authz
     provider = {
         "name": policy.mesh.istio.provider,
@@ -57,6 +73,9 @@ def mesh_config(policy: Policy) -> Obj:
             "port": policy.mesh.extauthz_port,
             "timeout": proto_duration(ext.timeout),
             "failOpen": ext.failure_mode_allow,
+            # accepted since istio/api#3339 but not yet emitted by istiod (istio/istio#61558): the
+            # EnvoyFilter meshgate-ext-authz-route sets it on the filter itself
+            "clearRouteCache": True,
             "includeRequestBodyInCheck": {
                 "maxRequestBytes": ext.max_request_bytes,
                 "allowPartialMessage": False,
@@ -64,7 +83,16 @@ def mesh_config(policy: Policy) -> Obj:
             },
         },
     }
-    return {"meshConfig": {"extensionProviders": [provider]}}
+    providers: list[Any] = []
+    if existing is not None:
+        mesh = existing.get("meshConfig", existing)
+        providers = list((mesh or {}).get("extensionProviders") or [])
+    names = [p.get("name") if isinstance(p, Mapping) else None for p in providers]
+    if provider["name"] in names:
+        providers[names.index(provider["name"])] = provider
+    else:
+        providers.append(provider)
+    return {"meshConfig": {"extensionProviders": providers}}
 
 
 def _gw_ns(policy: Policy) -> str:
@@ -77,7 +105,9 @@ def _selector(policy: Policy) -> dict[str, str]:
 
 def _gateway(policy: Policy) -> Obj:
     istio = policy.mesh.istio
-    server = {"port": {"number": istio.port, "name": "http", "protocol": "HTTP"}, "hosts": list(istio.hosts)}
+    # "./host": only VirtualServices in the Gateway's own namespace bind (meshgate's one VirtualService)
+    hosts = [f"./{host}" for host in istio.hosts]
+    server = {"port": {"number": istio.port, "name": "http", "protocol": "HTTP"}, "hosts": hosts}
     spec = {"selector": _selector(policy), "servers": [server]}
     return {
         "apiVersion": _NET,
@@ -91,8 +121,8 @@ def _gateway(policy: Policy) -> Obj:
 
 
 def _base_matches(model: Model) -> list[Obj]:
-    """How a request is recognised as this model's: its REST path, or the header meshgate sets."""
-    by_header: Obj = {"headers": {IDENTITY_HEADERS["model"]: {"exact": model.name}}}
+    """How a request is recognised as this model's: its REST path, or the header extauthz sets."""
+    by_header: Obj = {"headers": {contract.MODEL_HEADER: {"exact": model.name}}}
     if model.protocol == "v2-rest":
         prefix = f"/v2/models/{model.name}"
         return [{"uri": {"exact": prefix}}, {"uri": {"prefix": prefix + "/"}}, by_header]
@@ -122,20 +152,32 @@ def _http_route(model: Model, name: str, matches: list[Obj], weights: list[tuple
     return route
 
 
-def _virtual_service(policy: Policy, model: Model) -> Obj:
+def model_routes(model: Model) -> list[Obj]:
+    """The model's routes: one per A/B entry (base matches AND its header), then the weighted canary."""
     base = _base_matches(model)
     http: list[Obj] = []
     for i, ab in enumerate(model.ab):
         matches = [{**m, "headers": {**m.get("headers", {}), ab.header: {"exact": ab.value}}} for m in base]
-        http.append(_http_route(model, f"ab-{i}-{ab.version}", matches, [(ab.version, 100)]))
+        http.append(_http_route(model, route_name(model, f"ab-{i}"), matches, [(ab.version, 100)]))
     weights = [(v.name, v.weight) for v in model.versions if v.weight]
-    http.append(_http_route(model, "canary", base, weights))
-    spec = {
-        "hosts": list(policy.mesh.istio.hosts),
-        "gateways": [f"{_gw_ns(policy)}/{GATEWAY_NAME}"],
-        "http": http,
+    http.append(_http_route(model, route_name(model, "canary"), base, weights))
+    return http
+
+
+def _no_route() -> Obj:
+    """The last route: whatever no model route matches, answered 404 after ext_authz ran on it."""
+    return {
+        "name": NO_ROUTE,
+        "directResponse": {"status": 404, "body": {"string": contract.NO_ROUTE_BODY}},
+        "headers": {"response": {"set": {"content-type": "application/json"}}},
     }
-    meta = metadata(model_name(model), model_namespace(model), model_labels(model))
+
+
+def _virtual_service(policy: Policy) -> Obj:
+    http = [route for model in policy.models for route in model_routes(model)]
+    http.append(_no_route())
+    spec = {"hosts": list(policy.mesh.istio.hosts), "gateways": [GATEWAY_NAME], "http": http}
+    meta = metadata(GATEWAY_NAME, _gw_ns(policy))
     return {"apiVersion": _NET, "kind": "VirtualService", "metadata": meta, "spec": spec}
 
 
@@ -169,13 +211,15 @@ def _destination_rule(model: Model) -> Obj:
 
 
 def _ext_authz(policy: Policy) -> Obj:
-    protocols = sorted({m.protocol for m in policy.models}) or ["v2-rest"]
-    paths = [p for proto in protocols for p in _MODEL_PATHS[proto]]
+    """ext_authz on every request: one empty rule (or every path but the public ones)."""
+    rule: Obj = {}
+    if contract.PUBLIC_PATHS:
+        rule = {"to": [{"operation": {"notPaths": list(contract.PUBLIC_PATHS)}}]}
     spec = {
         "selector": {"matchLabels": _selector(policy)},
         "action": "CUSTOM",
         "provider": {"name": policy.mesh.istio.provider},
-        "rules": [{"to": [{"operation": {"paths": paths}}]}],
+        "rules": [rule],
     }
     meta = metadata("meshgate-ext-authz", _gw_ns(policy))
     return {"apiVersion": _SEC, "kind": "AuthorizationPolicy", "metadata": meta, "spec": spec}
@@ -188,21 +232,23 @@ def _policy(name: str, namespace: str, action: str, namespaces: list[str]) -> Ob
 
 
 def _isolation(policy: Policy) -> list[Obj]:
-    """Tenants reach models only through the gateway, and never reach each other's namespaces."""
+    """Only in namespaces the policy declares: tenants reach models only through the gateway, and never
+    each other's namespaces; a model namespace accepts only mTLS (STRICT)."""
     gateway_ns, meshgate_ns = _gw_ns(policy), policy.mesh.namespace
-    tenant_nss = sorted({tenant_namespace(t) for t in policy.tenants})
-    model_nss = sorted({model_namespace(m) for m in policy.models})
+    tenant_nss = declared_tenant_namespaces(policy)
+    model_nss = declared_model_namespaces(policy)
     objs: list[Obj] = []
     for ns in tenant_nss:
-        if ns not in model_nss:
-            allowed = sorted({ns, gateway_ns, meshgate_ns})
-            objs.append(_policy("meshgate-tenant-isolation", ns, "ALLOW", allowed))
+        allowed = sorted({ns, gateway_ns, meshgate_ns})
+        objs += tenant_objects(ns, allowed)
+        objs.append(_policy("meshgate-tenant-isolation", ns, "ALLOW", allowed))
     serverless = {
         model_namespace(m) for m in policy.models for v in m.versions if v.deployment_mode == "Knative"
     }
     for ns in model_nss:
         # Knative's activator sits in front of scaled-to-zero (Knative mode) InferenceServices
         extra = {"knative-serving"} if ns in serverless else set()
+        objs.append(namespace(ns))
         objs.append(
             _policy("meshgate-models-allow", ns, "ALLOW", sorted({ns, gateway_ns, meshgate_ns} | extra))
         )
@@ -238,114 +284,3 @@ def _request_authentication(policy: Policy) -> list[Obj]:
     spec = {"selector": {"matchLabels": _selector(policy)}, "jwtRules": rules}
     meta = metadata("meshgate-jwt", _gw_ns(policy))
     return [{"apiVersion": _SEC, "kind": "RequestAuthentication", "metadata": meta, "spec": spec}]
-
-
-# --- rate limit ----------------------------------------------------------------------------------
-
-
-def quota_actions(quota: Quota) -> list[Obj]:
-    """Descriptor for one quota: ("quota", name) then one entry per counted identity header."""
-    actions: list[Obj] = [{"generic_key": {"descriptor_key": "quota", "descriptor_value": quota.name}}]
-    keys = list(quota.per)
-    if quota.models != ("*",) and "model" not in keys:
-        keys.append("model")
-    for key in ("tenant", "user", "model"):
-        if key in keys:
-            actions.append({"request_headers": {"header_name": IDENTITY_HEADERS[key], "descriptor_key": key}})
-    return actions
-
-
-def _http_filter_listener(sub_filter: str) -> Obj:
-    """EnvoyFilter listener match: the gateway's HTTP connection manager, at `sub_filter`."""
-    return {
-        "filterChain": {
-            "filter": {
-                "name": "envoy.filters.network.http_connection_manager",
-                "subFilter": {"name": sub_filter},
-            },
-        },
-    }
-
-
-def _ratelimit_config(policy: Policy) -> Obj:
-    rl = policy.gateway.ratelimit
-    host = meshgate_host(policy)
-    config: Obj = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
-        "domain": rl.domain,
-        "failure_mode_deny": rl.failure_mode_deny,
-        "timeout": proto_duration(rl.timeout),
-        "rate_limit_service": {
-            "grpc_service": {
-                "envoy_grpc": {
-                    "cluster_name": f"outbound|{policy.mesh.ratelimit_port}||{host}",
-                    "authority": host,
-                },
-            },
-            "transport_api_version": "V3",
-        },
-    }
-    if rl.response_headers != "none":
-        config["enable_x_ratelimit_headers"] = "DRAFT_VERSION_03"
-    return config
-
-
-def _ratelimit_filters(policy: Policy) -> list[Obj]:
-    """As istio.io's "Enabling Rate Limits using Envoy": the filter before the router, and the
-    rate_limits actions merged into every virtual host of the gateway."""
-    patches: list[Obj] = [
-        {
-            "applyTo": "HTTP_FILTER",
-            "match": {"context": "GATEWAY", "listener": _http_filter_listener("envoy.filters.http.router")},
-            "patch": {
-                "operation": "INSERT_BEFORE",
-                "value": {"name": "envoy.filters.http.ratelimit", "typed_config": _ratelimit_config(policy)},
-            },
-        },
-    ]
-    if policy.quotas:
-        patches.append(
-            {
-                "applyTo": "VIRTUAL_HOST",
-                "match": {
-                    "context": "GATEWAY",
-                    "routeConfiguration": {"vhost": {"name": "", "route": {"action": "ANY"}}},
-                },
-                "patch": {
-                    "operation": "MERGE",
-                    "value": {"rate_limits": [{"actions": quota_actions(q)} for q in policy.quotas]},
-                },
-            }
-        )
-    objs = [_envoy_filter(policy, "meshgate-ratelimit", patches)]
-    if any(m.protocol != "v2-rest" for m in policy.models):
-        objs.append(_envoy_filter(policy, "meshgate-ext-authz-route", [_clear_route_cache()]))
-    return objs
-
-
-def _clear_route_cache() -> Obj:
-    """gRPC and OpenAI requests name their model in the body: meshgate's ext_authz answer sets
-    x-meshgate-model, and the route must be chosen again after it (as in meshgate's own gateway)."""
-    listener = _http_filter_listener("envoy.filters.http.ext_authz")
-    value = {
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-            "clear_route_cache": True,
-        },
-    }
-    return {
-        "applyTo": "HTTP_FILTER",
-        "match": {"context": "GATEWAY", "listener": listener},
-        "patch": {"operation": "MERGE", "value": value},
-    }
-
-
-def _envoy_filter(policy: Policy, name: str, patches: list[Obj]) -> Obj:
-    spec = {"workloadSelector": {"labels": _selector(policy)}, "configPatches": patches}
-    meta = metadata(name, _gw_ns(policy))
-    return {
-        "apiVersion": "networking.istio.io/v1alpha3",
-        "kind": "EnvoyFilter",
-        "metadata": meta,
-        "spec": spec,
-    }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..policy.model import Model, ModelVersion, Policy
 from ._common import Obj, metadata, model_labels, model_name, model_namespace, model_port, version_name
+from ._namespaces import declared_model_namespaces, namespace
 
 __all__ = ["render_kserve"]
 
@@ -16,7 +17,7 @@ _FORMAT = {"v2-rest": "triton", "v2-grpc": "triton", "openai": "huggingface"}
 
 
 def render_kserve(policy: Policy) -> list[Obj]:
-    objs: list[Obj] = []
+    objs: list[Obj] = [namespace(ns) for ns in declared_model_namespaces(policy)]
     for model in policy.models:
         objs.append(_service(model, None))
         for version in model.versions:

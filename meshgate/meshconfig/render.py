@@ -16,12 +16,14 @@ from .kserve import render_kserve
 from .validate import Problem, SchemaSet
 
 __all__ = [
+    "SINGLE_TARGETS",
     "TARGETS",
     "Target",
     "dump_yaml",
     "file_name",
     "mesh_config_yaml",
     "render",
+    "render_all",
     "render_files",
     "validate_objects",
     "write_dir",
@@ -29,6 +31,7 @@ __all__ = [
 
 Target = Literal["istio", "envoy-gateway", "kserve", "all"]
 TARGETS: tuple[Target, ...] = ("istio", "envoy-gateway", "kserve", "all")
+SINGLE_TARGETS: tuple[Target, ...] = ("kserve", "istio", "envoy-gateway")
 
 _RENDERERS: dict[str, Callable[[Policy], list[Obj]]] = {
     "kserve": render_kserve,
@@ -37,6 +40,9 @@ _RENDERERS: dict[str, Callable[[Policy], list[Obj]]] = {
 }
 # apply order: backends first, then traffic, then the policies that refer to them
 _KIND_ORDER = (
+    "Namespace",
+    "ResourceQuota",
+    "NetworkPolicy",
     "Service",
     "InferenceService",
     "Gateway",
@@ -44,6 +50,7 @@ _KIND_ORDER = (
     "AIServiceBackend",
     "DestinationRule",
     "VirtualService",
+    "HTTPRouteFilter",
     "HTTPRoute",
     "GRPCRoute",
     "AIGatewayRoute",
@@ -52,6 +59,7 @@ _KIND_ORDER = (
     "RequestAuthentication",
     "AuthorizationPolicy",
     "SecurityPolicy",
+    "ClientTrafficPolicy",
     "BackendTrafficPolicy",
     "EnvoyFilter",
 )
@@ -65,10 +73,16 @@ def _sort_key(obj: Obj) -> tuple[int, str, str, str, str]:
 
 
 def render(policy: Policy, target: Target) -> list[Obj]:
-    """Every object for `target`, in a stable apply order. Pure: same policy, same list."""
-    names = list(_RENDERERS) if target == "all" else [target]
-    objs = [obj for name in names for obj in _RENDERERS[name](policy)]
-    return sorted(objs, key=_sort_key)
+    """Every object for `target` (one of SINGLE_TARGETS), in a stable apply order. Pure: same policy,
+    same list. Istio and Envoy Gateway objects are never mixed: `render_all` keeps them apart."""
+    if target not in _RENDERERS:
+        raise ValueError(f"render one target at a time ({', '.join(SINGLE_TARGETS)}); for all: render_all")
+    return sorted(_RENDERERS[target](policy), key=_sort_key)
+
+
+def render_all(policy: Policy) -> dict[str, list[Obj]]:
+    """Target -> its objects, for every target (each applied on its own: one directory per target)."""
+    return {target: render(policy, target) for target in SINGLE_TARGETS}
 
 
 def validate_objects(objs: Iterable[Mapping[str, Any]], schemas: SchemaSet | None = None) -> list[Problem]:
@@ -107,13 +121,24 @@ def render_files(objs: list[Obj]) -> dict[str, str]:
     return {name: dump_yaml(items) for name, items in sorted(by_file.items())}
 
 
-def mesh_config_yaml(policy: Policy) -> str:
+def mesh_config_yaml(policy: Policy, existing: Mapping[str, Any] | None = None) -> str:
+    """The istiod Helm values registering meshgate; `existing` (the cluster's mesh config) keeps its
+    other extension providers: Helm replaces a list on upgrade, it does not merge it."""
     header = (
         "# Registers meshgate as the ext_authz provider. Merge into the istiod Helm values\n"
         "# (helm upgrade istiod istio/istiod -n istio-system --reuse-values -f THIS_FILE)\n"
         "# or into IstioOperator spec.meshConfig / istioctl install -f.\n"
     )
-    return header + yaml.dump(mesh_config(policy), Dumper=_Dumper, sort_keys=False, width=1 << 16)
+    if existing is None:
+        header += (
+            "# Holds meshgate's provider only: Helm replaces the whole extensionProviders list, so\n"
+            "# render with --existing-mesh-config FILE (helm get values istiod -n istio-system -o yaml)\n"
+            "# to keep the providers the cluster already has.\n"
+        )
+    else:
+        header += "# extensionProviders: the cluster's own, in order, with meshgate's added (or replaced).\n"
+    body = yaml.dump(mesh_config(policy, existing), Dumper=_Dumper, sort_keys=False, width=1 << 16)
+    return header + body
 
 
 def write_dir(files: Mapping[str, str], directory: Path) -> list[Path]:

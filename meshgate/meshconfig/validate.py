@@ -33,6 +33,8 @@ _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 Key = tuple[str, str, str]  # (group, version, kind)
+# built-in API groups checked, like the core group, against the kubernetes client's models
+_BUILTIN_GROUPS = frozenset({"networking.k8s.io"})
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ class SchemaSet:
         api_version, kind = str(obj.get("apiVersion", "")), str(obj.get("kind", ""))
         group, _, version = api_version.rpartition("/")
         problems = list(_check_metadata(label, obj.get("metadata")))
-        if not group:
+        if not group or group in _BUILTIN_GROUPS:
             return problems + [Problem(label, f, m) for f, m in _check_core(version, kind, obj)]
         key = (group, version, kind)
         if key not in self._schemas:

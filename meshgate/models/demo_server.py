@@ -25,6 +25,8 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from meshgate import contract
+
 __all__ = [
     "ECHO_HEADER_PREFIX",
     "INPUT_NAME",
@@ -37,7 +39,7 @@ __all__ = [
 
 INPUT_NAME = "INPUT0"
 OUTPUT_NAME = "OUTPUT0"
-ECHO_HEADER_PREFIX = "x-meshgate-"
+ECHO_HEADER_PREFIX = contract.HEADER_PREFIX
 _SUPPORTED_DATATYPES = frozenset({"INT32", "INT64", "FP32", "FP64"})
 
 

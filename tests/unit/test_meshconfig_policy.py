@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from meshgate.meshconfig import render, validate_objects
+from meshgate.meshconfig import render_all, validate_objects
 from meshgate.meshconfig._common import gateway_api_duration, k8s_name, proto_duration
 from meshgate.policy import PolicyError, parse_policy
 
@@ -84,7 +84,7 @@ def test_the_policies_in_the_docs_render_and_validate() -> None:
     assert len(policies) == 2
     for doc in policies:
         policy = parse_policy(doc, "docs/meshconfig.md")
-        objs = render(policy, "all")
+        objs = [obj for objs in render_all(policy).values() for obj in objs]
         assert validate_objects(objs) == []
         names = {(o["kind"], o["metadata"]["name"]) for o in objs}
         model = policy.models[0]

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from meshgate.cli import main
-from meshgate.meshconfig import dump_yaml, render, render_files, validate_objects
+from meshgate.meshconfig import dump_yaml, render, render_all, render_files, validate_objects
 from meshgate.meshconfig._common import model_name
 from meshgate.meshconfig.render import mesh_config_yaml
 from meshgate.policy import Policy, load_policy, parse_policy
@@ -54,46 +54,49 @@ def test_golden_mesh_config(name: str) -> None:
     )
 
 
-def test_all_is_the_union_of_the_targets_in_apply_order() -> None:
+def test_all_is_one_list_per_target_in_apply_order() -> None:
     policy = load_policy(POLICIES["large"])
-    everything = render(policy, "all")
-    parts = [obj for target in TARGETS for obj in render(policy, target)]  # type: ignore[arg-type]
-    key = lambda o: (o["apiVersion"], o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])  # noqa: E731
-    assert sorted(map(key, everything)) == sorted(map(key, parts))
-    kinds = [o["kind"] for o in everything]
-    assert kinds.index("Service") < kinds.index("VirtualService") < kinds.index("EnvoyFilter")
+    everything = render_all(policy)
+    assert list(everything) == ["kserve", "istio", "envoy-gateway"]
+    for target, objs in everything.items():
+        assert objs == render(policy, target)  # type: ignore[arg-type]
+    kinds = [o["kind"] for o in everything["istio"]]
+    assert kinds.index("Namespace") < kinds.index("VirtualService") < kinds.index("EnvoyFilter")
+    with pytest.raises(ValueError, match="render_all"):
+        render(policy, "all")
 
 
 def test_every_object_is_labelled_and_uniquely_named() -> None:
     for path in POLICIES.values():
-        objs = render(load_policy(path), "all")
-        seen = set()
-        for obj in objs:
-            meta = obj["metadata"]
-            assert meta["labels"]["app.kubernetes.io/managed-by"] == "meshgate"
-            key = (obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
-            assert key not in seen, key
-            seen.add(key)
+        for objs in render_all(load_policy(path)).values():
+            seen = set()
+            for obj in objs:
+                meta = obj["metadata"]
+                assert meta["labels"]["app.kubernetes.io/managed-by"] == "meshgate"
+                key = (obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+                assert key not in seen, key
+                seen.add(key)
 
 
 def test_namespaces_come_from_the_policy() -> None:
     policy = load_policy(POLICIES["large"])
-    objs = render(policy, "all")
-    vs = {o["metadata"]["name"]: o["metadata"]["namespace"] for o in objs if o["kind"] == "VirtualService"}
-    assert vs["resnet50"] == "vision" and vs["llama-chat"] == "nlp"
+    objs = render(policy, "istio")
+    (vs,) = [o for o in objs if o["kind"] == "VirtualService"]
+    assert vs["metadata"]["namespace"] == "istio-system"
+    rules = {o["metadata"]["name"]: o["metadata"]["namespace"] for o in objs if o["kind"] == "DestinationRule"}
+    assert rules["resnet50"] == "vision" and rules["llama-chat"] == "nlp"
     isolation = {
         o["metadata"]["namespace"] for o in objs if o["metadata"]["name"] == "meshgate-tenant-isolation"
     }
-    assert isolation == {"team-acme", "globex", "initech"}
+    assert isolation == {"team-acme"}  # the only tenant namespace the policy declares
     peer = {o["metadata"]["namespace"] for o in objs if o["kind"] == "PeerAuthentication"}
     assert peer == {"vision", "nlp"}
 
 
 def test_files_one_per_kind(tmp_path: Path) -> None:
     policy = load_policy(POLICIES["example"])
-    files = render_files(render(policy, "all"))
-    assert "virtualservice.networking.istio.io.yaml" in files
-    assert "gateway.gateway.networking.k8s.io.yaml" in files and "gateway.networking.istio.io.yaml" in files
+    files = render_files(render(policy, "istio"))
+    assert "virtualservice.networking.istio.io.yaml" in files and "gateway.networking.istio.io.yaml" in files
     for name, text in files.items():
         kinds = {d["kind"] for d in yaml.safe_load_all(text)}
         assert len(kinds) == 1, name
@@ -181,9 +184,11 @@ def _key(obj: dict[str, Any]) -> tuple[str, str]:
 @pytest.mark.parametrize("seed", list(_seeds()))
 def test_properties_of_random_policies(seed: int) -> None:
     policy = _random_policy(random.Random(seed))
-    objs = render(policy, "all")
-    assert render(policy, "all") == objs, "render is not deterministic"
-    assert validate_objects(objs) == []
+    targets = render_all(policy)
+    assert render_all(policy) == targets, "render is not deterministic"
+    for target_objs in targets.values():
+        assert validate_objects(target_objs) == []
+    objs = [o for target_objs in targets.values() for o in target_objs]
 
     services = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in _by_kind(objs, "Service")}
     hosts = {f"{name}.{ns}.svc.cluster.local" for ns, name in services}
@@ -191,14 +196,15 @@ def test_properties_of_random_policies(seed: int) -> None:
         o["spec"]["host"]: {s["name"] for s in o["spec"]["subsets"]}
         for o in _by_kind(objs, "DestinationRule")
     }
-    vss = {o["metadata"]["name"]: o for o in _by_kind(objs, "VirtualService")}
+    (vs,) = _by_kind(objs, "VirtualService")
     for model in policy.models:
-        vs = vss[model_name(model)]
-        canary = vs["spec"]["http"][-1]
+        own = [r for r in vs["spec"]["http"] if r["name"].rpartition(".")[0] == model.name]
+        canary = own[-1]
+        assert canary["name"] == f"{model.name}.canary"
         expected = {v.name: v.weight for v in model.versions if v.weight}
         got = {r["destination"]["subset"]: r.get("weight", 100) for r in canary["route"]}
         assert got == expected  # canary weights equal the policy's
-        for route in vs["spec"]["http"]:
+        for route in own:
             dests = [r["destination"] for r in route["route"]] + (
                 [route["mirror"]] if "mirror" in route else []
             )
@@ -210,6 +216,8 @@ def test_properties_of_random_policies(seed: int) -> None:
                 assert route["mirrorPercentage"]["value"] == model.shadow.percent
 
     for route in _by_kind(objs, "HTTPRoute") + _by_kind(objs, "GRPCRoute"):
+        if route["metadata"]["name"] == "meshgate-no-route":
+            continue
         ns = route["metadata"]["namespace"]
         for rule in route["spec"]["rules"]:
             for ref in rule["backendRefs"]:

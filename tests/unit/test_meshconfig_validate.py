@@ -74,8 +74,8 @@ def _golden(kind: str, name: str) -> dict[str, Any]:
 
 
 def test_misspelt_fields_are_caught(schemas: SchemaSet) -> None:
-    vs = _golden("VirtualService", "resnet")
-    route = vs["spec"]["http"][-1]
+    vs = _golden("VirtualService", "meshgate")
+    route = vs["spec"]["http"][1]  # resnet.canary
     route["retries"]["perTryTimout"] = route["retries"].pop("perTryTimeout")
     isvc = _golden("InferenceService", "resnet50-v1")
     isvc["spec"]["predictor"]["minReplica"] = isvc["spec"]["predictor"].pop("minReplicas")
@@ -89,7 +89,7 @@ def test_misspelt_fields_are_caught(schemas: SchemaSet) -> None:
         "InferenceService vision/resnet50-v1: spec.predictor.model.storageURI: unknown field",
         "Service default/resnet: metadata.lables: unknown field",
         "Service default/resnet: spec.ports[0].targetPrt: unknown field",
-        "VirtualService default/resnet: spec.http[1].retries.perTryTimout: unknown field",
+        "VirtualService istio-system/meshgate: spec.http[1].retries.perTryTimout: unknown field",
     ]
 
 
@@ -108,7 +108,7 @@ def test_wrong_types_enums_and_required_fields_are_caught(schemas: SchemaSet) ->
 def test_unknown_kind_and_bad_metadata_are_refused(schemas: SchemaSet) -> None:
     obj = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualSrvice", "metadata": {"name": "x"}}
     assert [p.field for p in schemas.validate(obj)] == ["apiVersion"]
-    vs = _golden("VirtualService", "resnet")
+    vs = _golden("VirtualService", "meshgate")
     vs["metadata"]["name"] = "Not_A_Name"
     vs["metadata"]["labels"]["meshgate.io/model"] = "x" * 64
     fields = sorted(p.field for p in schemas.validate(vs))
