@@ -48,8 +48,8 @@ def to_response(decision: Decision) -> rls_pb2.RateLimitResponse:
     statuses = response.statuses
     for s in decision.statuses:
         code = _OVER_LIMIT if s.over_limit else _OK
-        if s.limit is None or s.unit is None:
-            statuses.add(code=code)
+        if s.limit is None or s.unit is None:  # no rule (remaining 0), or an unlimited one (remaining 2^32-1)
+            statuses.add(code=code, limit_remaining=s.remaining)
             continue
         status = statuses.add(
             code=code, current_limit=_current_limit(s.limit, s.unit), limit_remaining=s.remaining

@@ -79,6 +79,9 @@ class _Target:
 
 
 _NO_LIMIT = Status()  # a descriptor no rule applies to; shared, like every Status never mutated
+UNLIMITED_REMAINING = 2**32 - 1
+_UNLIMITED = Status(remaining=UNLIMITED_REMAINING)  # an `unlimited` rule: envoyproxy/ratelimit reports
+# limit_remaining math.MaxUint32 and no current_limit (test/service/ratelimit_test.go TestUnlimited)
 
 
 @dataclass(slots=True, eq=False)
@@ -269,9 +272,14 @@ class Limiter:
                 rule.shadow_mode, target.phase == "charge", target.charge, target.sliding,
                 math.floor(target.limit * near),
             ))
-        blank = (_NO_LIMIT,) * len(request.descriptors)
+        unlimited = tuple(
+            i for i, (t, d) in enumerate(zip(targets, request.descriptors, strict=True))
+            if t is None and self._unlimited(request.domain, d)
+        )  # fmt: skip
+        blank = tuple(_UNLIMITED if i in unlimited else _NO_LIMIT for i in range(len(request.descriptors)))
         style = self._settings.response_headers
-        form: tuple[object, ...] = (len(blank), style, tuple((p.index, p.limit, p.unit) for p in parts))
+        parts_form = tuple((p.index, p.limit, p.unit) for p in parts)
+        form: tuple[object, ...] = (len(blank), style, parts_form, unlimited)
         kept = self._forms.get(form)
         if kept is not None:
             form = kept
@@ -287,6 +295,12 @@ class Limiter:
         if request.keep and self._prepared_budget.admit(self._prepared, cost):
             self._prepared[id(request)] = prepared
         return prepared
+
+    def _unlimited(self, domain: str, descriptor: Descriptor) -> bool:
+        if descriptor.limit is not None:
+            return False
+        rule = self._config.match(domain, _strip_phase(descriptor.entries)[0])
+        return rule is not None and rule.unlimited
 
     def _target(self, domain: str, descriptor: Descriptor) -> _Target | None:
         key = (domain, descriptor.entries, descriptor.limit)
