@@ -41,9 +41,11 @@ __all__ = [
     "IDENTITY_HEADERS",
     "MODEL_HEADER",
     "NO_ROUTE_BODY",
+    "OPENAI_PREFIXES",
     "PHASE_KEY",
     "PROMPT_TOKENS",
     "PUBLIC_PATHS",
+    "QUOTAS_KEY",
     "QUOTA_KEY",
     "REQUESTS",
     "STREAM_HEADER",
@@ -64,6 +66,7 @@ __all__ = [
     "quota_limit",
     "quota_plan",
     "reads_usage",
+    "request_quotas",
     "rule_label",
     "tier_limit",
 ]
@@ -270,3 +273,22 @@ GATEWAY_HEADERS = (
 )
 """Every header meshgate or its gateway filters set: where a gateway can only remove headers by name
 (Envoy Gateway's earlyRequestHeaders), these are the names removed from what the client sent."""
+
+
+# --- OpenAI's API at the gateway -------------------------------------------------------------------
+
+OPENAI_PREFIXES = ("/v1/", "/openai/v1/")
+"""Where OpenAI's API lives: vLLM, TGI, llama.cpp at /v1/, KServe's Hugging Face runtime at /openai/v1/.
+Every error the gateway or extauthz gives under them is in OpenAI's shape (docs/llm.md)."""
+QUOTAS_KEY = "quotas"
+"""Key of extauthz's metadata struct: the names of the quotas that count the request, comma-separated in
+policy order; the gateway's 429 names them."""
+
+
+def request_quotas(policy: Policy, tenant: str, model: str) -> tuple[str, ...]:
+    """The quotas that count a request of `tenant` for `model`: those whose `models` select it and
+    that either the tenant lists or that are not counted per tenant (ratelimit's rule, compile.py)."""
+    found = policy.tenant(tenant)
+    listed = found.quotas if found is not None else ()
+    quotas = quota_plan(policy).quotas_of(policy, model)
+    return tuple(q.name for q in quotas if "tenant" not in q.per or q.name in listed)

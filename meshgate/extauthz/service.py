@@ -277,13 +277,18 @@ class ExtAuthzService:
     def _build(
         authorizer: Authorizer, decision: Decision, client_headers: tuple[str, ...], openai: bool
     ) -> external_auth_pb2.CheckResponse:
-        auth = authorizer.table.auth
+        table = authorizer.table
+        who, target = decision.identity, decision.target
+        quotas = ""
+        if decision.allowed and who is not None and target is not None and target.model:
+            quotas = table.quotas(who.tenant, target.model)
         return to_response(
             decision,
             client_headers=client_headers,
-            api_key_header=auth.api_key_header,
-            forward_authorization=auth.forward_authorization,
+            api_key_header=table.auth.api_key_header,
+            forward_authorization=table.auth.forward_authorization,
             openai=openai,
+            quotas=quotas,
         )
 
     def _observe(

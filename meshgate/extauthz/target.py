@@ -26,6 +26,8 @@ from typing import Any
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from tritonclient.grpc import service_pb2
 
+from meshgate import contract
+
 from .bounds import PATH_MEMO_BYTES, PATH_MEMO_ENTRY_BYTES, clip
 from .cache import BoundedMemo, target_bytes
 from .prompt import estimate_tokens, prompt_texts
@@ -46,9 +48,7 @@ _GRPC_MODEL_METHODS: dict[str, tuple[Any, str, str]] = {
     "ModelConfig": (service_pb2.ModelConfigRequest, "name", "version"),
     "ModelStatistics": (service_pb2.ModelStatisticsRequest, "name", "version"),
 }
-OPENAI_PREFIXES = ("/v1/", "/openai/v1/")
-"""Where OpenAI's API lives: vLLM, TGI, llama.cpp at /v1/, KServe's Hugging Face runtime at /openai/v1/.
-Every answer extauthz gives under them is in OpenAI's shape (responses.py)."""
+OPENAI_PREFIXES = contract.OPENAI_PREFIXES  # every answer under them is in OpenAI's shape (responses.py)
 # OpenAI endpoints whose body names the model -> whether they generate (an embedding does not)
 _OPENAI_ENDPOINTS = {"chat/completions": True, "completions": True, "responses": True, "embeddings": False}
 _OPENAI_PATHS = {

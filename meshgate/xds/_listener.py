@@ -16,7 +16,9 @@ from meshgate.contract import reads_usage
 from meshgate.policy.model import GatewaySettings, GatewayTLS, Policy
 
 from . import _names
+from ._openai import local_reply, served_name_filter
 from ._pb import ADS, duration, pack
+from ._routes import has_served_names
 from ._secrets import sds
 from ._usage import usage_filters
 from .options import CompileOptions
@@ -31,10 +33,13 @@ def gateway_listener(policy: Policy, options: CompileOptions) -> listener_pb2.Li
     filters = []
     if options.enable_extauthz:
         filters.append(_ext_authz(gateway))
+    openai = any(reads_usage(m) for m in policy.models)
     if options.enable_ratelimit:
         filters.append(_ratelimit(gateway))
-        if any(reads_usage(m) for m in policy.models):
+        if openai:
             filters += usage_filters()  # disabled here, enabled per route (see _usage)
+    if has_served_names(policy):
+        filters.append(served_name_filter())  # disabled here, enabled per route (see _openai)
     filters.append(
         hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
     )
@@ -45,6 +50,8 @@ def gateway_listener(policy: Policy, options: CompileOptions) -> listener_pb2.Li
         http_filters=filters,
         use_remote_address=wrappers_pb2.BoolValue(value=True),
     )
+    if openai and options.enable_ratelimit:
+        hcm.local_reply_config.CopyFrom(local_reply())  # OpenAI's 429 (see _openai)
     network = listener_components_pb2.Filter(
         name="envoy.filters.network.http_connection_manager", typed_config=pack(hcm)
     )

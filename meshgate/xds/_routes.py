@@ -25,6 +25,7 @@ from meshgate.contract import reads_usage
 from meshgate.policy.model import Model, Policy
 
 from . import _names
+from ._openai import SERVED_NAME_FILTER, served_name
 from ._pb import duration, pack, u32
 from ._quotas import model_rate_limits
 from ._usage import route_filters
@@ -41,6 +42,7 @@ NO_ROUTE = "meshgate|no_route"
 def route_configuration(policy: Policy, *, ratelimit: bool = True) -> route_pb2.RouteConfiguration:
     routes = []
     usage = ratelimit and any(reads_usage(m) for m in policy.models)
+    served = has_served_names(policy)
     for model in policy.models:
         limits = model_rate_limits(policy, model) if ratelimit else None
         for route in _model_routes(model):
@@ -48,15 +50,40 @@ def route_configuration(policy: Policy, *, ratelimit: bool = True) -> route_pb2.
                 route.typed_per_filter_config[RATELIMIT_FILTER].CopyFrom(pack(limits))
             if usage and reads_usage(model):
                 _read_usage(route)
+            if served and reads_usage(model):
+                _enable(route, SERVED_NAME_FILTER)  # each version's name: _served_names
             routes.append(route)
     unrouted = _unrouted()
     if usage:
         _read_usage(unrouted)  # an OpenAI request matches it first: its model is only in the body
+    if served:
+        _enable(unrouted, SERVED_NAME_FILTER)  # in the chain, so the model route's name applies
     routes.append(unrouted)
     return route_pb2.RouteConfiguration(
         name=_names.ROUTE_CONFIG,
         virtual_hosts=[rc.VirtualHost(name=_names.VIRTUAL_HOST, domains=["*"], routes=routes)],
     )
+
+
+def has_served_names(policy: Policy) -> bool:
+    """Whether an OpenAI model's version serves another name (the served_name filter is needed)."""
+    return any(reads_usage(m) and any(v.served_name for v in m.versions) for m in policy.models)
+
+
+def _enable(route: rc.Route, name: str) -> None:
+    """Enable filter `name` (disabled on the listener) on `route`, unless the route configures it."""
+    if name not in route.typed_per_filter_config:
+        enabled = rc.FilterConfig()
+        enabled.config.SetInParent()
+        route.typed_per_filter_config[name].CopyFrom(pack(enabled))
+
+
+def _served_name(model: Model, version: str) -> rc.FilterConfig | None:
+    """The served_name filter's config for `version` of `model` (enabling it), or None."""
+    found = model.version(version)
+    if found is None or not found.served_name or not reads_usage(model):
+        return None
+    return rc.FilterConfig(config=pack(served_name(found.served_name)))
 
 
 def _read_usage(route: rc.Route) -> None:
@@ -102,12 +129,21 @@ def _model_routes(model: Model) -> Iterator[rc.Route]:
             pinned.headers.append(
                 rc.HeaderMatcher(name=ab.header, string_match=string_pb2.StringMatcher(exact=ab.value))
             )
-            yield rc.Route(
+            route = rc.Route(
                 name=f"{model.name}|ab|{ab.header}={ab.value}",
                 match=pinned,
                 route=_action(model, cluster=_names.cluster(model.name, ab.version)),
             )
-        yield rc.Route(name=f"{model.name}|canary", match=match, route=_canary(model))
+            name = _served_name(model, ab.version)
+            if name is not None:
+                route.typed_per_filter_config[SERVED_NAME_FILTER].CopyFrom(pack(name))
+            yield route
+        route = rc.Route(name=f"{model.name}|canary", match=match, route=_canary(model))
+        weighted = [v for v in model.versions if v.weight]
+        name = _served_name(model, weighted[0].name) if len(weighted) == 1 else None
+        if name is not None:
+            route.typed_per_filter_config[SERVED_NAME_FILTER].CopyFrom(pack(name))
+        yield route
 
 
 def _action(model: Model, *, cluster: str = "") -> rc.RouteAction:
@@ -144,10 +180,13 @@ def _canary(model: Model) -> rc.RouteAction:
         action = _action(model, cluster=_names.cluster(model.name, weighted[0][0]))
     else:
         action = _action(model)
-        action.weighted_clusters.clusters.extend(
-            rc.WeightedCluster.ClusterWeight(name=_names.cluster(model.name, name), weight=u32(weight))
-            for name, weight in weighted
-        )
+        for name, weight in weighted:
+            cluster = action.weighted_clusters.clusters.add(
+                name=_names.cluster(model.name, name), weight=u32(weight)
+            )
+            served = _served_name(model, name)
+            if served is not None:  # Envoy picks the weighted cluster with the route: its own name
+                cluster.typed_per_filter_config[SERVED_NAME_FILTER].CopyFrom(pack(served))
     if model.shadow is not None:
         action.request_mirror_policies.append(
             rc.RouteAction.RequestMirrorPolicy(

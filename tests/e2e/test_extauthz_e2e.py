@@ -165,13 +165,13 @@ def test_openai_body_model_and_private_model_of_another_tenant(gateway: tuple[En
     theirs = request(f"{base}/v1/chat/completions", headers={"authorization": f"Bearer {mint(tenant='globex')}"},
                      body=body.encode())  # fmt: skip
     assert theirs.status_code == 403
-    assert theirs.json()["error"] == "model_forbidden"
+    assert theirs.json()["error"]["code"] == "model_forbidden"  # OpenAI's shape under /v1/
     too_long = json.dumps({"model": "llama-chat", "max_tokens": 100000}).encode()
     limited = request(
         f"{base}/v1/chat/completions", headers={"authorization": f"Bearer {mint()}"}, body=too_long
     )
     assert limited.status_code == 400
-    assert limited.json()["error"] == "max_tokens_exceeds_context"
+    assert limited.json()["error"]["code"] == "max_tokens_exceeds_context"
 
 
 def test_no_token_is_401_with_www_authenticate(gateway: tuple[Envoy, str]) -> None:

@@ -45,7 +45,7 @@ class ChatStandIn:
         self.port = free_port()
         argv = [sys.executable, ROOT / "examples" / "quickstart_models.py", "chat", "--model", model,
                 "--port", self.port, *args]  # fmt: skip
-        self.proc = Proc(f"chat-{model}", argv, log_dir=workdir)
+        self.proc = Proc(f"chat-{model.replace('/', '_')}", argv, log_dir=workdir)
 
     @property
     def url(self) -> str:

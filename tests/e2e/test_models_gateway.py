@@ -286,19 +286,19 @@ def test_openai_chat_completions_model_from_the_body(
         # another tenant's private model: 403, the same answer as an unknown model
         forbidden = chat("acme-private", "globex")
         assert forbidden.status_code == 403
-        assert forbidden.json()["error"] == "model_forbidden"
-        assert chat("no-such-model", "globex").json()["error"] == "model_forbidden"
+        assert forbidden.json()["error"]["code"] == "model_forbidden"
+        assert chat("no-such-model", "globex").json()["error"]["code"] == "model_forbidden"
         # a public model for globex works
         assert chat("chat-small", "globex", max_tokens=8).status_code == 200
 
         # token context limit (100): max_tokens above it -> 400, prompt + max_tokens above it -> 413
         too_many = chat("chat-small", "acme", max_tokens=101)
         assert too_many.status_code == 400
-        assert too_many.json()["error"] == "max_tokens_exceeds_context"
+        assert too_many.json()["error"]["code"] == "max_tokens_exceeds_context"
         long_prompt = chat(
             "chat-small", "acme", max_tokens=90, messages=[{"role": "user", "content": "x" * 200}]
         )
         assert long_prompt.status_code == 413
-        assert long_prompt.json()["error"] == "context_limit_exceeded"
+        assert long_prompt.json()["error"]["code"] == "context_limit_exceeded"
 
     assert envoy.stat("cluster.meshgate|ratelimit.upstream_rq_total") >= 3
