@@ -253,7 +253,7 @@ class Tenant(_Strict):
     allowed_origins: tuple[Origin, ...] = ()
     """Browser origins (scheme://host[:port]) allowed to call; empty: no browser check."""
     namespace: K8sName | None = None
-    """Kubernetes namespace of the tenant's workloads (meshgate render); default: the tenant name."""
+    """Kubernetes namespace of the tenant's workloads (meshgate render); unset: none rendered or isolated."""
 
 
 class Role(_Strict):
