@@ -12,11 +12,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
 
 from meshgate import contract
 
+from ._windows import Part, Phase, Prepared, Target, roll
 from .bounds import MIB, Budget, OverLimitCache, entries_bytes, request_bytes, sizeof
 from .decision import (
     HEADER_NAMES,
@@ -30,8 +29,8 @@ from .decision import (
     limit_header,
 )
 from .keys import counter_base
-from .metrics import KeyCounters, RateLimitMetrics
-from .model import RateLimitConfig, Rule, Unit
+from .metrics import RateLimitMetrics
+from .model import RateLimitConfig, Rule
 from .store import Slot, Store, StoreResult
 from .usage import usage_hits
 
@@ -50,80 +49,20 @@ __all__ = [  # the plain types live in decision.py, re-exported here
 ]
 
 PHASE_KEY = contract.PHASE_KEY
-Phase = Literal["", "check", "charge"]
 # the limiter's caches (see bounds.py): resolved descriptors, prepared requests, decision shapes and
 # the over-limit counters; a request or descriptor larger than its cache's entry limit is resolved
 # for its call only
 TARGETS_BUDGET, PREPARED_BUDGET, SHAPES_BUDGET, OVER_LIMIT_BUDGET = 16 * MIB, 32 * MIB, 1 * MIB, 4 * MIB
 TARGET_MAX, PREPARED_MAX = 16 << 10, 64 << 10  # bytes of one entry
-# bytes beside the strings (measured with tracemalloc): a _Target and its key; a _Prepared and its
-# lists; a _Part and its Slot; a decision shape per part
+# bytes beside the strings (measured with tracemalloc): a Target and its key; a Prepared and its
+# lists; a Part and its Slot; a decision shape per part
 _TARGET, _PREPARED, _PART, _SHAPE = 420, 420, 420, 80
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    """What one descriptor resolves to; cached per (domain, entries, override) until the config changes."""
-
-    rule: Rule
-    entries: tuple[tuple[str, str], ...]  # without the phase entry
-    phase: Phase
-    base: str  # the counter key up to the window start
-    tag: str
-    counters: KeyCounters
-    window: int  # seconds (rule.window, looked up once)
-    limit: int  # rule.requests_per_unit
-    sliding: bool
-    enforce: bool  # may refuse: not a shadow rule, not a stream-end charge (global shadow aside)
-    charge: bool  # adds its hits when admitted: not a check-only probe
 
 
 _NO_LIMIT = Status()  # a descriptor no rule applies to; shared, like every Status never mutated
 UNLIMITED_REMAINING = 2**32 - 1
 _UNLIMITED = Status(remaining=UNLIMITED_REMAINING)  # an `unlimited` rule: envoyproxy/ratelimit reports
 # limit_remaining math.MaxUint32 and no current_limit (test/service/ratelimit_test.go TestUnlimited)
-
-
-@dataclass(slots=True, eq=False)
-class _Part:
-    """A descriptor of a prepared request that a rule applies to, with its counter in the window of
-    `end` (the slot is rebuilt when the clock reaches `end`). What answering needs of the target and
-    its rule is copied here: one object to read per descriptor."""
-
-    index: int  # position in the request
-    target: _Target
-    hits: int
-    enforce: bool  # may refuse: the target's, unless the global shadow mode is on
-    limit: int
-    unit: Unit
-    counters: KeyCounters
-    shadow_rule: bool  # the rule's own shadow_mode
-    charging: bool  # the stream-end charge phase: never over limit
-    charge: bool  # adds its hits when admitted
-    sliding: bool
-    near: int  # a count above it is near the limit (near_limit_ratio of the limit, floored: an int
-    # comparison, where an int against a float costs a conversion per descriptor)
-    end: int = 0  # the window's end, epoch seconds
-    slot: Slot | None = None
-
-
-@dataclass(slots=True)
-class _Prepared:
-    """Everything about a request that depends neither on the clock nor on the counters: resolved once
-    per (request, config, settings), then only the window slots roll."""
-
-    request: Request
-    parts: list[_Part]
-    blank: tuple[Status, ...]  # the statuses of a request no rule applies to: one _NO_LIMIT each
-    sliding: bool  # some part has a sliding window: its weight moves with every call
-    form: tuple[object, ...]  # the decisions' shape (see Decision.shape), shared by equal forms
-    begin: int = 0  # `slots` is good from the latest window start among the parts...
-    end: int = 0  # ... to the earliest window end
-    # the parts' slots and window ends, replaced (never changed in place) when a window rolls: a call
-    # keeps the pair it started with across its store await
-    slots: Sequence[Slot] = field(default_factory=list)
-    ends: list[int] = field(default_factory=list)
-    usage: tuple[tuple[KeyCounters, int], ...] = ()  # chargeback descriptors: counted, never limited
 
 
 def _strip_phase(entries: tuple[tuple[str, str], ...]) -> tuple[tuple[tuple[str, str], ...], Phase]:
@@ -159,8 +98,8 @@ class Limiter:
         self._prepared_budget = track(Budget("prepared", PREPARED_BUDGET, entry_max=PREPARED_MAX))
         self._forms_budget = track(Budget("shapes", SHAPES_BUDGET))
         self._cache = OverLimitCache(track(Budget("over_limit", OVER_LIMIT_BUDGET)))
-        self._targets: dict[tuple[str, tuple[tuple[str, str], ...], object], _Target | None] = {}
-        self._prepared: dict[int, _Prepared] = {}  # id(request) -> its preparation (holds the request)
+        self._targets: dict[tuple[str, tuple[tuple[str, str], ...], object], Target | None] = {}
+        self._prepared: dict[int, Prepared] = {}  # id(request) -> its preparation (holds the request)
         self._forms: dict[tuple[object, ...], tuple[object, ...]] = {}  # equal forms -> one object
 
     @property
@@ -212,7 +151,7 @@ class Limiter:
         settings, now = self._settings, self._clock()
         second = int(now)
         if not prepared.begin <= second < prepared.end or prepared.sliding:
-            _roll(prepared, now)
+            roll(prepared, now)
         cache = self._cache if settings.local_cache else None
         if cache is not None and cache.until:  # nothing cached: nothing to look up
             blocked = [p for p in prepared.parts if _blocked(cache, p, now)]
@@ -249,7 +188,7 @@ class Limiter:
         return _decision(not admitted, statuses, settings, prepared.form)
 
     # preparing -------------------------------------------------------------------------------------
-    def _prepare(self, request: Request) -> _Prepared:
+    def _prepare(self, request: Request) -> Prepared:
         """Resolve every descriptor (rule, counter key, hits), drop the replaced ones; kept by the
         request's identity (the service hands in the same Request for the same bytes) until the config
         or the settings change."""
@@ -267,7 +206,7 @@ class Limiter:
                 continue
             hits = default_hits if descriptor.hits_addend is None else descriptor.hits_addend
             rule = target.rule
-            parts.append(_Part(
+            parts.append(Part(
                 i, target, hits, target.enforce and not shadow, target.limit, rule.unit, target.counters,
                 rule.shadow_mode, target.phase == "charge", target.charge, target.sliding,
                 math.floor(target.limit * near),
@@ -276,19 +215,22 @@ class Limiter:
             i for i, (t, d) in enumerate(zip(targets, request.descriptors, strict=True))
             if t is None and self._unlimited(request.domain, d)
         )  # fmt: skip
-        blank = tuple(_UNLIMITED if i in unlimited else _NO_LIMIT for i in range(len(request.descriptors)))
+        statuses = [_NO_LIMIT] * len(request.descriptors)
+        for i in unlimited:  # (not `i in unlimited` per descriptor: quadratic in a hostile request)
+            statuses[i] = _UNLIMITED
+        blank = tuple(statuses)
         style = self._settings.response_headers
         parts_form = tuple((p.index, p.limit, p.unit) for p in parts)
         form: tuple[object, ...] = (len(blank), style, parts_form, unlimited)
         kept = self._forms.get(form)
         if kept is not None:
             form = kept
-        elif self._forms_budget.admit(self._forms, _SHAPE * (1 + len(parts))):
+        elif self._forms_budget.admit(self._forms, _SHAPE * (1 + len(parts) + len(unlimited))):
             self._forms[form] = form
-        prepared = _Prepared(request, parts, blank, any(p.sliding for p in parts), form)
+        prepared = Prepared(request, parts, blank, any(p.sliding for p in parts), form)
         config, metrics = self._config, self.metrics
         prepared.usage = usage_hits(config, metrics, request.domain, request.descriptors, default_hits)
-        # what it holds: the request, and per part its _Part, Slot and window keys (the base and a start)
+        # what it holds: the request, and per part its Part, Slot and window keys (the base and a start)
         cost = request_bytes(request.domain, request.descriptors) + _PREPARED + sum(
             _PART + (2 if p.sliding else 1) * sizeof(p.target.base) for p in parts
         )
@@ -302,7 +244,7 @@ class Limiter:
         rule = self._config.match(domain, _strip_phase(descriptor.entries)[0])
         return rule is not None and rule.unlimited
 
-    def _target(self, domain: str, descriptor: Descriptor) -> _Target | None:
+    def _target(self, domain: str, descriptor: Descriptor) -> Target | None:
         key = (domain, descriptor.entries, descriptor.limit)
         try:
             return self._targets[key]
@@ -318,7 +260,7 @@ class Limiter:
             self._targets[key] = target
         return target
 
-    def _resolve(self, domain: str, descriptor: Descriptor) -> _Target | None:
+    def _resolve(self, domain: str, descriptor: Descriptor) -> Target | None:
         entries, phase = _strip_phase(descriptor.entries)
         config = self._config
         if descriptor.limit is not None:
@@ -338,7 +280,7 @@ class Limiter:
             fallback = ".".join([domain, *(k for k, _ in entries)])
         if rule.detailed_metric:
             label, fallback = ".".join([domain, *(f"{k}_{v}" for k, v in entries)]), rule.full_key
-        return _Target(
+        return Target(
             rule, entries, phase, base, tag, self.metrics.key(domain, label, fallback),
             window=rule.window,
             limit=rule.requests_per_unit,
@@ -349,7 +291,7 @@ class Limiter:
 
 
 # answering --------------------------------------------------------------------------------------------
-def _from_cache(prepared: _Prepared, blocked: list[_Part], second: int, settings: Settings) -> Decision:
+def _from_cache(prepared: Prepared, blocked: list[Part], second: int, settings: Settings) -> Decision:
     """Refused without a store call. The other descriptors were not looked up: reported OK, full."""
     statuses = list(prepared.blank)
     for part in prepared.parts:
@@ -365,40 +307,7 @@ def _from_cache(prepared: _Prepared, blocked: list[_Part], second: int, settings
     return _decision(True, statuses, settings, prepared.form)
 
 
-def _roll(prepared: _Prepared, now: float) -> None:
-    """Point every part whose window does not hold `now` (every sliding one: its weight moves) at the
-    counter of the window `now` falls in."""
-    second = int(now)
-    for part in prepared.parts:
-        if not part.end - part.target.window <= second < part.end or part.sliding:
-            _slot(part, now)
-    # a list for a kept request: the store may keep what it derives from it by its identity (a tuple
-    # is a one-off; see Store)
-    slots: list[Slot] = [p.slot for p in prepared.parts]  # type: ignore[misc]
-    prepared.slots = slots if prepared.request.keep else tuple(slots)
-    prepared.ends = [p.end for p in prepared.parts]
-    prepared.begin = max(p.end - p.target.window for p in prepared.parts)
-    prepared.end = min(prepared.ends)
-
-
-def _slot(part: _Part, now: float) -> None:
-    """The counter of the window `now` falls in (and the previous one, for a sliding window)."""
-    target = part.target
-    base, window = target.base, target.window
-    start = int(now) - int(now) % window
-    key = f"{base}{start}"
-    part.end = start + window
-    if target.sliding:  # the current counter counts until the next window ends
-        weight = max(0, min(1000, int(1000 * (1.0 - (now - start) / window))))
-        prev, expires = f"{base}{start - window}", part.end + window + 1
-    else:
-        weight, prev, expires = 0, key, part.end + 1
-    part.slot = Slot(
-        key, prev, target.limit, part.hits, expires, weight, part.enforce, target.charge, target.tag
-    )
-
-
-def _blocked(cache: OverLimitCache, part: _Part, now: float) -> bool:
+def _blocked(cache: OverLimitCache, part: Part, now: float) -> bool:
     return part.enforce and part.hits > 0 and not part.sliding and cache.blocked(part.slot.key, now)  # type: ignore[union-attr]
 
 

@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 import redis
@@ -348,6 +349,37 @@ def test_a_late_reply_of_a_script_that_charged_is_taken_back(redis_server: Redis
             await store.close()
 
     assert asyncio.run(main()) == [4, 99, 3, 98]  # the call answered UNAVAILABLE left nothing behind
+
+
+def test_a_call_its_client_cancelled_is_taken_back_too(redis_server: RedisServer) -> None:
+    """Envoy gave up on the call (its timeout, shorter than ours) before Redis answered: the call got no
+    answer, so what its script charged is taken back when the reply comes."""
+
+    async def main() -> list[int]:
+        limiter = limiter_for(redis_server.url)
+        store = limiter.store
+        assert isinstance(store, RedisStore) and store._resp is not None
+        try:
+            before = (await limiter.decide(request("globex", "gone"))).statuses[0].remaining
+            resp, send = store._resp, store._resp.send
+
+            def send_then_cancel(*args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+                future = send(*args, **kwargs)  # written at the end of this loop turn, then cancelled
+                asyncio.get_running_loop().call_soon(call.cancel)
+                return future
+
+            resp.send = send_then_cancel  # type: ignore[method-assign]
+            call = asyncio.create_task(limiter.decide(request("globex", "gone")))
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            resp.send = send  # type: ignore[method-assign]
+            await eventually(lambda: store.taken_back == 1)
+            after = (await limiter.decide(request("globex", "gone"))).statuses[0].remaining
+            return [before, after]
+        finally:
+            await store.close()
+
+    assert asyncio.run(main()) == [4, 3]
 
 
 def test_error_reply_is_unavailable(redis_server: RedisServer) -> None:
