@@ -17,18 +17,22 @@ __all__ = ["main"]
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .policy import PolicyError, load_policy
+    from .policy import PolicyError, load_policy, policy_warnings
 
     failed = False
     for path in args.files:
         try:
             policy = load_policy(path)
+            warnings = policy_warnings(path)
         except PolicyError as exc:
             failed = True
             for issue in exc.issues:
                 print(issue, file=sys.stderr)
             print(f"{path}: {len(exc.issues)} error(s)", file=sys.stderr)
             continue
+        for warning in warnings:  # valid, probably not meant: printed, exit status unchanged
+            where = f"{warning.source}:{warning.line}: {warning.path}"
+            print(f"{where}: warning: {warning.message}", file=sys.stderr)
         print(
             f"{path}: ok ({len(policy.tenants)} tenants, {len(policy.models)} models, "
             f"{len(policy.roles)} roles, {len(policy.quotas)} quotas)"

@@ -1,7 +1,7 @@
 """The policy model: parsing, validation, loading and watching (see README "Policy reference")."""
 
 from .errors import Issue, PolicyError
-from .load import load_policy, parse_policy
+from .load import load_policy, parse_policy, policy_warnings
 from .model import Model, ModelVersion, Policy, Quota, Role, Tenant, Tier
 
 __all__ = [
@@ -16,4 +16,5 @@ __all__ = [
     "Tier",
     "load_policy",
     "parse_policy",
+    "policy_warnings",
 ]

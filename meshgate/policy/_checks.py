@@ -9,10 +9,11 @@ from collections.abc import Callable, Iterable, Iterator
 from fnmatch import fnmatchcase
 from typing import Any
 
+from .. import contract
 from .errors import Path
 from .model import Model, Policy
 
-__all__ = ["cross_check"]
+__all__ = ["cross_check", "warnings_of"]
 
 Found = Iterator[tuple[Path, str]]
 
@@ -25,8 +26,21 @@ def cross_check(policy: Policy) -> list[tuple[Path, str]]:
         _roles,
         _models,
         _quotas,
+        _llm_fields,
+        _token_quotas,
     )
     return [found for check in checks for found in check(policy)]
+
+
+def warnings_of(policy: Policy) -> list[tuple[Path, str]]:
+    """What is valid but probably not meant: (field path, message), for `meshgate validate`."""
+    plan = contract.quota_plan(policy)
+    found: list[tuple[Path, str]] = []
+    for i, quota in enumerate(policy.quotas):
+        if quota.unit == "tokens":
+            counted = [m for m in policy.models if m.name in plan.models[quota.name]]
+            found += _below_one_request(policy, i, counted)
+    return found
 
 
 def _is_glob(pattern: str) -> bool:
@@ -136,3 +150,57 @@ def _quotas(p: Policy) -> Found:
         for j, pattern in enumerate(quota.models):
             if pattern != "*" and not _match_models(p, pattern):
                 yield ("quotas", i, "models", j), f"{pattern!r} matches no model"
+
+
+def _llm_fields(p: Policy) -> Found:
+    """Fields only an LLM (protocol openai) has a use for."""
+    for i, model in enumerate(p.models):
+        if model.protocol == "openai":
+            continue
+        why = f"is for LLMs (protocol openai); model {model.name!r} is protocol {model.protocol}"
+        if model.context_limit_tokens is not None:
+            yield ("models", i, "context_limit_tokens"), f"context_limit_tokens {why}"
+        if model.tokenizer is not None:
+            yield ("models", i, "tokenizer"), f"tokenizer {why}"
+        for j, version in enumerate(model.versions):
+            if version.served_name is not None:
+                yield ("models", i, "versions", j, "served_name"), f"served_name {why}"
+
+
+def _token_quotas(p: Policy) -> Found:
+    """A tokens quota counts what LLMs report: only protocol openai models report it."""
+    for i, quota in enumerate(p.quotas):
+        if quota.unit != "tokens":
+            continue
+        for j, pattern in enumerate(quota.models):
+            if pattern == "*":
+                continue
+            for model in _match_models(p, pattern):
+                if model.protocol != "openai":
+                    message = (
+                        f"a tokens quota counts LLM tokens; model {model.name!r} is protocol "
+                        f"{model.protocol}, which reports none (only protocol openai models do)"
+                    )
+                    yield ("quotas", i, "models", j), message
+
+
+def _below_one_request(p: Policy, i: int, counted: list[Model]) -> Found:
+    """A tokens quota smaller than one request of a model it counts may ask for (its context limit):
+    valid when every client sends a small enough max_tokens, and a trap otherwise (a warning)."""
+    quota = p.quotas[i]
+    tenants = [t.name for t in p.tenants if quota.name in t.quotas] if "tenant" in quota.per else [None]
+    for model in counted:
+        context = model.context_limit_tokens
+        if model.protocol != "openai" or context is None:
+            continue
+        for tenant in tenants:
+            limit = contract.quota_limit(p, quota, tenant)
+            if limit < context:
+                whose = f" for tenant {tenant}" if tenant is not None and limit != quota.limit else ""
+                message = (
+                    f"limit {limit}{whose} is below the context limit {context} of model {model.name!r}: "
+                    f"a request without max_tokens asks for up to {context} tokens and would always be "
+                    "refused; raise the limit or lower context_limit_tokens"
+                )
+                yield ("quotas", i, "limit"), message
+                break

@@ -11,12 +11,19 @@ from typing import Any, TextIO
 from pydantic import BaseModel, ValidationError
 
 from . import model as _model
-from ._checks import cross_check
+from ._checks import cross_check, warnings_of
 from ._yaml import LineMap, load_yaml
 from .errors import Issue, Path, PolicyError, describe_value, format_path
 from .model import Policy
 
-__all__ = ["EMPTY_POLICY", "load_or_report", "load_policy", "parse_policy", "parse_policy_bytes"]
+__all__ = [
+    "EMPTY_POLICY",
+    "load_or_report",
+    "load_policy",
+    "parse_policy",
+    "parse_policy_bytes",
+    "policy_warnings",
+]
 
 MAX_POLICY_BYTES = 8 << 20
 EMPTY_POLICY = (
@@ -190,3 +197,12 @@ def load_or_report(path: str | FsPath, *, stream: TextIO | None = None) -> Polic
         for issue in exc.issues:
             print(issue, file=stream or sys.stderr)
         return None
+
+
+def policy_warnings(path: str | FsPath) -> list[Issue]:
+    """What a valid policy file holds that is probably not meant (`meshgate validate` prints them), in
+    line order. Raises PolicyError as `load_policy` does when the file is not a valid policy."""
+    policy = load_policy(path)
+    source = str(path)
+    _, lines = load_yaml(FsPath(path).read_text(encoding="utf-8"), source)
+    return sorted(Issue(source, lines.line(p), format_path(p), msg) for p, msg in warnings_of(policy))

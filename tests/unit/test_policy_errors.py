@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from meshgate.policy import PolicyError, load_policy
+from meshgate.policy import PolicyError, load_policy, policy_warnings
 
 BAD = Path(__file__).parent.parent / "fixtures" / "policies" / "bad"
+WARN = Path(__file__).parent.parent / "fixtures" / "policies" / "warn"
 
 EXPECTED = {
     "misspelled_key": ["3: tenants[0].teir: unknown key 'teir' (did you mean 'tier'?)"],
@@ -51,6 +52,17 @@ EXPECTED = {
     ],
     "mtls_missing_files": ["3: models[0].upstream_tls: mode mtls needs key_file, ca_file"],
     "not_a_mapping": ["1: <document>: a policy must be a mapping at the top level"],
+    "token_quota_on_kserve_model": [
+        "13: quotas[0].models[1]: a tokens quota counts LLM tokens; model 'iris' is protocol v2-rest, "
+        "which reports none (only protocol openai models do)"
+    ],
+    "llm_fields_on_kserve_model": [
+        "4: models[0].context_limit_tokens: context_limit_tokens is for LLMs (protocol openai); "
+        "model 'iris' is protocol v2-grpc",
+        "5: models[0].tokenizer: tokenizer is for LLMs (protocol openai); model 'iris' is protocol v2-grpc",
+        "9: models[0].versions[0].served_name: served_name is for LLMs (protocol openai); "
+        "model 'iris' is protocol v2-grpc",
+    ],
 }
 
 
@@ -106,3 +118,29 @@ def test_render_refuses_an_invalid_policy_with_its_errors() -> None:
     assert done.returncode == 1
     assert done.stdout == ""
     assert done.stderr.splitlines() == [f"{path}:{EXPECTED['weights_not_100'][0]}"]
+
+
+# valid policies that are probably not meant: `meshgate validate` prints them as warnings, exit 0
+WARNED = {
+    "token_quota_below_one_request": [
+        "15: quotas[0].limit: limit 1000 for tenant globex is below the context limit 4096 of model 'chat': "
+        "a request without max_tokens asks for up to 4096 tokens and would always be refused; raise the "
+        "limit or lower context_limit_tokens"
+    ],
+}
+
+
+def test_every_warning_fixture_has_an_expectation() -> None:
+    assert sorted(p.stem for p in WARN.glob("*.yaml")) == sorted(WARNED)
+
+
+@pytest.mark.parametrize("name", sorted(WARNED))
+def test_policy_warnings_exact_messages(name: str) -> None:
+    path = WARN / f"{name}.yaml"
+    load_policy(path)  # valid
+    assert [str(w) for w in policy_warnings(path)] == [f"{path}:{line}" for line in WARNED[name]]
+    done = subprocess.run([sys.executable, "-m", "meshgate", "validate", str(path)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0
+    lines = [line.split(": ", 2) for line in WARNED[name]]  # number, field, message
+    assert done.stderr.splitlines() == [f"{path}:{n}: {field}: warning: {message}" for n, field, message in lines]

@@ -101,7 +101,7 @@ tenants:
   - {name: acme, tier: gold, quotas: [user-rps, tokens, per-model]}
   - {name: globex, quotas: [user-rps]}
 models:
-  - {name: llama-chat, versions: [{name: v1, endpoints: ["127.0.0.1:1"]}]}
+  - {name: llama-chat, protocol: openai, versions: [{name: v1, endpoints: ["127.0.0.1:1"]}]}
   - {name: resnet, versions: [{name: v1, endpoints: ["127.0.0.1:2"]}]}
 quotas:
   - {name: user-rps, per: [user, tenant], limit: 60, window: second}
