@@ -146,7 +146,7 @@ def build_services(
     # model readiness probes: a background component (no gRPC service of its own), started and stopped
     # with the services; admin shows its state, xds marks EDS endpoints with it.
     prober = Prober(policies, registry=registry)
-    extauthz = ExtAuthzService(policies, registry=registry)
+    extauthz = ExtAuthzService(policies, registry=registry, health=health)
     store, store_name = ratelimit_store(config.redis_url, first)
     ratelimit = RateLimitService(
         store, store_name=store_name, health=health, registry=registry,
