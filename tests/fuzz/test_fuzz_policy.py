@@ -196,7 +196,9 @@ def test_the_example_itself_loads() -> None:
 
 # --- the crashers found, as explicit regression cases ----------------------------------------------
 @pytest.mark.parametrize("text", list(KNOWN_CRASHES.values()), ids=list(KNOWN_CRASHES))
-@pytest.mark.xfail(strict=False, reason="policy loader crash found by fuzzing (issue 15), reported to its owner")
+@pytest.mark.xfail(
+    strict=False, reason="policy loader crash found by fuzzing (issue 15), reported to its owner"
+)
 def test_known_crash_is_a_policy_error(text: str) -> None:
     with pytest.raises(PolicyError):
         parse_policy(text, "crash.yaml")

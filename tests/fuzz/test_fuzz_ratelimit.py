@@ -118,7 +118,9 @@ def test_any_request_gets_a_response_or_a_clean_status(
 
 
 @given(raw=st.binary(max_size=256).filter(lambda b: _parses(b)))
-def test_any_well_formed_bytes_get_a_response_or_a_clean_status(servicer: RateLimitServicer, raw: bytes) -> None:
+def test_any_well_formed_bytes_get_a_response_or_a_clean_status(
+    servicer: RateLimitServicer, raw: bytes
+) -> None:
     call(servicer, raw)
 
 

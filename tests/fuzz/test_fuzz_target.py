@@ -5,6 +5,7 @@ estimate is a non-negative integer."""
 from __future__ import annotations
 
 import json
+import typing
 
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -14,6 +15,7 @@ from meshgate.extauthz.request import CODES, CheckInput, Target
 from meshgate.extauthz.target import TargetError, resolve_target
 from tests.fuzz._requests import BODIES, GRPC_PREFIX, JSON, OPENAI_PATHS, PATHS, deep_json, grpc_frame
 
+KINDS = typing.get_args(typing.get_type_hints(Target)["kind"])  # the Literal Target.kind is declared with
 TRITON_METHODS = [
     "ModelInfer",
     "ModelStreamInfer",
@@ -31,7 +33,7 @@ def resolve(path: str, body: bytes) -> Target | TargetError:
         assert CODES.get(exc.code) == 400, exc.code
         assert exc.message
         return exc
-    assert target.kind in ("model", "server")
+    assert target.kind in KINDS
     assert isinstance(target.tokens, int) and target.tokens >= 0
     return target
 
