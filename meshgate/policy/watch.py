@@ -121,12 +121,15 @@ class Input(Protocol):
 
 
 class FilesInput:
-    """An input whose `prepare` reads its files itself (the ratelimit directory, certificates)."""
+    """An input whose `prepare` reads its files itself (the ratelimit directory, certificates). Files
+    that read as they did when last committed are not prepared again (a SIGHUP, an event on a file
+    beside them)."""
 
     def __init__(self, name: str, paths: Callable[[], Paths], prepare: Callable[[], Commit | None]) -> None:
         self.name = name
         self._paths = paths
         self._prepare = prepare
+        self._committed: object = None
 
     def paths(self) -> Paths:
         return self._paths()
@@ -136,7 +139,18 @@ class FilesInput:
         return read_files(sorted(paths.files), sorted(paths.directories))
 
     def prepare_state(self, state: object) -> Commit | None:
-        return self._prepare()
+        paths = self._paths()
+        if state == self._committed or not (paths.files or paths.directories):
+            return None
+        commit = self._prepare()
+        if commit is None:
+            return None
+
+        def commit_and_remember() -> None:
+            commit()
+            self._committed = state
+
+        return commit_and_remember
 
 
 class Reloader:

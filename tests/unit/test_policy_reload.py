@@ -190,8 +190,10 @@ def test_inputs_run_in_order_and_a_failing_one_does_not_stop_the_pipeline(tmp_pa
         seen.append("later")
         return lambda: seen.append("later committed")
 
+    files = Paths.of(files=[tmp_path / "other.pem"])
+
     async def scenario() -> None:
-        inputs = [store, FilesInput("broken", lambda: Paths(), broken), FilesInput("later", lambda: Paths(), later)]
+        inputs = [store, FilesInput("broken", lambda: files, broken), FilesInput("later", lambda: files, later)]
         reloader = Reloader(inputs, settle=0.0, watch=False)
         await reloader.run()
         path.write_text(VARIANT)
@@ -301,3 +303,29 @@ def test_a_reload_leaves_no_cyclic_garbage(tmp_path: Path) -> None:
     garbage = asyncio.run(scenario())
     assert store.generation == 3
     assert Counter(type(o).__name__ for o in garbage).most_common(5) == []
+
+
+def test_files_that_read_as_when_last_committed_are_not_compiled_again(tmp_path: Path) -> None:
+    """A SIGHUP asks every input: the certificates (a full xds compile) only when their bytes changed;
+    an input with no files (a policy that names no certificate) never."""
+    cert = tmp_path / "client.pem"
+    cert.write_text("one")
+    prepared: list[str] = []
+
+    def prepare() -> Commit | None:
+        prepared.append(cert.read_text())
+        return lambda: None
+
+    async def scenario() -> None:
+        certificates = FilesInput("certificates", lambda: Paths.of(files=[cert]), prepare)
+        nothing = FilesInput("nothing", lambda: Paths(), lambda: prepared.append("nothing") or None)
+        reloader = Reloader([certificates, nothing], settle=0.0, watch=False)
+        assert await reloader.reload(certificates)
+        assert not await reloader.reload(certificates)  # unchanged
+        cert.write_text("two")
+        assert await reloader.reload(certificates)
+        assert not await reloader.reload(nothing)
+        await reloader.stop()
+
+    asyncio.run(scenario())
+    assert prepared == ["one", "two"]
