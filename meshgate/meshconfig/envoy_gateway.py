@@ -232,7 +232,9 @@ def _ai_ref(model: Model, version: ModelVersion, weight: int | None = None) -> O
     ref: Obj = {"name": version_name(model, version)}
     if weight is not None:
         ref["weight"] = weight
-    if version.storage_uri:
+    if version.served_name is not None:
+        ref["modelNameOverride"] = version.served_name  # the name the backend serves (policy)
+    elif version.storage_uri:
         # KServe's Hugging Face runtime serves the model under its InferenceService name
         ref["modelNameOverride"] = version_name(model, version)
     return ref

@@ -70,6 +70,13 @@ def _isolation(policy: Policy, target: str) -> list[Gap]:
     return out
 
 
+def _openai_429(policy: Policy, target: str) -> list[Gap]:
+    if not policy.quotas or not any(m.protocol == "openai" for m in policy.models):
+        return []
+    detail = "a rate-limited OpenAI request gets a plain 429, not OpenAI's rate_limit_exceeded error"
+    return [Gap(target, "OpenAI-shaped 429", "weakened", detail)]
+
+
 def _istio(policy: Policy) -> list[Gap]:
     out = []
     tokens = [q.name for q in policy.quotas if q.unit == "tokens"]
@@ -84,6 +91,18 @@ def _istio(policy: Policy) -> list[Gap]:
                 "transform or match_delegate filter to read the answer's usage (stricter, never looser)",
             )
         )
+    served = [m.name for m in policy.models if any(v.served_name is not None for v in m.versions)]
+    if served:
+        out.append(
+            Gap(
+                "istio",
+                f"served_name ({_names(served)})",
+                "dropped",
+                "the request reaches the backend with the model name the client called "
+                "(istio-proxy has no transform filter to rewrite the body)",
+            )
+        )
+    out += _openai_429(policy, "istio")
     if policy.tenants and any(m.protocol == "openai" for m in policy.models):
         out.append(
             Gap(
@@ -146,6 +165,7 @@ def _envoy_gateway(policy: Policy) -> list[Gap]:
                 "Envoy Gateway's rate limit service sends its own X-RateLimit-* headers",
             )
         )
+    out += _openai_429(policy, eg)
     retries = [m.name for m in policy.models if m.retries.attempts]
     if retries:
         out.append(Gap(eg, f"retries ({_names(retries)})", "dropped", "no retry is rendered"))

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from envoy.config.core.v3 import address_pb2, grpc_service_pb2
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
+from envoy.config.core.v3 import address_pb2, extension_pb2, grpc_service_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.ratelimit.v3 import rls_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.http.early_header_mutation.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import wrappers_pb2  # type: ignore[import-untyped]
 
+from meshgate import contract
 from meshgate.contract import reads_usage
 from meshgate.policy.model import GatewaySettings, GatewayTLS, Policy
 
@@ -50,6 +53,8 @@ def gateway_listener(policy: Policy, options: CompileOptions) -> listener_pb2.Li
         http_filters=filters,
         use_remote_address=wrappers_pb2.BoolValue(value=True),
     )
+    if options.enable_extauthz:  # (routing only, MESHGATE_XDS_FILTERS=none, routes on the client's header)
+        hcm.early_header_mutation_extensions.append(_strip_client_identity())
     if openai and options.enable_ratelimit:
         hcm.local_reply_config.CopyFrom(local_reply())  # OpenAI's 429 (see _openai)
     network = listener_components_pb2.Filter(
@@ -67,6 +72,20 @@ def gateway_listener(policy: Policy, options: CompileOptions) -> listener_pb2.Li
             )
         ),
         filter_chains=[chain],
+    )
+
+
+def _strip_client_identity() -> extension_pb2.TypedExtensionConfig:
+    """Every x-meshgate-* header the client sent is removed before routing and before any filter: a
+    forged identity never reaches a route, a rate limit or a model, even when ext_authz fails open."""
+    remove = mutation_rules_pb2.HeaderMutation(
+        remove_on_match=mutation_rules_pb2.HeaderMutation.RemoveOnMatch(
+            key_matcher={"prefix": contract.HEADER_PREFIX}
+        )
+    )
+    config = header_mutation_pb2.HeaderMutation(mutations=[remove])
+    return extension_pb2.TypedExtensionConfig(
+        name="envoy.http.early_header_mutation.header_mutation", typed_config=pack(config)
     )
 
 

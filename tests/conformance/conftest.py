@@ -4,8 +4,10 @@ configured from the rendered objects as their control planes would)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,17 +47,25 @@ def _upstreams(policy: Policy, http: int, grpc: int) -> tuple[dict[str, Any], di
     return istio, eg
 
 
-@pytest.fixture(scope="module")
-def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
+@contextlib.contextmanager
+def _gateways(workdir: Path, *, extauthz_down: bool = False) -> Iterator[Gateways]:
+    """The corpus policy behind three gateways. `extauthz_down`: `failure_mode_allow: true`, and every
+    gateway's ext_authz cluster points at a port nothing listens on (the gateways fail open)."""
     http, grpc = EchoHTTP(), EchoGRPC()
-    stack = Stack(tmp_path_factory.mktemp("conformance"))
+    stack = Stack(workdir)
     try:
         doc = policy_doc(http_port=http.port, grpc_port=grpc.port, gateway_port=free_port())
-        policy = parse_policy(yaml.safe_dump(doc), "conformance.yaml")
+        env = None
         ports = {"extauthz": free_port(), "ratelimit": free_port()}
+        extauthz_at = ports["extauthz"]
+        if extauthz_down:
+            doc["gateway"]["ext_authz"] = {"failure_mode_allow": True}
+            extauthz_at = free_port()  # bound by nobody
+            env = {"MESHGATE_XDS_EXTAUTHZ": f"127.0.0.1:{extauthz_at}"}
+        policy = parse_policy(yaml.safe_dump(doc), "conformance.yaml")
         extra = [arg for role, p in ports.items() for arg in (f"--{role}", f"127.0.0.1:{p}")]
-        meshgate = stack.add(Meshgate(doc, workdir=stack.workdir, extra_args=extra)).start()
-        local = {policy.mesh.extauthz_port: ports["extauthz"], policy.mesh.ratelimit_port: ports["ratelimit"]}
+        meshgate = stack.add(Meshgate(doc, workdir=stack.workdir, extra_args=extra, env=env)).start()
+        local = {policy.mesh.extauthz_port: extauthz_at, policy.mesh.ratelimit_port: ports["ratelimit"]}
         istio_up, eg_up = _upstreams(policy, http.port, grpc.port)
         bootstraps = {
             "meshgate": bootstrap_dict("conformance", xds=meshgate.address("xds")),
@@ -80,3 +90,15 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
         stack.close()
         http.close()
         grpc.close()
+
+
+@pytest.fixture(scope="module")
+def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
+    with _gateways(tmp_path_factory.mktemp("conformance")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def failing_open(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
+    with _gateways(tmp_path_factory.mktemp("conformance-fail-open"), extauthz_down=True) as running:
+        yield running

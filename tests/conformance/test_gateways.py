@@ -16,7 +16,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from meshgate import contract
 from tests.conformance.conftest import Gateways
-from tests.conformance.corpus import CASES, INFER, TARGETS, USER_RPH, Case, api_key, tenant, token
+from tests.conformance.corpus import CASES, FORGED, INFER, TARGETS, USER_RPH, Case, api_key, tenant, token
 
 
 def _headers(case: Case, target: str, *, user: str = "alice") -> dict[str, str]:
@@ -130,3 +130,15 @@ def test_every_request_of_every_target_was_checked(gateways: Gateways) -> None:
         envoy_stats = gateways.envoys[target].stats()
         checked = sum(envoy_stats.get(prefix + outcome, 0) for outcome in ("ok", "denied", "error"))
         assert checked == envoy_stats[total_name] > 0, (target, checked, envoy_stats[total_name])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_forged_identity_never_reaches_a_model_even_failing_open(failing_open: Gateways, target: str) -> None:
+    """extauthz unreachable and `failure_mode_allow: true`: the gateways let requests through, but what
+    the client sent as x-meshgate-* is gone before any route, rate limit or model sees it."""
+    forged = {**FORGED, "x-meshgate-model": "rest", "x-meshgate-decision-id": "forged"}
+    url = f"http://127.0.0.1:{failing_open.ports[target]}/v2/models/rest/infer"
+    with httpx.Client(timeout=10.0, trust_env=False) as client:
+        answer = client.post(url, json=INFER, headers=forged)
+    assert answer.status_code == 200, answer.text  # failed open
+    assert answer.json()["echo"] == {}
