@@ -33,8 +33,9 @@ __all__ = [
 TARGETS = ("meshgate", "istio", "envoy-gateway")
 GOLD = 1.4
 ISSUER = "https://conformance.test"
-USER_RPH = 4  # requests per hour per user: 5 for a gold tenant (5.6 rounded down), 4 for a free one
-CHAT_TOKENS = 400  # tokens per hour per tenant, on the chat model
+USER_RPD = 4  # requests a day per user: 5 for a gold tenant (5.6 rounded down), 4 for a free one
+CHAT_TOKENS = 400  # tokens a day per tenant, on the chat model
+# (day windows: a test would see a window roll over only if it ran across midnight UTC)
 CONTEXT = 1000
 
 
@@ -68,7 +69,7 @@ def token(tenant_name: str, user: str) -> str:
 def policy_doc(*, http_port: int, grpc_port: int, gateway_port: int) -> dict[str, Any]:
     tenants: list[dict[str, Any]] = [{"name": "owner"}]
     for target in TARGETS:
-        quotas = ["user-rph", "chat-tokens", "rest.tenant-day"]
+        quotas = ["user-rpd", "chat-tokens", "rest.tenant-day"]
         tenants.append({"name": tenant("acme", target), "tier": "gold", "quotas": quotas})
         tenants.append({"name": tenant("globex", target), "tier": "free", "quotas": quotas})
     jwk = {**RSAAlgorithm.to_jwk(_rsa().public_key(), as_dict=True), "kid": "k1"}
@@ -108,13 +109,13 @@ def policy_doc(*, http_port: int, grpc_port: int, gateway_port: int) -> dict[str
             },
         ],
         "quotas": [
-            {"name": "user-rph", "per": ["tenant", "user"], "limit": USER_RPH, "window": "hour"},
+            {"name": "user-rpd", "per": ["tenant", "user"], "limit": USER_RPD, "window": "day"},
             {
                 "name": "chat-tokens",
                 "per": "tenant",
                 "unit": "tokens",
                 "limit": CHAT_TOKENS,
-                "window": "hour",
+                "window": "day",
                 "models": ["chat"],
             },
             {

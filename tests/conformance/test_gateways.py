@@ -16,7 +16,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from meshgate import contract
 from tests.conformance.conftest import Gateways
-from tests.conformance.corpus import CASES, FORGED, INFER, TARGETS, USER_RPH, Case, api_key, tenant, token
+from tests.conformance.corpus import CASES, FORGED, INFER, TARGETS, USER_RPD, Case, api_key, tenant, token
 
 
 def _headers(case: Case, target: str, *, user: str = "alice") -> dict[str, str]:
@@ -78,9 +78,9 @@ def _infer(gateways: Gateways, target: str, headers: dict[str, str]) -> httpx.Re
 
 
 @pytest.mark.parametrize("target", ["meshgate", "istio"])
-@pytest.mark.parametrize(("base", "allowed"), [("acme", 5), ("globex", USER_RPH)])
+@pytest.mark.parametrize(("base", "allowed"), [("acme", 5), ("globex", USER_RPD)])
 def test_user_quota_after_tier_arithmetic(gateways: Gateways, target: str, base: str, allowed: int) -> None:
-    """user-rph (4 an hour) x the tier: gold 1.4 -> 5 (rounded down), free -> 4; then 429, with one set
+    """user-rpd (4 a day) x the tier: gold 1.4 -> 5 (rounded down), free -> 4; then 429, with one set
     of X-RateLimit headers (meshgate's, not Envoy's too)."""
     headers = {"authorization": f"Bearer {token(tenant(base, target), 'quota-user')}"}
     answers = [_infer(gateways, target, headers) for _ in range(allowed + 1)]
@@ -112,7 +112,7 @@ def _chat(gateways: Gateways, target: str, max_tokens: int) -> int:
     ],
 )
 def test_token_quota(gateways: Gateways, target: str, expected: list[int]) -> None:
-    """chat-tokens: 400 an hour for the free tenant. Asks of 300, 300, 450 tokens."""
+    """chat-tokens: 400 a day for the free tenant. Asks of 300, 300, 450 tokens."""
     assert [_chat(gateways, target, n) for n in (300, 300, 450)] == expected
 
 
