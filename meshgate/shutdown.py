@@ -39,7 +39,8 @@ class CallGate:
         self.quiet = quiet
         self._clock = clock
         self.in_flight = 0
-        self.last_start = float("-inf")
+        self.started = 0
+        """Unary calls started since the gate was made."""
         self.closing = asyncio.Event()
 
     def server(self, server: grpc.aio.Server) -> grpc.aio.Server:
@@ -50,15 +51,14 @@ class CallGate:
         """End every stream now; wait until unary calls are done and quiet, at most `timeout` seconds.
         Returns the seconds left of `timeout`."""
         self.closing.set()
-        started = self._clock()
-        deadline = started + timeout
+        deadline = self._clock() + timeout
         while True:
-            now = self._clock()
-            idle = now - max(self.last_start, started)  # calls gRPC holds surface within `quiet`
-            if (self.in_flight == 0 and idle >= self.quiet) or now >= deadline:
-                return max(0.0, deadline - now)
-            wait = self.quiet - idle if self.in_flight == 0 else self.quiet
-            await asyncio.sleep(min(max(wait, 0.001), deadline - now))
+            seen = self.started
+            await asyncio.sleep(max(0.0, min(self.quiet, deadline - self._clock())))
+            left = deadline - self._clock()
+            # quiet: none in flight, none started for `quiet` (the calls gRPC holds surface by then)
+            if (self.in_flight == 0 and self.started == seen) or left <= 0:
+                return max(0.0, left)
 
     # --- handler wrappers -----------------------------------------------------------------------
     def wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
@@ -78,7 +78,7 @@ class CallGate:
     def _unary(self, behavior: _Behavior) -> _Behavior:
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             self.in_flight += 1
-            self.last_start = self._clock()
+            self.started += 1
             try:
                 return await behavior(request, context)
             finally:
