@@ -22,7 +22,7 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY proto/ proto/
 COPY meshgate/ meshgate/
-# the same install CI runs (.ci/run: pip install -e '.[test,dev]'), without the editable flag and
+# the same install CI runs (the README's: pip install -e '.[test,dev]'), without the editable flag and
 # without the test/dev extras, which the image does not need
 RUN python -m pip install --upgrade pip \
  && pip install . \
