@@ -8,9 +8,10 @@ Both a bearer token and an API key in one request: refused with 401 `ambiguous_c
 one silently would let a proxy that injects a key (or a leaked key pasted next to a user's token) act
 under an identity the caller did not mean, and the two may name different tenants.
 
-A bearer that is not a JWT (not three dot-separated parts) is an API key: OpenAI's clients send their
-`api_key` as `Authorization: Bearer <key>`. It is looked up like one from the API key header; with
-that header present too, the request is ambiguous as above, whatever the bearer holds.
+A bearer without a dot is not a JWT (three dot-separated parts) but an API key: OpenAI's clients send
+their `api_key` as `Authorization: Bearer <key>`. It is looked up like one from the API key header;
+with that header present too, the request is ambiguous as above, whatever the bearer holds. (A key
+with a dot in it is read as a JWT: send it in the API key header.)
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def _credential(table: AuthzTable, req: CheckInput) -> Credential | Decision:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         return Decision.deny("unsupported_auth_scheme", "Authorization must be 'Bearer <token>'")
-    if token.count(".") != 2:  # not a JWT's header.payload.signature: an API key (OpenAI's clients)
+    if "." not in token:  # not a JWT (header.payload.signature): an API key, as OpenAI's clients send
         return ("api_key", token)
     return ("jwt", token)
 
@@ -275,7 +276,7 @@ def _listing(table: AuthzTable, who: Identity, target: Target) -> Decision:
 
 
 def _cache_key(cred: Credential, target: Target, headers: Mapping[str, str]) -> bytes:
-    parts = (
+    parts: tuple[str, ...] = (
         cred[0],
         cred[1],
         target.kind,
@@ -285,6 +286,12 @@ def _cache_key(cred: Credential, target: Target, headers: Mapping[str, str]) -> 
         str(target.max_tokens),
         headers.get("origin", "\x00"),
         headers.get("sec-fetch-site", "\x00"),
-        *target.texts,  # a prompt its model's tokenizer counts: the count depends on the text itself
     )
-    return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).digest()
+    if target.texts:  # a prompt its model's tokenizer counts: the count depends on the text itself
+        parts += target.texts
+    joined = "\x1f".join(parts)
+    try:
+        raw = joined.encode()
+    except UnicodeEncodeError:  # a lone surrogate, which JSON may hold
+        raw = joined.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(raw).digest()

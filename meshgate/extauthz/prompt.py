@@ -14,10 +14,9 @@ Against OpenAI's cl100k_base and o200k_base tokenizers it undercounts by at most
 of tests/unit/test_extauthz_prompt.py (English, Chinese, Japanese, Korean, Russian, Arabic, Hindi,
 Thai, code, emoji; Korean and emoji against cl100k_base), and overcounts by up to 2.25x (o200k_base on
 Thai): admission errs on the side of asking for too much, never for far too little. `characters / 4`,
-the old estimate, undercounted Chinese and Korean 3.8x and emoji 8.3x. The counts are read with three C-speed encodes of the text, no loop over
-its characters in Python.
-
-Token ids given instead of text (`prompt: [1, 2, 3]`, embeddings' `input` as ids) count one each.
+the old estimate, undercounted Chinese and Korean 3.8x and emoji 8.3x. The counts are read with three
+C-speed encodes of the text, no loop over its characters in Python. Token ids given instead of text
+(`prompt: [1, 2, 3]`, embeddings' `input` as ids) count one each.
 """
 
 from __future__ import annotations
