@@ -62,6 +62,12 @@ def _received(port: int) -> int:
     return total
 
 
+def _stopped(pid: int) -> bool:
+    """Every thread of `pid` is stopped (SIGSTOP is delivered asynchronously)."""
+    tasks = Path(f"/proc/{pid}/task")
+    return all((task / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T" for task in tasks.iterdir())
+
+
 async def _outcome(call: grpc.aio.UnaryUnaryCall[object, object]) -> str:
     try:
         await call
@@ -81,6 +87,9 @@ def test_calls_in_flight_at_sigterm_complete(meshgate_factory: Callable[..., Mes
             await check(_check(), timeout=10)  # connected, warm
             await limit(_should_rate_limit(), timeout=10)
             mg.proc.send_signal(signal.SIGSTOP)
+            assert mg.proc.pid is not None
+            pid = mg.proc.pid
+            await eventually(lambda: _stopped(pid), timeout=10)
             calls: dict[str, list[asyncio.Task[str]]] = {"extauthz": [], "ratelimit": []}
             try:
                 for _ in range(IN_FLIGHT):
