@@ -13,10 +13,11 @@ sepal width, petal length, petal width); outputs ``CLASS`` INT32 [N] (0 setosa, 
 chat: a stand-in for an OpenAI-compatible LLM server (no LLM runs on a laptop-sized CPU in a minute),
 built on the standard library. It is a *fake server*: it answers ``POST /v1/chat/completions`` (JSON, or
 SSE with ``stream: true``; usage in the last chunk only with ``stream_options.include_usage``, and
-``stream_options`` without ``stream`` refused with a 400, as vLLM does), ``GET /v1/models`` and
-``GET /health`` in the shapes of vLLM's OpenAI server. Its model is real if tiny: a word bigram chain
-trained at start on the Zen of Python (the stdlib's ``this`` module), seeded by the prompt so an answer
-repeats. Tokens are counted as whitespace-separated words.
+``stream_options`` without ``stream`` refused with a 400, as vLLM does), ``POST /v1/embeddings``, ``POST
+/v1/responses`` (JSON or its event stream), the same under ``/openai/v1/`` (KServe's Hugging Face
+runtime), ``GET /v1/models`` and ``GET /health`` in the shapes of vLLM's OpenAI server. Its model is
+real if tiny: a word bigram chain trained at start on the Zen of Python (the stdlib's ``this`` module),
+seeded by the prompt so an answer repeats. Tokens are counted as whitespace-separated words.
 """
 
 from __future__ import annotations
@@ -142,6 +143,16 @@ def _prompt(messages: Any) -> str:
     return "\n".join(p for p in parts if isinstance(p, str))
 
 
+def embeddings(model_name: str, inputs: Any) -> dict[str, Any]:
+    """OpenAI's embeddings answer: a 4-number vector per input (its word count, its length, ...)."""
+    texts = [inputs] if isinstance(inputs, str) else [t for t in inputs or [] if isinstance(t, str)]
+    data = [{"object": "embedding", "index": i, "embedding": [float(_count(t)), float(len(t)), 0.5, -0.5]}
+            for i, t in enumerate(texts)]  # fmt: skip
+    tokens = sum(_count(t) for t in texts)
+    return {"object": "list", "data": data, "model": model_name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
+
+
 def chat_handler(
     model_name: str, model: BigramChat, *, token_delay: float = 0.0, hold_streams: bool = False
 ) -> type[BaseHTTPRequestHandler]:
@@ -221,11 +232,20 @@ def chat_handler(
             except ValueError:
                 self._error(400, "the body is not JSON")
                 return
-            if self.path != "/v1/chat/completions" or not isinstance(request, dict):
+            path = self.path.removeprefix("/openai")  # KServe's Hugging Face runtime serves /openai/v1/
+            if path not in ("/v1/chat/completions", "/v1/embeddings", "/v1/responses") or not isinstance(
+                request, dict
+            ):
                 self._error(404, f"no route {self.path}")
                 return
             if request.get("model") != model_name:
                 self._error(404, f"The model `{request.get('model')}` does not exist.")
+                return
+            if path == "/v1/embeddings":
+                self._json(200, embeddings(model_name, request.get("input")))
+                return
+            if path == "/v1/responses":
+                self._responses(request)
                 return
             if request.get("stream_options") and not request.get("stream"):  # vLLM refuses it too
                 self._error(400, "Stream options can only be defined when `stream=True`.")
@@ -270,6 +290,40 @@ def chat_handler(
                     "prompt_logprobs": None,
                 },
             )
+
+        def _responses(self, request: dict[str, Any]) -> None:
+            """OpenAI's Responses API: JSON, or an event stream ending with `response.completed` (its
+            usage inside, always); stream_options is refused, as a strict server would."""
+            if request.get("stream_options") is not None:
+                self._error(400, "stream_options is not a Responses API parameter")
+                return
+            prompt = request.get("input") if isinstance(request.get("input"), str) else ""
+            words = list(model.words(prompt, max(1, min(int(request.get("max_output_tokens") or 16), 256))))
+            text = " ".join(words)
+            usage = {"input_tokens": _count(prompt), "output_tokens": len(words),
+                     "total_tokens": _count(prompt) + len(words)}  # fmt: skip
+            output = [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                       "content": [{"type": "output_text", "text": text, "annotations": []}]}]  # fmt: skip
+            response = {"id": f"resp_{uuid.uuid4().hex}", "object": "response", "model": model_name,
+                        "created_at": int(time.time()), "status": "completed", "output": output,
+                        "usage": usage}  # fmt: skip
+            if not request.get("stream"):
+                self._json(200, response)
+                return
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream; charset=utf-8")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            events = [("response.created", {"response": {**response, "status": "in_progress", "output": [],
+                                                         "usage": None}})]  # fmt: skip
+            where = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+            events += [("response.output_text.delta", {**where, "delta": (" " if i else "") + w})
+                       for i, w in enumerate(words)]  # fmt: skip
+            events.append(("response.completed", {"response": response}))
+            for n, (kind, data) in enumerate(events):
+                body = json.dumps({"type": kind, "sequence_number": n, **data}, separators=(",", ":"))
+                self._chunk(f"event: {kind}\ndata: {body}\n\n")
+            self._chunk("")
 
         def _stream(self, head: dict[str, Any], words: list[str], finish: str, usage: Any) -> None:
             self.send_response(200)

@@ -61,6 +61,7 @@ _TYPE = "type.googleapis.com/"
 _SSE_TO_METADATA = _TYPE + "envoy.extensions.filters.http.sse_to_metadata.v3.SseToMetadata"
 _JSON_PARSER = _TYPE + "envoy.extensions.content_parsers.json.v3.JsonContentParser"
 _LARGE = r"^[0-9]{7,}$"  # a content-length of 1,000,000 bytes or more
+_COMPLETIONS = r"^(/openai)?/v1/(chat/)?completions([?].*)?$"
 _MAX_EVENT_BYTES = 64 * 1024  # one SSE event (a usage chunk is ~200 bytes; a content chunk rarely 4 KiB)
 
 
@@ -117,8 +118,13 @@ def _include_usage() -> extension_matcher_pb2.ExtensionWithMatcher:
     )
     streaming = _header_is(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=contract.STREAM_HEADER),
                            string_pb2.StringMatcher(exact="true"))  # fmt: skip
-    not_streaming = _Predicate(not_matcher=streaming)
-    return _skip_when(not_streaming, "envoy.filters.http.transform", merge)
+    # only (chat) completions take stream_options.include_usage: a Responses API stream ends with its
+    # usage anyway (`response.completed`), and an embedding never streams
+    regex = regex_pb2.RegexMatcher(regex=_COMPLETIONS, google_re2={})
+    completions = string_pb2.StringMatcher(safe_regex=regex)
+    path = _header_is(http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=":path"), completions)
+    both = _Predicate(and_matcher=_Predicate.PredicateList(predicate=[streaming, path]))
+    return _skip_when(_Predicate(not_matcher=both), "envoy.filters.http.transform", merge)
 
 
 _Predicate = matcher_pb2.Matcher.MatcherList.Predicate
@@ -153,19 +159,30 @@ def _skip_when(
 _J = j2m.JsonToMetadata
 
 
-def _usage_rule(field: str, key: str, value: struct_pb2.Value | None = None) -> j2m.JsonToMetadata.Rule:
-    """`usage.<field>` present -> `meshgate.usage:<key>` = its number (or `value`)."""
+def _usage_rule(
+    path: tuple[str, ...], key: str, value: struct_pb2.Value | None = None
+) -> j2m.JsonToMetadata.Rule:
+    """`<path>` present -> `meshgate.usage:<key>` = its number (or `value`)."""
     write = _J.KeyValuePair(metadata_namespace=contract.USAGE_NAMESPACE, key=key, type=_J.NUMBER)
     if value is not None:
         write.value.CopyFrom(value)
-    return _J.Rule(selectors=[_J.Selector(key="usage"), _J.Selector(key=field)], on_present=write)
+    return _J.Rule(selectors=[_J.Selector(key=part) for part in path], on_present=write)
+
+
+# where each shape keeps its usage: chat/completions and embeddings at `usage` (prompt_tokens,
+# completion_tokens), the Responses API at `usage` of its JSON answer and at `response.usage` of its
+# stream's `response.completed` event (input_tokens, output_tokens)
+_RESPONSES_FIELDS = {contract.PROMPT_TOKENS: "input_tokens", contract.COMPLETION_TOKENS: "output_tokens"}
 
 
 def _usage_rules() -> list[j2m.JsonToMetadata.Rule]:
-    """One rule per usage number, and `requests` = 1 once a response reported any."""
-    rules = [_usage_rule(field, key) for key, field in contract.USAGE_FIELDS.items()]
+    """One rule per usage number and shape, and `requests` = 1 once a response reported any."""
     total = contract.USAGE_FIELDS[contract.TOTAL_TOKENS]
-    rules.append(_usage_rule(total, contract.REQUESTS, struct_pb2.Value(number_value=1)))
+    rules = []
+    for at in (("usage",), ("response", "usage")):
+        rules += [_usage_rule((*at, field), key) for key, field in contract.USAGE_FIELDS.items()]
+        rules += [_usage_rule((*at, field), key) for key, field in _RESPONSES_FIELDS.items()]
+        rules.append(_usage_rule((*at, total), contract.REQUESTS, struct_pb2.Value(number_value=1)))
     return rules
 
 

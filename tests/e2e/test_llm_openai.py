@@ -182,3 +182,42 @@ def test_served_name_is_what_each_version_backend_gets(
     streamed = list(acme.chat.completions.create(model=MODEL, max_tokens=2, stream=True,
                                                  messages=[{"role": "user", "content": "Flat?"}]))  # fmt: skip
     assert streamed and streamed[0].model in served.values()
+
+
+def test_embeddings_responses_and_the_kserve_prefix_are_routed_and_charged(gateway: Gateway) -> None:
+    """Each OpenAI endpoint names its model in the body and reports usage in its own shape (embeddings:
+    prompt_tokens; Responses: input/output_tokens, in a stream inside `response.completed`): all charged
+    to the token quota and counted per tenant and model."""
+    acme = client(gateway, KEY)
+    left, prompts, completions = LIMIT, 0, 0
+
+    embedded = acme.embeddings.create(model=MODEL, input=["Beautiful is better", "than ugly."])
+    assert len(embedded.data) == 2 and embedded.usage.total_tokens == 5
+    left, prompts = left - 5, prompts + 5
+    gateway.charged_to(left)
+
+    answer = acme.responses.create(model=MODEL, input="Simple is better than complex.", max_output_tokens=4)
+    assert answer.output_text and answer.usage is not None
+    assert answer.usage.total_tokens == answer.usage.input_tokens + answer.usage.output_tokens
+    left -= answer.usage.total_tokens
+    prompts, completions = prompts + answer.usage.input_tokens, completions + answer.usage.output_tokens
+    gateway.charged_to(left)
+
+    # a Responses stream: the gateway adds no stream_options (the stand-in refuses them, as the Responses
+    # API has no include_usage); its usage comes in the last event
+    events = list(acme.responses.create(model=MODEL, input="Flat is better", max_output_tokens=3, stream=True))
+    done = events[-1]
+    assert done.type == "response.completed" and done.response.usage is not None
+    left -= done.response.usage.total_tokens
+    prompts += done.response.usage.input_tokens
+    completions += done.response.usage.output_tokens
+    gateway.charged_to(left)
+
+    kserve = client(gateway, KEY, prefix="/openai/v1")  # KServe's Hugging Face runtime's path
+    chat = ask(kserve)
+    assert chat.usage is not None
+    left -= chat.usage.total_tokens
+    prompts, completions = prompts + chat.usage.prompt_tokens, completions + chat.usage.completion_tokens
+    gateway.charged_to(left)
+    for kind, value in (("prompt_tokens", prompts), ("completion_tokens", completions), ("requests", 4)):
+        assert gateway.hits(f"meshgate.meshgate.usage_{kind}.tenant_acme.model_{MODEL}") == value, kind
