@@ -170,9 +170,12 @@ def test_served_name_is_what_each_version_backend_gets(
     rewrites the body's model per version, weighted cluster by weighted cluster."""
     served = {"v1": "org/Zen-Chat-7B", "v2": "org/Zen-Chat-8B"}
     backends = {v: harness.add(ChatStandIn(harness.workdir, model=name)).start() for v, name in served.items()}
+    solo = harness.add(ChatStandIn(harness.workdir, model="org/Solo-1B")).start()
     gw = gateway_for(harness, meshgate_factory, envoy_factory,
-                     {MODEL: tuple((v, backends[v], served[v]) for v in served)})  # fmt: skip
+                     {MODEL: tuple((v, backends[v], served[v]) for v in served),
+                      "solo-chat": (("v1", solo, "org/Solo-1B"),)})  # fmt: skip
     acme = client(gw, KEY)
+    assert ask(acme, model="solo-chat", max_tokens=1).model == "org/Solo-1B"  # one version: the route's name
     seen: set[str] = set()
     for _ in range(60):  # 50 / 50: both versions answer within 60 requests but with odds of 2^-59
         seen.add(ask(acme, max_tokens=1).model)
