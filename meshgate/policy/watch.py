@@ -40,7 +40,7 @@ log = logging.getLogger("meshgate.reload")
 Commit = Callable[[], None]
 T = TypeVar("T")
 
-SWITCH_INTERVAL = 0.0005
+SWITCH_INTERVAL = 0.0001
 """Seconds between GIL hand-overs while a reload compiles (the interpreter's default is 0.005)."""
 
 DEFAULT_SETTLE = 1.0
