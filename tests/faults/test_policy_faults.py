@@ -130,3 +130,16 @@ def test_a_first_policy_that_does_not_compile_exits_1_with_a_clear_error(
     assert f"cannot start: policy {path} is valid but xds could not compile it: FileNotFoundError" in log
     assert "Traceback" not in log
     assert not mg.ready_file.exists()
+
+
+def test_a_ratelimit_config_directory_that_does_not_load_exits_1(harness: Stack, tmp_path: Path) -> None:
+    limits = tmp_path / "limits"
+    limits.mkdir()
+    (limits / "broken.yaml").write_text("domain: edge\ndescriptors: [{key: a, rate_limit: {unit: eon}}]\n")
+    mg = harness.add(Meshgate(ROOT / "examples" / "policy.yaml", workdir=tmp_path,
+                              extra_args=["--ratelimit-config", str(limits)]))
+    mg.proc.start()
+    assert mg.proc.wait_exit(20) == 1
+    log = mg.proc.tail(200)
+    assert f"cannot start: ratelimit config rejected: {limits / 'broken.yaml'}" in log
+    assert "Traceback" not in log
