@@ -4,7 +4,7 @@
 - Every line prefix of examples/policy.yaml written the torn way (truncate, write the prefix, then the
   rest) is never applied: only the finished file is (its sha256 is the only one logged as live).
 - A first policy that parses but does not compile: exit 1 with one clear line, no traceback, with the
-  memory store and with Redis configured.
+  memory store and with Redis configured; the same for a ratelimit config directory that does not load.
 """
 
 from __future__ import annotations
