@@ -55,34 +55,76 @@ def load_yaml(text: str, source: str) -> tuple[Any, LineMap]:
         return {}, lines
     issues: list[Issue] = []
     constructor = yaml.constructor.SafeConstructor()  # a loader would keep every node alive in a cycle
-    data = _convert(node, (), lines, issues, source, constructor)
+    data = _Converter(lines, issues, source, constructor).convert(node, ())
     if issues:
         raise PolicyError(issues)
     return data, lines
 
 
-def _convert(
-    node: yaml.Node, path: Path, lines: LineMap, issues: list[Issue], source: str,
-    ctor: yaml.constructor.SafeConstructor,
-) -> Any:
-    lines.set(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
+# what PyYAML's safe constructors raise on a value they cannot build (`!!int x`, `2001-13-01`, a bad
+# `!!binary`, an unknown tag, a merge key onto a scalar, an empty `!!float`): reported, never raised
+_CONSTRUCT_ERRORS = (yaml.YAMLError, ValueError, TypeError, AttributeError, IndexError, OverflowError)
+
+
+class _Converter:
+    def __init__(
+        self, lines: LineMap, issues: list[Issue], source: str, ctor: yaml.constructor.SafeConstructor
+    ) -> None:
+        self.lines, self.issues, self.source, self.ctor = lines, issues, source, ctor
+        self._open: set[int] = set()  # collections being converted: an alias to one is a cycle
+
+    def _issue(self, node: yaml.Node, path: Path, message: str) -> None:
+        self.issues.append(Issue(self.source, node.start_mark.line + 1, format_path(path), message))
+
+    def _construct(self, node: yaml.Node, path: Path) -> tuple[bool, Any]:
+        try:
+            return True, self.ctor.construct_object(node, deep=True)
+        except _CONSTRUCT_ERRORS as exc:
+            problem = exc.problem if isinstance(exc, yaml.MarkedYAMLError) and exc.problem else exc
+            what = "value"
+            if isinstance(node, yaml.ScalarNode):
+                what = f"value {node.value!r} (tag {node.tag})"
+            self._issue(node, path, f"invalid {what}: {problem}")
+            return False, None
+
+    def convert(self, node: yaml.Node, path: Path) -> Any:
+        self.lines.set(path, node.start_mark.line + 1)
+        if not isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            return self._construct(node, path)[1]
+        if id(node) in self._open:
+            self._issue(node, path, "recursive alias: an anchor used inside itself")
+            return None
+        self._open.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return tuple(self.convert(item, (*path, i)) for i, item in enumerate(node.value))
+            return self._mapping(node, path)
+        finally:
+            self._open.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, path: Path) -> dict[Any, Any]:
         out: dict[Any, Any] = {}
-        ctor.flatten_mapping(node)  # merge keys (<<)
+        try:
+            self.ctor.flatten_mapping(node)  # merge keys (<<)
+        except _CONSTRUCT_ERRORS as exc:
+            problem = exc.problem if isinstance(exc, yaml.MarkedYAMLError) and exc.problem else exc
+            self._issue(node, path, f"invalid merge key: {problem}")
+            return out
         for key_node, value_node in node.value:
-            key = ctor.construct_object(key_node, deep=True)
+            built, key = self._construct(key_node, path)
             line = key_node.start_mark.line + 1
+            if not built:
+                continue
             if not isinstance(key, str):
-                issues.append(Issue(source, line, format_path(path), f"mapping key {key!r} must be a string"))
+                self.issues.append(
+                    Issue(self.source, line, format_path(path), f"mapping key {key!r} must be a string")
+                )
                 continue
             if key in out:
-                issues.append(Issue(source, line, format_path((*path, key)), f"duplicate key {key!r}"))
+                self.issues.append(
+                    Issue(self.source, line, format_path((*path, key)), f"duplicate key {key!r}")
+                )
                 continue
-            lines.set((*path, key), line)
-            out[key] = _convert(value_node, (*path, key), lines, issues, source, ctor)
+            self.lines.set((*path, key), line)
+            out[key] = self.convert(value_node, (*path, key))
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return tuple(
-            _convert(item, (*path, i), lines, issues, source, ctor) for i, item in enumerate(node.value)
-        )
-    return ctor.construct_object(node, deep=True)
