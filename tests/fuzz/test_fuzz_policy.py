@@ -3,23 +3,19 @@ other exception. Inputs: arbitrary text and bytes, YAML-shaped text, and example
 textually (lines dropped, duplicated, spliced with YAML syntax) and structurally (values replaced,
 keys dropped or added).
 
-Crashes found here and reported to the owner of meshgate/policy (not fixed in this change) are listed
-in KNOWN_CRASHES: the properties recognise their kinds by signature (`known_crash`: a RecursionError, or
-any exception PyYAML's constructors raise when meshgate/policy/_yaml.py calls them) and
-record them as a hypothesis event instead of failing, so that any *other* crash still fails; each one is kept below as an
-explicit regression case marked xfail (strict=False: it turns into XPASS once fixed; then drop it from
-KNOWN_CRASHES and remove the mark).
+The crashes this found (issue 15: a recursive alias, PyYAML constructor errors) are fixed in
+meshgate/policy/_yaml.py; their minimal inputs are kept in CRASHERS as explicit regression cases, and any
+exception other than a PolicyError fails the properties.
 """
 
 from __future__ import annotations
 
-import traceback
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from hypothesis import event, example, given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from meshgate.policy import Policy, PolicyError, load_policy, parse_policy
@@ -29,8 +25,8 @@ EXAMPLE_TEXT = EXAMPLE.read_text()
 EXAMPLE_LINES = EXAMPLE_TEXT.splitlines(keepends=True)
 EXAMPLE_DATA = yaml.safe_load(EXAMPLE_TEXT)
 
-# Minimal inputs of the crashes found (issue 15 fuzzing), reported, not fixed here.
-KNOWN_CRASHES = {
+# Minimal inputs of the crashes found (issue 15 fuzzing), each a PolicyError now.
+CRASHERS = {
     "recursive alias -> RecursionError": "a: &x [*x]\n",
     "merge key onto a scalar -> yaml ConstructorError": "a:\n  <<: 5\n",
     "unknown tag -> yaml ConstructorError": "a: !!python/name:os.system x\n",
@@ -43,20 +39,8 @@ KNOWN_CRASHES = {
 }
 
 
-def known_crash(exc: BaseException) -> str | None:
-    """Which kind of KNOWN_CRASHES `exc` is, by its signature; None for anything else."""
-    if isinstance(exc, RecursionError):
-        return "recursive alias -> RecursionError"
-    files = {frame.filename.replace("\\", "/") for frame in traceback.extract_tb(exc.__traceback__)}
-    if any(f.endswith("yaml/constructor.py") for f in files) and any(
-        f.endswith("meshgate/policy/_yaml.py") for f in files
-    ):
-        return f"{type(exc).__name__} from a PyYAML constructor called by meshgate/policy/_yaml.py"
-    return None
-
-
 def check(parse: Any, *args: Any) -> Policy | None:
-    """Run the loader; the Policy, None for a PolicyError, an event for a known crash; raise otherwise."""
+    """Run the loader; the Policy, None for a PolicyError; any other exception propagates (a failure)."""
     try:
         policy = parse(*args)
     except PolicyError as exc:
@@ -64,12 +48,6 @@ def check(parse: Any, *args: Any) -> Policy | None:
         for issue in exc.issues:
             assert isinstance(issue.line, int) and issue.line >= 0
             assert issue.path and issue.message
-        return None
-    except Exception as exc:
-        reason = known_crash(exc)
-        if reason is None:
-            raise
-        event(f"known crash: {reason}")
         return None
     assert isinstance(policy, Policy)
     return policy
@@ -195,10 +173,7 @@ def test_the_example_itself_loads() -> None:
 
 
 # --- the crashers found, as explicit regression cases ----------------------------------------------
-@pytest.mark.parametrize("text", list(KNOWN_CRASHES.values()), ids=list(KNOWN_CRASHES))
-@pytest.mark.xfail(
-    strict=False, reason="policy loader crash found by fuzzing (issue 15), reported to its owner"
-)
+@pytest.mark.parametrize("text", list(CRASHERS.values()), ids=list(CRASHERS))
 def test_known_crash_is_a_policy_error(text: str) -> None:
     with pytest.raises(PolicyError):
         parse_policy(text, "crash.yaml")
