@@ -37,7 +37,7 @@ class IssuerEntry:
 class ModelEntry:
     name: str
     owner: str | None  # set only for private models
-    versions: frozenset[str]
+    versions: frozenset[str]  # every pin of every version: its name, and its backend_version
     context_limit: int | None
     openai: bool = False  # protocol openai: listed by GET /v1/models
     tokenizer: TokenCounter | None = None
@@ -105,8 +105,12 @@ def compile_table(policy: Policy, *, remote_keys: RemoteKeys) -> AuthzTable:
         per_model: dict[str, frozenset[str]] = {}
         for model in policy.models:
             if any(fnmatchcase(model.name, pattern) for pattern in role.models):
+                # a granted version may be pinned by any of its pins (name, Triton's backend_version)
                 per_model[model.name] = frozenset(
-                    v.name for v in model.versions if any(fnmatchcase(v.name, p) for p in role.versions)
+                    pin
+                    for v in model.versions
+                    if any(fnmatchcase(v.name, p) for p in role.versions)
+                    for pin in v.pins
                 )
         grants[role.name] = per_model
     return AuthzTable(
@@ -132,7 +136,7 @@ def _model(model: Model) -> ModelEntry:
     return ModelEntry(
         name=model.name,
         owner=model.owner if model.visibility == "private" else None,
-        versions=frozenset(v.name for v in model.versions),
+        versions=frozenset(pin for v in model.versions for pin in v.pins),
         context_limit=model.context_limit_tokens,
         openai=model.protocol == "openai",
         tokenizer=tokenizer,

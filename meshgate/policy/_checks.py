@@ -125,6 +125,7 @@ def _models(p: Policy) -> Found:
                     (*at, "shadow", "version"),
                     (f"shadow version {shadow.name!r} also has weight {shadow.weight}: give it weight 0"),
                 )
+        yield from _pins(model, at)
         seen: set[tuple[str, str]] = set()
         for j, ab in enumerate(model.ab):
             if model.version(ab.version) is None:
@@ -132,6 +133,20 @@ def _models(p: Policy) -> Found:
             if (ab.header, ab.value) in seen:
                 yield (*at, "ab", j), f"duplicate match {ab.header}: {ab.value!r}"
             seen.add((ab.header, ab.value))
+
+
+def _pins(model: Model, at: Path) -> Found:
+    """A pinned request (`/versions/{pin}`) must name one version: a backend_version may not be another
+    version's name or another version's backend_version."""
+    owner: dict[str, str] = {}
+    for j, version in enumerate(model.versions):
+        for pin in version.pins:
+            other = owner.setdefault(pin, version.name)
+            if other != version.name:
+                yield (
+                    (*at, "versions", j, "backend_version" if pin != version.name else "name"),
+                    f"{pin!r} would pin both versions {other!r} and {version.name!r}",
+                )
 
 
 def _weights(model: Model, at: Path) -> Found:

@@ -350,6 +350,15 @@ class ModelVersion(_Strict):
             raise ValueError("set exactly one backend: endpoints (host:port list) or kserve")
         return self
 
+    @property
+    def pins(self) -> tuple[str, ...]:
+        """The names a request may pin this version by (`/versions/{pin}`, ModelInferRequest
+        `model_version`): its routing name, and its backend_version when that differs (Triton's
+        clients ask for the number)."""
+        if self.backend_version is None or self.backend_version == self.name:
+            return (self.name,)
+        return (self.name, self.backend_version)
+
 
 class Shadow(_Strict):
     """Mirror `percent` of the traffic to `version`; its answers are discarded."""
@@ -510,6 +519,10 @@ class Model(_Strict):
 
     def version(self, name: str) -> ModelVersion | None:
         return next((v for v in self.versions if v.name == name), None)
+
+    def pinned(self, pin: str) -> ModelVersion | None:
+        """The version a request pinning `pin` (a version name or a backend_version) asks for."""
+        return next((v for v in self.versions if pin in v.pins), None)
 
 
 # --- gateway -----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ VIRTUAL_HOST = "models"
 EXTAUTHZ_CLUSTER = "meshgate|extauthz"
 RATELIMIT_CLUSTER = "meshgate|ratelimit"
 MODEL_HEADER = contract.MODEL_HEADER
+VERSION_HEADER = contract.VERSION_HEADER
 
 
 def cluster(model: str, version: str) -> str:

@@ -121,7 +121,45 @@ def _matches(model: Model) -> Iterator[rc.RouteMatch]:
         yield rc.RouteMatch(path_separated_prefix=f"/v2/models/{model.name}")
 
 
+def _header(name: str, value: str) -> rc.HeaderMatcher:
+    return rc.HeaderMatcher(name=name, string_match=string_pb2.StringMatcher(exact=value))
+
+
+def _pinned(model: Model) -> Iterator[rc.Route]:
+    """A request that names a version goes to that version's cluster, whatever the weights and A/B say.
+
+    REST: `/v2/models/{m}/versions/{pin}` (`pin`: the version's name or its backend_version), the path
+    rewritten to what the backend serves: `/v2/models/{m}/versions/{backend_version}` (Triton), or the
+    unversioned `/v2/models/{m}` (KServe answers 501 on versioned URLs). These come first: after
+    ext_authz sets x-meshgate-model the request is matched again, and must not fall to the canary.
+    gRPC (and anything routed by header): the version extauthz read from the body, in
+    x-meshgate-model-version; the message reaches the backend as the client sent it."""
+    base = f"/v2/models/{model.name}"
+    for version in model.versions:
+        cluster = _names.cluster(model.name, version.name)
+        backend = f"{base}/versions/{version.backend_version}" if version.backend_version else base
+        if model.protocol == "v2-rest":
+            for pin in version.pins:
+                action = _action(model, cluster=cluster)
+                prefix = f"{base}/versions/{pin}"
+                if prefix != backend:
+                    action.prefix_rewrite = backend
+                match = rc.RouteMatch(path_separated_prefix=prefix)
+                yield rc.Route(name=f"{model.name}|pin|{pin}", match=match, route=action)
+        else:
+            for pin in version.pins:
+                match = rc.RouteMatch(
+                    prefix="/",
+                    headers=[_header(_names.MODEL_HEADER, model.name), _header(_names.VERSION_HEADER, pin)],
+                )
+                yield rc.Route(
+                    name=f"{model.name}|pin|{pin}", match=match, route=_action(model, cluster=cluster)
+                )
+
+
 def _model_routes(model: Model) -> Iterator[rc.Route]:
+    if model.protocol != "openai":  # an OpenAI request names no version
+        yield from _pinned(model)
     for match in _matches(model):
         for ab in model.ab:
             pinned = rc.RouteMatch()
