@@ -21,7 +21,10 @@ __all__ = ["CheckMetrics"]
 
 UNKNOWN_TENANT = "unknown"
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
-_DECISIONS = ("meshgate_extauthz_decisions", "Check decisions by decision (allow, deny), code and tenant.")
+_DECISIONS = (
+    "meshgate_extauthz_decisions", "Check decisions by decision (allow, deny), code, tenant and model."
+)
+_LABELS = ["decision", "code", "tenant", "model"]
 _LATENCY = ("meshgate_extauthz_check_seconds", "Time to decide one check, by decision cache result.")
 _CACHE_BYTES = ("meshgate_extauthz_cache_bytes", "Bytes held by each extauthz cache (an estimate it keeps).")
 _CACHE_BUDGET = ("meshgate_extauthz_cache_budget_bytes", "The byte budget of each extauthz cache.")
@@ -29,7 +32,7 @@ CacheSizes = Callable[[], Mapping[str, tuple[int, int]]]  # cache name -> (bytes
 
 
 class CheckMetrics(Collector):
-    """decisions{decision, code, tenant}, check_seconds{cache}, cache_bytes{cache} and
+    """decisions{decision, code, tenant, model}, check_seconds{cache}, cache_bytes{cache} and
     cache_budget_bytes{cache} (collected); unavailable{reason} and invalid_requests."""
 
     def __init__(self, registry: CollectorRegistry | None, *, caches: CacheSizes | None = None) -> None:
@@ -47,18 +50,21 @@ class CheckMetrics(Collector):
         )
         self._caches = caches
         self.tenants: frozenset[str] = frozenset()
-        self._decisions: dict[tuple[str, str, str], int] = {}
+        self.models: frozenset[str] = frozenset()
+        self._decisions: dict[tuple[str, str, str, str], int] = {}
         # per cache result: a count per bucket (the last one past every bound) and the sum of seconds
         self._buckets = {cache: [0] * (len(LATENCY_BUCKETS) + 1) for cache in ("hit", "miss")}
         self._seconds = {"hit": 0.0, "miss": 0.0}
         registry.register(self)
 
-    def count(self, decision: Decision, tenant: str) -> None:
-        """One decision; tenants outside the policy count as "unknown" (bounded label values)."""
+    def count(self, decision: Decision, tenant: str, model: str = "") -> None:
+        """One decision; tenants and models outside the policy (or not known: a request refused before
+        its model was read) count as "unknown" (bounded label values)."""
         key = (
             "allow" if decision.allowed else "deny",
             decision.code,
             tenant if tenant in self.tenants else UNKNOWN_TENANT,
+            model if model in self.models else UNKNOWN_TENANT,
         )
         self._decisions[key] = self._decisions.get(key, 0) + 1
 
@@ -69,14 +75,14 @@ class CheckMetrics(Collector):
 
     # --- Collector ------------------------------------------------------------------------------
     def describe(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(*_DECISIONS, labels=["decision", "code", "tenant"])
+        yield CounterMetricFamily(*_DECISIONS, labels=_LABELS)
         yield HistogramMetricFamily(*_LATENCY, labels=["cache"])
         if self._caches is not None:
             yield GaugeMetricFamily(*_CACHE_BYTES, labels=["cache"])
             yield GaugeMetricFamily(*_CACHE_BUDGET, labels=["cache"])
 
     def collect(self) -> Iterator[Metric]:
-        decisions = CounterMetricFamily(*_DECISIONS, labels=["decision", "code", "tenant"])
+        decisions = CounterMetricFamily(*_DECISIONS, labels=_LABELS)
         for labels, value in list(self._decisions.items()):  # a copy: checks go on meanwhile
             decisions.add_metric(list(labels), value)
         yield decisions

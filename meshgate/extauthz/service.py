@@ -109,6 +109,7 @@ class ExtAuthzService:
             self._authorizer = authorizer  # a new Authorizer: the decision cache starts empty
             self._refresher.sync(remote)
             self._metrics.tenants = frozenset(authorizer.table.tenants)
+            self._metrics.models = frozenset(authorizer.table.models)
             self._memo.clear()
             self._update_keys_health()
 
@@ -303,7 +304,8 @@ class ExtAuthzService:
     ) -> None:
         who, target = decision.identity, decision.target
         tenant = who.tenant if who is not None else ""
-        self._metrics.count(decision, tenant)
+        model = target.model if target is not None else ""
+        self._metrics.count(decision, tenant, model)
         self._metrics.observe(time.perf_counter() - started, cached=cached)
         if span is not None and span.is_recording():
             span.set_attributes(
@@ -311,7 +313,7 @@ class ExtAuthzService:
                     "meshgate.decision": "allow" if decision.allowed else "deny",
                     "meshgate.code": decision.code,
                     "meshgate.tenant": tenant,
-                    "meshgate.model": clip(target.model) if target is not None else "",
+                    "meshgate.model": clip(model),
                     "meshgate.decision_id": decision_id,
                     "meshgate.cache_hit": cached,
                     "http.request.method": req.method,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from envoy.service.ratelimit.v3 import rls_pb2
 
 from .bounds import MIB, Budget
-from .decision import Decision, Request, limit_header
+from .decision import Decision, Request, limit_header, policy_header
 from .model import Unit
 
 __all__ = ["CURRENT_LIMITS", "UNIT_FROM_PB", "to_response"]
@@ -89,11 +89,12 @@ class _Reply:
             (i, statuses[i], statuses[i].duration_until_reset, [statuses[i].code, s.reset])
             for i, s in enumerate(decision.statuses) if s.limit is not None
         ]
-        # the limit, remaining and reset header messages (none, or all three: fixed by the shape), and
-        # the worst status's [limit, unit, remaining, reset] their values were made from
+        # the limit, remaining and reset header messages (none, or all three: fixed by the shape), then
+        # RateLimit-Policy when the worst status's rule has a name, and the worst status's [limit, unit,
+        # remaining, reset, name] their values were made from
         self.headers = list(self.message.response_headers_to_add)
         worst = decision.worst
-        self.held = [worst.limit, worst.unit, worst.remaining, worst.reset] if worst is not None else []
+        self.held = [worst.limit, worst.unit, worst.remaining, worst.reset, worst.name] if worst else []
         self.sets = 0  # header values set since the message was built
 
     def fill(self, decision: Decision) -> bytes:
@@ -124,9 +125,14 @@ class _Reply:
                 self.headers[2].value = str(worst.reset)
                 held[3] = worst.reset
                 self.sets += 1
-            if worst.limit != held[0] or worst.unit != held[1]:  # another descriptor is the worst now
+            if worst.limit != held[0] or worst.unit != held[1] or worst.name != held[4]:  # another is worst
+                if bool(worst.name) != bool(held[4]):  # RateLimit-Policy comes or goes: a new message
+                    self._build(decision)
+                    return bytes(self.message.SerializeToString())
                 self.headers[0].value = limit_header(self.style, worst.limit, worst.unit)
-                held[0], held[1] = worst.limit, worst.unit
+                if worst.name:
+                    self.headers[3].value = policy_header(worst.name, worst.limit, worst.unit)
+                held[0], held[1], held[4] = worst.limit, worst.unit, worst.name
                 self.sets += 1
         return bytes(message.SerializeToString())
 

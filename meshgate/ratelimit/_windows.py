@@ -55,6 +55,7 @@ class Part:
     # comparison, where an int against a float costs a conversion per descriptor)
     end: int = 0  # the window's end, epoch seconds
     slot: Slot | None = None
+    name: str = ""  # the rule's name (a policy quota's): its statuses carry it (RateLimit-Policy)
 
 
 @dataclass(slots=True)

@@ -170,18 +170,19 @@ class Limiter:
             if used + hits > limit and not part.charging:  # over the limit
                 if part.shadow_rule:
                     counters.shadow += 1
-                    status = Status(False, limit, part.unit, 0, end - second)
+                    status = Status(False, limit, part.unit, 0, end - second, part.name)
                 else:
                     counters.over += 1
                     if settings.shadow_mode:
                         counters.shadow += 1
-                    status = Status(True, limit, part.unit, 0, end - second)
+                    status = Status(True, limit, part.unit, 0, end - second, part.name)
             else:
                 after = used + hits if admitted and part.charge else used
                 counters.within += 1
                 if after > part.near:
                     counters.near += 1
-                status = Status(False, limit, part.unit, limit - after if after < limit else 0, end - second)
+                remaining = limit - after if after < limit else 0
+                status = Status(False, limit, part.unit, remaining, end - second, part.name)
             statuses[part.index] = status
             if cache is not None and part.enforce and used >= limit and not part.sliding:
                 cache.add(part.slot.key, end)  # type: ignore[union-attr]
@@ -209,7 +210,7 @@ class Limiter:
             parts.append(Part(
                 i, target, hits, target.enforce and not shadow, target.limit, rule.unit, target.counters,
                 rule.shadow_mode, target.phase == "charge", target.charge, target.sliding,
-                math.floor(target.limit * near),
+                math.floor(target.limit * near), name=rule.name,
             ))
         unlimited = tuple(
             i for i, (t, d) in enumerate(zip(targets, request.descriptors, strict=True))
@@ -220,7 +221,7 @@ class Limiter:
             statuses[i] = _UNLIMITED
         blank = tuple(statuses)
         style = self._settings.response_headers
-        parts_form = tuple((p.index, p.limit, p.unit) for p in parts)
+        parts_form = tuple((p.index, p.limit, p.unit, p.name) for p in parts)
         form: tuple[object, ...] = (len(blank), style, parts_form, unlimited)
         kept = self._forms.get(form)
         if kept is not None:
@@ -303,7 +304,7 @@ def _from_cache(prepared: Prepared, blocked: list[Part], second: int, settings: 
             counters.over += 1
             counters.local_cache += 1
         remaining = 0 if over else part.limit
-        statuses[part.index] = Status(over, part.limit, part.unit, remaining, part.end - second)
+        statuses[part.index] = Status(over, part.limit, part.unit, remaining, part.end - second, part.name)
     return _decision(True, statuses, settings, prepared.form)
 
 

@@ -10,6 +10,7 @@ from .model import UNIT_SECONDS, Unit
 
 __all__ = [
     "HEADER_NAMES",
+    "POLICY_HEADER",
     "Decision",
     "Descriptor",
     "HeaderStyle",
@@ -51,6 +52,7 @@ class Status:
     unit: Unit | None = None
     remaining: int = 0
     reset: int = 0  # seconds until the window ends
+    name: str = ""  # the rule's name (a policy quota's name): the RateLimit-Policy header names it
 
 
 @dataclass(slots=True)  # hot path: one per call; frozen would cost ~0.3 us; never mutated
@@ -86,11 +88,14 @@ class Decision:
         if worst is None or worst.limit is None or worst.unit is None:
             return ()
         limit, remaining, reset = HEADER_NAMES[self.style]
-        return (
+        headers = (
             (limit, limit_header(self.style, worst.limit, worst.unit)),
             (remaining, str(worst.remaining)),
             (reset, str(worst.reset)),
         )
+        if worst.name:
+            return (*headers, (POLICY_HEADER, policy_header(worst.name, worst.limit, worst.unit)))
+        return headers
 
 
 # the names of the limit, remaining and reset headers of each style
@@ -98,6 +103,18 @@ HEADER_NAMES: dict[HeaderStyle, tuple[str, str, str]] = {
     "x-ratelimit": ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"),
     "draft-03": ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"),
 }
+
+
+POLICY_HEADER = "RateLimit-Policy"
+"""Names the quota the other headers describe, when its rule has a name (every policy quota does), in
+the form of draft-ietf-httpapi-ratelimit-headers (-08 and later): `"tenant-rpm";q=5;w=60`, the quota's
+name as a structured-field string, its limit and its window in seconds."""
+
+
+def policy_header(name: str, limit: int, unit: Unit) -> str:
+    """The RateLimit-Policy value of a named rule: `"<name>";q=<limit>;w=<seconds>`."""
+    quoted = "".join(c for c in name if " " <= c <= "~").replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}";q={limit};w={UNIT_SECONDS[unit]}'
 
 
 def limit_header(style: HeaderStyle, limit: int, unit: Unit) -> str:

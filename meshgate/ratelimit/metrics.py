@@ -5,6 +5,11 @@ request's own values only for rules with `detailed_metric: true`): total hits, w
 near limit, shadow-mode hits and refusals from the local over-limit cache. Plus store errors, config
 loads, the latency of ShouldRateLimit, and the bytes each cache holds against its budget (bounds.py).
 
+Per tenant and model, with names the policy declares only (others are `unknown`): the requests each
+quota refused (`meshgate_ratelimit_refusals_total{domain, quota, tenant, model}`, counted by the
+service: audit.py) and the chargeback counters (`meshgate_ratelimit_usage_total{kind, tenant, model}`,
+the same numbers as their `total_hits` keys: usage.py).
+
 The per-key counters are themselves bounded (`METRIC_KEYS_BUDGET`): a label made of a request's values
 (detailed_metric, a limit override) longer than `LABEL_MAX` characters, or one more past the budget,
 is counted under the rule's label without the values (`Limiter` hands it in as `fallback`).
@@ -21,7 +26,9 @@ from prometheus_client.registry import Collector
 
 from .bounds import MIB, Budget, sizeof
 
-__all__ = ["LABEL_MAX", "METRIC_KEYS_BUDGET", "KeyCounters", "Latency", "RateLimitMetrics"]
+__all__ = ["LABEL_MAX", "METRIC_KEYS_BUDGET", "KeyCounters", "Latency", "RateLimitMetrics", "Refusal"]
+
+Refusal = tuple[str, str, str, str]  # domain, quota, tenant, model
 
 LABEL_MAX = 256  # characters of a `key` label made of a request's values
 METRIC_KEYS_BUDGET = 4 * MIB
@@ -72,6 +79,39 @@ class _KeyCollector(Collector):
             for attr, family in families.items():
                 family.add_metric((domain, key), getattr(counters, attr))
         return iter(families.values())
+
+
+class _LabelledCollector(Collector):
+    """The refusals per (domain, quota, tenant, model) and the chargeback counters per (kind, tenant,
+    model): both bounded by the policy's names (the callers fold others into `unknown`)."""
+
+    def __init__(self, refusals: dict[Refusal, int], usage: dict[tuple[str, str, str], KeyCounters]) -> None:
+        self._refusals, self._usage = refusals, usage
+
+    def _families(self) -> tuple[CounterMetricFamily, CounterMetricFamily]:
+        return (
+            CounterMetricFamily(
+                "meshgate_ratelimit_refusals", "Requests refused (OVER_LIMIT) by each quota, per tenant and "
+                "model.", labels=("domain", "quota", "tenant", "model"),
+            ),
+            CounterMetricFamily(
+                "meshgate_ratelimit_usage", "LLM usage the backends reported (chargeback), per kind "
+                "(requests, prompt_tokens, completion_tokens), tenant and model.",
+                labels=("kind", "tenant", "model"),
+            ),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        refusals, usage = self._families()
+        for refusal, count in list(self._refusals.items()):
+            refusals.add_metric(refusal, count)
+        for labels, counters in list(self._usage.items()):
+            usage.add_metric(labels, counters.total)
+        yield refusals
+        yield usage
 
 
 class Latency(Collector):
@@ -135,9 +175,13 @@ class RateLimitMetrics:
         self._keys: dict[tuple[str, str], KeyCounters] = {}
         self.budgets: dict[str, Budget] = {}  # by cache name, exported at scrape
         self._keys_budget = self.track(Budget("metric_keys", METRIC_KEYS_BUDGET))
+        self.refusals: dict[Refusal, int] = {}
+        """Requests refused per (domain, quota, tenant, model): added to by the service (audit.py)."""
+        self._usage: dict[tuple[str, str, str], KeyCounters] = {}
         if registry is not None:
             registry.register(_KeyCollector(self._keys))
             registry.register(_BudgetCollector(self.budgets))
+            registry.register(_LabelledCollector(self.refusals, self._usage))
         self.store_errors = Counter(
             "meshgate_ratelimit_store_errors", "Store calls that failed (answered UNAVAILABLE).", ["store"],
             registry=registry,
@@ -157,6 +201,11 @@ class RateLimitMetrics:
         """Export `budget` (replacing one of the same name: a swapped store's)."""
         self.budgets[budget.name] = budget
         return budget
+
+    def usage(self, counters: KeyCounters, kind: str, tenant: str, model: str) -> None:
+        """Also export the chargeback `counters` (a key of the per-key counters) as
+        meshgate_ratelimit_usage_total{kind, tenant, model}. Names the policy declares only (usage.py)."""
+        self._usage.setdefault((kind, tenant, model), counters)
 
     def key(self, domain: str, key: str, fallback: str | None = None) -> KeyCounters:
         """The counters of (domain, key), created on first use. Keys come from the config, except those

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from ..policy.model import Policy
 from ..policy.store import Commit
 from ._reply import CURRENT_LIMITS, RESPONSES_BUDGET, UNIT_FROM_PB, _Entry, _Replies, to_response
+from .audit import PolicyNames, RefusalLog
 from .bounds import MIB, Budget, request_bytes, sizeof
 from .compile import compile_policy
 from .config import ConfigError, load_config_dir, merge_domains
@@ -94,6 +95,7 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         self._requests: dict[bytes, _Entry] = {}  # serialized RateLimitRequest -> its Request, reply
         self._budget = metrics.track(Budget("requests", REQUESTS_BUDGET, entry_max=REQUEST_MAX))
         self._replies = _Replies(metrics.track(Budget("responses", RESPONSES_BUDGET)))
+        self.refusals = RefusalLog(metrics)
         metrics.track(CURRENT_LIMITS)
         self._malformed, self._full = _Throttled(60.0), _Throttled(60.0)
 
@@ -141,6 +143,8 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
             self.metrics.latency.observe(time.perf_counter() - started)
         if self.on_store is not None and not self.on_store.up:
             await self.on_store.set(True)
+        if decision.over_limit:  # counted and logged per quota (audit.py)
+            self.refusals.refused(entry.request, decision)
         return self._replies.answer(entry, decision)
 
     async def ShouldRateLimit(
@@ -234,6 +238,7 @@ class RateLimitService:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self.servicer.refusals.flush()
         await self.limiter.store.close()
 
     # config sources (prepared in the reload pipeline's worker thread, committed on the loop) --------
@@ -243,10 +248,16 @@ class RateLimitService:
         policy_domain = {domain: (f"{self.policy_source} (gateway.ratelimit.domain)", tree)}
         config = merge_domains(policy_domain, self._dir_domains)
         settings = settings_of(policy)
+        names = PolicyNames(
+            quotas=frozenset(q.name for q in policy.quotas),
+            tenants=frozenset(t.name for t in policy.tenants),
+            models=frozenset(m.name for m in policy.models),
+        )
 
         def commit() -> None:
             self._policy_domain = policy_domain
             self.limiter.config, self.limiter.settings = config, settings
+            self.servicer.refusals.names = names
 
         return commit
 

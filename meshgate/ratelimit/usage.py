@@ -73,5 +73,8 @@ def usage_hits(
             continue
         hits = descriptor.hits_addend
         label = ".".join([domain, *(f"{k}_{v}" for k, v in entries)])
-        found.append((metrics.key(domain, label), default_hits if hits is None else hits))
+        counters = metrics.key(domain, label)
+        if [k for k, _ in entries] == [contract.USAGE_KEY, "tenant", "model"]:  # (a declared leaf)
+            metrics.usage(counters, entries[0][1], entries[1][1], entries[2][1])
+        found.append((counters, default_hits if hits is None else hits))
     return tuple(found)

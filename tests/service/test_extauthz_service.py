@@ -74,11 +74,13 @@ def test_allow_and_deny_over_grpc(tmp_path: Path) -> None:
 
     run(scenario)
     value = registry.get_sample_value(
-        "meshgate_extauthz_decisions_total", {"decision": "allow", "code": "ok", "tenant": "acme"}
+        "meshgate_extauthz_decisions_total",
+        {"decision": "allow", "code": "ok", "tenant": "acme", "model": "resnet"},
     )
     assert value == 1.0
     assert registry.get_sample_value(
-        "meshgate_extauthz_decisions_total", {"decision": "deny", "code": "missing_credentials", "tenant": "unknown"}
+        "meshgate_extauthz_decisions_total",
+        {"decision": "deny", "code": "missing_credentials", "tenant": "unknown", "model": "unknown"},
     ) == 1.0  # fmt: skip
 
 

@@ -11,20 +11,25 @@ WHO = Identity(tenant="acme", user="alice", tier="gold", roles=(), credential="j
 ALLOW = Decision(code="ok", identity=WHO, target=Target(kind="model", model="m"))
 
 
-def test_decisions_by_decision_code_and_bounded_tenant() -> None:
+def test_decisions_by_decision_code_and_bounded_tenant_and_model() -> None:
     registry = CollectorRegistry()
     metrics = CheckMetrics(registry)
     metrics.tenants = frozenset({"acme"})
-    metrics.count(ALLOW, "acme")
-    metrics.count(ALLOW, "acme")
-    metrics.count(Decision.deny("unknown_tenant", "no"), "made-up-by-the-caller")
+    metrics.models = frozenset({"m"})
+    metrics.count(ALLOW, "acme", "m")
+    metrics.count(ALLOW, "acme", "m")
+    metrics.count(Decision.deny("unknown_tenant", "no"), "made-up-by-the-caller", "made-up-model")
+    metrics.count(Decision.deny("missing_credentials", "no"), "")
     sample = registry.get_sample_value
-    assert (
-        sample("meshgate_extauthz_decisions_total", {"decision": "allow", "code": "ok", "tenant": "acme"})
-        == 2
-    )
+    allow = {"decision": "allow", "code": "ok", "tenant": "acme", "model": "m"}
+    assert sample("meshgate_extauthz_decisions_total", allow) == 2
     assert sample(
-        "meshgate_extauthz_decisions_total", {"decision": "deny", "code": "unknown_tenant", "tenant": "unknown"}
+        "meshgate_extauthz_decisions_total",
+        {"decision": "deny", "code": "unknown_tenant", "tenant": "unknown", "model": "unknown"},
+    ) == 1  # fmt: skip
+    assert sample(
+        "meshgate_extauthz_decisions_total",
+        {"decision": "deny", "code": "missing_credentials", "tenant": "unknown", "model": "unknown"},
     ) == 1  # fmt: skip
 
 
