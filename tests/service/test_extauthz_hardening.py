@@ -11,7 +11,6 @@ import gc
 import json
 import logging
 import tracemalloc
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,24 +35,9 @@ CHECK = f"/{AUTHZ}/Check"
 MiB = 1 << 20
 
 
-@contextlib.asynccontextmanager
-async def with_health(service: ExtAuthzService, health: Health) -> AsyncIterator[grpc.aio.Channel]:
+def with_health(service: ExtAuthzService, health: Health) -> contextlib.AbstractAsyncContextManager[grpc.aio.Channel]:
     """The service and grpc.health.v1 on one real server (as meshgate serve puts them)."""
-    server = grpc.aio.server()
-    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
-    service.add_to_server(server)
-    health.add_service(AUTHZ)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await service.start()
-    await server.start()
-    await health.publish()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield channel
-    finally:
-        await channel.close()
-        await server.stop(None)
-        await service.stop()
+    return serving_channel(service, health=health)
 
 
 async def health_status(channel: grpc.aio.Channel, service: str) -> int:
