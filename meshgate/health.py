@@ -12,7 +12,9 @@ failure_mode_deny decides).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined,unused-ignore]
 from prometheus_client import CollectorRegistry, Gauge
@@ -21,6 +23,7 @@ __all__ = ["Health"]
 
 log = logging.getLogger("meshgate.health")
 
+HEALTH_SERVICE = "grpc.health.v1.Health"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -38,6 +41,34 @@ class Health:
             ["component"],
             registry=registry,
         )
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Serve grpc.health.v1 on `server`, parsing the requests here: a malformed one is
+        INVALID_ARGUMENT with one throttled warning (grpc's own deserializer makes it UNKNOWN, with an
+        ERROR and a traceback per call)."""
+        from .xds._wire import Malformed, abort_malformed, parse, register
+
+        servicer, request_type = self.servicer, health_pb2.HealthCheckRequest
+        serialize = health_pb2.HealthCheckResponse.SerializeToString
+
+        async def check(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                request = parse(request_type, raw)
+            except Malformed as exc:
+                await abort_malformed(context, "Health/Check", exc)
+            return await servicer.Check(request, context)
+
+        async def watch(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            try:
+                request = parse(request_type, raw)
+            except Malformed as exc:
+                await abort_malformed(context, "Health/Watch", exc)
+            await servicer.Watch(request, context)
+
+        register(server, HEALTH_SERVICE, {
+            "Check": grpc.unary_unary_rpc_method_handler(check, response_serializer=serialize),
+            "Watch": grpc.unary_stream_rpc_method_handler(watch, response_serializer=serialize),
+        })  # fmt: skip
 
     @property
     def ok(self) -> bool:

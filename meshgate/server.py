@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Protocol
 
 import grpc
-from grpc_health.v1 import health_pb2_grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
 from .admin import AdminService
@@ -221,7 +220,7 @@ async def _start(
     """Add health, admin and each role's services to its server (through the gate), then serve."""
     for server, roles in servers:
         gated = gate.server(server)
-        health_pb2_grpc.add_HealthServicer_to_server(health.servicer, gated)
+        health.add_to_server(gated)
         AdminService(policies, health, wiring.prober).add_to_server(gated)
         for role in roles:
             for service in wiring.roles[role]:
