@@ -120,18 +120,64 @@ def _grpc(method: str, body: bytes) -> Target:
     flag, length = body[0], int.from_bytes(body[1:5], "big")
     if flag != 0:
         raise TargetError("invalid_body", "compressed gRPC messages cannot be inspected")
-    if len(body) < 5 + length:
-        raise TargetError("invalid_body", "gRPC message truncated (raise max_request_bytes)")
     kind, name_field, version_field = spec
-    message = kind()
-    try:
-        message.ParseFromString(body[5 : 5 + length])
-    except DecodeError:
-        raise TargetError("invalid_body", f"body is not a {kind.DESCRIPTOR.full_name}") from None
-    name, version = getattr(message, name_field), getattr(message, version_field)
+    if len(body) < 5 + length:  # the head of a larger message (or of a stream's first): Envoy sent that
+        name, version = _head(body[5:], kind.DESCRIPTOR.full_name)
+    else:
+        message = kind()
+        try:
+            message.ParseFromString(body[5 : 5 + length])
+        except DecodeError:
+            raise TargetError("invalid_body", f"body is not a {kind.DESCRIPTOR.full_name}") from None
+        name, version = getattr(message, name_field), getattr(message, version_field)
     if not name:
         raise TargetError("model_unresolved", f"{kind.DESCRIPTOR.full_name} names no model")
     return Target(kind="model", model=name, version=version)
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """A protobuf varint at `pos`: (value, next position). IndexError when the data ends inside it."""
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _head(data: bytes, kind: str) -> tuple[str, str]:
+    """The name (field 1) and version (field 2) of a message of which only the first bytes came (every
+    request that names a model holds them there: serializers write fields in number order). The version
+    is known to be absent only once a later field is seen: a head that ends before that is refused,
+    never read as unpinned."""
+    fields: dict[int, str] = {}
+    pos = 0
+    try:
+        while pos < len(data):
+            tag, pos = _varint(data, pos)
+            number, wire = tag >> 3, tag & 7
+            if number not in (1, 2):
+                return fields.get(1, ""), fields.get(2, "")
+            if wire != 2:
+                raise ValueError(f"field {number} is not a string")
+            size, pos = _varint(data, pos)
+            if pos + size > len(data):
+                raise IndexError
+            fields[number] = data[pos : pos + size].decode()
+            pos += size
+        if len(fields) == 2:  # both, and nothing after them came: the head ends right there
+            return fields[1], fields[2]
+    except IndexError:
+        pass
+    except (ValueError, UnicodeDecodeError):
+        raise TargetError("invalid_body", f"body is not a {kind}") from None
+    raise TargetError(
+        "invalid_body", f"the {len(data)} bytes of the {kind} sent for checking end before its model is named"
+    )
 
 
 def _openai(body: bytes, *, generates: bool, tokenized: Container[str]) -> Target:

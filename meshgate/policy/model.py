@@ -488,6 +488,10 @@ class Model(_Strict):
     """Longest silence of a request's stream (between two chunks of a response); Envoy then ends it.
     Unset: only `timeout` applies. For LLM streams set `timeout` to the longest generation and this to
     the longest pause between tokens (docs/llm.md)."""
+    max_request_bytes: int = Field(default=1 << 26, gt=0)
+    """v2-rest: the largest request body (its declared Content-Length) the gateway passes to the model,
+    streamed, never buffered; larger: 413 `body_too_large`; a POST without Content-Length: 411.
+    Default 64 MiB, Triton's own `--http-max-input-size` default."""
     retries: Retries = Retries()
     """Retry policy."""
     circuit_breaker: CircuitBreaker = CircuitBreaker()

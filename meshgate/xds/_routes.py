@@ -25,6 +25,7 @@ from meshgate.contract import reads_usage
 from meshgate.policy.model import Model, Policy
 
 from . import _names
+from ._bodies import EXTAUTHZ_FILTER, grpc_route, json_type, size_routes, stream_body
 from ._openai import SERVED_NAME_FILTER, served_name
 from ._pb import duration, pack, u32
 from ._quotas import model_rate_limits
@@ -39,13 +40,21 @@ _PREVIOUS_PRIORITIES = "envoy.retry_priorities.previous_priorities"
 NO_ROUTE = "meshgate|no_route"
 
 
-def route_configuration(policy: Policy, *, ratelimit: bool = True) -> route_pb2.RouteConfiguration:
+def route_configuration(
+    policy: Policy, *, ratelimit: bool = True, extauthz: bool = True
+) -> route_pb2.RouteConfiguration:
     routes = []
     usage = ratelimit and any(reads_usage(m) for m in policy.models)
     served = has_served_names(policy)
     for model in policy.models:
         limits = model_rate_limits(policy, model) if ratelimit else None
+        for route in size_routes(model) if model.protocol == "v2-rest" else ():
+            if extauthz:  # (ext_authz runs before the answer: a 401 comes first)
+                route.typed_per_filter_config[EXTAUTHZ_FILTER].CopyFrom(pack(stream_body()))
+            routes.append(route)  # before any other: a body too large never reaches a backend
         for route in _model_routes(model):
+            if route.match.path_separated_prefix and extauthz:  # the model is in the path: stream the body
+                route.typed_per_filter_config[EXTAUTHZ_FILTER].CopyFrom(pack(stream_body()))
             if limits is not None:
                 route.typed_per_filter_config[RATELIMIT_FILTER].CopyFrom(pack(limits))
             if usage and reads_usage(model):
@@ -53,6 +62,8 @@ def route_configuration(policy: Policy, *, ratelimit: bool = True) -> route_pb2.
             if served and reads_usage(model):
                 _enable(route, SERVED_NAME_FILTER)  # each version's name: _served_names
             routes.append(route)
+    if any(m.protocol == "v2-grpc" for m in policy.models):
+        routes.append(grpc_route(policy, extauthz=extauthz))  # ext_authz reads the message head there
     unrouted = _unrouted()
     if usage:
         _read_usage(unrouted)  # an OpenAI request matches it first: its model is only in the body
@@ -103,12 +114,7 @@ def _unrouted() -> rc.Route:
         name=NO_ROUTE,
         match=rc.RouteMatch(prefix="/"),
         direct_response=rc.DirectResponseAction(status=404, body=base_pb2.DataSource(inline_bytes=body)),
-        response_headers_to_add=[
-            base_pb2.HeaderValueOption(
-                header=base_pb2.HeaderValue(key="content-type", value="application/json"),
-                append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-            )
-        ],
+        response_headers_to_add=[json_type()],
     )
 
 

@@ -55,7 +55,14 @@ def compile_snapshot(
     return Snapshot.build(
         {
             LISTENER: [(_names.LISTENER, gateway_listener(policy, options))],
-            ROUTE: [(_names.ROUTE_CONFIG, route_configuration(policy, ratelimit=options.enable_ratelimit))],
+            ROUTE: [
+                (
+                    _names.ROUTE_CONFIG,
+                    route_configuration(
+                        policy, ratelimit=options.enable_ratelimit, extauthz=options.enable_extauthz
+                    ),
+                )
+            ],
             CLUSTER: clusters,
             ENDPOINT: endpoints,
             SECRET: [(s.name, s) for s in secrets(policy, files or {})],

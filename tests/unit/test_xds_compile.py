@@ -33,7 +33,7 @@ def routes(snapshot: Snapshot) -> list[route_pb2.Route]:
 def test_example_routes_canary_ab_shadow() -> None:
     snapshot = compile_snapshot(load_policy(EXAMPLE))
     by_name = {r.name: r for r in routes(snapshot)}
-    assert [r.name for r in routes(snapshot) if "|pin|" not in r.name][:3] == [
+    assert [r.name for r in routes(snapshot) if "|pin|" not in r.name and r.HasField("route")][:3] == [
         "resnet|ab|x-experiment=b",
         "resnet|canary",
         "resnet|ab|x-experiment=b",
@@ -65,11 +65,14 @@ def test_rest_routes_by_path_and_header_other_protocols_by_header_only() -> None
         for r in routes(compile_snapshot(p))
     ]
     assert matches == [
+        ("a|body_too_large", "path_separated_prefix", 1),  # tests/unit/test_models_bodies.py
+        ("a|length_required", "path_separated_prefix", 2),
         ("a|pin|v1", "path_separated_prefix", 0),  # a pinned version first (tests/unit/test_models_pins.py)
         ("a|canary", "prefix", 1),
         ("a|canary", "path_separated_prefix", 0),
         ("b|pin|v1", "prefix", 2),  # x-meshgate-model and x-meshgate-model-version
         ("b|canary", "prefix", 1),
+        ("meshgate|grpc", "prefix", 0),  # ext_authz reads the head of a gRPC message there
         ("meshgate|no_route", "prefix", 0),  # last: lets ext_authz run for models named in the body
     ]
 
@@ -167,4 +170,4 @@ def test_quotas_become_per_route_rate_limits_for_their_models() -> None:
         *([("meshgate.usage", kind), *identity] for kind in ("requests", "prompt_tokens", "completion_tokens")),
     ]
     bare = compile_snapshot(load_policy(EXAMPLE), CompileOptions(enable_ratelimit=False))
-    assert not any(r.typed_per_filter_config for r in routes(bare))
+    assert not any("envoy.filters.http.ratelimit" in r.typed_per_filter_config for r in routes(bare))
