@@ -36,8 +36,14 @@ EXPECTED_FROM_SERVICES: dict[str, str] = {
     # (meshgate/models/prober.py) were wired into `meshgate serve`: every name is checked live.
     # Add "metric_name": "service" here only for a metric whose service has not landed yet.
 }
-# Read by the canary alert from the gateway's Envoy (upstream cluster stats), never from meshgate.
-FROM_THE_GATEWAY = {"envoy_cluster_upstream_rq_xx"}
+# Read from the gateway's Envoy (upstream cluster stats, job $gateway_job) by the canary alert and the
+# per-model panels, never from meshgate.
+FROM_THE_GATEWAY = {
+    "envoy_cluster_upstream_rq_xx",
+    "envoy_cluster_upstream_rq_total",
+    "envoy_cluster_upstream_rq_time_bucket",
+    "envoy_cluster_ratelimit_over_limit",
+}
 
 
 def _dashboard() -> dict:
@@ -75,8 +81,11 @@ def test_dashboard_loads_and_every_panel_has_a_query() -> None:
         assert panel["targets"], panel["title"]
         assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
         for target in panel["targets"]:
-            assert promql_metrics(target["expr"]), (panel["title"], target["expr"])
-            assert 'job=~"$job"' in target["expr"], (panel["title"], target["expr"])
+            names = promql_metrics(target["expr"])
+            assert names, (panel["title"], target["expr"])
+            # meshgate's metrics by the job variable, the gateway Envoy's by its own
+            job = '$gateway_job' if names <= FROM_THE_GATEWAY else '$job'
+            assert f'job=~"{job}"' in target["expr"], (panel["title"], target["expr"])
 
 
 @pytest.mark.unit
@@ -90,8 +99,33 @@ def test_dashboard_covers_what_the_issue_asks_for() -> None:
         "meshgate_xds_convergence_seconds_bucket",
         "meshgate_model_endpoint_ready",  # model readiness
         "meshgate_extauthz_check_seconds_bucket",  # latency
+        "meshgate_ratelimit_refusals_total",  # refusals by quota, per tenant and model
+        "meshgate_ratelimit_usage_total",  # tokens per tenant and model
+        "envoy_cluster_upstream_rq_total",  # requests per model (gateway)
+        "envoy_cluster_upstream_rq_time_bucket",  # latency per model (gateway)
     ):
         assert metric in used, metric
+
+
+@pytest.mark.unit
+def test_the_tenant_and_model_panels_split_by_tenant_and_model() -> None:
+    row = _row("Tenants and models")
+    by = {title: expr for title, expr in iter_dashboard_exprs({"panels": row})}
+    assert "sum by (tenant, model, decision)" in by["Checks per tenant and model"]
+    assert "sum by (tenant, model, kind)" in by["LLM tokens per tenant and model"]
+    for title in ("Requests per model (gateway)", "Upstream latency p99 per model (gateway)",
+                  "5xx share per model (gateway)"):  # fmt: skip
+        assert '"model", "$1", "envoy_cluster_name"' in by[title], title
+    variables = {v["name"] for v in _dashboard()["templating"]["list"]}
+    assert variables == {"datasource", "job", "gateway_job"}
+
+
+def _row(title: str) -> list[dict]:
+    """The panels under the row `title` (rows are flat: a row's panels follow it)."""
+    panels = _dashboard()["panels"]
+    start = next(i for i, p in enumerate(panels) if p["type"] == "row" and p["title"] == title)
+    end = next((i for i in range(start + 1, len(panels)) if panels[i]["type"] == "row"), len(panels))
+    return panels[start + 1 : end]
 
 
 @pytest.mark.unit
