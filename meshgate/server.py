@@ -30,6 +30,7 @@ from .admin import AdminService
 from .extauthz import ExtAuthzService
 from .health import Health
 from .models import Prober
+from .models.server_api import ServerApi
 from .policy.errors import Issue, PolicyError
 from .policy.load import parse_policy_bytes
 from .policy.model import Policy
@@ -159,7 +160,11 @@ def build_services(
     if config.ratelimit_config is not None:
         inputs.append(ratelimit_config_input(ratelimit, config.ratelimit_config))
     inputs.append(certificates_input(xds))
-    roles: dict[str, list[Service]] = {"extauthz": [extauthz], "ratelimit": [ratelimit], "xds": [prober, xds]}
+    # the inference protocol's server-level gRPC calls, which the gateway routes to the extauthz port
+    server_api = ServerApi(ready=lambda: health.ok)
+    roles: dict[str, list[Service]] = {
+        "extauthz": [extauthz, server_api], "ratelimit": [ratelimit], "xds": [prober, xds],
+    }
     return Wiring(roles=roles, prober=prober, ratelimit=ratelimit, xds=xds, inputs=inputs)
 
 

@@ -5,7 +5,8 @@ Run it as::
     python -m meshgate.models.demo_server --model-name demo --model-version 2 \\
         --http-port 8080 --grpc-port 8081
 
-It serves the Open Inference Protocol v2 over REST and gRPC (KServe's ModelServer does both). For an
+It serves the Open Inference Protocol v2 over REST and gRPC (KServe's ModelServer does both), plus
+Triton's gRPC ``ModelStreamInfer``, which KServe lacks (``add_stream_infer``). For an
 INT32 / INT64 / FP32 / FP64 tensor ``INPUT0`` it returns ``OUTPUT0 = INPUT0 * 2 + version_offset(version)``
 with the same datatype and shape, so a test can tell from the numbers alone which version answered. The
 response also carries ``model_version`` and the parameter ``meshgate_model_version``; REST responses add
@@ -121,6 +122,50 @@ def build_model(name: str, version: str) -> Any:
     return DemoModel()
 
 
+def _frame_field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field (tag, varint length, bytes)."""
+    out, size = bytearray([number << 3 | 2]), len(payload)
+    while True:
+        byte, size = size & 0x7F, size >> 7
+        out.append(byte | (0x80 if size else 0))
+        if not size:
+            return bytes(out) + payload
+
+
+def add_stream_infer() -> None:
+    """Give KServe's gRPC server Triton's `ModelStreamInfer`, which KServe 0.21 does not serve: each
+    ModelInferRequest of the stream is answered like ModelInfer, as a ModelStreamInferResponse
+    (`infer_response`, field 2; `error_message`, field 1, when it fails). Patches the function KServe's
+    GRPCServer calls to register its servicer; call it before ModelServer.start. Imports kserve."""
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as generated
+
+    register = generated.add_GRPCInferenceServiceServicer_to_server
+
+    def register_with_stream(servicer: Any, server: Any) -> None:
+        register(servicer, server)
+
+        async def stream(requests: Any, context: Any) -> Any:
+            async for raw in requests:
+                try:
+                    answer = await servicer.ModelInfer(pb.ModelInferRequest.FromString(raw), context)
+                    yield _frame_field(2, answer.SerializeToString())
+                except Exception as exc:  # Triton reports a failed request in the stream, not by ending it
+                    yield _frame_field(1, str(exc).encode())
+
+        handler = grpc.stream_stream_rpc_method_handler(stream)
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "inference.GRPCInferenceService", {"ModelStreamInfer": handler}
+                ),
+            )
+        )
+
+    generated.add_GRPCInferenceServiceServicer_to_server = register_with_stream
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m meshgate.models.demo_server", description=__doc__)
     parser.add_argument("--model-name", default="demo")
@@ -136,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.argv = sys.argv[:1]
     import kserve
 
+    add_stream_infer()
     model = build_model(args.model_name, args.model_version)
     server = kserve.ModelServer(
         http_port=args.http_port,

@@ -488,6 +488,11 @@ class Model(_Strict):
     """Longest silence of a request's stream (between two chunks of a response); Envoy then ends it.
     Unset: only `timeout` applies. For LLM streams set `timeout` to the longest generation and this to
     the longest pause between tokens (docs/llm.md)."""
+    stream_infer: bool = False
+    """v2-grpc: let clients open Triton's `ModelStreamInfer` stream. It is authorized, rate limited and
+    routed on the head of its first message: its later messages reach the same backend unchecked (they
+    could name another model that backend serves), so enable it for a backend that serves only models
+    every caller of this one may use. Off: the stream is refused (PERMISSION_DENIED `stream_forbidden`)."""
     max_request_bytes: int = Field(default=1 << 26, gt=0)
     """v2-rest: the largest request body (its declared Content-Length) the gateway passes to the model,
     streamed, never buffered; larger: 413 `body_too_large`; a POST without Content-Length: 411.
@@ -615,6 +620,10 @@ class GatewaySettings(_Strict):
     """How the gateway calls ratelimit."""
     tls: GatewayTLS | None = None
     """TLS for clients of the gateway listener (HTTP/1.1 and h2 by ALPN); none: plaintext (h2c)."""
+    public_server_api: tuple[Literal["live", "ready", "metadata"], ...] = ()
+    """Server-level inference calls the gateway answers without credentials: any of live
+    (`/v2/health/live`, gRPC ServerLive), ready (`/v2/health/ready`, ServerReady), metadata (`/v2`,
+    ServerMetadata). Default: none (every call needs a credential, like a model call)."""
 
 
 # --- manifests (meshgate render) --------------------------------------------------------------

@@ -28,6 +28,7 @@ from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import range_pb2
 
+from meshgate import contract
 from meshgate.policy.model import Model, Policy
 
 from ._pb import pack
@@ -40,6 +41,7 @@ __all__ = [
     "json_answer",
     "size_routes",
     "stream_body",
+    "stream_refusal",
 ]
 
 EXTAUTHZ_FILTER = "envoy.filters.http.ext_authz"
@@ -98,6 +100,23 @@ def grpc_route(policy: Policy, *, extauthz: bool) -> rc.Route:
     if extauthz:
         route.typed_per_filter_config[EXTAUTHZ_FILTER].CopyFrom(pack(_grpc_head(policy)))
     return route
+
+
+def stream_refusal(model: Model) -> rc.Route:
+    """A v2-grpc model without `stream_infer`: its ModelStreamInfer, matched after ext_authz named the
+    model, is refused (403, which a gRPC client reads as PERMISSION_DENIED)."""
+    headers = [
+        rc.HeaderMatcher(name=contract.MODEL_HEADER, string_match=string_pb2.StringMatcher(exact=model.name))
+    ]
+    return rc.Route(
+        name=f"{model.name}|stream_forbidden",
+        match=rc.RouteMatch(path=GRPC_PREFIX + "ModelStreamInfer", headers=headers),
+        direct_response=json_answer(
+            403,
+            "stream_forbidden",
+            f"model {model.name} does not take ModelStreamInfer (policy stream_infer)",
+        ),
+    )
 
 
 def size_routes(model: Model) -> list[rc.Route]:

@@ -25,10 +25,11 @@ from meshgate.contract import reads_usage
 from meshgate.policy.model import Model, Policy
 
 from . import _names
-from ._bodies import EXTAUTHZ_FILTER, grpc_route, json_type, size_routes, stream_body
+from ._bodies import EXTAUTHZ_FILTER, grpc_route, json_type, size_routes, stream_body, stream_refusal
 from ._openai import SERVED_NAME_FILTER, served_name
 from ._pb import duration, pack, u32
 from ._quotas import model_rate_limits
+from ._server import server_routes
 from ._usage import route_filters
 
 __all__ = ["route_configuration"]
@@ -52,6 +53,8 @@ def route_configuration(
             if extauthz:  # (ext_authz runs before the answer: a 401 comes first)
                 route.typed_per_filter_config[EXTAUTHZ_FILTER].CopyFrom(pack(stream_body()))
             routes.append(route)  # before any other: a body too large never reaches a backend
+        if model.protocol == "v2-grpc" and not model.stream_infer:
+            routes.append(stream_refusal(model))
         for route in _model_routes(model):
             if route.match.path_separated_prefix and extauthz:  # the model is in the path: stream the body
                 route.typed_per_filter_config[EXTAUTHZ_FILTER].CopyFrom(pack(stream_body()))
@@ -62,6 +65,7 @@ def route_configuration(
             if served and reads_usage(model):
                 _enable(route, SERVED_NAME_FILTER)  # each version's name: _served_names
             routes.append(route)
+    routes += server_routes(policy, extauthz=extauthz)  # /v2/health/*, gRPC ServerReady, ... (no model)
     if any(m.protocol == "v2-grpc" for m in policy.models):
         routes.append(grpc_route(policy, extauthz=extauthz))  # ext_authz reads the message head there
     unrouted = _unrouted()

@@ -14,6 +14,7 @@ from ._health import EndpointHealthMap
 from ._listener import gateway_listener
 from ._routes import route_configuration
 from ._secrets import cert_files, secrets
+from ._server import SERVER_CLUSTER, serves
 from ._types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from .options import CompileOptions
 from .snapshot import Snapshot
@@ -48,6 +49,8 @@ def compile_snapshot(
         clusters.append(
             (_names.EXTAUTHZ_CLUSTER, service_cluster(_names.EXTAUTHZ_CLUSTER, options.extauthz, options))
         )
+    if serves(policy, "v2-grpc"):  # gRPC ServerLive/Ready/Metadata, answered by meshgate (`_server`)
+        clusters.append((SERVER_CLUSTER, service_cluster(SERVER_CLUSTER, options.extauthz, options)))
     if options.enable_ratelimit:
         clusters.append(
             (_names.RATELIMIT_CLUSTER, service_cluster(_names.RATELIMIT_CLUSTER, options.ratelimit, options))

@@ -154,6 +154,7 @@ class Case:
     skip: dict[str, str] = field(default_factory=dict)
 
 
+_SERVER_API = "only meshgate's gateway answers /v2/health/* and /v2 itself (docs/models.md); a rendered one: 404"
 _AIGW = "OpenAI models run on Envoy AI Gateway's AIGatewayRoute, whose external processor cannot run here"
 
 CASES = [
@@ -170,7 +171,12 @@ CASES = [
          credential="none", method="GET", headers={"x-meshgate-model": "rest", **FORGED}),
     Case("another path with a forged model header and a key", "/internal/anything", 400, method="GET",
          headers={"x-meshgate-model": "rest"}),
-    Case("server health through the gateway", "/v2/health/ready", 404, method="GET"),
+    Case("server health through the gateway", "/v2/health/ready", 200, method="GET",
+         skip={"istio": _SERVER_API, "envoy-gateway": _SERVER_API}),
+    Case("server health through a rendered gateway", "/v2/health/ready", 404, method="GET",
+         skip={"meshgate": "meshgate's gateway answers server-level calls (the case above)"}),
+    Case("server health without credentials", "/v2/health/ready", 401, method="GET", credential="none",
+         skip={"istio": _SERVER_API, "envoy-gateway": _SERVER_API}),
     Case("private model of another tenant", "/v2/models/secret/infer", 403, body=INFER),
     Case("private model of its owner", "/v2/models/secret/infer", 200, who="owner", body=INFER),
     Case("openai chat named in the body", "/v1/chat/completions", 200,

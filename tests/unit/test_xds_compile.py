@@ -70,8 +70,11 @@ def test_rest_routes_by_path_and_header_other_protocols_by_header_only() -> None
         ("a|pin|v1", "path_separated_prefix", 0),  # a pinned version first (tests/unit/test_models_pins.py)
         ("a|canary", "prefix", 1),
         ("a|canary", "path_separated_prefix", 0),
+        ("b|stream_forbidden", "path", 1),  # no stream_infer (tests/e2e/test_triton_stream.py)
         ("b|pin|v1", "prefix", 2),  # x-meshgate-model and x-meshgate-model-version
         ("b|canary", "prefix", 1),
+        *((f"meshgate|server|{call}", "path", 0) for call in ("live", "ready", "metadata")),
+        *((f"meshgate|server|grpc-{call}", "path", 0) for call in ("live", "ready", "metadata")),
         ("meshgate|grpc", "prefix", 0),  # ext_authz reads the head of a gRPC message there
         ("meshgate|no_route", "prefix", 0),  # last: lets ext_authz run for models named in the body
     ]
