@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .tls import ServerTLS
@@ -73,16 +73,80 @@ def _cmd_status(args: argparse.Namespace) -> int:
         except grpc.RpcError as exc:
             print(f"{args.addr}: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 2
-    state = "SERVING" if status.serving else "NOT_SERVING"
-    print(f"meshgate {status.version} at {args.addr}: {state}, policy generation {status.policy_generation}")
-    print(f"policy: {status.policy_source}")
-    print("components: " + ", ".join(f"{c.name}={'up' if c.up else 'DOWN'}" for c in status.components))
-    for model in status.models:
-        shadow = f", shadow {model.shadow_version} {model.shadow_percent:g}%" if model.shadow_version else ""
-        print(f"model {model.name} ({model.protocol}, {model.visibility}{shadow})")
-        for v in model.versions:
-            print(f"  {v.name:<12} weight {v.weight:>3}  {' '.join(v.endpoints)}")
+    from .admin import print_status
+
+    print_status(status, args.addr)
     return 0 if status.serving else 1
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import render
+
+    try:
+        request = _explain_request(args)
+    except (OSError, ValueError) as exc:
+        print(f"explain: {exc}", file=sys.stderr)
+        return 2
+    if args.addr:
+        explanation = _explain_remote(args, request)
+        if explanation is None:
+            return 2
+    else:
+        import asyncio
+
+        from .explain import explain, sources_from_policy
+        from .policy import PolicyError, load_policy
+
+        try:
+            policy = load_policy(args.policy)
+        except PolicyError as exc:
+            for issue in exc.issues:
+                print(issue, file=sys.stderr)
+            return 2
+        explanation = asyncio.run(explain(request, sources_from_policy(policy)))
+    if args.json:
+        import json
+
+        print(json.dumps(explanation, indent=2))
+    else:
+        sys.stdout.write(render(explanation))
+    return 0
+
+
+def _explain_request(args: argparse.Namespace) -> Any:
+    from .explain import HttpRequest
+
+    lines = list(args.header)
+    if args.headers_file:
+        lines += [line for line in Path(args.headers_file).read_text().splitlines() if line.strip()]
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"a header is 'Name: value', got {line.split(':')[0]!r}...")
+        headers[name.strip().lower()] = value.strip()
+    body = Path(args.data_file).read_bytes() if args.data_file else (args.data or "").encode()
+    return HttpRequest(args.method or ("POST" if body else "GET"), args.path, headers, body)
+
+
+def _explain_remote(args: argparse.Namespace, request: Any) -> dict[str, Any] | None:
+    import json
+
+    import grpc
+
+    from ._proto import admin_pb2, admin_pb2_grpc
+
+    message = admin_pb2.ExplainRequest(
+        method=request.method, path=request.path, headers=request.headers, body=request.body
+    )
+    with grpc.insecure_channel(args.addr) as channel:
+        try:
+            answer = admin_pb2_grpc.AdminStub(channel).Explain(message, timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"{args.addr}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return None
+    explained: dict[str, Any] = json.loads(answer.json)
+    return explained
 
 
 def _cmd_envoy_bootstrap(args: argparse.Namespace) -> int:
@@ -272,6 +336,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--timeout", type=float, default=5.0, help="seconds")
     status.set_defaults(func=_cmd_status)
+
+    explain = sub.add_parser(
+        "explain",
+        help="what meshgate would do with one request, and why (identity, decision, route, quotas)",
+        description="Decided by the same code that serves: a policy file compiled here (--policy), or a "
+        "running meshgate's live policy, routes and counters (--addr, which also says what each quota has "
+        "left). Nothing is counted. Credentials are used, never printed; pass them with --headers-file to "
+        "keep them off the command line. See docs/operations.md.",
+    )
+    explain.add_argument("path", help="the request's path (and query), e.g. /v2/models/demo/infer")
+    source = explain.add_mutually_exclusive_group(required=True)
+    source.add_argument("--policy", help="explain with this policy file")
+    source.add_argument("--addr", help="explain with a running meshgate (any of its gRPC ports)")
+    explain.add_argument("-X", "--method", help="HTTP method (default: POST with a body, else GET)")
+    explain.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+                         help="a request header (repeatable)")  # fmt: skip
+    explain.add_argument("--headers-file", metavar="FILE", help="request headers, one 'Name: value' a line")
+    body = explain.add_mutually_exclusive_group()
+    body.add_argument("--data-file", metavar="FILE", help="the request body, read from FILE")
+    body.add_argument("--data", metavar="TEXT", help="the request body")
+    explain.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    explain.add_argument("--timeout", type=float, default=5.0, help="seconds (with --addr)")
+    explain.set_defaults(func=_cmd_explain)
 
     models = sub.add_parser(
         "models",

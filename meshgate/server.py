@@ -26,7 +26,8 @@ from typing import Protocol
 import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
-from .admin import AdminService
+from .admin import AdminService, Operations
+from .explain import HttpRequest, QuotaRow, Sources, explain, quota_usage
 from .extauthz import ExtAuthzService
 from .health import Health
 from .models import Prober
@@ -107,6 +108,7 @@ class Wiring:
     roles: dict[str, list[Service]]
     """The services that run under each role (added to that role's gRPC server)."""
     prober: Prober
+    extauthz: ExtAuthzService
     ratelimit: RateLimitService
     xds: XdsService
     inputs: list[Input]
@@ -165,7 +167,30 @@ def build_services(
     roles: dict[str, list[Service]] = {
         "extauthz": [extauthz, server_api], "ratelimit": [ratelimit], "xds": [prober, xds],
     }
-    return Wiring(roles=roles, prober=prober, ratelimit=ratelimit, xds=xds, inputs=inputs)
+    return Wiring(roles=roles, prober=prober, extauthz=extauthz, ratelimit=ratelimit, xds=xds, inputs=inputs)
+
+
+def operations(wiring: Wiring, policies: PolicyStore) -> Operations:
+    """What `meshgate status` and `meshgate explain --addr` read, from the live services: connected
+    Envoys (xds), quota counters (ratelimit's limiter), the last rejected reload (policy store,
+    ratelimit directory), and explanations decided by the live table, snapshot and counters."""
+    limiter = wiring.ratelimit.limiter
+
+    async def quotas() -> tuple[list[QuotaRow], int]:
+        return await quota_usage(policies.policy, limiter)
+
+    async def explain_live(request: HttpRequest) -> dict[str, object]:
+        table, snapshot = wiring.extauthz.table, wiring.xds.cache.current
+        if table is None or snapshot is None:
+            raise RuntimeError("no policy compiled yet")
+        return await explain(request, Sources(policies.policy, table, snapshot, limiter, live=True))
+
+    return Operations(
+        proxies=wiring.xds.board,
+        quotas=quotas,
+        rejections=lambda: [policies.last_rejected, wiring.ratelimit.last_rejected],
+        explain=explain_live,
+    )
 
 
 def ratelimit_config_input(ratelimit: RateLimitService, directory: Path) -> Input:
@@ -226,7 +251,7 @@ async def _start(
     for server, roles in servers:
         gated = gate.server(server)
         health.add_to_server(gated)
-        AdminService(policies, health, wiring.prober).add_to_server(gated)
+        AdminService(policies, health, wiring.prober, operations(wiring, policies)).add_to_server(gated)
         for role in roles:
             for service in wiring.roles[role]:
                 service.add_to_server(gated)

@@ -38,7 +38,7 @@ from .responses import HEADER_PREFIX, WireTemplate, add_decision_id, to_check_in
 from .table import AuthzTable, compile_table
 from .target import OPENAI_PREFIXES, PATHS
 
-__all__ = ["KEYS_COMPONENT", "ExtAuthzService", "HealthComponents"]
+__all__ = ["KEYS_COMPONENT", "ExtAuthzService", "HealthComponents", "check_response"]
 
 log = logging.getLogger("meshgate.extauthz")
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -278,19 +278,12 @@ class ExtAuthzService:
     def _build(
         authorizer: Authorizer, decision: Decision, client_headers: tuple[str, ...], openai: bool
     ) -> external_auth_pb2.CheckResponse:
-        table = authorizer.table
-        who, target = decision.identity, decision.target
-        quotas = ""
-        if decision.allowed and who is not None and target is not None and target.model:
-            quotas = table.quotas(who.tenant, target.model)
-        return to_response(
-            decision,
-            client_headers=client_headers,
-            api_key_header=table.auth.api_key_header,
-            forward_authorization=table.auth.forward_authorization,
-            openai=openai,
-            quotas=quotas,
-        )
+        return check_response(authorizer.table, decision, client_headers, openai=openai)
+
+    @property
+    def table(self) -> AuthzTable | None:
+        """The live compiled policy (None before the first): what `meshgate explain` decides with."""
+        return self._authorizer.table if self._authorizer is not None else None
 
     def _observe(
         self,
@@ -320,6 +313,25 @@ class ExtAuthzService:
                 }
             )
         self._audit.record(decision, req, decision_id=decision_id, cached=cached)
+
+
+def check_response(
+    table: AuthzTable, decision: Decision, client_headers: tuple[str, ...], *, openai: bool
+) -> external_auth_pb2.CheckResponse:
+    """The CheckResponse a check sends for `decision` (headers, metadata, the 429's quota names).
+    `client_headers`: the x-meshgate-* header names the client sent; `openai`: under OpenAI's paths."""
+    who, target = decision.identity, decision.target
+    quotas = ""
+    if decision.allowed and who is not None and target is not None and target.model:
+        quotas = table.quotas(who.tenant, target.model)
+    return to_response(
+        decision,
+        client_headers=client_headers,
+        api_key_header=table.auth.api_key_header,
+        forward_authorization=table.auth.forward_authorization,
+        openai=openai,
+        quotas=quotas,
+    )
 
 
 class _Servicer:

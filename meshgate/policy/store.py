@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -25,12 +27,27 @@ from .load import parse_policy_bytes
 from .model import Policy
 from .watch import FileState, Paths
 
-__all__ = ["Commit", "CompileError", "PolicyStore", "Prepare"]
+__all__ = ["Commit", "CompileError", "PolicyStore", "Prepare", "Rejection"]
 
 log = logging.getLogger("meshgate.policy")
 
 Commit = Callable[[], None]
 Prepare = Callable[[Policy], Commit]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An input the reload pipeline refused (the live configuration stayed): `meshgate status` shows
+    the last one."""
+
+    at: float
+    """Epoch seconds."""
+    input: str
+    """policy, ratelimit-config, certificates."""
+    result: str
+    """invalid (does not parse or validate) or compile_error (valid, but a service cannot compile it)."""
+    errors: tuple[str, ...]
+    """`file:line: field.path: message`, or the compile error."""
 
 
 class CompileError(Exception):
@@ -54,6 +71,10 @@ class PolicyStore:
         self.generation = 0
         self.digest = ""
         """SHA-256 of the bytes of the live policy (logged with each generation)."""
+        self.applied_at = 0.0
+        """When the live policy was applied (epoch seconds)."""
+        self.last_rejected: Rejection | None = None
+        """The last policy refused since start (None: none was)."""
         self._reloads = Counter(
             "meshgate_policy_reloads",
             "Policy loads by result (ok, invalid, unchanged, compile_error).",
@@ -103,6 +124,7 @@ class PolicyStore:
                 subscriber_commit()
             self._policy = policy
             self.digest = digest
+            self.applied_at = time.time()
             self.generation += 1
             self._generation.set(self.generation)
             log.info(
@@ -145,14 +167,14 @@ class PolicyStore:
         and counted)."""
         if state.data is None:
             log.error("policy rejected, keeping generation %d: %s: cannot read", self.generation, self.path)
-            self._result("invalid", ok=False)
+            self._rejected("invalid", [f"{self.path}: cannot read"])
             return None
         try:
             policy = parse_policy_bytes(state.data, str(self.path))
         except PolicyError as exc:
             for issue in exc.issues:
                 log.error("policy rejected, keeping generation %d: %s", self.generation, issue)
-            self._result("invalid", ok=False)
+            self._rejected("invalid", [str(issue) for issue in exc.issues])
             return None
         if policy == self._policy:
             self._result("unchanged", ok=True)
@@ -167,7 +189,11 @@ class PolicyStore:
     def _compile_error(self, exc: CompileError) -> bool:
         log.error("policy rejected: %s; keeping generation %d", exc, self.generation)
         log.debug("the compile error in full", exc_info=exc.cause)
-        return self._result("compile_error", ok=False)
+        return self._rejected("compile_error", [str(exc)])
+
+    def _rejected(self, result: str, errors: list[str]) -> bool:
+        self.last_rejected = Rejection(time.time(), self.name, result, tuple(errors))
+        return self._result(result, ok=False)
 
     def _result(self, result: str, *, ok: bool) -> bool:
         self._reloads.labels(result).inc()

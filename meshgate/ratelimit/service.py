@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped,u
 from prometheus_client import CollectorRegistry
 
 from ..policy.model import Policy
-from ..policy.store import Commit
+from ..policy.store import Commit, Rejection
 from ._reply import CURRENT_LIMITS, RESPONSES_BUDGET, UNIT_FROM_PB, _Entry, _Replies, to_response
 from .audit import PolicyNames, RefusalLog
 from .bounds import MIB, Budget, request_bytes, sizeof
@@ -224,6 +224,8 @@ class RateLimitService:
         self._dir_domains: Mapping[str, tuple[str, Node]] = {}
         self._policy_domain: Mapping[str, tuple[str, Node]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.last_rejected: Rejection | None = None
+        """The last YAML directory refused since start (`meshgate status`)."""
 
     async def start(self) -> None:
         await self._health.set("ratelimit_config", True, scope=SERVICE_NAME)
@@ -274,6 +276,8 @@ class RateLimitService:
         except ConfigError as exc:
             for issue in exc.issues:
                 log.error("ratelimit config rejected, keeping the live one: %s", issue)
+            errors = tuple(str(issue) for issue in exc.issues)
+            self.last_rejected = Rejection(time.time(), "ratelimit-config", "invalid", errors)
             return None
 
         def commit() -> None:
