@@ -30,15 +30,18 @@ class ProbeTarget:
         return Thresholds(healthy=self.check.healthy_threshold, unhealthy=self.check.unhealthy_threshold)
 
 
-def version_endpoints(version: ModelVersion) -> tuple[str, ...]:
+def version_endpoints(version: ModelVersion, *, grpc: bool = False) -> tuple[str, ...]:
     """The endpoint strings of a version: its host:port list, or the KServe service's cluster-local name.
+    `grpc`: of a model with `protocols` (REST and gRPC), the gRPC ones (`grpc_endpoints`, the
+    reference's `grpc_port`).
 
     The same addresses xds puts in the version's cluster, so `EndpointKey`s match EDS endpoints.
     """
     if version.kserve is not None:
         ref = version.kserve
-        return (f"{ref.service}.{ref.namespace}.svc.cluster.local:{ref.port}",)
-    return version.endpoints
+        port = ref.grpc_port if grpc else ref.port
+        return (f"{ref.service}.{ref.namespace}.svc.cluster.local:{port}",)
+    return version.grpc_endpoints if grpc else version.endpoints
 
 
 def probe_targets(policy: Policy) -> dict[EndpointKey, ProbeTarget]:
@@ -48,17 +51,19 @@ def probe_targets(policy: Policy) -> dict[EndpointKey, ProbeTarget]:
         if not model.health_check.enabled:
             continue
         for version in model.versions:
-            for endpoint in version_endpoints(version):
-                target = _target(model, version, endpoint)
-                out[target.key] = target
+            for protocol in model.served_protocols:
+                grpc = protocol == "v2-grpc" and bool(model.protocols)  # the second address of a version
+                for endpoint in version_endpoints(version, grpc=grpc):
+                    target = _target(model, version, endpoint, protocol)
+                    out[target.key] = target
     return out
 
 
-def _target(model: Model, version: ModelVersion, endpoint: str) -> ProbeTarget:
+def _target(model: Model, version: ModelVersion, endpoint: str, protocol: str) -> ProbeTarget:
     host, _, port = endpoint.rpartition(":")
     return ProbeTarget(
         key=EndpointKey(model.name, version.name, endpoint),
-        protocol=model.protocol,
+        protocol=protocol,
         host=host.strip("[]"),
         port=int(port),
         model_name=model.name,

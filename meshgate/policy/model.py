@@ -306,6 +306,9 @@ class KServeRef(_Strict):
     """Its namespace."""
     port: int = Field(default=80, gt=0, lt=65536)
     """Port of its predictor service."""
+    grpc_port: int = Field(default=9000, gt=0, lt=65536)
+    """A model with `protocols`: the gRPC port of its predictor Service (KServe publishes a predictor's
+    second container port under its own number; Triton's runtime serves gRPC on 9000)."""
 
 
 class ModelVersion(_Strict):
@@ -314,7 +317,9 @@ class ModelVersion(_Strict):
     weight: int | None = Field(default=None, ge=0, le=100)
     """Percent of the model's traffic (canary); weights add up to 100. One version: 100."""
     endpoints: tuple[HostPort, ...] = ()
-    """Backends as host:port."""
+    """Backends as host:port (of a model with `protocols`: their REST addresses)."""
+    grpc_endpoints: tuple[HostPort, ...] = ()
+    """A model with `protocols: [v2-rest, v2-grpc]`: the same backends' gRPC addresses (host:port)."""
     kserve: KServeRef | None = None
     """Or a KServe InferenceService reference instead of endpoints."""
     backend_version: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
@@ -467,6 +472,10 @@ class Model(_Strict):
     """Owner tenant of a private model."""
     protocol: Literal["v2-rest", "v2-grpc", "openai"] = "v2-rest"
     """v2-rest (KServe/Triton REST), v2-grpc (Triton gRPC) or openai (JSON chat/completions)."""
+    protocols: tuple[Literal["v2-rest", "v2-grpc"], ...] = ()
+    """A model served over both v2-rest and v2-grpc under one name (Triton serves both): `[v2-rest,
+    v2-grpc]`; `protocol` is then v2-rest, and each version lists its gRPC addresses in
+    `grpc_endpoints` (a KServe reference: `kserve.grpc_port`). Empty: the one `protocol`."""
     namespace: K8sName | None = None
     """Kubernetes namespace of its pods (meshgate render); default: first kserve.namespace, else default."""
     context_limit_tokens: int | None = Field(default=None, gt=0)
@@ -517,6 +526,43 @@ class Model(_Strict):
                 if isinstance(only, Mapping) and "weight" not in only:
                     data = {**data, "versions": ({**only, "weight": 100},)}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _protocols_name_rest_first(cls, data: Any) -> Any:
+        """`protocols: [v2-grpc, v2-rest]` reads as [v2-rest, v2-grpc]; `protocol` defaults to v2-rest."""
+        if isinstance(data, Mapping) and isinstance(data.get("protocols"), tuple | list):
+            listed = tuple(data["protocols"])
+            if set(listed) == {"v2-rest", "v2-grpc"} and len(listed) == 2:
+                data = {**data, "protocols": ("v2-rest", "v2-grpc")}
+        return data
+
+    @model_validator(mode="after")
+    def _grpc_endpoints(self) -> Model:
+        if self.protocols:
+            if self.protocols != ("v2-rest", "v2-grpc"):
+                raise ValueError("protocols lists v2-rest and v2-grpc, once each")
+            if self.protocol != "v2-rest":
+                raise ValueError("with protocols, protocol is v2-rest (leave it out)")
+            missing = [v.name for v in self.versions if v.endpoints and not v.grpc_endpoints]
+            if missing:
+                raise ValueError(f"versions {missing} need grpc_endpoints (the model lists v2-grpc)")
+            one_port = [
+                v.name for v in self.versions if v.kserve is not None and v.kserve.port == v.kserve.grpc_port
+            ]
+            if one_port:
+                raise ValueError(f"versions {one_port}: kserve port and grpc_port must differ")
+        elif any(v.grpc_endpoints for v in self.versions):
+            raise ValueError("grpc_endpoints are for a model with protocols: [v2-rest, v2-grpc]")
+        return self
+
+    @property
+    def served_protocols(self) -> tuple[str, ...]:
+        """Every protocol the model is served over: `protocols`, else the one `protocol`."""
+        return self.protocols or (self.protocol,)
+
+    def serves(self, protocol: str) -> bool:
+        return protocol in self.served_protocols
 
     @model_validator(mode="after")
     def _owner(self) -> Model:

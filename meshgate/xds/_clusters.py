@@ -18,6 +18,7 @@ from meshgate.policy.model import Model, ModelVersion, UpstreamTLS
 
 from . import _names
 from ._health import EndpointHealthMap, eds_status, endpoint_health, fallback_versions
+from ._names import Face, faces
 from ._pb import ADS, duration, pack, split_host_port, u32
 from ._secrets import sds
 from .options import CompileOptions
@@ -39,53 +40,60 @@ def model_clusters(
     (failover, see `_health`). EDS endpoints carry `health_status` from `health` (missing: UNKNOWN, the
     proto default). DNS clusters carry none (a health change would rebuild the cluster); they fail
     over on outlier ejection and on connect-failure retries only."""
-    for version in model.versions:
-        name = _names.cluster(model.name, version.name)
-        cluster = _C(name=name, connect_timeout=duration(options.connect_timeout), lb_policy=_C.ROUND_ROBIN)
-        assignment = model_assignment(model, version, health or {})
-        if assignment is not None:
-            cluster.type = _C.EDS
-            cluster.eds_cluster_config.eds_config.CopyFrom(ADS)
-            cluster.eds_cluster_config.service_name = name
-        else:
-            cluster.type = _C.STRICT_DNS
-            cluster.load_assignment.CopyFrom(_version_assignment(model, version, {}, eds=False))
-        _limits(cluster, model)
-        if model.protocol == "v2-grpc":
-            cluster.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(_http2()))
-        if model.upstream_tls.mode == "mtls":
-            cluster.transport_socket.name = "envoy.transport_sockets.tls"
-            cluster.transport_socket.typed_config.CopyFrom(pack(_upstream_tls(model.upstream_tls)))
-        yield cluster, assignment
+    for face in faces(model):
+        for version in model.versions:
+            yield _cluster(model, face, version, options, health or {})
+
+
+def _cluster(
+    model: Model, face: Face, version: ModelVersion, options: CompileOptions, health: EndpointHealthMap
+) -> tuple[Cluster, Any]:
+    name = _names.cluster(model.name, version.name, face.suffix)
+    cluster = _C(name=name, connect_timeout=duration(options.connect_timeout), lb_policy=_C.ROUND_ROBIN)
+    assignment = model_assignment(model, version, health, face)
+    if assignment is not None:
+        cluster.type = _C.EDS
+        cluster.eds_cluster_config.eds_config.CopyFrom(ADS)
+        cluster.eds_cluster_config.service_name = name
+    else:
+        cluster.type = _C.STRICT_DNS
+        cluster.load_assignment.CopyFrom(_version_assignment(model, face, version, {}, eds=False))
+    _limits(cluster, model)
+    if face.protocol == "v2-grpc":
+        cluster.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(_http2()))
+    if model.upstream_tls.mode == "mtls":
+        cluster.transport_socket.name = "envoy.transport_sockets.tls"
+        cluster.transport_socket.typed_config.CopyFrom(pack(_upstream_tls(model.upstream_tls)))
+    return cluster, assignment
 
 
 def model_assignment(
-    model: Model, version: ModelVersion, health: EndpointHealthMap
+    model: Model, version: ModelVersion, health: EndpointHealthMap, face: Face | None = None
 ) -> endpoint_pb2.ClusterLoadAssignment | None:
-    """The EDS assignment of one version's cluster, with endpoint health; None for a DNS cluster."""
-    if not _is_eds(version):
+    """The EDS assignment of one version's cluster (of `face`, default the model's first), with
+    endpoint health; None for a DNS cluster."""
+    face = face or faces(model)[0]
+    if not all(_is_ip(host) for host, _ in _addresses(version, face)):
         return None
-    return _version_assignment(model, version, health, eds=True)
-
-
-def _is_eds(version: ModelVersion) -> bool:
-    return all(_is_ip(host) for host, _ in _addresses(version))
+    return _version_assignment(model, face, version, health, eds=True)
 
 
 def _version_assignment(
-    model: Model, version: ModelVersion, health: EndpointHealthMap, *, eds: bool
+    model: Model, face: Face, version: ModelVersion, health: EndpointHealthMap, *, eds: bool
 ) -> endpoint_pb2.ClusterLoadAssignment:
-    own = version_endpoints(version)
+    own = version_endpoints(version, grpc=face.grpc_addresses)
     assignment = endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=_names.cluster(model.name, version.name),
+        cluster_name=_names.cluster(model.name, version.name, face.suffix),
         endpoints=[
-            endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=_lb_endpoints(model, version, health))
+            endpoint_components_pb2.LocalityLbEndpoints(
+                lb_endpoints=_lb_endpoints(model, face, version, health)
+            )
         ],
     )
     backup = [
         lb
         for other in fallback_versions(model, version)
-        for lb in _lb_endpoints(model, other, health)
+        for lb in _lb_endpoints(model, face, other, health)
         if not eds or _is_ip(lb.endpoint.address.socket_address.address)  # EDS takes IPs only
     ]
     if backup:
@@ -100,10 +108,10 @@ def _version_assignment(
 
 
 def _lb_endpoints(
-    model: Model, version: ModelVersion, health: EndpointHealthMap
+    model: Model, face: Face, version: ModelVersion, health: EndpointHealthMap
 ) -> list[endpoint_components_pb2.LbEndpoint]:
     out = []
-    for endpoint in version_endpoints(version):
+    for endpoint in version_endpoints(version, grpc=face.grpc_addresses):
         host, port = split_host_port(endpoint)
         lb = endpoint_components_pb2.LbEndpoint(
             endpoint=endpoint_components_pb2.Endpoint(
@@ -130,8 +138,8 @@ def service_cluster(name: str, address: str, options: CompileOptions) -> Cluster
     return cluster
 
 
-def _addresses(version: ModelVersion) -> list[tuple[str, int]]:
-    return [split_host_port(endpoint) for endpoint in version_endpoints(version)]
+def _addresses(version: ModelVersion, face: Face) -> list[tuple[str, int]]:
+    return [split_host_port(endpoint) for endpoint in version_endpoints(version, grpc=face.grpc_addresses)]
 
 
 def _is_ip(host: str) -> bool:

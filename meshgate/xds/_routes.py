@@ -26,6 +26,7 @@ from meshgate.policy.model import Model, Policy
 
 from . import _names
 from ._bodies import EXTAUTHZ_FILTER, grpc_route, json_type, size_routes, stream_body, stream_refusal
+from ._names import Face
 from ._openai import SERVED_NAME_FILTER, served_name
 from ._pb import duration, pack, u32
 from ._quotas import model_rate_limits
@@ -49,13 +50,13 @@ def route_configuration(
     served = has_served_names(policy)
     for model in policy.models:
         limits = model_rate_limits(policy, model) if ratelimit else None
-        for route in size_routes(model) if model.protocol == "v2-rest" else ():
+        for route in size_routes(model) if model.serves("v2-rest") else ():
             if extauthz:  # (ext_authz runs before the answer: a 401 comes first)
                 route.typed_per_filter_config[EXTAUTHZ_FILTER].CopyFrom(pack(stream_body()))
             routes.append(route)  # before any other: a body too large never reaches a backend
-        if model.protocol == "v2-grpc" and not model.stream_infer:
+        if model.serves("v2-grpc") and not model.stream_infer:
             routes.append(stream_refusal(model))
-        for route in _model_routes(model):
+        for route in (r for face in _names.faces(model) for r in _model_routes(model, face)):
             if route.match.path_separated_prefix and extauthz:  # the model is in the path: stream the body
                 route.typed_per_filter_config[EXTAUTHZ_FILTER].CopyFrom(pack(stream_body()))
             if limits is not None:
@@ -66,7 +67,7 @@ def route_configuration(
                 _enable(route, SERVED_NAME_FILTER)  # each version's name: _served_names
             routes.append(route)
     routes += server_routes(policy, extauthz=extauthz)  # /v2/health/*, gRPC ServerReady, ... (no model)
-    if any(m.protocol == "v2-grpc" for m in policy.models):
+    if any(m.serves("v2-grpc") for m in policy.models):
         routes.append(grpc_route(policy, extauthz=extauthz))  # ext_authz reads the message head there
     unrouted = _unrouted()
     if usage:
@@ -122,12 +123,18 @@ def _unrouted() -> rc.Route:
     )
 
 
-def _matches(model: Model) -> Iterator[rc.RouteMatch]:
-    header = rc.HeaderMatcher(
-        name=_names.MODEL_HEADER, string_match=string_pb2.StringMatcher(exact=model.name)
-    )
-    yield rc.RouteMatch(prefix="/", headers=[header])
-    if model.protocol == "v2-rest":
+def _by_header(model: Model, face: Face, *more: rc.HeaderMatcher) -> rc.RouteMatch:
+    """A request that extauthz named `model`; for the gRPC face of a two-protocol model, a gRPC one."""
+    headers = [_header(_names.MODEL_HEADER, model.name), *more]
+    if face.suffix:
+        grpc = string_pb2.StringMatcher(prefix="application/grpc")
+        headers.append(rc.HeaderMatcher(name="content-type", string_match=grpc))
+    return rc.RouteMatch(prefix="/", headers=headers)
+
+
+def _matches(model: Model, face: Face) -> Iterator[rc.RouteMatch]:
+    yield _by_header(model, face)
+    if face.protocol == "v2-rest":
         yield rc.RouteMatch(path_separated_prefix=f"/v2/models/{model.name}")
 
 
@@ -135,7 +142,11 @@ def _header(name: str, value: str) -> rc.HeaderMatcher:
     return rc.HeaderMatcher(name=name, string_match=string_pb2.StringMatcher(exact=value))
 
 
-def _pinned(model: Model) -> Iterator[rc.Route]:
+def _route_name(model: Model, face: Face, what: str) -> str:
+    return f"{model.name}|{face.suffix}|{what}" if face.suffix else f"{model.name}|{what}"
+
+
+def _pinned(model: Model, face: Face) -> Iterator[rc.Route]:
     """A request that names a version goes to that version's cluster, whatever the weights and A/B say.
 
     REST: `/v2/models/{m}/versions/{pin}` (`pin`: the version's name or its backend_version), the path
@@ -146,31 +157,25 @@ def _pinned(model: Model) -> Iterator[rc.Route]:
     x-meshgate-model-version; the message reaches the backend as the client sent it."""
     base = f"/v2/models/{model.name}"
     for version in model.versions:
-        cluster = _names.cluster(model.name, version.name)
+        cluster = _names.cluster(model.name, version.name, face.suffix)
         backend = f"{base}/versions/{version.backend_version}" if version.backend_version else base
-        if model.protocol == "v2-rest":
-            for pin in version.pins:
-                action = _action(model, cluster=cluster)
+        for pin in version.pins:
+            name = _route_name(model, face, f"pin|{pin}")
+            action = _action(model, face, cluster=cluster)
+            if face.protocol == "v2-rest":
                 prefix = f"{base}/versions/{pin}"
                 if prefix != backend:
                     action.prefix_rewrite = backend
                 match = rc.RouteMatch(path_separated_prefix=prefix)
-                yield rc.Route(name=f"{model.name}|pin|{pin}", match=match, route=action)
-        else:
-            for pin in version.pins:
-                match = rc.RouteMatch(
-                    prefix="/",
-                    headers=[_header(_names.MODEL_HEADER, model.name), _header(_names.VERSION_HEADER, pin)],
-                )
-                yield rc.Route(
-                    name=f"{model.name}|pin|{pin}", match=match, route=_action(model, cluster=cluster)
-                )
+            else:
+                match = _by_header(model, face, _header(_names.VERSION_HEADER, pin))
+            yield rc.Route(name=name, match=match, route=action)
 
 
-def _model_routes(model: Model) -> Iterator[rc.Route]:
-    if model.protocol != "openai":  # an OpenAI request names no version
-        yield from _pinned(model)
-    for match in _matches(model):
+def _model_routes(model: Model, face: Face) -> Iterator[rc.Route]:
+    if face.protocol != "openai":  # an OpenAI request names no version
+        yield from _pinned(model, face)
+    for match in _matches(model, face):
         for ab in model.ab:
             pinned = rc.RouteMatch()
             pinned.CopyFrom(match)
@@ -178,15 +183,15 @@ def _model_routes(model: Model) -> Iterator[rc.Route]:
                 rc.HeaderMatcher(name=ab.header, string_match=string_pb2.StringMatcher(exact=ab.value))
             )
             route = rc.Route(
-                name=f"{model.name}|ab|{ab.header}={ab.value}",
+                name=_route_name(model, face, f"ab|{ab.header}={ab.value}"),
                 match=pinned,
-                route=_action(model, cluster=_names.cluster(model.name, ab.version)),
+                route=_action(model, face, cluster=_names.cluster(model.name, ab.version, face.suffix)),
             )
             name = _served_name(model, ab.version)
             if name is not None:
                 route.typed_per_filter_config[SERVED_NAME_FILTER].CopyFrom(pack(name))
             yield route
-        route = rc.Route(name=f"{model.name}|canary", match=match, route=_canary(model))
+        route = rc.Route(name=_route_name(model, face, "canary"), match=match, route=_canary(model, face))
         weighted = [v for v in model.versions if v.weight]
         name = _served_name(model, weighted[0].name) if len(weighted) == 1 else None
         if name is not None:
@@ -194,7 +199,7 @@ def _model_routes(model: Model) -> Iterator[rc.Route]:
         yield route
 
 
-def _action(model: Model, *, cluster: str = "") -> rc.RouteAction:
+def _action(model: Model, face: Face, *, cluster: str = "") -> rc.RouteAction:
     action = rc.RouteAction(timeout=duration(model.timeout))
     if model.idle_timeout is not None:  # a stalled stream ends here, a long one still within `timeout`
         action.idle_timeout.CopyFrom(duration(model.idle_timeout))
@@ -217,20 +222,20 @@ def _action(model: Model, *, cluster: str = "") -> rc.RouteAction:
         policy.host_selection_retry_max_attempts = 3
         policy.retry_priority.name = _PREVIOUS_PRIORITIES
         policy.retry_priority.typed_config.CopyFrom(pack(PreviousPrioritiesConfig(update_frequency=1)))
-    if model.protocol == "v2-grpc":
+    if face.protocol == "v2-grpc":
         action.max_stream_duration.grpc_timeout_header_max.CopyFrom(duration(model.timeout))
     return action
 
 
-def _canary(model: Model) -> rc.RouteAction:
+def _canary(model: Model, face: Face) -> rc.RouteAction:
     weighted = [(v.name, v.weight) for v in model.versions if v.weight]
     if len(weighted) == 1:
-        action = _action(model, cluster=_names.cluster(model.name, weighted[0][0]))
+        action = _action(model, face, cluster=_names.cluster(model.name, weighted[0][0], face.suffix))
     else:
-        action = _action(model)
+        action = _action(model, face)
         for name, weight in weighted:
             cluster = action.weighted_clusters.clusters.add(
-                name=_names.cluster(model.name, name), weight=u32(weight)
+                name=_names.cluster(model.name, name, face.suffix), weight=u32(weight)
             )
             served = _served_name(model, name)
             if served is not None:  # Envoy picks the weighted cluster with the route: its own name
@@ -238,7 +243,7 @@ def _canary(model: Model) -> rc.RouteAction:
     if model.shadow is not None:
         action.request_mirror_policies.append(
             rc.RouteAction.RequestMirrorPolicy(
-                cluster=_names.cluster(model.name, model.shadow.version),
+                cluster=_names.cluster(model.name, model.shadow.version, face.suffix),
                 runtime_fraction=base_pb2.RuntimeFractionalPercent(
                     default_value=percent_pb2.FractionalPercent(
                         numerator=round(model.shadow.percent * 10_000), denominator=_MILLION

@@ -34,7 +34,7 @@ _GRPC = {"live": "ServerLive", "ready": "ServerReady", "metadata": "ServerMetada
 
 
 def serves(policy: Policy, protocol: str) -> bool:
-    return any(m.protocol == protocol for m in policy.models)
+    return any(m.serves(protocol) for m in policy.models)
 
 
 def server_routes(policy: Policy, *, extauthz: bool) -> list[rc.Route]:

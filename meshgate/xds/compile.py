@@ -12,6 +12,7 @@ from . import _names
 from ._clusters import model_assignment, model_clusters, service_cluster
 from ._health import EndpointHealthMap
 from ._listener import gateway_listener
+from ._names import faces
 from ._routes import route_configuration
 from ._secrets import cert_files, secrets
 from ._server import SERVER_CLUSTER, serves
@@ -83,8 +84,9 @@ def update_health(
     assignments: list[tuple[str, Message]] = []
     for model in policy.models:
         if model.name in models:
-            for version in model.versions:
-                assignment = model_assignment(model, version, health)
-                if assignment is not None:
-                    assignments.append((assignment.cluster_name, assignment))
+            for face in faces(model):
+                for version in model.versions:
+                    assignment = model_assignment(model, version, health, face)
+                    if assignment is not None:
+                        assignments.append((assignment.cluster_name, assignment))
     return snapshot.replace({ENDPOINT: assignments})
