@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # (explain imports extauthz, whose Triton body reader loads t
     # KServe server imports this module and must not load it, see tests/unit/test_models_cli.py)
     from .explain import HttpRequest, QuotaRow
 
-__all__ = ["AdminService", "Operations", "print_status", "status_message"]
+__all__ = ["AdminService", "Operations", "live_operations", "print_status", "status_message"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,6 +147,30 @@ async def add_operations(status: admin_pb2.Status, store: PolicyStore, ops: Oper
         status.last_rejected.CopyFrom(
             admin_pb2.Rejection(at=last.at, input=last.input, result=last.result, errors=list(last.errors))
         )
+
+
+def live_operations(policies: PolicyStore, extauthz: Any, xds: Any, ratelimit: Any) -> Operations:
+    """What `meshgate status` and `meshgate explain --addr` read from the running services (wired by
+    meshgate/server.py): the Envoys on xds's streams, the quota counters of ratelimit's limiter, the last
+    rejected reload (policy store, ratelimit directory), and explanations decided by extauthz's live
+    table, xds's live snapshot and the live counters."""
+    from .explain import Sources, explain, quota_usage
+
+    async def quotas() -> tuple[list[QuotaRow], int]:
+        return await quota_usage(policies.policy, ratelimit.limiter)
+
+    async def explain_live(request: HttpRequest) -> dict[str, Any]:
+        table, snapshot = extauthz.table, xds.cache.current
+        if table is None or snapshot is None:
+            raise RuntimeError("no policy compiled yet")
+        return await explain(request, Sources(policies.policy, table, snapshot, ratelimit.limiter, live=True))
+
+    return Operations(
+        proxies=xds.board,
+        quotas=quotas,
+        rejections=lambda: [policies.last_rejected, ratelimit.last_rejected],
+        explain=explain_live,
+    )
 
 
 class AdminService:

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Protocol
 
 import grpc
+from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry, start_http_server
 
-from .admin import AdminService, Operations
-from .explain import HttpRequest, QuotaRow, Sources, explain, quota_usage
+from . import tracing
+from .admin import AdminService, live_operations
 from .extauthz import ExtAuthzService
 from .health import Health
 from .models import Prober
@@ -141,22 +142,26 @@ def build_services(
     policies: PolicyStore,
     health: Health,
     registry: CollectorRegistry,
+    tracer_provider: TracerProvider | None = None,
 ) -> Wiring:
     """The composition root: each service gets what it uses, and is subscribed to the policy store.
     `first` (the policy `meshgate serve` starts with) decides the counter store's settings; `ports`
-    (bound before any service exists) tell xds where the gateway reaches extauthz and ratelimit."""
+    (bound before any service exists) tell xds where the gateway reaches extauthz and ratelimit;
+    `tracer_provider` (meshgate/tracing.py, None: off) makes each service's spans."""
     # model readiness probes: a background component (no gRPC service of its own), started and stopped
     # with the services; admin shows its state, xds marks EDS endpoints with it.
     prober = Prober(policies, registry=registry)
-    extauthz = ExtAuthzService(policies, registry=registry, health=health)
+    traced = tracer_provider
+    extauthz = ExtAuthzService(policies, registry=registry, health=health, tracer_provider=traced)
     store, store_name = ratelimit_store(config.redis_url, first)
     ratelimit = RateLimitService(
         store, store_name=store_name, health=health, registry=registry,
-        config_dir=config.ratelimit_config, policy_source=str(config.policy),
+        config_dir=config.ratelimit_config, policy_source=str(config.policy), tracer_provider=traced,
     )
     policies.subscribe("ratelimit", ratelimit.prepare)
     listen = {role: local_address(config.listen[role], ports[role]) for role in ("extauthz", "ratelimit")}
-    xds = XdsService(options=options_from_env(listen, dict(os.environ)), registry=registry, readiness=prober)
+    options = options_from_env(listen, dict(os.environ))
+    xds = XdsService(options=options, registry=registry, readiness=prober, tracer_provider=traced)
     policies.subscribe("xds", xds.prepare)
     inputs: list[Input] = [policies]
     if config.ratelimit_config is not None:
@@ -168,29 +173,6 @@ def build_services(
         "extauthz": [extauthz, server_api], "ratelimit": [ratelimit], "xds": [prober, xds],
     }
     return Wiring(roles=roles, prober=prober, extauthz=extauthz, ratelimit=ratelimit, xds=xds, inputs=inputs)
-
-
-def operations(wiring: Wiring, policies: PolicyStore) -> Operations:
-    """What `meshgate status` and `meshgate explain --addr` read, from the live services: connected
-    Envoys (xds), quota counters (ratelimit's limiter), the last rejected reload (policy store,
-    ratelimit directory), and explanations decided by the live table, snapshot and counters."""
-    limiter = wiring.ratelimit.limiter
-
-    async def quotas() -> tuple[list[QuotaRow], int]:
-        return await quota_usage(policies.policy, limiter)
-
-    async def explain_live(request: HttpRequest) -> dict[str, object]:
-        table, snapshot = wiring.extauthz.table, wiring.xds.cache.current
-        if table is None or snapshot is None:
-            raise RuntimeError("no policy compiled yet")
-        return await explain(request, Sources(policies.policy, table, snapshot, limiter, live=True))
-
-    return Operations(
-        proxies=wiring.xds.board,
-        quotas=quotas,
-        rejections=lambda: [policies.last_rejected, wiring.ratelimit.last_rejected],
-        explain=explain_live,
-    )
 
 
 def ratelimit_config_input(ratelimit: RateLimitService, directory: Path) -> Input:
@@ -251,7 +233,8 @@ async def _start(
     for server, roles in servers:
         gated = gate.server(server)
         health.add_to_server(gated)
-        AdminService(policies, health, wiring.prober, operations(wiring, policies)).add_to_server(gated)
+        ops = live_operations(policies, wiring.extauthz, wiring.xds, wiring.ratelimit)
+        AdminService(policies, health, wiring.prober, ops).add_to_server(gated)
         for role in roles:
             for service in wiring.roles[role]:
                 service.add_to_server(gated)
@@ -307,12 +290,14 @@ async def run(config: ServeConfig) -> int:
         return 1
     health = Health(registry=registry)
     try:
+        provider = tracing.configure(os.environ)  # OTEL_*: off when unset
         servers, bound = _listen(config)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     wiring = build_services(
-        config, ports=bound, first=first, policies=policies, health=health, registry=registry
+        config, ports=bound, first=first, policies=policies, health=health, registry=registry,
+        tracer_provider=provider,
     )
     if not await _compile_first(wiring, policies, first, digest):
         await asyncio.gather(*(server.stop(None) for server, _ in servers))
@@ -345,6 +330,8 @@ async def run(config: ServeConfig) -> int:
     await stop.wait()
     await _stop(config, servers, wiring, reloader=reloader, health=health, gate=gate)
     metrics_server.shutdown()
+    if provider is not None:
+        await asyncio.to_thread(provider.shutdown)  # the last spans are exported
     log.info("stopped")
     return 0
 

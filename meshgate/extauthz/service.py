@@ -16,17 +16,17 @@ import itertools
 import logging
 import secrets
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from opentelemetry import trace
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry
 
 from ..policy.model import Issuer, Policy
 from ..policy.store import Commit, PolicyStore
+from ..tracing import genai_request, incoming
 from .audit import AuditLog
 from .bounds import RESPONSE_ENTRY_BYTES, RESPONSE_MEMO_BYTES, LogLimiter, clip
 from .cache import BoundedMemo, decision_bytes, strings_bytes
@@ -41,7 +41,6 @@ from .target import OPENAI_PREFIXES, PATHS
 __all__ = ["KEYS_COMPONENT", "ExtAuthzService", "HealthComponents", "check_response"]
 
 log = logging.getLogger("meshgate.extauthz")
-_PROPAGATOR = TraceContextTextMapPropagator()
 _TRACER_NAME = "meshgate.extauthz"
 _PROVIDER_RECHECK_S = 1.0
 _ID_DIGITS = 12  # fixed width: a cached response has a hole of one size for the id (2**48 checks)
@@ -185,15 +184,16 @@ class ExtAuthzService:
         self._audit.flush()
 
     # --- one check ------------------------------------------------------------------------------
-    def check(self, request: external_auth_pb2.CheckRequest) -> bytes:
+    def check(self, request: external_auth_pb2.CheckRequest, call: Any = None) -> bytes:
         """Decide one CheckRequest: the serialized CheckResponse. Raises Unavailable when no decision
-        can be made."""
+        can be made. `call` (the gRPC call's context): its metadata's trace context is the span's
+        parent (Envoy's ext_authz call span), else the request headers' traceparent."""
         started = time.perf_counter()
         req = to_check_input(request)
         tracer = self._current_tracer(started)
         span = None
         if tracer is not None:
-            context = _PROPAGATOR.extract(carrier=req.headers) if "traceparent" in req.headers else None
+            context = incoming(call.invocation_metadata() if call is not None else None, req.headers)
             span = tracer.start_span("extauthz.check", context=context, kind=trace.SpanKind.SERVER)
         try:
             authorizer = self._authorizer
@@ -310,6 +310,7 @@ class ExtAuthzService:
                     "meshgate.decision_id": decision_id,
                     "meshgate.cache_hit": cached,
                     "http.request.method": req.method,
+                    **genai_request(req.path, target),
                 }
             )
         self._audit.record(decision, req, decision_id=decision_id, cached=cached)
@@ -349,7 +350,7 @@ class _Servicer:
             raise AssertionError("unreachable: abort raises") from None
         error: Exception
         try:
-            return self._service.check(request)
+            return self._service.check(request, context)
         except Unavailable as exc:
             reason, detail, error = "unavailable", str(exc), exc
         except Exception as exc:

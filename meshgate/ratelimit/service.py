@@ -25,12 +25,13 @@ from prometheus_client import CollectorRegistry
 
 from ..policy.model import Policy
 from ..policy.store import Commit, Rejection
+from ..tracing import genai_usage, incoming
 from ._reply import CURRENT_LIMITS, RESPONSES_BUDGET, UNIT_FROM_PB, _Entry, _Replies, to_response
 from .audit import PolicyNames, RefusalLog
 from .bounds import MIB, Budget, request_bytes, sizeof
 from .compile import compile_policy
 from .config import ConfigError, load_config_dir, merge_domains
-from .core import Descriptor, InvalidRequest, Limiter, Request, Settings
+from .core import Decision, Descriptor, InvalidRequest, Limiter, Request, Settings
 from .metrics import RateLimitMetrics
 from .model import Node
 from .store import Store, StoreFull, StoreUnavailable
@@ -96,6 +97,8 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         self._budget = metrics.track(Budget("requests", REQUESTS_BUDGET, entry_max=REQUEST_MAX))
         self._replies = _Replies(metrics.track(Budget("responses", RESPONSES_BUDGET)))
         self.refusals = RefusalLog(metrics)
+        self.tracer: Any = None
+        """An OpenTelemetry tracer: each call is a span (None: no spans, no cost)."""
         metrics.track(CURRENT_LIMITS)
         self._malformed, self._full = _Throttled(60.0), _Throttled(60.0)
 
@@ -120,6 +123,41 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         return _Entry(dataclasses.replace(request, keep=False))  # for this call only: nothing keeps it
 
     async def should_rate_limit(self, raw: bytes, context: grpc.aio.ServicerContext[object, object]) -> bytes:
+        if self.tracer is not None:
+            return await self._traced(raw, context, self.tracer)
+        return (await self._answer(raw, context))[0]
+
+    async def _traced(
+        self, raw: bytes, context: grpc.aio.ServicerContext[object, object], tracer: Any
+    ) -> bytes:
+        """The call in a span continuing the caller's trace (Envoy's rate limit call span): domain,
+        descriptors, the answer, the quota that refused, and the LLM usage a stream-end call charges."""
+        from opentelemetry import trace
+
+        parent = incoming(context.invocation_metadata())
+        span = tracer.start_span("ratelimit.should_rate_limit", context=parent, kind=trace.SpanKind.SERVER)
+        try:
+            answer, entry, decision = await self._answer(raw, context)
+        except BaseException as exc:  # an abort (its status), or a failure: on the span, then raised
+            span.record_exception(exc)
+            span.set_status(trace.StatusCode.ERROR, str(exc))
+            span.end()
+            raise
+        if span.is_recording():
+            refused = [s.name for s in decision.statuses if s.over_limit]
+            span.set_attributes({
+                "meshgate.ratelimit.domain": entry.request.domain,
+                "meshgate.ratelimit.descriptors": len(entry.request.descriptors),
+                "meshgate.ratelimit.code": "OVER_LIMIT" if decision.over_limit else "OK",
+                "meshgate.quota": refused[0] if refused else "",
+                **genai_usage(entry.request.descriptors),
+            })  # fmt: skip
+        span.end()
+        return answer
+
+    async def _answer(
+        self, raw: bytes, context: grpc.aio.ServicerContext[object, object]
+    ) -> tuple[bytes, _Entry, Decision]:
         started = time.perf_counter()
         try:
             entry = self._entry(raw)
@@ -145,7 +183,7 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
             await self.on_store.set(True)
         if decision.over_limit:  # counted and logged per quota (audit.py)
             self.refusals.refused(entry.request, decision)
-        return self._replies.answer(entry, decision)
+        return self._replies.answer(entry, decision), entry, decision
 
     async def ShouldRateLimit(
         self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext[object, object]
@@ -211,6 +249,7 @@ class RateLimitService:
         config_dir: Path | None = None,
         policy_source: str = "policy",
         probe_interval: float = 1.0,
+        tracer_provider: Any = None,
     ) -> None:
         self.store = store
         self.config_dir = config_dir
@@ -221,6 +260,8 @@ class RateLimitService:
         self.health = StoreHealth(health)
         self.limiter = Limiter(store, metrics=self.metrics)
         self.servicer = RateLimitServicer(self.limiter, self.metrics, store_name, self.health)
+        if tracer_provider is not None:
+            self.servicer.tracer = tracer_provider.get_tracer("meshgate.ratelimit")
         self._dir_domains: Mapping[str, tuple[str, Node]] = {}
         self._policy_domain: Mapping[str, tuple[str, Node]] = {}
         self._tasks: list[asyncio.Task[None]] = []

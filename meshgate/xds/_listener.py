@@ -6,12 +6,14 @@ from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import address_pb2, extension_pb2, grpc_service_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.ratelimit.v3 import rls_pb2
+from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.type.v3 import percent_pb2
 from google.protobuf import wrappers_pb2  # type: ignore[import-untyped]
 
 from meshgate import contract
@@ -57,6 +59,8 @@ def gateway_listener(policy: Policy, options: CompileOptions) -> listener_pb2.Li
         hcm.early_header_mutation_extensions.append(_strip_client_identity())
     if openai and options.enable_ratelimit:
         hcm.local_reply_config.CopyFrom(local_reply())  # OpenAI's 429 (see _openai)
+    if options.tracing:
+        hcm.tracing.CopyFrom(_tracing(options))
     network = listener_components_pb2.Filter(
         name="envoy.filters.network.http_connection_manager", typed_config=pack(hcm)
     )
@@ -72,6 +76,26 @@ def gateway_listener(policy: Policy, options: CompileOptions) -> listener_pb2.Li
             )
         ),
         filter_chains=[chain],
+    )
+
+
+def _tracing(options: CompileOptions) -> hcm_pb2.HttpConnectionManager.Tracing:
+    """OpenTelemetry to the collector at `options.tracing` (OTLP/gRPC, Envoy's own gRPC client: no
+    cluster), as `tracing_service_name`. Envoy continues a client's traceparent, sends it on to
+    ext_authz, ratelimit (their calls are child spans: meshgate's spans hang below them) and, with an
+    upstream span of its own, to the model."""
+    assert options.tracing is not None
+    collector = grpc_service_pb2.GrpcService(
+        google_grpc=grpc_service_pb2.GrpcService.GoogleGrpc(target_uri=options.tracing, stat_prefix="otlp")
+    )
+    config = opentelemetry_pb2.OpenTelemetryConfig(
+        grpc_service=collector, service_name=options.tracing_service_name
+    )
+    provider = http_tracer_pb2.Tracing.Http(name="envoy.tracers.opentelemetry", typed_config=pack(config))
+    return _HCM.Tracing(
+        provider=provider,
+        random_sampling=percent_pb2.Percent(value=options.tracing_sampling),
+        spawn_upstream_span=wrappers_pb2.BoolValue(value=True),
     )
 
 

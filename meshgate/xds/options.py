@@ -19,6 +19,8 @@ class CompileOptions:
     enable_extauthz / enable_ratelimit: leave a filter (and its cluster) out, e.g. for routing tests.
     listener_address: the IP the gateway listener binds; None: the policy's gateway.address.
     connect_timeout: seconds for every upstream connect.
+    tracing: host:port of an OTLP/gRPC collector as Envoy reaches it: the gateway then traces requests
+    with OpenTelemetry there (None: no tracing); tracing_sampling: percent of requests traced.
     """
 
     extauthz: str = "127.0.0.1:9001"
@@ -27,3 +29,6 @@ class CompileOptions:
     enable_ratelimit: bool = True
     listener_address: str | None = None
     connect_timeout: float = 2.0
+    tracing: str | None = None
+    tracing_sampling: float = 100.0
+    tracing_service_name: str = "meshgate-gateway"

@@ -19,8 +19,10 @@ from prometheus_client import CollectorRegistry
 
 from meshgate.models import EndpointHealth, EndpointKey, Readiness
 from meshgate.policy.model import Policy
+from meshgate.tracing import incoming
 
 from ._loop import run_stream
+from ._types import short
 from ._wire import Malformed, abort_malformed, parsed, register
 from .cache import SnapshotCache
 from .compile import EndpointHealthMap, cert_files, compile_snapshot, update_health
@@ -62,8 +64,11 @@ class XdsService:
         max_delay: float = 1.0,
         read_file: Callable[[str], bytes] = _read,
         readiness: Readiness | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         self.options = options or CompileOptions()
+        self.tracer = tracer_provider.get_tracer("meshgate.xds") if tracer_provider is not None else None
+        """An OpenTelemetry tracer: each response an ADS stream sends is an `xds.push` span."""
         self.readiness = readiness
         self._unsubscribe: Callable[[], None] | None = None
         self._latest: Snapshot | None = None
@@ -224,11 +229,12 @@ class _Ads:
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
         s = self._s
+        node = _Node()
         try:
-            async for response in run_stream(
-                parsed(discovery_pb2.DiscoveryRequest, requests), SotwHandler(),
+            async for response in _pushes(s.tracer, context, node, "sotw", run_stream(
+                node.noted(parsed(discovery_pb2.DiscoveryRequest, requests)), SotwHandler(),
                 cache=s.cache, board=s.board, observer=s.metrics,
-            ):  # fmt: skip
+            )):  # fmt: skip
                 yield response
         except Malformed as exc:
             await abort_malformed(context, "StreamAggregatedResources", exc)
@@ -237,20 +243,67 @@ class _Ads:
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
         s = self._s
+        node = _Node()
         try:
-            async for response in run_stream(
-                parsed(discovery_pb2.DeltaDiscoveryRequest, requests), DeltaHandler(),
+            async for response in _pushes(s.tracer, context, node, "delta", run_stream(
+                node.noted(parsed(discovery_pb2.DeltaDiscoveryRequest, requests)), DeltaHandler(),
                 cache=s.cache, board=s.board, observer=s.metrics,
-            ):  # fmt: skip
+            )):  # fmt: skip
                 yield response
         except Malformed as exc:
             await abort_malformed(context, "DeltaAggregatedResources", exc)
 
 
+class _Node:
+    """The node id of a stream, read from its requests as they pass (for the push spans)."""
+
+    def __init__(self) -> None:
+        self.id = ""
+
+    async def noted(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for request in requests:
+            if not self.id:
+                self.id = request.node.id
+            yield request
+
+
+async def _pushes(
+    tracer: Any, context: grpc.aio.ServicerContext[Any, Any], node: _Node, protocol: str,
+    responses: AsyncIterator[Any],
+) -> AsyncIterator[Any]:  # fmt: skip
+    """The stream's responses; with a tracer, each is an `xds.push` span (its parent: the trace context
+    of the stream's own gRPC metadata, if any), open until gRPC asks for the next response. Not made
+    the current span: the generator resumes in other contexts than the one it was suspended in."""
+    if tracer is None:
+        async for response in responses:
+            yield response
+        return
+    from opentelemetry import trace
+
+    parent = incoming(context.invocation_metadata())
+    async for response in responses:
+        span = tracer.start_span("xds.push", context=parent, kind=trace.SpanKind.PRODUCER)
+        span.set_attributes({
+            "meshgate.xds.node": node.id,
+            "meshgate.xds.protocol": protocol,
+            "meshgate.xds.type": short(response.type_url),
+            "meshgate.xds.version": response.system_version_info if protocol == "delta"
+            else response.version_info,
+            "meshgate.xds.resources": len(response.resources),
+            "meshgate.xds.nonce": response.nonce,
+        })  # fmt: skip
+        try:
+            yield response
+        finally:
+            span.end()
+
+
 def options_from_env(listen: dict[str, str], env: dict[str, str]) -> CompileOptions:
     """Compile options for `meshgate serve`: Envoy reaches extauthz/ratelimit where they listen
     (0.0.0.0 read as 127.0.0.1) unless MESHGATE_XDS_EXTAUTHZ / MESHGATE_XDS_RATELIMIT say otherwise;
-    MESHGATE_XDS_FILTERS lists the filters to configure (default "extauthz,ratelimit"; "none" for none)."""
+    MESHGATE_XDS_FILTERS lists the filters to configure (default "extauthz,ratelimit"; "none" for none);
+    MESHGATE_XDS_TRACING names the OTLP/gRPC collector (host:port) the gateway traces to, and
+    MESHGATE_XDS_TRACING_SAMPLING the percent of requests it traces (default 100)."""
 
     def advertised(role: str) -> str:
         override = env.get(f"MESHGATE_XDS_{role.upper()}")
@@ -265,4 +318,6 @@ def options_from_env(listen: dict[str, str], env: dict[str, str]) -> CompileOpti
         ratelimit=advertised("ratelimit"),
         enable_extauthz="extauthz" in filters,
         enable_ratelimit="ratelimit" in filters,
+        tracing=env.get("MESHGATE_XDS_TRACING") or None,
+        tracing_sampling=float(env.get("MESHGATE_XDS_TRACING_SAMPLING", "100")),
     )
