@@ -166,8 +166,8 @@ class RespConnection:
         self._timer, self._timer_at = None, 0.0
 
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The timer: fail the calls past their deadline (their slots stay: late replies are dropped),
-        and arm again for the earliest deadline still ahead."""
+        """The timer: fail the calls past their deadline (their slots stay: a late reply goes to
+        `on_late`), mark the connection stalled, and arm again for the earliest deadline still ahead."""
         self._timer, self._timer_at = None, 0.0
         now, ahead, expired = loop.time(), math.inf, False
         for future, deadline, _ in self._pending:

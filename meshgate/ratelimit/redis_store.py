@@ -52,8 +52,9 @@ __all__ = ["LUA", "TAKE_BACK", "RedisStore", "redact"]
 log = logging.getLogger("meshgate.ratelimit")
 
 COMMANDS_BUDGET = 8 * MIB  # the packed EVALSHA kept per request (see _evalsha and bounds.py)
-_MARGIN = 0.002  # seconds off each sample of Redis's clock: uvloop's loop clock reads up to 1 ms behind
-_EPOCH = 256  # replies per epoch of the clock offset (samples older than two epochs are forgotten)
+_MARGIN = 0.002  # seconds off each sample of Redis's clock (a safety margin: samples are lower bounds)
+_SAMPLE_EVERY = 8  # replies per sample of Redis's clock (a late one is always sampled)
+_EPOCH = 32  # samples per epoch of the clock offset (samples older than two epochs are forgotten)
 
 # KEYS: the current window's counter of each slot, in order, then the previous window's counter of
 # each slot with a sliding window (weight > 0), in the same order: a fixed window sends its key once.
@@ -188,9 +189,11 @@ class RedisStore:
         self._packed_budget = Budget("commands", COMMANDS_BUDGET)
         self.budgets = (self._packed_budget,)
         self.cluster = isinstance(self._client, RedisCluster)
-        # Redis's clock minus the event loop's, seconds (a lower bound; see _deadline_ms)
-        self._offset: float | None = None
-        self._offset_max, self._offset_left = -math.inf, _EPOCH
+        # Redis's clock minus the monotonic clock (the event loop's), seconds: a lower bound (see
+        # _deadline_ms), first a guess (the wall clock's), replaced by the first reply's sample
+        self._offset, self._learnt = time.time() - time.monotonic(), False
+        self._offset_max, self._offset_left, self._sample_in = -math.inf, _EPOCH, 0
+        self._tail: tuple[int, bytes] = (0, b"")  # the last deadline argument packed, and its bytes
         self.taken_back = 0  # late replies whose hits were taken back (see _late)
         if self._resp is not None:
             self._resp.on_late = self._late
@@ -206,9 +209,8 @@ class RedisStore:
             return await self._apply_client(slots, now)
         # our connection: it keeps the deadline (no timer of our own), and the call is awaited right
         # here (no coroutine in between): the hot path
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        until = self._deadline_ms(deadline)
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        until = int((deadline + self._offset) * 1000)  # see _deadline_ms
         try:
             command = self._evalsha(slots, now, until) if resp.connected else None
             if command is None:
@@ -223,32 +225,42 @@ class RedisStore:
                     reply = await self._eval(*_keys_args(slots, now, until), deadline=deadline, tag=slots)
         except (TimeoutError, RespError, OSError) as exc:
             raise self._unavailable(exc) from exc
-        return self._result(reply, loop)
+        admitted = reply[0]  # _result, inline for the calls that take no sample (7 in 8)
+        if admitted < 0 or self._sample_in <= 1:
+            return self._result(reply)
+        self._sample_in -= 1
+        return StoreResult(admitted == 1, reply[2:])
 
     def _deadline_ms(self, deadline: float) -> int:
-        """`deadline` (the loop's clock) on Redis's clock, in ms: the script charges nothing past it.
-        The offset is the highest of the recent samples `Redis's time in a reply - the loop's time
-        when it was read - _MARGIN`, each a lower bound of the true offset (Redis ran the script before
-        its reply was read), so a script Redis runs after the caller gave up finds itself late. Before
-        the first reply, the clocks are taken to agree."""
-        offset = self._offset
-        if offset is None:
-            offset = time.time() - asyncio.get_running_loop().time()
-        return int((deadline + offset) * 1000)
+        """`deadline` (the event loop's clock, monotonic) on Redis's clock, in ms: the script charges
+        nothing past it. The offset is the highest of the recent samples `Redis's time in a reply - the
+        monotonic clock when the reply was read - _MARGIN`, each a lower bound of the true offset
+        (Redis ran the script before its reply was read; the loop's clock never reads ahead of the
+        monotonic one, uvloop's runs up to 1 ms behind), so a script Redis runs after its caller gave
+        up finds itself late. Before the first reply, the clocks are taken to agree."""
+        return int((deadline + self._offset) * 1000)
 
-    def _result(self, reply: Any, loop: asyncio.AbstractEventLoop) -> StoreResult:
-        """The script's reply; its Redis time is a sample of the clock offset (see _deadline_ms)."""
-        sample = reply[1] / 1000 - loop.time() - _MARGIN
-        if self._offset is None or sample > self._offset:
-            self._offset = sample
+    def _result(self, reply: Any) -> StoreResult:
+        """The script's reply; every `_SAMPLE_EVERY`th reply's Redis time (and a late one's) is a
+        sample of the clock offset (see _deadline_ms)."""
+        admitted = reply[0]
+        self._sample_in -= 1
+        if self._sample_in <= 0 or admitted < 0:
+            self._sample(reply[1])
+            if admitted < 0:
+                raise StoreUnavailable(f"redis {redact(self.url)}: the script ran past its call's deadline")
+        return StoreResult(admitted == 1, reply[2:])
+
+    def _sample(self, redis_ms: int) -> None:
+        sample = redis_ms / 1000 - time.monotonic() - _MARGIN
+        self._sample_in = _SAMPLE_EVERY
+        if sample > self._offset or not self._learnt:
+            self._offset, self._learnt = sample, True
         if sample > self._offset_max:
             self._offset_max = sample
         self._offset_left -= 1
         if not self._offset_left:  # a new epoch: older samples go (Redis's clock may have stepped back)
             self._offset, self._offset_max, self._offset_left = self._offset_max, -math.inf, _EPOCH
-        if reply[0] < 0:
-            raise StoreUnavailable(f"redis {redact(self.url)}: the script ran past its call's deadline")
-        return StoreResult(reply[0] == 1, reply[2:])
 
     def _late(self, reply: Any, tag: object) -> None:
         """The reply of a script whose call had timed out (answered UNAVAILABLE). If it charged (Redis
@@ -295,8 +307,12 @@ class RedisStore:
                 self._packed, sizeof(prefix) + 200 + 250 * len(slots)
             ):
                 self._packed[id(slots)] = (slots, second, sha, prefix)
-        digits = b"%d" % until
-        return b"%s$%d\r\n%s\r\n" % (prefix, len(digits), digits)
+        last, tail = self._tail
+        if until != last:  # calls in the same millisecond share the deadline's bytes
+            digits = str(until).encode()
+            tail = (b"$13\r\n" if len(digits) == 13 else b"$%d\r\n" % len(digits)) + digits + b"\r\n"
+            self._tail = (until, tail)
+        return prefix + tail
 
     async def _apply_per_tag(self, slots: Sequence[Slot], now: float) -> StoreResult:
         """Redis Cluster, counters of several tags: one script per slot (all-or-nothing per tag)."""
@@ -313,14 +329,13 @@ class RedisStore:
         return StoreResult(ok, used)
 
     async def _apply_client(self, slots: Sequence[Slot], now: float) -> StoreResult:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
+        deadline = asyncio.get_running_loop().time() + self.timeout
         try:
             async with asyncio.timeout_at(deadline):
                 reply = await self._eval(*_keys_args(slots, now, self._deadline_ms(deadline)))
         except (TimeoutError, RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
-        return self._result(reply, loop)
+        return self._result(reply)
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         if isinstance(exc, TimeoutError):
