@@ -23,9 +23,11 @@ __all__ = [
     "model_name",
     "model_namespace",
     "model_port",
+    "model_ports",
     "proto_duration",
     "tenant_namespace",
     "version_name",
+    "version_service",
 ]
 
 Obj = dict[str, Any]
@@ -61,8 +63,16 @@ def model_name(model: Model) -> str:
 
 
 def version_name(model: Model, version: ModelVersion) -> str:
-    """Name of a version's InferenceService and Service."""
+    """Name of a version's InferenceService (and, in Standard mode, of meshgate's Service of its pods)."""
     return k8s_name(model.name, version.name)
+
+
+def version_service(model: Model, version: ModelVersion) -> str:
+    """Name of meshgate's Service selecting a version's pods. In Knative mode KServe itself creates a
+    Service named after the InferenceService (meshgate.models.kserve): meshgate's is `<isvc>-pods`."""
+    if version.deployment_mode == "Knative":
+        return k8s_name(model.name, version.name, "pods")
+    return version_name(model, version)
 
 
 def model_namespace(model: Model) -> str:
@@ -88,8 +98,15 @@ def model_labels(model: Model, version: ModelVersion | None = None) -> dict[str,
 
 
 def model_port(model: Model) -> tuple[str, int]:
-    """(port name, number) of a model's Services: Triton serves HTTP on 8080 and gRPC on 9000."""
+    """(port name, number) of a model's Services: Triton serves HTTP on 8080 and gRPC on 9000. A model
+    served over both: its REST port (`model_ports` has both)."""
     return ("grpc", 9000) if model.protocol == "v2-grpc" else ("http", 8080)
+
+
+def model_ports(model: Model) -> list[tuple[str, int]]:
+    """(port name, number) of every protocol the model is served over (KServe's Triton runtime:
+    `--http-port=8080`, `--grpc-port=9000`)."""
+    return [("grpc", 9000) if p == "v2-grpc" else ("http", 8080) for p in model.served_protocols]
 
 
 def model_host(model: Model) -> str:

@@ -35,6 +35,7 @@ from ._common import (
     model_namespace,
     model_port,
     version_name,
+    version_service,
 )
 from ._eg_ratelimit import traffic_policy
 from ._namespaces import declared_model_namespaces, declared_tenant_namespaces, namespace, tenant_objects
@@ -122,7 +123,7 @@ def _gateway(policy: Policy) -> Obj:
 
 
 def _backend_ref(model: Model, version: ModelVersion, weight: int | None = None) -> Obj:
-    ref: Obj = {"name": version_name(model, version), "port": model_port(model)[1]}
+    ref: Obj = {"name": version_service(model, version), "port": model_port(model)[1]}
     if weight is not None:
         ref["weight"] = weight
     return ref
@@ -246,7 +247,7 @@ def _ai_route(policy: Policy, model: Model) -> list[Obj]:
     objs: list[Obj] = []
     for version in model.versions:
         name = version_name(model, version)
-        host = f"{name}.{ns}.svc.cluster.local"
+        host = f"{version_service(model, version)}.{ns}.svc.cluster.local"
         backend = {"endpoints": [{"fqdn": {"hostname": host, "port": model_port(model)[1]}}]}
         objs.append(
             {

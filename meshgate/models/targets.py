@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from meshgate.policy.model import HealthCheck, Model, ModelVersion, Policy, UpstreamTLS
 
 from ._types import EndpointKey, Thresholds
+from .kserve import knative_host, kserve_address
 
 __all__ = ["ProbeTarget", "probe_targets", "version_endpoints"]
 
@@ -31,16 +32,15 @@ class ProbeTarget:
 
 
 def version_endpoints(version: ModelVersion, *, grpc: bool = False) -> tuple[str, ...]:
-    """The endpoint strings of a version: its host:port list, or the KServe service's cluster-local name.
+    """The endpoint strings of a version: its host:port list, or where KServe publishes its reference
+    (`meshgate.models.kserve`: `<service>-predictor.<namespace>.svc.cluster.local:<port>`).
     `grpc`: of a model with `protocols` (REST and gRPC), the gRPC ones (`grpc_endpoints`, the
     reference's `grpc_port`).
 
     The same addresses xds puts in the version's cluster, so `EndpointKey`s match EDS endpoints.
     """
     if version.kserve is not None:
-        ref = version.kserve
-        port = ref.grpc_port if grpc else ref.port
-        return (f"{ref.service}.{ref.namespace}.svc.cluster.local:{port}",)
+        return (kserve_address(version.kserve, version.deployment_mode, grpc=grpc).endpoint,)
     return version.grpc_endpoints if grpc else version.endpoints
 
 
@@ -51,6 +51,8 @@ def probe_targets(policy: Policy) -> dict[EndpointKey, ProbeTarget]:
         if not model.health_check.enabled:
             continue
         for version in model.versions:
+            if knative_host(version) is not None:
+                continue  # a probe is a request: it would keep a version from scaling to zero
             for protocol in model.served_protocols:
                 grpc = protocol == "v2-grpc" and bool(model.protocols)  # the second address of a version
                 for endpoint in version_endpoints(version, grpc=grpc):

@@ -298,14 +298,18 @@ class Quota(_Strict):
 
 
 class KServeRef(_Strict):
-    """A KServe InferenceService that serves this version (resolved to endpoints by the platform)."""
+    """A KServe InferenceService that serves this version, reached the way KServe publishes it for the
+    version's `deployment_mode` (docs/models.md): Standard, its predictor Service
+    `<service>-predictor`; Knative, its predictor's Knative route (the activator wakes a version
+    scaled to zero)."""
 
     service: Name
     """Name of the KServe InferenceService."""
     namespace: Name = "default"
     """Its namespace."""
     port: int = Field(default=80, gt=0, lt=65536)
-    """Port of its predictor service."""
+    """Port of its predictor Service (Standard: KServe publishes the first container port on 80).
+    Knative: 80, its gateway's."""
     grpc_port: int = Field(default=9000, gt=0, lt=65536)
     """A model with `protocols`: the gRPC port of its predictor Service (KServe publishes a predictor's
     second container port under its own number; Triton's runtime serves gRPC on 9000)."""
@@ -353,6 +357,12 @@ class ModelVersion(_Strict):
     def _backend(self) -> ModelVersion:
         if bool(self.endpoints) == (self.kserve is not None):
             raise ValueError("set exactly one backend: endpoints (host:port list) or kserve")
+        return self
+
+    @model_validator(mode="after")
+    def _knative_port(self) -> ModelVersion:
+        if self.kserve is not None and self.deployment_mode == "Knative" and self.kserve.port != 80:
+            raise ValueError("a Knative version is reached through Knative's gateway: kserve.port is 80")
         return self
 
     @property
@@ -547,6 +557,9 @@ class Model(_Strict):
             missing = [v.name for v in self.versions if v.endpoints and not v.grpc_endpoints]
             if missing:
                 raise ValueError(f"versions {missing} need grpc_endpoints (the model lists v2-grpc)")
+            knative = [v.name for v in self.versions if v.deployment_mode == "Knative"]
+            if knative:
+                raise ValueError(f"versions {knative}: Knative routes one container port, one protocol")
             one_port = [
                 v.name for v in self.versions if v.kserve is not None and v.kserve.port == v.kserve.grpc_port
             ]

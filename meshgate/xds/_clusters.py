@@ -14,6 +14,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as hpo_
 from envoy.type.matcher.v3 import string_pb2
 
 from meshgate.models import version_endpoints
+from meshgate.models.kserve import knative_host
 from meshgate.policy.model import Model, ModelVersion, UpstreamTLS
 
 from . import _names
@@ -117,7 +118,10 @@ def _lb_endpoints(
             endpoint=endpoint_components_pb2.Endpoint(
                 address=address_pb2.Address(
                     socket_address=address_pb2.SocketAddress(address=host, port_value=port)
-                )
+                ),
+                # Knative's gateway routes by Host: the routes of such a model rewrite it to this
+                # (auto_host_rewrite), per endpoint, so a failover to another version carries its own
+                hostname=knative_host(version) or "",
             ),
             health_status=eds_status(endpoint_health(health, model.name, version.name, endpoint)),
         )

@@ -22,6 +22,7 @@ from envoy.type.v3 import percent_pb2
 
 from meshgate import contract
 from meshgate.contract import reads_usage
+from meshgate.models.kserve import knative_host
 from meshgate.policy.model import Model, Policy
 
 from . import _names
@@ -222,6 +223,8 @@ def _action(model: Model, face: Face, *, cluster: str = "") -> rc.RouteAction:
         policy.host_selection_retry_max_attempts = 3
         policy.retry_priority.name = _PREVIOUS_PRIORITIES
         policy.retry_priority.typed_config.CopyFrom(pack(PreviousPrioritiesConfig(update_frequency=1)))
+    if any(knative_host(v) for v in model.versions):  # Knative's gateway routes by Host (_clusters)
+        action.auto_host_rewrite.value = True
     if face.protocol == "v2-grpc":
         action.max_stream_duration.grpc_timeout_header_max.CopyFrom(duration(model.timeout))
     return action
@@ -241,15 +244,19 @@ def _canary(model: Model, face: Face) -> rc.RouteAction:
             if served is not None:  # Envoy picks the weighted cluster with the route: its own name
                 cluster.typed_per_filter_config[SERVED_NAME_FILTER].CopyFrom(pack(served))
     if model.shadow is not None:
-        action.request_mirror_policies.append(
-            rc.RouteAction.RequestMirrorPolicy(
-                cluster=_names.cluster(model.name, model.shadow.version, face.suffix),
-                runtime_fraction=base_pb2.RuntimeFractionalPercent(
-                    default_value=percent_pb2.FractionalPercent(
-                        numerator=round(model.shadow.percent * 10_000), denominator=_MILLION
-                    ),
-                    runtime_key=f"meshgate.shadow.{model.name}",
+        mirror = rc.RouteAction.RequestMirrorPolicy(
+            cluster=_names.cluster(model.name, model.shadow.version, face.suffix),
+            runtime_fraction=base_pb2.RuntimeFractionalPercent(
+                default_value=percent_pb2.FractionalPercent(
+                    numerator=round(model.shadow.percent * 10_000), denominator=_MILLION
                 ),
-            )
+                runtime_key=f"meshgate.shadow.{model.name}",
+            ),
         )
+        shadow = model.version(model.shadow.version)
+        host = knative_host(shadow) if shadow is not None else None
+        if host:  # Envoy would send the mirror to `<host>-shadow`, which Knative's gateway does not route
+            mirror.host_rewrite_literal = host
+            mirror.disable_shadow_host_suffix_append = True
+        action.request_mirror_policies.append(mirror)
     return action

@@ -91,11 +91,11 @@ def test_probe_targets_from_policy() -> None:
     assert sorted(targets) == [
         EndpointKey("resnet", "v1", "10.0.0.1:8001"),
         EndpointKey("resnet", "v1", "10.0.0.2:8001"),
-        EndpointKey("resnet", "v2", "resnet-v2.default.svc.cluster.local:8080"),
+        EndpointKey("resnet", "v2", "resnet-v2-predictor.default.svc.cluster.local:8080"),
     ]  # the model with probes disabled is absent
-    kserve = targets[EndpointKey("resnet", "v2", "resnet-v2.default.svc.cluster.local:8080")]
+    kserve = targets[EndpointKey("resnet", "v2", "resnet-v2-predictor.default.svc.cluster.local:8080")]
     assert (kserve.host, kserve.port, kserve.protocol, kserve.backend_version) == (
-        "resnet-v2.default.svc.cluster.local",
+        "resnet-v2-predictor.default.svc.cluster.local",
         8080,
         "v2-grpc",
         "2",

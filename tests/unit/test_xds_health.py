@@ -144,7 +144,7 @@ def test_dns_clusters_fail_over_without_health() -> None:
         ],
     }
     p = policy(kserve)
-    down = {EndpointKey("k", "v1", "k1.ml.svc.cluster.local:80"): U}
+    down = {EndpointKey("k", "v1", "k1-predictor.ml.svc.cluster.local:80"): U}
     before, after = compile_snapshot(p), compile_snapshot(p, health=down)
     assert after[CLUSTER]["model|k|v1"].version == before[CLUSTER]["model|k|v1"].version  # no health marks
     inline = before[CLUSTER]["model|k|v1"].message.load_assignment
