@@ -148,7 +148,7 @@ async def _check(out: dict[str, Any], request: HttpRequest, headers: dict[str, s
         if not sources.live:
             out["notes"].append("JWKS keys are fetched by a running meshgate: ask it (--addr)")
         _outcome(out, None if allow else 403, "extauthz cannot decide; the gateway's failure mode "
-                 f"({'allow' if allow else 'deny'}) applies")  # fmt: skip
+                 f"({'allow' if allow else 'deny'}) applies", upstream=allow)  # fmt: skip
         return None
     who, target = decision.identity, decision.target
     if who is not None:
@@ -180,7 +180,7 @@ async def _routed(
     if over:
         return _outcome(out, 429, f"over quota {over}")
     where = ", ".join(f"{c} ({w}%)" if len(found.clusters) > 1 else c for c, w in found.clusters)
-    return _outcome(out, None, f"sent to {where}")
+    return _outcome(out, None, f"sent to {where}", upstream=True)
 
 
 async def _quotas(out: dict[str, Any], made: list[Any], sources: Sources) -> str:
@@ -281,8 +281,9 @@ async def quota_usage(policy: Policy, limiter: Limiter, *, max_rows: int = 200) 
     return rows, len(wanted) - len(listed)
 
 
-def _outcome(out: dict[str, Any], status: int | None, why: str) -> dict[str, Any]:
-    out["outcome"] = {"status": status, "why": why}
+def _outcome(out: dict[str, Any], status: int | None, why: str, *, upstream: bool = False) -> dict[str, Any]:
+    """The answer: a status the gateway gives itself, or (None) the model's answer when `upstream`."""
+    out["outcome"] = {"status": status, "upstream": upstream, "why": why}
     return out
 
 
@@ -326,5 +327,6 @@ def render(x: Mapping[str, Any]) -> str:
     for note in x["notes"]:
         lines.append(f"note       {note}")
     o = x["outcome"]
-    lines.append(f"outcome    {o['status'] if o['status'] is not None else '-'}: {o['why']}")
+    status = o["status"] if o["status"] is not None else ("upstream" if o["upstream"] else "?")
+    lines.append(f"outcome    {status}: {o['why']}")
     return "\n".join(lines) + "\n"
