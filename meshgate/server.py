@@ -37,7 +37,7 @@ from .policy.errors import Issue, PolicyError
 from .policy.load import parse_policy_bytes
 from .policy.model import Policy
 from .policy.store import CompileError, PolicyStore
-from .policy.watch import DEFAULT_SETTLE, FilesInput, Input, Paths, Reloader
+from .policy.watch import DEFAULT_RESYNC, DEFAULT_SETTLE, FilesInput, Input, Paths, Reloader
 from .ratelimit.config import ConfigError
 from .ratelimit.service import RateLimitService
 from .ratelimit.store import MemoryStore, Store
@@ -319,7 +319,10 @@ async def run(config: ServeConfig) -> int:
     log.info("metrics listening on %s:%d", host, ports["metrics"])
     await health.publish()
 
-    reloader = Reloader(wiring.inputs, settle=config.reload_settle, watch=config.watch, freeze_gc=True)
+    reloader = Reloader(
+        wiring.inputs, settle=config.reload_settle, watch=config.watch, freeze_gc=True,
+        resync=DEFAULT_RESYNC if config.watch else 0.0,  # --no-watch: SIGHUP only
+    )
     await reloader.run()
     stop = asyncio.Event()
     _install_signals(stop, reloader)

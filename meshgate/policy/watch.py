@@ -14,6 +14,10 @@ policy names. A change to any of them (a file event, or SIGHUP for all) goes thr
 
 Inputs are processed one at a time, in the order given (the policy first), so a compile never sees
 another input's half-committed state.
+
+Besides file events, every `resync` seconds each input is read and compared with what the pipeline last
+saw (from `run()` on): a change the watcher missed (one made before its inotify watch was armed, just
+after start; a filesystem that sends no events) is reloaded all the same, at most `resync` late.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ T = TypeVar("T")
 
 SWITCH_INTERVAL = 0.0001
 """Seconds between GIL hand-overs while a reload compiles (the interpreter's default is 0.005)."""
+
+DEFAULT_RESYNC = 2.0
+"""Seconds between two reads of every input that catch changes no file event reported."""
 
 DEFAULT_SETTLE = 1.0
 """Seconds an input's bytes must stay unchanged before they are parsed (`--reload-settle`)."""
@@ -166,9 +173,14 @@ class Reloader:
         watch: bool = True,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         freeze_gc: bool = False,
+        resync: float = DEFAULT_RESYNC,
     ) -> None:
         if settle < 0:
             raise ValueError(f"settle must be >= 0, got {settle}")
+        if resync < 0:
+            raise ValueError(f"resync must be >= 0 (0: off), got {resync}")
+        self.resync = resync
+        self._seen: dict[str, object] = {}
         self.inputs = list(inputs)
         self.settle = settle
         self.freeze_gc = freeze_gc
@@ -191,10 +203,15 @@ class Reloader:
         self._wake.set()
 
     async def run(self) -> None:
-        """Start the watcher and the reload loop; returns at once (they run until `stop`)."""
+        """Start the watcher, the resync reads and the reload loop; returns once every input has been
+        read as it is now (what later reads are compared with). They run until `stop`."""
+        for inp in self.inputs:
+            self._seen[inp.name] = await self._in_worker(inp.read)
         self._tasks.append(asyncio.create_task(self._reload_loop(), name="meshgate-reload"))
         if self.watch:
             self._tasks.append(asyncio.create_task(self._watch_loop(), name="meshgate-watch"))
+        if self.resync > 0:
+            self._tasks.append(asyncio.create_task(self._resync_loop(), name="meshgate-resync"))
 
     async def stop(self) -> None:
         self._stopping = True
@@ -225,6 +242,11 @@ class Reloader:
     async def reload(self, inp: Input) -> bool:
         """Settle, prepare off the loop, check, commit on the loop. True when something was committed."""
         state = await self._in_worker(inp.read)
+        self._seen[inp.name] = state  # what a resync compares with, even if what follows fails
+        return await self._settle_and_apply(inp, state)
+
+    async def _settle_and_apply(self, inp: Input, state: object) -> bool:
+        """The steps after the first read; `_seen` follows every later read that is acted on."""
         while True:
             if self.settle > 0:
                 await self._sleep(self.settle)
@@ -232,7 +254,7 @@ class Reloader:
                 if again != state:
                     log.info("%s: still changing; waiting until it reads the same for %gs",
                              inp.name, self.settle)
-                    state = again
+                    state = self._seen[inp.name] = again
                     continue
             started = time.perf_counter()
             commit = await self._compile(inp, state)
@@ -241,7 +263,7 @@ class Reloader:
             again = await self._in_worker(inp.read)
             if again != state:
                 log.info("%s: changed while it was being compiled; waiting for it to settle", inp.name)
-                state = again
+                state = self._seen[inp.name] = again
                 continue
             prepared = time.perf_counter()
             commit()
@@ -277,6 +299,21 @@ class Reloader:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # --- the watcher ----------------------------------------------------------------------------
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync)  # a period, not a synchronisation
+            for inp in self.inputs:
+                if inp.name in self._dirty:
+                    continue
+                try:
+                    state = await self._in_worker(inp.read)
+                except Exception:
+                    log.exception("%s: cannot read it to look for changes", inp.name)
+                    continue
+                if state != self._seen.get(inp.name):
+                    log.info("%s: changed without a file event; reloading", inp.name)
+                    self.request(inp.name)
+
     def _dirs(self) -> frozenset[Path]:
         return frozenset(d for inp in self.inputs for d in inp.paths().dirs())
 

@@ -329,3 +329,42 @@ def test_files_that_read_as_when_last_committed_are_not_compiled_again(tmp_path:
 
     asyncio.run(scenario())
     assert prepared == ["one", "two"]
+
+
+def test_a_change_no_file_event_reported_is_reloaded_by_the_resync(tmp_path: Path) -> None:
+    """The watcher off (or not yet armed, just after start): the periodic read still finds the change."""
+    store, path, _ = _store(tmp_path, EXAMPLE)
+
+    async def scenario() -> None:
+        reloader = Reloader([store], settle=0.0, watch=False, resync=0.05)
+        await reloader.run()  # reads the inputs as they are now
+        try:
+            path.write_text(VARIANT)  # no watcher, no SIGHUP: only the resync can see it
+            await eventually(lambda: store.generation == 2, timeout=15)
+        finally:
+            await reloader.stop()
+
+    asyncio.run(scenario())
+    assert store.policy.tenants[1].name == "initech"
+
+
+def test_without_a_change_the_resync_reloads_nothing(tmp_path: Path) -> None:
+    store, _, registry = _store(tmp_path, EXAMPLE)
+
+    async def scenario() -> None:
+        reloader = Reloader([store], settle=0.0, watch=False, resync=0.01)
+        await reloader.run()
+        try:
+            for _ in range(20):  # twenty resync periods or so
+                await asyncio.sleep(0.01)
+        finally:
+            await reloader.stop()
+
+    asyncio.run(scenario())
+    assert store.generation == 1
+    assert registry.get_sample_value("meshgate_policy_reloads_total", {"result": "unchanged"}) in (None, 0.0)
+
+
+def test_a_negative_resync_is_refused() -> None:
+    with pytest.raises(ValueError, match="resync"):
+        Reloader([], resync=-1)
