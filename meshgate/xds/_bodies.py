@@ -95,7 +95,9 @@ def grpc_route(policy: Policy, *, extauthz: bool) -> rc.Route:
     route = rc.Route(
         name=GRPC_ROUTE,
         match=rc.RouteMatch(prefix=GRPC_PREFIX),
-        direct_response=json_answer(404, "no_route", "no model route matches this request"),
+        direct_response=rc.DirectResponseAction(
+            status=404, body=base_pb2.DataSource(inline_bytes=contract.NO_ROUTE_BODY.encode())
+        ),
     )
     if extauthz:
         route.typed_per_filter_config[EXTAUTHZ_FILTER].CopyFrom(pack(_grpc_head(policy)))

@@ -115,7 +115,7 @@ def _unrouted() -> rc.Route:
     matched a route, so without it a model named only in the body (OpenAI JSON, Triton gRPC) would be a
     404 before extauthz could set x-meshgate-model (which clears the route cache and re-selects the
     model's route). What still matches it after that (no model, or a server-level call) gets a 404."""
-    body = b'{"error":"no_route","message":"no model route matches this request"}'
+    body = contract.NO_ROUTE_BODY.encode()
     return rc.Route(
         name=NO_ROUTE,
         match=rc.RouteMatch(prefix="/"),
