@@ -27,7 +27,15 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-__all__ = ["configure", "enabled", "genai_request", "genai_usage", "incoming"]
+__all__ = [
+    "STALE_OTLP_PROTOS",
+    "configure",
+    "enabled",
+    "genai_request",
+    "genai_usage",
+    "incoming",
+    "otlp_protos_current",
+]
 
 log = logging.getLogger("meshgate.tracing")
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -44,10 +52,31 @@ def enabled(env: Mapping[str, str]) -> bool:
     return exporter == "otlp" or any(env.get(name, "").strip() for name in _ENDPOINTS)
 
 
+STALE_OTLP_PROTOS = (
+    "the OTLP protobuf modules under opentelemetry/proto are the old ones xds-protos also ships (it "
+    "overwrote opentelemetry-proto's files when pip installed it later); repair the venv with: "
+    "pip install --force-reinstall --no-deps opentelemetry-proto"
+)
+
+
+def otlp_protos_current() -> bool:
+    """False when xds-protos' stale copy of the OTLP protos (no InstrumentationScope) is what Python
+    imports: both wheels write opentelemetry/proto/..., the last one installed wins, and a single
+    `pip install` puts xds-protos last. The SDK's OTLP exporter cannot load on the stale copy."""
+    from opentelemetry.proto.common.v1 import common_pb2
+
+    return hasattr(common_pb2, "InstrumentationScope")
+
+
 def configure(env: Mapping[str, str]) -> Any | None:
     """The SDK's TracerProvider with an OTLP exporter, set as the process's global provider; None when
-    tracing is off. Raises ValueError for a protocol whose exporter is not installed."""
+    tracing is off, or when the OTLP protos are stale (logged once as an error naming the repair: the
+    process serves without tracing rather than not at all). Raises ValueError for a protocol whose
+    exporter is not installed."""
     if not enabled(env):
+        return None
+    if not otlp_protos_current():
+        log.error("tracing off: %s", STALE_OTLP_PROTOS)
         return None
     from opentelemetry import trace
     from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource

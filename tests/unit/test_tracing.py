@@ -61,3 +61,16 @@ def test_genai_attributes_of_openai_calls_only() -> None:
              Descriptor((("quota", "q"), ("tenant", "a")), None, 1)]
     assert genai_usage(usage) == {
         "gen_ai.usage.input_tokens": 7, "gen_ai.usage.output_tokens": 3, "gen_ai.request.model": "m"}
+
+
+def test_stale_otlp_protos_turn_tracing_off_with_one_error_naming_the_repair(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """xds-protos ships an old copy of opentelemetry/proto; installed after opentelemetry-proto (what one
+    `pip install` does) it shadows it, and the OTLP exporter cannot import. meshgate serves untraced."""
+    from meshgate import tracing
+
+    monkeypatch.setattr(tracing, "otlp_protos_current", lambda: False)
+    with caplog.at_level("ERROR", logger="meshgate.tracing"):
+        assert tracing.configure({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}) is None
+    assert [r.getMessage() for r in caplog.records] == [f"tracing off: {tracing.STALE_OTLP_PROTOS}"]
