@@ -154,7 +154,12 @@ def embeddings(model_name: str, inputs: Any) -> dict[str, Any]:
 
 
 def chat_handler(
-    model_name: str, model: BigramChat, *, token_delay: float = 0.0, hold_streams: bool = False
+    model_name: str,
+    model: BigramChat,
+    *,
+    token_delay: float = 0.0,
+    hold_streams: bool = False,
+    split_events: bool = False,
 ) -> type[BaseHTTPRequestHandler]:
     """The handler class; `token_delay` seconds pass before each streamed word (a decode step). With
     `hold_streams`, every stream stops after its first word until `POST /_release` (tests that need
@@ -367,7 +372,12 @@ def chat_handler(
                     time.sleep(token_delay)
                 if i == 2:  # the role chunk and the first word are out
                     release.wait()
-                self._chunk(f"data: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n")
+                text = f"data: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n"
+                if split_events:  # each event in two writes, split inside its JSON, a moment apart
+                    self._chunk(text[: len(text) // 2])
+                    time.sleep(0.005)
+                    text = text[len(text) // 2 :]
+                self._chunk(text)
             self._chunk("data: [DONE]\n\n")
             self._chunk("")
 
@@ -379,9 +389,13 @@ def chat_handler(
     return Handler
 
 
-def serve_chat(name: str, port: int, *, token_delay: float = 0.0, hold_streams: bool = False) -> None:
+def serve_chat(
+    name: str, port: int, *, token_delay: float = 0.0, hold_streams: bool = False, split_events: bool = False
+) -> None:
     model = BigramChat(zen_words())
-    handler = chat_handler(name, model, token_delay=token_delay, hold_streams=hold_streams)
+    handler = chat_handler(
+        name, model, token_delay=token_delay, hold_streams=hold_streams, split_events=split_events
+    )
     server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     print(f"chat stand-in {name!r} on 127.0.0.1:{port}", flush=True)
     server.serve_forever()
@@ -404,11 +418,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help="pause before each streamed word, as a model's decode step (default 0)")
     chat.add_argument("--hold-streams", action="store_true",
                       help="stop every stream after its first word until POST /_release")
+    chat.add_argument("--split-events", action="store_true",
+                      help="write each SSE event in two parts, a moment apart (an event split across reads)")
     args = parser.parse_args(argv)
     if args.kind == "iris":
         serve_iris(args.model, args.version, args.http_port, args.grpc_port)
     else:
-        serve_chat(args.model, args.port, token_delay=args.token_delay, hold_streams=args.hold_streams)
+        serve_chat(args.model, args.port, token_delay=args.token_delay, hold_streams=args.hold_streams,
+                   split_events=args.split_events)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from ._pb import duration, pack, u32
 from ._quotas import model_rate_limits
 from ._server import server_routes
 from ._usage import route_filters
+from ._usage_chunk import OPTIONS_HEADER
 
 __all__ = ["route_configuration"]
 
@@ -108,6 +109,7 @@ def _read_usage(route: rc.Route) -> None:
     for name, config in route_filters():
         route.typed_per_filter_config[name].CopyFrom(pack(config))
     route.request_headers_to_remove.append(contract.STREAM_HEADER)
+    route.request_headers_to_remove.append(OPTIONS_HEADER)
 
 
 def _unrouted() -> rc.Route:

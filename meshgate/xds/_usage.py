@@ -1,10 +1,11 @@
 """LLM usage from the response itself: the Envoy filters that read what an OpenAI-compatible backend
 reports it used, and ask it to report it when streaming (docs/llm.md).
 
-Four HTTP filters, after ratelimit and before the router, all native to Envoy 1.40:
+Four HTTP filters, after ratelimit and before the router, all native to Envoy 1.40, and a Lua filter
+between 2 and 3 (`_usage_chunk`: drops the usage chunk a client did not ask for, after 4 read it):
 
-1. `meshgate.llm.stream` (transform): `x-meshgate-stream` <- the request body's `stream` (any copy the
-   client sent is removed first).
+1. `meshgate.llm.stream` (transform): `x-meshgate-stream` <- the request body's `stream`, and
+   `x-meshgate-stream-options` <- its `stream_options` (any copies the client sent are removed first).
 2. `meshgate.llm.include_usage` (match_delegate around transform): only when that header is `true`,
    merges `{"stream_options": {"include_usage": true}}` into the request body, so the backend ends the
    stream with a usage chunk even when the client did not ask for one.
@@ -48,6 +49,7 @@ from xds.type.v3 import typed_struct_pb2
 from meshgate import contract
 
 from ._pb import pack
+from ._usage_chunk import OPTIONS_HEADER, USAGE_CHUNK_FILTER, usage_chunk_filter
 
 __all__ = ["FILTER_NAMES", "route_filters", "usage_filters"]
 
@@ -55,7 +57,7 @@ STREAM_FILTER = "meshgate.llm.stream"
 INCLUDE_USAGE_FILTER = "meshgate.llm.include_usage"
 JSON_FILTER = "meshgate.llm.usage_json"
 SSE_FILTER = "meshgate.llm.usage_sse"
-FILTER_NAMES = (STREAM_FILTER, INCLUDE_USAGE_FILTER, JSON_FILTER, SSE_FILTER)
+FILTER_NAMES = (STREAM_FILTER, INCLUDE_USAGE_FILTER, USAGE_CHUNK_FILTER, JSON_FILTER, SSE_FILTER)
 
 _TYPE = "type.googleapis.com/"
 _SSE_TO_METADATA = _TYPE + "envoy.extensions.filters.http.sse_to_metadata.v3.SseToMetadata"
@@ -66,14 +68,16 @@ _MAX_EVENT_BYTES = 64 * 1024  # one SSE event (a usage chunk is ~200 bytes; a co
 
 
 def usage_filters() -> list[hcm_pb2.HttpFilter]:
-    """The four filters, disabled until a route enables them (see `route_filters`)."""
+    """The five filters, disabled until a route enables them (see `route_filters`). The usage chunk's
+    Lua filter is before both readers: on the response it runs after them (`_usage_chunk`)."""
     filters = [
         (STREAM_FILTER, pack(_stream_flag())),
         (INCLUDE_USAGE_FILTER, pack(_include_usage())),
         (JSON_FILTER, pack(_json_usage())),
         (SSE_FILTER, _typed_struct(_SSE_TO_METADATA, _sse_usage())),
     ]
-    return [hcm_pb2.HttpFilter(name=name, typed_config=config, disabled=True) for name, config in filters]
+    native = [hcm_pb2.HttpFilter(name=name, typed_config=config, disabled=True) for name, config in filters]
+    return [*native[:2], usage_chunk_filter(), *native[2:]]
 
 
 def route_filters() -> Iterator[tuple[str, rc.FilterConfig]]:
@@ -93,11 +97,18 @@ def _stream_flag() -> transform_pb2.TransformConfig:
         header=base_pb2.HeaderValue(key=contract.STREAM_HEADER, value="%REQUEST_BODY(stream)%"),
         append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
     )
+    # the client's stream_options, for the usage chunk's filter (did it ask for usage?)
+    set_options = base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=OPTIONS_HEADER, value="%REQUEST_BODY(stream_options)%"),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
     return transform_pb2.TransformConfig(
         request_transformation=transform_pb2.Transformation(
             headers_mutations=[
                 mutation_rules_pb2.HeaderMutation(remove=contract.STREAM_HEADER),
+                mutation_rules_pb2.HeaderMutation(remove=OPTIONS_HEADER),
                 mutation_rules_pb2.HeaderMutation(append=set_flag),
+                mutation_rules_pb2.HeaderMutation(append=set_options),
             ]
         )
     )

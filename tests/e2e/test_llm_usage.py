@@ -259,3 +259,52 @@ def test_a_json_answer_too_large_to_hold_passes_through_uncharged(gateway: Gatew
     small = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4)
     assert small.usage is not None
     gateway.charged_to(LIMIT - small.usage.total_tokens)  # the large answer was not charged
+
+
+@pytest.mark.parametrize("backend_args", [(), ("--split-events",)], ids=["whole-events", "split-events"])
+def test_the_usage_chunk_reaches_only_a_client_that_asked_for_it(
+    harness: Stack,
+    meshgate_factory: Callable[..., Meshgate],
+    envoy_factory: Callable[..., Envoy],
+    backend_args: tuple[str, ...],
+) -> None:
+    """The gateway asks the backend for usage in every stream; a client that did not ask does not get
+    the usage chunk (dropped by the gateway's Lua filter after sse_to_metadata read it), and is charged
+    exactly what the backend reported; a client that asked still gets it. With `--split-events` the
+    backend writes every event in two parts (an event split across body chunks)."""
+    gateway = start_gateway(harness, meshgate_factory, envoy_factory, backend_args=backend_args)
+    client = gateway.client()
+    direct = openai.OpenAI(base_url=f"{gateway.backend.url}/v1", api_key="unused", max_retries=0, timeout=20)
+    left = LIMIT
+    prompt = "Special cases aren't special enough to break the rules."
+    messages = [{"role": "user", "content": prompt}]
+
+    def expected(max_tokens: int) -> tuple[str, int]:
+        """The text and usage the backend reports for the prompt, asked straight (deterministic)."""
+        chunks = list(direct.chat.completions.create(model=MODEL, messages=messages, max_tokens=max_tokens,
+                                                     stream=True, stream_options={"include_usage": True}))  # fmt: skip
+        assert chunks[-1].usage is not None and chunks[-1].choices == []
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return text, chunks[-1].usage.total_tokens
+
+    for options in (None, {"include_usage": False}):
+        text, used = expected(11)
+        kwargs: dict[str, Any] = {"stream_options": options} if options is not None else {}
+        chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=11, stream=True,
+                                                     **kwargs))  # fmt: skip
+        assert all(c.choices for c in chunks), "a chunk with empty choices reached the client"
+        assert all(c.usage is None for c in chunks), "a usage chunk reached the client"
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == text
+        assert chunks[-1].choices[0].finish_reason is not None
+        left -= used
+        gateway.charged_to(left)
+
+    # the client asked: it gets the usage chunk, last
+    text, used = expected(5)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=5, stream=True,
+                                                 stream_options={"include_usage": True}))  # fmt: skip
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.total_tokens == used
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    left -= used
+    gateway.charged_to(left)
