@@ -49,6 +49,7 @@ __all__ = [
     "QUOTA_KEY",
     "REQUESTS",
     "STREAM_HEADER",
+    "STREAM_OPTIONS_HEADER",
     "TENANT_HEADER",
     "TIER_HEADER",
     "TOTAL_TOKENS",
@@ -261,6 +262,10 @@ USED_TOKENS = metadata(USAGE_NAMESPACE, TOTAL_TOKENS)
 STREAM_HEADER = "x-meshgate-stream"
 """Set by the gateway from the request body's `stream` (`true` when streaming), overwriting any copy
 the client sent; the gateway then asks the backend for usage in the stream (docs/llm.md)."""
+
+STREAM_OPTIONS_HEADER = "x-meshgate-stream-options"
+"""Set by meshgate's own gateway from the request body's `stream_options` (compact JSON), read by its
+usage-chunk filter and removed before the request goes upstream (docs/llm.md); no other target uses it."""
 
 GATEWAY_HEADERS = (
     TENANT_HEADER,

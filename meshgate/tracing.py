@@ -75,9 +75,6 @@ def configure(env: Mapping[str, str]) -> Any | None:
     exporter is not installed."""
     if not enabled(env):
         return None
-    if not otlp_protos_current():
-        log.error("tracing off: %s", STALE_OTLP_PROTOS)
-        return None
     from opentelemetry import trace
     from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -87,9 +84,14 @@ def configure(env: Mapping[str, str]) -> Any | None:
 
     protocol = (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
                 or "grpc").strip().lower()  # fmt: skip
+    if protocol not in ("grpc", "http/protobuf"):
+        raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: meshgate exports grpc or http/protobuf")
+    if not otlp_protos_current():
+        log.error("tracing off: %s", STALE_OTLP_PROTOS)
+        return None
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    elif protocol == "http/protobuf":
+    else:
         try:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found,no-redef,unused-ignore]
                 OTLPSpanExporter,
@@ -97,8 +99,6 @@ def configure(env: Mapping[str, str]) -> Any | None:
         except ImportError:
             need = "opentelemetry-exporter-otlp-proto-http"
             raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf needs {need}") from None
-    else:
-        raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: meshgate exports grpc or http/protobuf")
     name = env.get("OTEL_SERVICE_NAME") or "meshgate"
     # Resource.create reads OTEL_RESOURCE_ATTRIBUTES; the sampler comes from OTEL_TRACES_SAMPLER
     resource = Resource.create({SERVICE_NAME: name, SERVICE_VERSION: __version__})

@@ -30,7 +30,7 @@ from ._pb import pack
 __all__ = ["OPTIONS_HEADER", "USAGE_CHUNK_FILTER", "usage_chunk_filter"]
 
 USAGE_CHUNK_FILTER = "meshgate.llm.usage_chunk"
-OPTIONS_HEADER = "x-meshgate-stream-options"
+OPTIONS_HEADER = contract.STREAM_OPTIONS_HEADER
 """The request body's `stream_options` as Envoy's formatter writes it (set by `meshgate.llm.stream`,
 removed by this filter before the request goes on)."""
 
