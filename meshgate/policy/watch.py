@@ -195,6 +195,8 @@ class Reloader:
         self._tasks: list[asyncio.Task[None]] = []
         self.cycles = 0
         """Completed reload cycles (each processed every input that was asked for)."""
+        self.resyncs = 0
+        """Completed resync passes (each read every input once)."""
 
     # --- control --------------------------------------------------------------------------------
     def request(self, *names: str) -> None:
@@ -313,6 +315,7 @@ class Reloader:
                 if state != self._seen.get(inp.name):
                     log.info("%s: changed without a file event; reloading", inp.name)
                     self.request(inp.name)
+            self.resyncs += 1
 
     def _dirs(self) -> frozenset[Path]:
         return frozenset(d for inp in self.inputs for d in inp.paths().dirs())

@@ -223,7 +223,7 @@ def test_any_wait_fails_at_once_when_a_started_process_dies_unasked(tmp_path: Pa
 
 
 def test_a_process_ended_on_purpose_does_not_fail_later_waits(tmp_path: Path) -> None:
-    proc = Proc("sleeper", [sys.executable, "-c", "import time; time.sleep(600)"], log_dir=tmp_path).start()
+    proc = Proc("sleeper", [sys.executable, "-c", "import signal; signal.pause()"], log_dir=tmp_path).start()
     proc.kill()
     wait_until(lambda: not proc.alive(), 30, what="the sleeper gone")
     assert wait_until(lambda: "done", 5, what="an unrelated condition") == "done"
