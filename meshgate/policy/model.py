@@ -679,6 +679,13 @@ class GatewaySettings(_Strict):
     """How the gateway calls ratelimit."""
     tls: GatewayTLS | None = None
     """TLS for clients of the gateway listener (HTTP/1.1 and h2 by ALPN); none: plaintext (h2c)."""
+    enforcement: Literal["ext_authz", "native", "auto"] = "ext_authz"
+    """Where meshgate's own gateway (xds) enforces the policy (docs/native.md). ext_authz: every request
+    is decided by meshgate extauthz and counted by meshgate ratelimit (two gRPC calls). native: Envoy's own
+    filters decide (jwt_authn, a compiled decision table, local rate limits meshgate sizes per gateway),
+    no call to meshgate per request; a policy feature that cannot be native is an error naming its field.
+    auto: native for every request that can be, extauthz and ratelimit only for those that need them
+    (API keys, token quotas, prompts to count)."""
     public_server_api: tuple[Literal["live", "ready", "metadata"], ...] = ()
     """Server-level inference calls the gateway answers without credentials: any of live
     (`/v2/health/live`, gRPC ServerLive), ready (`/v2/health/ready`, ServerReady), metadata (`/v2`,
