@@ -1,0 +1,174 @@
+"""The static Envoy configurations and the policy of bench/native_bench.py (no processes here).
+
+- `upstream_bootstrap`: the model stand-in, an Envoy answering every request with a direct_response 200
+  and echoing the identity headers it received as `x-seen-*` response headers (`%REQ(...)%`), so the
+  bench can prove the gateway sent them without a slower echo server on the measured path.
+- `front_bootstrap`: the `raw` listener (router only) and the `hand` listener, hand-written Envoy-native
+  enforcement of the same policy: jwt_authn (inline JWKS, RS256, jwt cache) with the tenant and user
+  claims copied into meshgate's identity headers, rbac allowing the role claim `invoker`, and a
+  local_ratelimit per user (dynamic descriptors) with a limit that never refuses.
+- `policy_doc`: the meshgate policy every meshgate row serves, differing only in gateway.enforcement.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+
+from meshgate import contract
+from tests.harness import bootstraps as b
+
+ISSUER = "https://issuer.bench"
+AUDIENCE = "meshgate"
+TENANT, USER, ROLE, MODEL, KID = "acme", "user-1", "invoker", "bench", "bench-1"
+PATH = f"/v2/models/{MODEL}/infer"
+HUGE = 1_000_000_000  # per-user requests per second: a quota that never refuses
+SEEN = {"tenant": "x-seen-tenant", "user": "x-seen-user", "model": "x-seen-model"}
+"""Response header of the upstream -> the identity it saw (from contract.IDENTITY_HEADERS)."""
+
+_T = "type.googleapis.com/envoy.extensions.filters.http."
+_JWT_PAYLOAD = "jwt_payload"
+
+
+class Keys:
+    """One RSA key pair: its public JWK set and RS256 tokens for the bench's identity."""
+
+    def __init__(self) -> None:
+        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwk = RSAAlgorithm.to_jwk(self._key.public_key(), as_dict=True)
+        self.jwks: dict[str, Any] = {"keys": [{**jwk, "kid": KID, "alg": "RS256", "use": "sig"}]}
+
+    def token(self, *, user: str = USER, roles: tuple[str, ...] = (ROLE,), lifetime: float = 3600.0) -> str:
+        now = int(time.time())
+        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": user, "tenant": TENANT, "roles": list(roles),
+                  "iat": now, "nbf": now - 5, "exp": now + int(lifetime)}  # fmt: skip
+        return jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": KID})
+
+
+def upstream_bootstrap() -> dict[str, Any]:
+    echo = [
+        {"header": {"key": seen, "value": f"%REQ({contract.IDENTITY_HEADERS[key]})%"}}
+        for key, seen in SEEN.items()
+    ]
+    body = json.dumps({"model_name": MODEL, "outputs": []})
+    direct = {
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 200, "body": {"inline_string": body}},
+        "response_headers_to_add": echo,
+    }
+    return b.bootstrap([b.hcm_listener("upstream", [direct])], [])
+
+
+def front_bootstrap(upstream_port: int, keys: Keys) -> dict[str, Any]:
+    """Listeners `raw` and `hand`, both routing to the upstream Envoy."""
+    cluster = b.static_cluster("upstream", "127.0.0.1", upstream_port)
+    raw = b.hcm_listener("raw", [b.route("/", "upstream")])
+    hand_route = {
+        "match": {"prefix": f"/v2/models/{MODEL}/"},
+        "route": {"cluster": "upstream", "timeout": "30s"},
+        "request_headers_to_add": [{"header": {"key": contract.MODEL_HEADER, "value": MODEL}}],
+    }
+    filters = [_jwt_authn(keys), _rbac(), _local_ratelimit()]
+    hand = b.hcm_listener("hand", [hand_route], http_filters=filters)
+    hcm = hand["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["early_header_mutation_extensions"] = [_strip_identity()]  # no forged x-meshgate-* passes
+    return b.bootstrap([raw, hand], [cluster])
+
+
+def _strip_identity() -> dict[str, Any]:
+    return {
+        "name": "envoy.http.early_header_mutation.header_mutation",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.http.early_header_mutation.header_mutation.v3."
+            "HeaderMutation",
+            "mutations": [{"remove_on_match": {"key_matcher": {"prefix": contract.HEADER_PREFIX}}}],
+        },
+    }
+
+
+def _jwt_authn(keys: Keys) -> dict[str, Any]:
+    provider = {
+        "issuer": ISSUER,
+        "audiences": [AUDIENCE],
+        "local_jwks": {"inline_string": json.dumps(keys.jwks)},
+        "forward": False,
+        "payload_in_metadata": _JWT_PAYLOAD,
+        "claim_to_headers": [
+            {"header_name": contract.TENANT_HEADER, "claim_name": "tenant"},
+            {"header_name": contract.USER_HEADER, "claim_name": "sub"},
+        ],
+        "clock_skew_seconds": 30,
+        "jwt_cache_config": {"jwt_cache_size": 100},
+    }
+    config = {
+        "@type": _T + "jwt_authn.v3.JwtAuthentication",
+        "providers": {"bench": provider},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}],
+    }
+    return {"name": "envoy.filters.http.jwt_authn", "typed_config": config}
+
+
+def _rbac() -> dict[str, Any]:
+    role = {
+        "metadata": {
+            "filter": "envoy.filters.http.jwt_authn",
+            "path": [{"key": _JWT_PAYLOAD}, {"key": "roles"}],
+            "value": {"list_match": {"one_of": {"string_match": {"exact": ROLE}}}},
+        }
+    }
+    policy = {
+        "permissions": [{"url_path": {"path": {"prefix": f"/v2/models/{MODEL}/"}}}],
+        "principals": [role],
+    }
+    config = {"@type": _T + "rbac.v3.RBAC", "rules": {"action": "ALLOW", "policies": {ROLE: policy}}}
+    return {"name": "envoy.filters.http.rbac", "typed_config": config}
+
+
+def _local_ratelimit() -> dict[str, Any]:
+    bucket = {"max_tokens": HUGE, "tokens_per_fill": HUGE, "fill_interval": "1s"}
+    all_requests = {"runtime_key": "bench_rl", "default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+    config = {
+        "@type": _T + "local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": "hand_quota",
+        "token_bucket": bucket,
+        "filter_enabled": all_requests,
+        "filter_enforced": all_requests,
+        # one bucket per user: an entry without a value is a dynamic descriptor (Envoy >= 1.35)
+        "descriptors": [{"entries": [{"key": "user"}], "token_bucket": bucket}],
+        "max_dynamic_descriptors": 10000,
+        "rate_limits": [
+            {
+                "actions": [
+                    {"request_headers": {"header_name": contract.USER_HEADER, "descriptor_key": "user"}}
+                ]
+            }
+        ],
+    }
+    return {"name": "envoy.filters.http.local_ratelimit", "typed_config": config}
+
+
+def policy_doc(
+    *, enforcement: str, gateway_port: int, upstream_port: int, jwks: dict[str, Any]
+) -> dict[str, Any]:
+    """One issuer (inline JWKS), one tenant, one role, one v2-rest model, a per-user quota never reached."""
+    return {
+        "version": 1,
+        "gateway": {"address": "127.0.0.1", "port": gateway_port, "enforcement": enforcement},
+        "issuers": [{"name": "bench", "issuer": ISSUER, "audiences": [AUDIENCE], "jwks": jwks}],
+        "tenants": [{"name": TENANT, "quotas": ["per-user"]}],
+        "roles": [{"name": ROLE, "models": [MODEL]}],
+        "models": [
+            {
+                "name": MODEL,
+                "protocol": "v2-rest",
+                "versions": [{"name": "v1", "endpoints": [f"127.0.0.1:{upstream_port}"]}],
+                "health_check": {"enabled": False},  # no probes of the stand-in during the runs
+            }
+        ],
+        "quotas": [{"name": "per-user", "per": ["user"], "limit": HUGE, "window": "second"}],
+    }
