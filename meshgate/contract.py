@@ -47,6 +47,8 @@ __all__ = [
     "PUBLIC_PATHS",
     "QUOTAS_KEY",
     "QUOTA_KEY",
+    "RATELIMIT_NAMESPACE",
+    "REFUSED_KEY",
     "REQUESTS",
     "STREAM_HEADER",
     "STREAM_OPTIONS_HEADER",
@@ -288,6 +290,14 @@ Every error the gateway or extauthz gives under them is in OpenAI's shape (docs/
 QUOTAS_KEY = "quotas"
 """Key of extauthz's metadata struct: the names of the quotas that count the request, comma-separated in
 policy order; the gateway's 429 names them."""
+
+
+RATELIMIT_NAMESPACE = "envoy.filters.http.ratelimit"
+"""Envoy's rate limit filter stores the `dynamic_metadata` of the rate limit service's answer under its
+own name, before it sends the 429 (so the local reply's formatter reads it)."""
+REFUSED_KEY = "refused"
+"""Key of meshgate ratelimit's `dynamic_metadata` on an OVER_LIMIT answer: the names of the quotas that
+refused the request (over their limit), comma-separated in descriptor order; the gateway's 429 names them."""
 
 
 def request_quotas(policy: Policy, tenant: str, model: str) -> tuple[str, ...]:

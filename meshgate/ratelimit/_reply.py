@@ -1,6 +1,10 @@
 """The responses of ShouldRateLimit: `to_response` builds one from a Decision; `_Replies` keeps one
 per decision shape and updates it in place for each call (see docs/ratelimit.md, "The hot path").
 
+An answer that refuses carries `dynamic_metadata {refused: "<quota>,..."}` (contract.REFUSED_KEY): the
+quotas over their limit. Envoy's rate limit filter stores it under its own name before it sends the
+429, where the gateway's local reply names them (docs/llm.md).
+
 Both caches here hold a byte budget (bounds.py): the `current_limit` messages (one per limit and unit
 seen, limit overrides included) and the kept responses.
 """
@@ -8,6 +12,8 @@ seen, limit overrides included) and the kept responses.
 from __future__ import annotations
 
 from envoy.service.ratelimit.v3 import rls_pb2
+
+from meshgate.contract import REFUSED_KEY
 
 from .bounds import MIB, Budget
 from .decision import Decision, Request, limit_header, policy_header
@@ -58,6 +64,9 @@ def to_response(decision: Decision) -> rls_pb2.RateLimitResponse:
     headers = response.response_headers_to_add
     for name, value in decision.headers:
         headers.add(key=name, value=value)
+    refused = decision.refused
+    if refused:
+        response.dynamic_metadata.fields[REFUSED_KEY].string_value = refused
     return response
 
 
@@ -74,7 +83,7 @@ class _Reply:
     runs. So after `_REBUILD_AFTER` header value sets the message is built afresh (and the old one
     freed): it holds at most a few tens of KiB of superseded values."""
 
-    __slots__ = ("headers", "held", "limited", "message", "overall", "sets", "shape", "style")
+    __slots__ = ("headers", "held", "limited", "message", "overall", "refused", "sets", "shape", "style")
 
     def __init__(self, decision: Decision) -> None:
         self._build(decision)
@@ -95,6 +104,7 @@ class _Reply:
         self.headers = list(self.message.response_headers_to_add)
         worst = decision.worst
         self.held = [worst.limit, worst.unit, worst.remaining, worst.reset, worst.name] if worst else []
+        self.refused = decision.refused  # the names in dynamic_metadata ("": none)
         self.sets = 0  # header values set since the message was built
 
     def fill(self, decision: Decision) -> bytes:
@@ -105,6 +115,15 @@ class _Reply:
         overall = _OVER_LIMIT if decision.over_limit else _OK
         if overall != self.overall:
             message.overall_code = self.overall = overall
+        if overall == _OVER_LIMIT or self.refused:  # who refused: named only on a refusal
+            refused = decision.refused
+            if refused != self.refused:
+                if refused:
+                    message.dynamic_metadata.fields[REFUSED_KEY].string_value = refused
+                    self.sets += 1
+                else:
+                    message.ClearField("dynamic_metadata")
+                self.refused = refused
         statuses = decision.statuses
         for i, status, duration, held in self.limited:
             s = statuses[i]

@@ -81,6 +81,15 @@ class Decision:
         return worst
 
     @property
+    def refused(self) -> str:
+        """The names of the rules that refused (over their limit, named), comma-separated in descriptor
+        order, each once; "" unless the decision refuses (shadow mode refuses nothing)."""
+        if not self.over_limit:
+            return ""
+        names = dict.fromkeys(s.name for s in self.statuses if s.over_limit and s.name)
+        return ",".join(names)
+
+    @property
     def headers(self) -> tuple[tuple[str, str], ...]:
         """The response headers of `style`, for the worst status. Built when asked for, not per call:
         the service sets the values it keeps only when their numbers change."""

@@ -2,9 +2,11 @@
 
 - `local_reply()`: the listener's local reply config. A request under OpenAI's paths refused by the
   rate limit filter (response flag RL) gets `{"error": {"message", "type": "rate_limit_error", "param",
-  "code": "rate_limit_exceeded", "quota"}}` naming the quotas that count it (extauthz's metadata,
-  contract.QUOTAS_KEY) and `Retry-After` from meshgate ratelimit's `X-RateLimit-Reset` (the seconds
-  until the window ends; absent with `gateway.ratelimit.response_headers: none`). The rate limit
+  "code": "rate_limit_exceeded", "quota"}}` naming the quotas that refused it (over their limit: the
+  `dynamic_metadata` of meshgate ratelimit's answer, contract.REFUSED_KEY, which Envoy's rate limit
+  filter stores under its own name before it sends the 429; null for a rule without a name) and
+  `Retry-After` from meshgate ratelimit's `X-RateLimit-Reset` (the seconds until the window of the
+  quota that refused ends; absent with `gateway.ratelimit.response_headers: none`). The rate limit
   filter's own 429 has no body: OpenAI's SDKs showed only "Error code: 429". Other refusals keep theirs
   (extauthz shapes its own).
 - `SERVED_NAME_FILTER`: a transform filter that merges `{"model": <served_name>}` into the request body
@@ -33,7 +35,7 @@ __all__ = ["SERVED_NAME_FILTER", "local_reply", "served_name", "served_name_filt
 SERVED_NAME_FILTER = "meshgate.llm.served_name"
 RATE_LIMITED = "RL"  # Envoy's response flag for a request the rate limit service refused
 RESET_HEADER = "x-ratelimit-reset"  # meshgate ratelimit's X-RateLimit-Reset (seconds to the window end)
-_QUOTAS = contract.metadata(contract.EXTAUTHZ_NAMESPACE, contract.EXTAUTHZ_METADATA, contract.QUOTAS_KEY)
+_REFUSED = contract.metadata(contract.RATELIMIT_NAMESPACE, contract.REFUSED_KEY)
 
 
 def local_reply() -> hcm_pb2.LocalReplyConfig:
@@ -54,11 +56,11 @@ def local_reply() -> hcm_pb2.LocalReplyConfig:
     openai = accesslog_pb2.AccessLogFilter(or_filter=accesslog_pb2.OrFilter(filters=paths))
     body = struct_pb2.Struct()
     body.update({"error": {
-        "message": f"Rate limit reached for quota {_QUOTAS}; retry after %RESP({RESET_HEADER})% s",
+        "message": f"Rate limit reached for quota {_REFUSED}; retry after %RESP({RESET_HEADER})% s",
         "type": "rate_limit_error",
         "param": None,
         "code": "rate_limit_exceeded",
-        "quota": _QUOTAS,
+        "quota": _REFUSED,
     }})  # fmt: skip
     retry_after = base_pb2.HeaderValueOption(
         header=base_pb2.HeaderValue(key="retry-after", value=f"%RESP({RESET_HEADER})%"),

@@ -149,6 +149,41 @@ def test_errors_are_in_openai_shape(gateway: Gateway) -> None:
     assert gateway.remaining() == left  # refused: charged nothing
 
 
+def test_the_429_names_the_quota_that_refused_not_every_quota_counting_the_request(
+    harness: Stack, meshgate_factory: Callable[..., Meshgate], envoy_factory: Callable[..., Envoy]
+) -> None:
+    """Two quotas count every request of acme (requests per day, then tokens per day): the 429 names
+    the one over its limit (meshgate ratelimit's answer says which), in the body and RateLimit-Policy."""
+    backend = harness.add(ChatStandIn(harness.workdir)).start()
+    port = free_port()
+    two = policy(port, {MODEL: (("v1", backend, None),)})
+    two["gateway"]["ratelimit"] = {"response_headers": "x-ratelimit"}
+    two["quotas"].insert(0, {"name": "requests-per-day", "per": "tenant", "limit": 2, "window": "day"})
+    two["tenants"][0]["quotas"] = ["requests-per-day", QUOTA]
+    mg = meshgate_factory(two)
+    gw = Gateway(port, mg, envoy_factory(envoy_bootstrap("llm-429", xds=mg.address("xds"))), backend)
+    acme = client(gw, KEY)
+
+    first = ask(acme)  # requests 1 of 2
+    assert first.usage is not None
+    left = LIMIT - first.usage.total_tokens
+    gw.charged_to(left)
+    refusals: dict[str, openai.RateLimitError] = {}
+    with pytest.raises(openai.RateLimitError) as by_tokens:  # the second quota refuses, the first admits
+        ask(acme, max_tokens=left + 1)
+    refusals[QUOTA] = by_tokens.value
+    ask(acme)  # a refused request added nothing: requests 2 of 2
+    with pytest.raises(openai.RateLimitError) as by_requests:  # now the first refuses, the second admits
+        ask(acme)
+    refusals["requests-per-day"] = by_requests.value
+    for quota, error in refusals.items():
+        assert isinstance(error.body, dict) and error.body["quota"] == quota
+        assert f"Rate limit reached for quota {quota};" in error.body["message"]
+        headers = error.response.headers
+        assert headers["ratelimit-policy"].startswith(f'"{quota}";')
+        assert headers["retry-after"] == headers["x-ratelimit-reset"] and int(headers["retry-after"]) > 0
+
+
 def test_models_list_is_what_the_caller_may_use(gateway: Gateway) -> None:
     for prefix in ("/v1", "/openai/v1"):
         acme = client(gateway, KEY, prefix=prefix)

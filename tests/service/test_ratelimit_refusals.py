@@ -18,6 +18,7 @@ import pytest
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from meshgate.contract import REFUSED_KEY
 from meshgate.health import Health
 from meshgate.policy.store import PolicyStore
 from meshgate.ratelimit import MemoryStore
@@ -120,6 +121,40 @@ def test_the_rate_limit_headers_name_the_quota(tmp_path: Path) -> None:
                 answer = await stub.ShouldRateLimit(rls("gw", (("x", "y"),), who, hits=0, limit=10))
                 assert headers(answer).get("RateLimit-Policy") == quota
                 assert headers(answer)["X-RateLimit-Limit"] == ("10" if quota is None else "100")
+
+    asyncio.run(main())
+
+
+def refused(answer: rls_pb2.RateLimitResponse) -> str | None:
+    """The quotas an answer names as refusing (the dynamic metadata the gateway's 429 reads)."""
+    fields = answer.dynamic_metadata.fields
+    return fields[REFUSED_KEY].string_value if REFUSED_KEY in fields else None
+
+
+def test_a_refusal_names_only_the_quotas_that_refused(tmp_path: Path) -> None:
+    """Two quotas count the request; only the second is over its limit: the answer's metadata names it
+    alone (not every quota counting the request), on every refusal of the kept response, and is gone
+    from the next answer that refuses nothing."""
+
+    async def main() -> None:
+        async with service(tmp_path) as (stub, _):
+            fills = rls("gw", user("erin"), hits=100)
+            assert refused(await stub.ShouldRateLimit(fills)) is None  # 100 of 100: admitted
+            for _ in range(2):  # the same request again: its kept response updated in place
+                answer = await stub.ShouldRateLimit(rls("gw", TENANT, user("erin")))
+                assert answer.overall_code == OVER
+                assert [s.code for s in answer.statuses] == [OK, OVER]
+                assert refused(answer) == "user-rpd"
+            # the same shape, another user: admitted twice (a refused request added nothing), then
+            # the first quota refuses alone
+            for _ in range(2):
+                answer = await stub.ShouldRateLimit(rls("gw", TENANT, user("frank")))
+                assert answer.overall_code == OK and refused(answer) is None
+            answer = await stub.ShouldRateLimit(rls("gw", TENANT, user("frank")))
+            assert [s.code for s in answer.statuses] == [OVER, OK] and refused(answer) == "tenant-rpm"
+            # both over: both named, in descriptor order
+            answer = await stub.ShouldRateLimit(rls("gw", TENANT, user("erin")))
+            assert refused(answer) == "tenant-rpm,user-rpd"
 
     asyncio.run(main())
 

@@ -112,6 +112,29 @@ def test_a_kept_response_follows_the_worst_status_from_one_descriptor_to_another
         assert reply.fill(decision) == to_response(decision).SerializeToString()
 
 
+def test_a_kept_response_names_the_quotas_that_refuse_each_call() -> None:
+    """The refusing quotas' names (dynamic metadata) follow each decision of one shape: set when it
+    refuses, changed when others refuse, removed when it does not (shadow mode refuses nothing)."""
+    shape = object()
+
+    def decision(over: bool, first: bool, second: bool) -> Decision:
+        statuses = (Status(first, 10, "minute", 0 if first else 5, 60, "rpm"),
+                    Status(second, 100, "day", 0 if second else 50, 600, "tpd"))  # fmt: skip
+        return Decision(over, statuses, "none", shape)
+
+    sequence = [(False, False, False), (True, False, True), (True, True, False), (True, True, True),
+                (False, False, False), (False, True, False), (True, False, True)]  # fmt: skip
+    reply = _Reply(decision(*sequence[0]))
+    names = []
+    for args in sequence:
+        d = decision(*args)
+        raw = reply.fill(d)
+        assert raw == to_response(d).SerializeToString()
+        fields = rls_pb2.RateLimitResponse.FromString(raw).dynamic_metadata.fields
+        names.append(fields["refused"].string_value if "refused" in fields else None)
+    assert names == [None, "tpd", "rpm", "rpm,tpd", None, None, "tpd"]
+
+
 def test_malformed_bytes_over_a_real_channel_are_invalid_argument_and_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
