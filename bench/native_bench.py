@@ -137,6 +137,13 @@ def request(port: int, token: str | None) -> tuple[int, dict[str, str]]:
 
 def prove(row: Row, keys: Keys, token: str) -> str:
     """'ok', or why the row is broken."""
+    try:
+        return _prove(row, keys, token)
+    except OSError as err:
+        return f"broken: {err!r}"
+
+
+def _prove(row: Row, keys: Keys, token: str) -> str:
     status, headers = request(row.port, token)
     if status != 200:
         return f"broken: a valid token got {status}"
@@ -170,24 +177,38 @@ def start_meshgate_row(name: str, stack: Stack, work: Path, keys: Keys, upstream
     row = Row(name, port=free_port())
     doc = policy_doc(enforcement=name, gateway_port=row.port, upstream_port=upstream, jwks=keys.jwks)
     meshgate = Meshgate(doc, workdir=work / name, extra_args=["--no-watch"])
+    failed = "broken" if name == "ext_authz" else "not available"
     try:
         stack.add(meshgate).start()
     except StartupError:
-        reason = meshgate.proc.tail(3).splitlines()[-1:] or ["(no log)"]
-        row.status = f"{'broken' if name == 'ext_authz' else 'not available'}: meshgate serve: {reason[0]}"
+        meshgate.stop()  # (off the harness's watch of unexpected exits)
+        row.status = f"{failed}: meshgate serve: {_last_line(meshgate.proc.tail(3))}"
         return row
     row.meshgate_pid = meshgate.proc.pid
     argv = [*binaries.meshgate_argv(), "envoy-bootstrap", "--node-id", f"bench-{name}",
             "--xds", meshgate.address("xds")]  # fmt: skip
     boot = yaml.safe_load(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
     envoy = stack.add(Envoy(boot, workdir=work / name, log_level="warning", name=f"gateway-{name}"))
-    envoy.start()
-    wait_for_tcp("127.0.0.1", row.port, 30, proc=envoy.proc)
+    try:  # a gateway listener Envoy rejects (NACK) never binds its port
+        envoy.start()
+        wait_for_tcp("127.0.0.1", row.port, 30, proc=envoy.proc)
+    except StartupError:
+        rejected = [line for line in envoy.proc.tail(200).splitlines() if "rejected" in line]
+        why = _last_line(rejected[-1].split("rejected: ", 1)[-1] if rejected else envoy.proc.tail(3))
+        envoy.stop()
+        row.status = f"{failed}: gateway Envoy: {why}"
+        return row
     row.envoy_pid = envoy.proc.pid
     row.filters = http_filters(envoy)
     if name != "ext_authz" and "envoy.filters.http.jwt_authn" not in row.filters:
         row.status = f"not available: enforcement {name} compiled no jwt_authn filter"
     return row
+
+
+def _last_line(text: str) -> str:
+    """The last line of a log, without a leading timestamp."""
+    lines = text.strip().splitlines()
+    return re.sub(r"^\[?\d{4}-\d\d-\d\d[ T][\d:.,]+\]?\s*", "", lines[-1])[:300] if lines else "(no log)"
 
 
 def start_rows(names: list[str], stack: Stack, work: Path, keys: Keys) -> list[Row]:
