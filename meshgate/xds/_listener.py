@@ -21,6 +21,7 @@ from meshgate.contract import reads_usage
 from meshgate.policy.model import GatewaySettings, GatewayTLS, Policy
 
 from . import _names
+from ._native_quotas import native_quota_filters
 from ._openai import local_reply, served_name_filter
 from ._pb import ADS, duration, pack
 from ._routes import has_served_names
@@ -45,6 +46,7 @@ def gateway_listener(policy: Policy, options: CompileOptions) -> listener_pb2.Li
             filters += usage_filters()  # disabled here, enabled per route (see _usage)
     if has_served_names(policy):
         filters.append(served_name_filter())  # disabled here, enabled per route (see _openai)
+    filters += native_quota_filters(policy)  # native quotas (docs/native.md): after every identity filter
     filters.append(
         hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
     )

@@ -5,7 +5,8 @@ A `requests` quota is one rate limit; a `tokens` quota is a check at request tim
 tokens extauthz asked for) and a charge at stream end (hits_addend = the tokens the backend reported
 it used, read from the response by the `_usage` filters). They go on each route of the models the
 quota's `models` patterns select (RateLimitPerRoute.rate_limits: on the route Envoy 1.40 keeps
-hits_addend, in RouteAction.rate_limits it does not).
+hits_addend, in RouteAction.rate_limits it does not). A quota the gateway enforces natively
+(`gateway.enforcement: native | auto`, `_native_quotas`) is left out: Envoy counts it itself.
 
 Every OpenAI model's routes also send, at stream end, the chargeback descriptors
 `meshgate.usage=<kind>, tenant, model` (kind: requests, prompt_tokens, completion_tokens), whose
@@ -20,6 +21,8 @@ from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
 from meshgate import contract
 from meshgate.contract import reads_usage
 from meshgate.policy.model import Model, Policy, Quota
+
+from ._native_quotas import native_quotas
 
 __all__ = ["model_rate_limits"]
 
@@ -61,7 +64,10 @@ def _chargeback() -> list[rc.RateLimit]:
 def model_rate_limits(policy: Policy, model: Model) -> rate_limit_pb2.RateLimitPerRoute | None:
     """The per-route rate limits of `model`'s routes, or None when none applies to it."""
     limits: list[rc.RateLimit] = []
+    native = native_quotas(policy)
     for quota in contract.quota_plan(policy).quotas_of(policy, model.name):
+        if quota.name in native:
+            continue
         if quota.unit == "tokens":
             check = [*_actions(quota), _generic(contract.PHASE_KEY, contract.CHECK)]
             charge = [*_actions(quota), _generic(contract.PHASE_KEY, contract.CHARGE)]

@@ -28,6 +28,7 @@ from meshgate.policy.model import Model, Policy
 from . import _names
 from ._bodies import EXTAUTHZ_FILTER, grpc_route, json_type, size_routes, stream_body, stream_refusal
 from ._names import Face
+from ._native_quotas import native_quota_configs
 from ._openai import SERVED_NAME_FILTER, served_name
 from ._pb import duration, pack, u32
 from ._quotas import model_rate_limits
@@ -77,10 +78,10 @@ def route_configuration(
     if served:
         _enable(unrouted, SERVED_NAME_FILTER)  # in the chain, so the model route's name applies
     routes.append(unrouted)
-    return route_pb2.RouteConfiguration(
-        name=_names.ROUTE_CONFIG,
-        virtual_hosts=[rc.VirtualHost(name=_names.VIRTUAL_HOST, domains=["*"], routes=routes)],
-    )
+    host = rc.VirtualHost(name=_names.VIRTUAL_HOST, domains=["*"], routes=routes)
+    for name, config in native_quota_configs(policy).items():  # one set of buckets for every route
+        host.typed_per_filter_config[name].CopyFrom(pack(config))
+    return route_pb2.RouteConfiguration(name=_names.ROUTE_CONFIG, virtual_hosts=[host])
 
 
 def has_served_names(policy: Policy) -> bool:

@@ -1,4 +1,6 @@
-"""The minimal Envoy bootstrap: admin plus one cluster (meshgate ADS); everything else arrives over ADS."""
+"""The minimal Envoy bootstrap: admin, the cluster of meshgate's ADS and the gateways' local cluster
+(its endpoints, one per connected gateway, arrive over ADS like everything else: `_gateways`; native
+quotas divide their limits by its size, docs/native.md)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from ._gateways import GATEWAYS_CLUSTER
 from ._pb import split_host_port
 
 __all__ = ["RECONNECT", "XDS_CLUSTER", "Reconnect", "XdsTLS", "bootstrap_dict", "envoy_bootstrap"]
@@ -91,7 +94,18 @@ def bootstrap_dict(
             "cds_config": dict(ads),
             "lds_config": dict(ads),
         },
-        "static_resources": {"clusters": [_xds_cluster(xds, tls)]},
+        "cluster_manager": {"local_cluster_name": GATEWAYS_CLUSTER},
+        "static_resources": {"clusters": [_xds_cluster(xds, tls), _gateways_cluster()]},
+    }
+
+
+def _gateways_cluster() -> dict[str, Any]:
+    """The gateways' local cluster: EDS over ADS, never connected to (`_gateways`)."""
+    return {
+        "name": GATEWAYS_CLUSTER,
+        "type": "EDS",
+        "connect_timeout": "1s",
+        "eds_cluster_config": {"eds_config": {"ads": {}, "resource_api_version": "V3"}},
     }
 
 

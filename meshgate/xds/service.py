@@ -21,8 +21,9 @@ from meshgate.models import EndpointHealth, EndpointKey, Readiness
 from meshgate.policy.model import Policy
 from meshgate.tracing import incoming
 
+from ._gateways import GATEWAYS_CLUSTER, Gateways, gateways_assignment
 from ._loop import run_stream
-from ._types import short
+from ._types import ENDPOINT, short
 from ._wire import Malformed, abort_malformed, parsed, register
 from .cache import SnapshotCache
 from .compile import EndpointHealthMap, cert_files, compile_snapshot, update_health
@@ -84,6 +85,8 @@ class XdsService:
         self._first_pending = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._policy: Policy | None = None
+        self.gateways = Gateways(self._gateways_changed)
+        """The gateways whose ADS stream asked for their local cluster's endpoints (`_gateways`)."""
 
     # --- policy -> snapshot -------------------------------------------------------------------
     def prepare(self, policy: Policy) -> Callable[[], None]:
@@ -95,12 +98,26 @@ class XdsService:
 
         def commit() -> None:
             self._policy = policy
-            self._latest, self._latest_health = snapshot, health
+            self._latest, self._latest_health = self._with_gateways(snapshot), health
             self.schedule(snapshot)
             if self._health_now() != health:  # changed between prepare and commit
                 self.health_changed({})
 
         return commit
+
+    # --- connected gateways -> EDS of their local cluster ---------------------------------------
+    def _with_gateways(self, snapshot: Snapshot) -> Snapshot:
+        assignment = gateways_assignment(self.gateways.members())
+        return snapshot.replace({ENDPOINT: [(GATEWAYS_CLUSTER, assignment)]})
+
+    def _gateways_changed(self) -> None:
+        """A gateway came or went: only the endpoints of the gateways' cluster change (never the
+        routes, whose rebuild would refill every native quota's buckets)."""
+        if self._latest is None:
+            return
+        self._latest = self._with_gateways(self._latest)
+        log.info("xds: %d gateway(s) connected", len(self.gateways))
+        self.schedule(self._latest)
 
     # --- endpoint health -> EDS ---------------------------------------------------------------
     def _health_now(self) -> dict[EndpointKey, EndpointHealth]:
@@ -229,7 +246,7 @@ class _Ads:
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
         s = self._s
-        node = _Node()
+        node = _Node(s.gateways)
         try:
             async for response in _pushes(s.tracer, context, node, "sotw", run_stream(
                 node.noted(parsed(discovery_pb2.DiscoveryRequest, requests)), SotwHandler(),
@@ -238,12 +255,14 @@ class _Ads:
                 yield response
         except Malformed as exc:
             await abort_malformed(context, "StreamAggregatedResources", exc)
+        finally:
+            node.left()
 
     async def DeltaAggregatedResources(
         self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
         s = self._s
-        node = _Node()
+        node = _Node(s.gateways)
         try:
             async for response in _pushes(s.tracer, context, node, "delta", run_stream(
                 node.noted(parsed(discovery_pb2.DeltaDiscoveryRequest, requests)), DeltaHandler(),
@@ -252,19 +271,39 @@ class _Ads:
                 yield response
         except Malformed as exc:
             await abort_malformed(context, "DeltaAggregatedResources", exc)
+        finally:
+            node.left()
 
 
 class _Node:
-    """The node id of a stream, read from its requests as they pass (for the push spans)."""
+    """The node id of a stream, read from its requests as they pass (for the push spans); a node
+    that asks for the gateways' local cluster joins `gateways` until its stream ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, gateways: Gateways) -> None:
         self.id = ""
+        self._gateways = gateways
+        self._joined = False
 
     async def noted(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         async for request in requests:
             if not self.id:
                 self.id = request.node.id
+            if not self._joined and request.type_url == ENDPOINT and GATEWAYS_CLUSTER in _names_in(request):
+                self._joined = True
+                self._gateways.join(self.id)
             yield request
+
+    def left(self) -> None:
+        if self._joined:
+            self._joined = False
+            self._gateways.leave(self.id)
+
+
+def _names_in(request: Any) -> Any:
+    """The resource names a request asks for (delta: those it subscribes to)."""
+    if isinstance(request, discovery_pb2.DeltaDiscoveryRequest):
+        return request.resource_names_subscribe
+    return request.resource_names
 
 
 async def _pushes(

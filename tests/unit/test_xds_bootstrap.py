@@ -25,10 +25,13 @@ def test_defaults_are_delta_ads_to_local_meshgate(capsys: pytest.CaptureFixture[
     assert ads["grpc_services"] == [
         {"envoy_grpc": {"cluster_name": "meshgate_xds", "retry_policy": {"retry_back_off": backoff}}}
     ]
-    [cluster] = doc["static_resources"]["clusters"]  # type: ignore[index]
+    cluster, gateways = doc["static_resources"]["clusters"]  # type: ignore[index]
     assert cluster["type"] == "STATIC"
     address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
     assert address == {"socket_address": {"address": "127.0.0.1", "port_value": 18000}}
+    # the gateways' local cluster (native quotas' share, docs/native.md): its endpoints come over ADS
+    assert doc["cluster_manager"] == {"local_cluster_name": gateways["name"]}  # type: ignore[index]
+    assert gateways["type"] == "EDS" and gateways["eds_cluster_config"]["eds_config"]["ads"] == {}
     assert doc["admin"]["address"]["socket_address"]["port_value"] == 9901  # type: ignore[index]
 
 
@@ -37,7 +40,7 @@ def test_flags(capsys: pytest.CaptureFixture[str]) -> None:
         capsys, "--node-id", "n", "--xds", "meshgate.mesh.svc:18001", "--admin-port", "19000", "--sotw"
     )
     assert doc["dynamic_resources"]["ads_config"]["api_type"] == "GRPC"  # type: ignore[index]
-    [cluster] = doc["static_resources"]["clusters"]  # type: ignore[index]
+    cluster, _ = doc["static_resources"]["clusters"]  # type: ignore[index]
     assert cluster["type"] == "STRICT_DNS"
     assert doc["admin"]["address"]["socket_address"]["port_value"] == 19000  # type: ignore[index]
 
@@ -53,7 +56,7 @@ def test_tls_to_meshgate(capsys: pytest.CaptureFixture[str]) -> None:
         capsys, "--node-id", "n", "--xds", "meshgate.mesh.svc:18000",
         "--tls-ca", "/ca.pem", "--tls-cert", "/c.pem", "--tls-key", "/k.pem",
     )  # fmt: skip
-    [cluster] = doc["static_resources"]["clusters"]  # type: ignore[index]
+    cluster, _ = doc["static_resources"]["clusters"]  # type: ignore[index]
     context = cluster["transport_socket"]["typed_config"]
     assert context["sni"] == "meshgate.mesh.svc"
     common = context["common_tls_context"]

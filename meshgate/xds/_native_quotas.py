@@ -1,0 +1,247 @@
+"""Request quotas enforced by Envoy itself: local rate limits that meshgate sizes per gateway.
+
+With `gateway.enforcement: native` or `auto`, every quota Envoy can enforce alone (`native_quota_gaps`
+lists the others, which stay on meshgate ratelimit in `auto`) becomes token buckets of Envoy's
+local_ratelimit filter (docs/native.md, "Quotas"):
+
+- one filter per window in use (`meshgate.quotas.minute`, ...; placeholders on the listener that do
+  nothing) and `meshgate.quotas.shadow` for quotas in shadow mode (counted, never enforced), right
+  before the router, so after every filter that sets the identity headers;
+- their real config on the virtual host (`native_quota_configs`): one set of buckets for every route
+  of the gateway, so a quota counts a user once whatever route (version, face, A/B) a request takes;
+- request descriptors from the filter's own `rate_limits` actions, the same entries as meshgate
+  ratelimit's (quota=<name>, tenant, user, model from the identity headers, contract.descriptor_keys),
+  plus `meshgate.models=selected` when the quota counts only some models;
+- one configured descriptor per tenant listing the quota (its limit times its tier's multiplier,
+  contract.quota_limit), or one for a quota not counted per tenant, with user and model as wildcards:
+  Envoy makes a bucket per value it sees (at most MAX_DYNAMIC per descriptor, least recently used
+  first out);
+- each bucket holds `limit` tokens and refills `limit` per window; `local_cluster_rate_limit` makes each
+  request cost N tokens on a gateway that sees N gateways in its local cluster (`_gateways`), so the
+  gateways together admit about `limit` per window (the bound and its causes: docs/native.md).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as common_pb2
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2 as lrl_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.v3 import percent_pb2, token_bucket_pb2
+from google.protobuf import wrappers_pb2  # type: ignore[import-untyped]
+
+from meshgate import contract
+from meshgate.policy.errors import format_path
+from meshgate.policy.model import Policy, Quota
+from meshgate.ratelimit.model import UNIT_SECONDS
+
+from ._pb import duration, pack, u32
+
+__all__ = [
+    "MAX_DYNAMIC",
+    "MODELS_KEY",
+    "SHADOW_FILTER",
+    "native_quota_configs",
+    "native_quota_filters",
+    "native_quota_gaps",
+    "native_quotas",
+    "quota_filter",
+]
+
+MODELS_KEY, SELECTED = "meshgate.models", "selected"
+"""Entry of a native quota's descriptor that counts only some models: present when the request's model
+is one of them (a header_value_match action on the model header)."""
+SHADOW_FILTER = "meshgate.quotas.shadow"
+MAX_DYNAMIC = 10_000
+"""Buckets Envoy keeps per configured descriptor (users, or user x model, of one tenant and quota)."""
+_MAX_TOKENS = 2**32 - 1  # TokenBucket.max_tokens is a uint32
+_WINDOWS = ("second", "minute", "hour", "day")
+_ALL = percent_pb2.FractionalPercent(numerator=100, denominator=percent_pb2.FractionalPercent.HUNDRED)
+_NONE = percent_pb2.FractionalPercent(numerator=0, denominator=percent_pb2.FractionalPercent.HUNDRED)
+_RESET_HEADERS = {"x-ratelimit": ("x-ratelimit-remaining", "x-ratelimit-reset"),
+                  "draft-03": ("ratelimit-remaining", "ratelimit-reset")}  # fmt: skip
+_A = rc.RateLimit.Action
+
+
+def quota_filter(window: str) -> str:
+    """The name of the filter enforcing the native quotas of `window`."""
+    return f"meshgate.quotas.{window}"
+
+
+# --- what can be native -----------------------------------------------------------------------------
+
+
+def _quota_gaps(policy: Policy, index: int, quota: Quota) -> Iterator[tuple[str, str]]:
+    def at(field: str) -> str:
+        return format_path(("quotas", index, field))
+
+    if quota.unit != "requests":
+        yield (
+            at("unit"),
+            (
+                "a tokens quota is charged at stream end with what the backend used; Envoy's local rate "
+                "limit counts requests when they arrive"
+            ),
+        )
+    if quota.algorithm != "fixed_window":
+        yield (
+            at("algorithm"),
+            (
+                "Envoy's local rate limit is a token bucket that refills continuously: it can hold a "
+                "fixed window's average, not a sliding window's bound"
+            ),
+        )
+    tenants = [t.name for t in policy.tenants if quota.name in t.quotas] if "tenant" in quota.per else [None]
+    if any(contract.quota_limit(policy, quota, tenant) > _MAX_TOKENS for tenant in tenants):
+        yield (
+            at("limit"),
+            f"a limit (tier multiplier applied) above {_MAX_TOKENS} does not fit Envoy's bucket",
+        )
+
+
+def native_quota_gaps(policy: Policy) -> list[tuple[str, str]]:
+    """(field path, reason) of every quota setting Envoy cannot enforce alone: with `enforcement:
+    native` each is an error, with `auto` its quota stays on meshgate ratelimit."""
+    return [gap for i, quota in enumerate(policy.quotas) for gap in _quota_gaps(policy, i, quota)]
+
+
+def native_quotas(policy: Policy) -> frozenset[str]:
+    """Names of the quotas the gateway enforces natively (none with `enforcement: ext_authz`)."""
+    if policy.gateway.enforcement == "ext_authz":
+        return frozenset()
+    return frozenset(
+        q.name for i, q in enumerate(policy.quotas) if next(_quota_gaps(policy, i, q), None) is None
+    )
+
+
+def _shadow(policy: Policy, quota: Quota) -> bool:
+    return quota.shadow_mode or policy.gateway.ratelimit.shadow_mode
+
+
+def _groups(policy: Policy) -> dict[str, list[Quota]]:
+    """Filter name -> its native quotas, in filter order (windows shortest first, then shadow)."""
+    plan = contract.quota_plan(policy)
+    native = {name for name in native_quotas(policy) if plan.models[name]}  # (one counting no model: none)
+    groups: dict[str, list[Quota]] = {}
+    for window in _WINDOWS:
+        quotas = [
+            q for q in policy.quotas if q.name in native and q.window == window and not _shadow(policy, q)
+        ]
+        if quotas:
+            groups[quota_filter(window)] = quotas
+    shadow = [q for q in policy.quotas if q.name in native and _shadow(policy, q)]
+    if shadow:
+        groups[SHADOW_FILTER] = shadow
+    return groups
+
+
+# --- the filters ------------------------------------------------------------------------------------
+
+
+def native_quota_filters(policy: Policy) -> list[hcm_pb2.HttpFilter]:
+    """The listener's local rate limit filters (to go right before the router): placeholders that
+    enforce nothing; the virtual host gives each its config (`native_quota_configs`)."""
+    return [
+        hcm_pb2.HttpFilter(
+            name=name, typed_config=pack(lrl_pb2.LocalRateLimit(stat_prefix=_stat_prefix(name)))
+        )
+        for name in _groups(policy)
+    ]
+
+
+def native_quota_configs(policy: Policy) -> dict[str, lrl_pb2.LocalRateLimit]:
+    """Filter name -> the virtual host's config of that filter."""
+    return {name: _config(policy, name, quotas) for name, quotas in _groups(policy).items()}
+
+
+def _stat_prefix(name: str) -> str:
+    return name.replace(".", "_")
+
+
+def _config(policy: Policy, name: str, quotas: list[Quota]) -> lrl_pb2.LocalRateLimit:
+    shadow = name == SHADOW_FILTER
+    config = lrl_pb2.LocalRateLimit(
+        stat_prefix=_stat_prefix(name),
+        # a request no quota counts takes a token from this bucket, which never runs dry (Envoy
+        # requires one on a virtual host's config)
+        token_bucket=token_bucket_pb2.TokenBucket(
+            max_tokens=_MAX_TOKENS, tokens_per_fill=u32(_MAX_TOKENS), fill_interval=duration(1)
+        ),
+        always_consume_default_token_bucket=wrappers_pb2.BoolValue(value=False),
+        filter_enabled=base_pb2.RuntimeFractionalPercent(default_value=_ALL),
+        filter_enforced=base_pb2.RuntimeFractionalPercent(default_value=_NONE if shadow else _ALL),
+        local_cluster_rate_limit=common_pb2.LocalClusterRateLimit(),
+        max_dynamic_descriptors=u32(MAX_DYNAMIC),
+        rate_limits=[rc.RateLimit(actions=_actions(policy, q)) for q in quotas],
+        descriptors=[d for q in quotas for d in _descriptors(policy, q)],
+    )
+    if not shadow:
+        config.response_headers_to_add.extend(_refusal_headers(policy, UNIT_SECONDS[quotas[0].window]))
+    return config
+
+
+def _refusal_headers(policy: Policy, window: int) -> list[base_pb2.HeaderValueOption]:
+    """The headers of a native 429: what Envoy's rate limit filter adds to meshgate ratelimit's
+    (x-envoy-ratelimited), and remaining 0 with the reset in meshgate's header style: the window's
+    seconds, by when an unused bucket is full again (docs/native.md)."""
+    headers = [("x-envoy-ratelimited", "true")]
+    style = policy.gateway.ratelimit.response_headers
+    if style in _RESET_HEADERS:
+        remaining, reset = _RESET_HEADERS[style]
+        headers += [(remaining, "0"), (reset, str(window))]
+    return [
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=key, value=value),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+        )
+        for key, value in headers
+    ]
+
+
+# --- descriptors ------------------------------------------------------------------------------------
+
+
+def _selects_some(policy: Policy, quota: Quota) -> bool:
+    return quota.name not in contract.quota_plan(policy).every_model
+
+
+def _actions(policy: Policy, quota: Quota) -> list[rc.RateLimit.Action]:
+    actions = [_A(generic_key=_A.GenericKey(descriptor_key=contract.QUOTA_KEY, descriptor_value=quota.name))]
+    if _selects_some(policy, quota):
+        models = contract.quota_plan(policy).models[quota.name]
+        pattern = "^(" + "|".join(re.escape(m) for m in models) + ")$"
+        matcher = rc.HeaderMatcher(
+            name=contract.MODEL_HEADER,
+            string_match=string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=pattern)),
+        )
+        actions.append(
+            _A(header_value_match=_A.HeaderValueMatch(
+                descriptor_key=MODELS_KEY, descriptor_value=SELECTED, headers=[matcher]
+            ))
+        )  # fmt: skip
+    for key, header in contract.descriptor_headers(quota):
+        actions.append(_A(request_headers=_A.RequestHeaders(header_name=header, descriptor_key=key)))
+    return actions
+
+
+def _descriptors(policy: Policy, quota: Quota) -> Iterator[common_pb2.LocalRateLimitDescriptor]:
+    keys = contract.descriptor_keys(quota)
+    tenants = [t.name for t in policy.tenants if quota.name in t.quotas] if "tenant" in keys else [None]
+    seconds = UNIT_SECONDS[quota.window]
+    for tenant in tenants:
+        limit = contract.quota_limit(policy, quota, tenant)
+        entries = [common_pb2.RateLimitDescriptor.Entry(key=contract.QUOTA_KEY, value=quota.name)]
+        if _selects_some(policy, quota):
+            entries.append(common_pb2.RateLimitDescriptor.Entry(key=MODELS_KEY, value=SELECTED))
+        for key in keys:  # an empty value: any value, one bucket per value Envoy sees
+            value = tenant if key == "tenant" and tenant is not None else ""
+            entries.append(common_pb2.RateLimitDescriptor.Entry(key=key, value=value))
+        bucket = token_bucket_pb2.TokenBucket(
+            max_tokens=limit, tokens_per_fill=u32(limit), fill_interval=duration(seconds)
+        )
+        yield common_pb2.LocalRateLimitDescriptor(entries=entries, token_bucket=bucket)
