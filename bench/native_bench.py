@@ -18,8 +18,9 @@ header set (GET `/v2/models/bench/infer`, `authorization: Bearer <one valid RS25
   auto       the same with gateway.enforcement: auto
 
 The meshgate rows serve one policy (policy_doc): one issuer with an inline JWKS (RS256), one tenant, one
-role allowed the model, one v2-rest model, and a per-user request quota of 10^9 a second (never
-refuses); each row has its own meshgate and gateway Envoy. The upstream of every row is one more
+role allowed the model, one v2-rest model (no health probes), and a per-user request quota of 10^9 a
+second (never refuses); each row has its own `meshgate serve` (counters in memory: no Redis) and
+gateway Envoy. The upstream of every row is one more
 Envoy answering 200 with a direct_response and echoing the identity headers it received.
 
 Before timing, each row proves it works: a request with the token gets 200; in every row but raw the
