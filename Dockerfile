@@ -23,15 +23,12 @@ COPY pyproject.toml setup.py README.md ./
 COPY proto/ proto/
 COPY meshgate/ meshgate/
 # the same install CI runs (the README's: pip install -e '.[test,dev]'), without the editable flag and
-# without the test/dev extras, which the image does not need
-# then opentelemetry-proto again: xds-protos ships a stale copy of its modules that pip wrote last, and the
-# OTLP trace exporter needs the real ones (docs/operations.md)
+# without the test/dev extras, which the image does not need; the import checks the span exporter too
 RUN python -m pip install --upgrade pip \
  && pip install . \
- && pip install --force-reinstall --no-deps opentelemetry-proto \
  && cd / \
  && meshgate --help > /dev/null \
- && python -c "import meshgate.server, meshgate._proto.admin_pb2; from meshgate.tracing import otlp_protos_current as ok; assert ok()"
+ && python -c "import meshgate.server, meshgate._proto.admin_pb2, opentelemetry.exporter.otlp.json.http.trace_exporter"
 
 # --- runtime: the interpreter and the virtualenv, nothing else -------------------------------------------
 FROM ${PYTHON_IMAGE}

@@ -3,9 +3,12 @@
 Tracing is on when OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT is set (or
 OTEL_TRACES_EXPORTER=otlp), unless OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none. Then:
 
-- spans go to an OTLP exporter: gRPC (OTEL_EXPORTER_OTLP_PROTOCOL=grpc, the default) or HTTP
-  (`http/protobuf`, with opentelemetry-exporter-otlp-proto-http installed); the exporter reads its
-  endpoint, headers, timeout, compression and certificates from the OTEL_EXPORTER_OTLP_* variables;
+- spans go over OTLP/HTTP in OTLP's JSON encoding (OTEL_EXPORTER_OTLP_PROTOCOL=http/json, the only
+  protocol meshgate speaks; another is refused at start) to OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as it
+  is, or OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces, with OTEL_EXPORTER_OTLP_(TRACES_)HEADERS and
+  OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT (milliseconds, as the specification says); the exporter,
+  opentelemetry-python's own (opentelemetry-exporter-otlp-json-http), reads the certificates and the
+  compression itself. Why not OTLP/gRPC or http/protobuf: docs/operations.md;
 - the sampler is OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default parentbased_always_on: a
   request Envoy sampled is traced, one it did not is not);
 - the resource is OTEL_SERVICE_NAME (default `meshgate`) and OTEL_RESOURCE_ATTRIBUTES, with
@@ -23,23 +26,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-__all__ = [
-    "STALE_OTLP_PROTOS",
-    "configure",
-    "enabled",
-    "genai_request",
-    "genai_usage",
-    "incoming",
-    "otlp_protos_current",
-]
+__all__ = ["configure", "enabled", "export_settings", "genai_request", "genai_usage", "incoming"]
 
 log = logging.getLogger("meshgate.tracing")
 _PROPAGATOR = TraceContextTextMapPropagator()
 _ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+PROTOCOL = "http/json"
+DEFAULT_ENDPOINT = "http://localhost:4318"  # the OTLP/HTTP port of the specification
+DEFAULT_TIMEOUT_MS = 10_000
 
 
 def enabled(env: Mapping[str, str]) -> bool:
@@ -52,29 +51,60 @@ def enabled(env: Mapping[str, str]) -> bool:
     return exporter == "otlp" or any(env.get(name, "").strip() for name in _ENDPOINTS)
 
 
-STALE_OTLP_PROTOS = (
-    "the OTLP protobuf modules under opentelemetry/proto are the old ones xds-protos also ships (it "
-    "overwrote opentelemetry-proto's files when pip installed it later); repair the venv with: "
-    "pip install --force-reinstall --no-deps opentelemetry-proto"
-)
+def _first(env: Mapping[str, str], suffix: str) -> tuple[str, str] | None:
+    """(variable, value) of OTEL_EXPORTER_OTLP_TRACES_<suffix>, else OTEL_EXPORTER_OTLP_<suffix>."""
+    for name in (f"OTEL_EXPORTER_OTLP_TRACES_{suffix}", f"OTEL_EXPORTER_OTLP_{suffix}"):
+        value = env.get(name, "").strip()
+        if value:
+            return name, value
+    return None
 
 
-def otlp_protos_current() -> bool:
-    """False when xds-protos' stale copy of the OTLP protos (no InstrumentationScope) is what Python
-    imports: both wheels write opentelemetry/proto/..., the last one installed wins, and a single
-    `pip install` puts xds-protos last. The SDK's OTLP exporter cannot load on the stale copy."""
-    from opentelemetry.proto.common.v1 import common_pb2
+def export_settings(env: Mapping[str, str]) -> tuple[str, float, dict[str, str]]:
+    """(URL, timeout in seconds, headers) of the span export that `env` describes. Raises ValueError
+    for a protocol other than http/json, an endpoint that is not an http(s) URL, a bad timeout."""
+    protocol = _first(env, "PROTOCOL")
+    if protocol is not None and protocol[1].lower() != PROTOCOL:
+        raise ValueError(
+            f"{protocol[0]}={protocol[1]!r}: meshgate exports spans over OTLP/HTTP in the JSON encoding "
+            f"only: set {PROTOCOL} (or leave it unset) and point OTEL_EXPORTER_OTLP_ENDPOINT at the "
+            "collector's OTLP/HTTP receiver (port 4318 by default); docs/operations.md says why"
+        )
+    if (traces := env.get(_ENDPOINTS[0], "").strip()) != "":
+        name, url = _ENDPOINTS[0], traces  # the traces endpoint is used as it is
+    else:
+        name, base = _ENDPOINTS[1], env.get(_ENDPOINTS[1], "").strip() or DEFAULT_ENDPOINT
+        url = base.rstrip("/") + "/v1/traces"
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"{name}: an http:// or https:// URL is needed for OTLP/HTTP, not {url!r}")
+    millis, timeout = float(DEFAULT_TIMEOUT_MS), _first(env, "TIMEOUT")
+    if timeout is not None:
+        try:
+            millis = float(timeout[1])
+        except ValueError:
+            millis = -1.0
+        if not 0 < millis < float("inf"):
+            raise ValueError(f"{timeout[0]}={timeout[1]!r}: a positive number of milliseconds is needed")
+    headers = _first(env, "HEADERS")
+    return url, millis / 1000, _headers(headers[1]) if headers is not None else {}
 
-    return hasattr(common_pb2, "InstrumentationScope")
+
+def _headers(value: str) -> dict[str, str]:
+    """OTEL_EXPORTER_OTLP_HEADERS: `key=value` pairs separated by commas, values percent-encoded (the
+    specification's format, parsed by the SDK's own reader)."""
+    from opentelemetry.util.re import parse_env_headers
+
+    return dict(parse_env_headers(value, liberal=True))
 
 
 def configure(env: Mapping[str, str]) -> Any | None:
-    """The SDK's TracerProvider with an OTLP exporter, set as the process's global provider; None when
-    tracing is off, or when the OTLP protos are stale (logged once as an error naming the repair: the
-    process serves without tracing rather than not at all). Raises ValueError for a protocol whose
-    exporter is not installed."""
+    """The SDK's TracerProvider with the OTLP/HTTP JSON exporter, set as the process's global provider;
+    None when tracing is off, or when the exporter cannot be imported (a broken install: logged once
+    as `tracing off: <reason>`, the process serves without tracing rather than not at all). Raises
+    ValueError for a setting meshgate cannot honour (export_settings)."""
     if not enabled(env):
         return None
+    url, timeout, headers = export_settings(env)
     from opentelemetry import trace
     from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -82,31 +112,21 @@ def configure(env: Mapping[str, str]) -> Any | None:
 
     from . import __version__
 
-    protocol = (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-                or "grpc").strip().lower()  # fmt: skip
-    if protocol not in ("grpc", "http/protobuf"):
-        raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: meshgate exports grpc or http/protobuf")
-    if not otlp_protos_current():
-        log.error("tracing off: %s", STALE_OTLP_PROTOS)
+    try:
+        from opentelemetry.exporter.otlp.json.http.trace_exporter import OTLPSpanExporter
+    except ImportError as exc:
+        log.error("tracing off: the OTLP/HTTP JSON exporter cannot be imported (%s); reinstall meshgate", exc)
         return None
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    else:
-        try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found,no-redef,unused-ignore]
-                OTLPSpanExporter,
-            )
-        except ImportError:
-            need = "opentelemetry-exporter-otlp-proto-http"
-            raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf needs {need}") from None
     name = env.get("OTEL_SERVICE_NAME") or "meshgate"
     # Resource.create reads OTEL_RESOURCE_ATTRIBUTES; the sampler comes from OTEL_TRACES_SAMPLER
     resource = Resource.create({SERVICE_NAME: name, SERVICE_VERSION: __version__})
     provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    exporter = OTLPSpanExporter(endpoint=url, headers=headers, timeout=timeout)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    endpoint = next((env[n] for n in _ENDPOINTS if env.get(n)), "the exporter's default endpoint")
-    log.info("tracing: OTLP/%s to %s as service %s", protocol, endpoint, name)
+    where = urlsplit(url)  # logged without user info, query or headers: they may hold secrets
+    shown = f"{where.scheme}://{where.netloc.rpartition('@')[2]}{where.path}"
+    log.info("tracing: OTLP/HTTP JSON to %s as service %s", shown, name)
     return provider
 
 

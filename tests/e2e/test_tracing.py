@@ -1,9 +1,10 @@
 """One trace from the gateway through meshgate to the model, received over OTLP by a real collector.
 
-The collector is a minimal OTLP/gRPC receiver in this test (opentelemetry-proto's TraceService). Both
-exporters are real: `meshgate serve` exports with the OTLP exporter configured from OTEL_* variables
-(meshgate/tracing.py), and the gateway Envoy with its OpenTelemetry tracer, which meshgate's xds
-configured because MESHGATE_XDS_TRACING names the same collector. One OpenAI chat request goes through
+The collector is a minimal OTLP receiver (tests/harness/otlp.py, a fake collector): OTLP/HTTP with the
+JSON encoding and OTLP/gRPC, like a collector's two receivers. Both exporters are real: `meshgate serve`
+exports OTLP/HTTP JSON with the exporter configured from OTEL_* variables (meshgate/tracing.py), and
+the gateway Envoy OTLP/gRPC with its OpenTelemetry tracer, which meshgate's xds configured because
+MESHGATE_XDS_TRACING names the collector's gRPC port. Nothing is skipped on a fresh install. One OpenAI chat request goes through
 Envoy (ext_authz -> ratelimit -> the chat stand-in): Envoy's ext_authz and rate limit call spans are the
 parents of meshgate's `extauthz.check` and `ratelimit.should_rate_limit`, in Envoy's trace, beside
 Envoy's upstream span to the model; the spans carry the GenAI attributes; xds pushes are spans too.
@@ -14,76 +15,38 @@ in Envoy 1.40: its span is a trace of its own.)
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Callable, Iterator
-from concurrent import futures
-from typing import Any
 
-import grpc
 import httpx
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from meshgate.tracing import STALE_OTLP_PROTOS, otlp_protos_current
 from meshgate.xds.bootstrap import bootstrap_dict
 from tests.e2e.test_llm_usage import ChatStandIn
 from tests.harness.envoy import Envoy
 from tests.harness.meshgate import Meshgate
+from tests.harness.otlp import OtlpReceiver, Span
 from tests.harness.procs import free_port, wait_until
 from tests.harness.stack import Stack
 
 MODEL, KEY = "zen-chat", "trace-key-acme"
 
 
-class Collector(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
-    """Every span exported to it, flattened: (service.name, span)."""
-
-    def __init__(self) -> None:
-        self.spans: list[tuple[str, Any]] = []
-        self._lock = threading.Lock()
-
-    def Export(self, request: Any, context: Any) -> Any:
-        with self._lock:
-            for resource_spans in request.resource_spans:
-                attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-                for scope in resource_spans.scope_spans:
-                    self.spans += [(attributes.get("service.name", ""), span) for span in scope.spans]
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-    def of(self, service: str, name: str | None = None) -> list[Any]:
-        with self._lock:
-            return [s for svc, s in self.spans if svc == service and (name is None or s.name == name)]
-
-
 @pytest.fixture
-def collector() -> Iterator[tuple[Collector, int]]:
-    receiver = Collector()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+def collector() -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver().start()
     try:
-        yield receiver, port
+        yield receiver
     finally:
-        server.stop(None)
+        receiver.stop()
 
 
-def attributes(span: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for a in span.attributes:
-        value = a.value
-        out[a.key] = getattr(value, value.WhichOneof("value"))
-    return out
-
-
-@pytest.mark.skipif(not otlp_protos_current(), reason=f"meshgate cannot export OTLP here: {STALE_OTLP_PROTOS}")
 def test_envoy_span_is_the_parent_of_meshgates_in_one_trace(
     harness: Stack,
-    collector: tuple[Collector, int],
+    collector: OtlpReceiver,
     meshgate_factory: Callable[..., Meshgate],
     envoy_factory: Callable[..., Envoy],
 ) -> None:
-    receiver, port = collector
+    receiver = collector
     backend = harness.add(ChatStandIn(harness.workdir)).start()
     gateway_port = free_port()
     policy = {
@@ -98,10 +61,10 @@ def test_envoy_span_is_the_parent_of_meshgates_in_one_trace(
         "quotas": [{"name": "per-day", "per": ["tenant"], "limit": 100, "window": "day"}],
     }  # fmt: skip
     env = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.http_port}",
         "OTEL_SERVICE_NAME": "meshgate",
         "OTEL_BSP_SCHEDULE_DELAY": "100",  # ms: the batch goes out soon (the test waits for it)
-        "MESHGATE_XDS_TRACING": f"127.0.0.1:{port}",
+        "MESHGATE_XDS_TRACING": f"127.0.0.1:{receiver.grpc_port}",
     }
     mg = meshgate_factory(policy, env=env)
     bootstrap = bootstrap_dict("gateway-traced", xds=mg.address("xds"))
@@ -129,6 +92,9 @@ def test_envoy_span_is_the_parent_of_meshgates_in_one_trace(
     assert parent is not None, f"extauthz.check's parent is not an Envoy span: {[s.name for s in envoy]}"
     assert check.trace_id == parent.trace_id
     assert "Authorization" in parent.name  # Envoy's ext_authz call, its own child of the request's span
+    # each side over its own transport: meshgate OTLP/HTTP JSON, Envoy OTLP/gRPC
+    assert {s.transport for s in receiver.of("meshgate")} == {"http/json"}
+    assert {s.transport for s in envoy} == {"grpc"}
     root = by_id[parent.parent_span_id]
     assert root.trace_id == check.trace_id
     # the same trace goes on to the model: Envoy's upstream span under the request's
@@ -136,32 +102,32 @@ def test_envoy_span_is_the_parent_of_meshgates_in_one_trace(
     assert upstream is not None and upstream.trace_id == check.trace_id
 
     limits = receiver.of("meshgate", "ratelimit.should_rate_limit")
-    admission = [s for s in limits if "gen_ai.usage.input_tokens" not in attributes(s)]
+    admission = [s for s in limits if "gen_ai.usage.input_tokens" not in s.attributes]
     assert admission and all(by_id.get(s.parent_span_id) is not None for s in admission)
     for span in admission:  # Envoy's rate limit call is the parent, in the request's trace
         assert span.trace_id == check.trace_id and "RateLimitService" in by_id[span.parent_span_id].name
     # the stream-end charge: Envoy 1.40 sends it with no trace context (the request's span has ended),
     # so its span starts a trace of its own
-    (charge,) = [s for s in limits if "gen_ai.usage.input_tokens" in attributes(s)]
-    assert charge.parent_span_id == b"" and charge.trace_id != check.trace_id
+    (charge,) = [s for s in limits if "gen_ai.usage.input_tokens" in s.attributes]
+    assert charge.parent_span_id == "" and charge.trace_id != check.trace_id
 
     # GenAI semantic conventions where they apply
-    seen = attributes(check)
+    seen = check.attributes
     assert seen["gen_ai.operation.name"] == "chat" and seen["gen_ai.request.model"] == MODEL
     assert seen["gen_ai.request.max_tokens"] == 5 and seen["meshgate.tenant"] == "acme"
     usage = answer.json()["usage"]
-    charged = [attributes(s) for s in limits if "gen_ai.usage.input_tokens" in attributes(s)]
+    charged = [s.attributes for s in limits if "gen_ai.usage.input_tokens" in s.attributes]
     assert charged == [{**charged[0], "gen_ai.usage.input_tokens": usage["prompt_tokens"],
                         "gen_ai.usage.output_tokens": usage["completion_tokens"], "gen_ai.request.model": MODEL}]
 
-    pushes = [attributes(s) for s in receiver.of("meshgate", "xds.push")]
+    pushes = [s.attributes for s in receiver.of("meshgate", "xds.push")]
     assert {p["meshgate.xds.type"] for p in pushes if p["meshgate.xds.node"] == "gateway-traced"} >= {
         "Listener", "RouteConfiguration", "Cluster"}
 
 
-def _upstream(envoy: list[Any]) -> Any | None:
+def _upstream(envoy: list[Span]) -> Span | None:
     """Envoy's span of the request to the model's cluster (spawn_upstream_span)."""
     for span in envoy:
-        if attributes(span).get("upstream_cluster") == f"model|{MODEL}|v1":
+        if span.attributes.get("upstream_cluster") == f"model|{MODEL}|v1":
             return span
     return None

@@ -7,7 +7,7 @@ import pytest
 
 from meshgate.extauthz.request import Target
 from meshgate.ratelimit.decision import Descriptor
-from meshgate.tracing import enabled, genai_request, genai_usage, incoming
+from meshgate.tracing import configure, enabled, export_settings, genai_request, genai_usage, incoming
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -28,12 +28,46 @@ def test_on_only_when_the_environment_names_an_exporter(env: dict[str, str], on:
     assert enabled(env) is on
 
 
-def test_an_unknown_protocol_is_refused_at_start() -> None:
-    from meshgate.tracing import configure
+@pytest.mark.parametrize(
+    ("env", "url"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, "http://localhost:4318/v1/traces"),  # the specification's default
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, "http://c:4318/v1/traces"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://c:4318/otlp/"}, "https://c:4318/otlp/v1/traces"),
+        # the traces endpoint is taken as it is, and before the general one
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:9/x", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"},
+         "http://t:9/x"),
+    ],
+)  # fmt: skip
+def test_the_export_url_follows_the_specification(env: dict[str, str], url: str) -> None:
+    assert export_settings(env)[0] == url
 
-    with pytest.raises(ValueError, match="grpc or http/protobuf"):
-        configure({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "thrift"})
-    assert configure({}) is None
+
+def test_timeout_in_milliseconds_and_headers_per_signal_first() -> None:
+    env = {"OTEL_EXPORTER_OTLP_TIMEOUT": "2500", "OTEL_EXPORTER_OTLP_HEADERS": "api-key=a%20b,x-tenant=acme",
+           "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}  # fmt: skip
+    assert export_settings(env)[1:] == (2.5, {"api-key": "a b", "x-tenant": "acme"})
+    env |= {"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "100", "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "k=v"}
+    assert export_settings(env)[1:] == (0.1, {"k": "v"})
+    assert export_settings({})[1:] == (10.0, {})  # the specification's 10 s
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "OTEL_EXPORTER_OTLP_PROTOCOL='grpc': meshgate exports spans over OTLP/HTTP in the JSON"),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"},
+         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL='http/protobuf'"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"}, "OTEL_EXPORTER_OTLP_ENDPOINT: an http:// or https:// URL"),
+        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "soon"}, "OTEL_EXPORTER_OTLP_TIMEOUT='soon': a positive number of milliseconds"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "0"}, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT='0'"),
+    ],
+)  # fmt: skip
+def test_what_meshgate_cannot_honour_is_refused_at_start(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError) as refused:
+        configure({"OTEL_TRACES_EXPORTER": "otlp", **env})
+    assert str(refused.value).startswith(message)
+    assert configure({**env, "OTEL_SDK_DISABLED": "true"}) is None  # nothing is read while tracing is off
 
 
 def test_the_calls_metadata_comes_before_the_request_headers() -> None:
@@ -61,16 +95,3 @@ def test_genai_attributes_of_openai_calls_only() -> None:
              Descriptor((("quota", "q"), ("tenant", "a")), None, 1)]
     assert genai_usage(usage) == {
         "gen_ai.usage.input_tokens": 7, "gen_ai.usage.output_tokens": 3, "gen_ai.request.model": "m"}
-
-
-def test_stale_otlp_protos_turn_tracing_off_with_one_error_naming_the_repair(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """xds-protos ships an old copy of opentelemetry/proto; installed after opentelemetry-proto (what one
-    `pip install` does) it shadows it, and the OTLP exporter cannot import. meshgate serves untraced."""
-    from meshgate import tracing
-
-    monkeypatch.setattr(tracing, "otlp_protos_current", lambda: False)
-    with caplog.at_level("ERROR", logger="meshgate.tracing"):
-        assert tracing.configure({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}) is None
-    assert [r.getMessage() for r in caplog.records] == [f"tracing off: {tracing.STALE_OTLP_PROTOS}"]
