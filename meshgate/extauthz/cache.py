@@ -93,9 +93,9 @@ class BoundedMemo(Generic[K, V]):
 
 class DecisionCache:
     """An LRU of decisions bounded in entries and in bytes. Each entry carries its own expiry (never past
-    the token's exp)."""
+    the token's exp). `generation` counts the clears: a decision begun before one is not put after it."""
 
-    __slots__ = ("_entries", "bytes", "max_bytes", "max_entries", "max_entry_bytes")
+    __slots__ = ("_entries", "bytes", "generation", "max_bytes", "max_entries", "max_entry_bytes")
 
     def __init__(self, max_entries: int, *, max_bytes: int, max_entry_bytes: int) -> None:
         self.max_entries = max_entries
@@ -103,6 +103,7 @@ class DecisionCache:
         self.max_entry_bytes = min(max_entry_bytes, max_bytes)
         self._entries: OrderedDict[bytes, tuple[float, Decision, int]] = OrderedDict()
         self.bytes = 0
+        self.generation = 0
 
     def get(self, key: bytes, now: float) -> Decision | None:
         entry = self._entries.get(key)
@@ -136,6 +137,7 @@ class DecisionCache:
     def clear(self) -> None:
         self._entries.clear()
         self.bytes = 0
+        self.generation += 1
 
     def __len__(self) -> int:
         return len(self._entries)

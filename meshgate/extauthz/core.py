@@ -4,6 +4,12 @@ checked by PyJWT against the wall clock; `Authorizer.decide(now=...)` only dates
 Order: credential (401) -> target model (400) -> caller checks (origin, tenant) -> model checks
 (visibility, role, version, context limit) -> allow. `Authorizer` adds the decision cache in front.
 
+A prompt its model's own tokenizer counts is counted after every check but the context limit, and may
+be counted elsewhere: `Authorizer.begin` stops there with a `Counting` (the texts, the tokenizer),
+the caller counts (`Counting.count`, e.g. in a worker thread: the service does, off the event loop)
+and `Authorizer.finish` ends the decision with the count and caches it. `decide` and
+`Authorizer.decide` count inline; the decisions are the same either way.
+
 Both a bearer token and an API key in one request: refused with 401 `ambiguous_credentials`. Picking
 one silently would let a proxy that injects a key (or a leaked key pasted next to a user's token) act
 under an identity the caller did not mean, and the two may name different tenants.
@@ -25,19 +31,42 @@ from typing import Any
 
 from .bounds import DECISION_CACHE_BYTES, DECISION_ENTRY_BYTES, clip
 from .cache import DecisionCache
+from .prompt import TokenCounter
 from .request import CheckInput, Decision, Identity, Target
-from .table import AuthzTable, IssuerEntry
+from .table import AuthzTable, IssuerEntry, ModelEntry
 from .target import TargetError, resolve_target
 from .tokens import TokenError, verify_token
 
-__all__ = ["Authorizer", "decide"]
+__all__ = ["Authorizer", "Counting", "decide"]
 
 Credential = tuple[str, str]  # ("jwt", token) or ("api_key", key)
 MAX_USER_CHARS = 256  # the user id travels in a header and a log line
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Counting:
+    """A decision that waits for its prompt's count by the model's tokenizer (`Authorizer.begin`)."""
+
+    who: Identity
+    target: Target  # without its texts
+    model: ModelEntry
+    texts: tuple[str, ...]
+    counter: TokenCounter
+    key: bytes = b""  # the decision cache's key ("": not cached)
+    now: float = 0.0
+    generation: int = 0  # the cache's, when counting began: a cache cleared since gets nothing
+
+    @property
+    def chars(self) -> int:
+        return sum(map(len, self.texts))
+
+    def count(self) -> int:
+        """The prompt's tokens: the tokenizer's work (the tokenizers library releases the GIL)."""
+        return self.counter.count(self.texts)
+
+
 def decide(table: AuthzTable, req: CheckInput) -> Decision:
-    """The whole decision for one request, uncached."""
+    """The whole decision for one request, uncached (a prompt counted inline)."""
     cred = _credential(table, req)
     if isinstance(cred, Decision):
         return cred
@@ -45,7 +74,8 @@ def decide(table: AuthzTable, req: CheckInput) -> Decision:
         target: Target | TargetError = resolve_target(req, table.tokenized)
     except TargetError as exc:
         target = exc
-    return _decide(table, req, cred, target)
+    step = _decide(table, req, cred, target)
+    return _counted(step, step.count()) if isinstance(step, Counting) else step
 
 
 class Authorizer:
@@ -64,7 +94,15 @@ class Authorizer:
         )
 
     def decide(self, req: CheckInput, *, now: float | None = None) -> tuple[Decision, bool]:
-        """(decision, served from cache)."""
+        """(decision, served from cache), a prompt counted inline."""
+        step = self.begin(req, now=now)
+        if isinstance(step, Counting):
+            return self.finish(step, step.count()), False
+        return step
+
+    def begin(self, req: CheckInput, *, now: float | None = None) -> tuple[Decision, bool] | Counting:
+        """(decision, served from cache), or the Counting of a prompt its model's tokenizer must count
+        (then `finish` with `Counting.count()`, wherever it ran)."""
         now = time.time() if now is None else now
         cred = _credential(self.table, req)
         if isinstance(cred, Decision):
@@ -72,22 +110,42 @@ class Authorizer:
         try:
             target = resolve_target(req, self.table.tokenized)
         except TargetError as exc:
-            return _decide(self.table, req, cred, exc), False
+            return _decided(_decide(self.table, req, cred, exc)), False
         key = _cache_key(cred, target, req.headers)
         hit = self.cache.get(key, now)
         if hit is not None:
             return hit, True
-        decision = _decide(self.table, req, cred, target)
+        step = _decide(self.table, req, cred, target)
+        if isinstance(step, Counting):
+            return dataclasses.replace(step, key=key, now=now, generation=self.cache.generation)
+        self._keep(key, step, now)
+        return step, False
+
+    def finish(self, counting: Counting, tokens: int) -> Decision:
+        """The decision of a Counting, its prompt `tokens` long; cached unless the cache was cleared
+        since it began (a policy's or a key's change)."""
+        decision = _counted(counting, tokens)
+        if counting.key and counting.generation == self.cache.generation:
+            self._keep(counting.key, decision, counting.now)
+        return decision
+
+    def _keep(self, key: bytes, decision: Decision, now: float) -> None:
         identity = decision.identity
         if identity is not None:
             expires = now + self.table.auth.decision_cache_ttl
             if identity.expires_at is not None:
                 expires = min(expires, identity.expires_at)
             self.cache.put(key, decision, expires)
-        return decision, False
 
 
-def _decide(table: AuthzTable, req: CheckInput, cred: Credential, target: Target | TargetError) -> Decision:
+def _decided(step: Decision | Counting) -> Decision:
+    assert isinstance(step, Decision)  # a target error is decided before any prompt is counted
+    return step
+
+
+def _decide(
+    table: AuthzTable, req: CheckInput, cred: Credential, target: Target | TargetError
+) -> Decision | Counting:
     identity = _authenticate(table, cred)
     if isinstance(identity, Decision):
         return identity
@@ -196,7 +254,9 @@ def _identity_from_claims(
 # --- authorization ------------------------------------------------------------------------------
 
 
-def _authorize(table: AuthzTable, who: Identity, target: Target, headers: Mapping[str, str]) -> Decision:
+def _authorize(
+    table: AuthzTable, who: Identity, target: Target, headers: Mapping[str, str]
+) -> Decision | Counting:
     texts = target.texts
     if texts:  # a decision (cached, logged) never holds the prompt
         target = dataclasses.replace(target, texts=())
@@ -236,8 +296,19 @@ def _authorize(table: AuthzTable, who: Identity, target: Target, headers: Mappin
             target=target,
         )
     if texts and model.tokenizer is not None:  # counted by the model's tokenizer, now it may be used
-        prompt = target.tokens + model.tokenizer.count(texts)
-        target = dataclasses.replace(target, tokens=prompt + (target.max_tokens or 0))
+        return Counting(who, target, model, texts, model.tokenizer)
+    return _admit(model, who, target)
+
+
+def _counted(counting: Counting, prompt: int) -> Decision:
+    """The decision once the model's tokenizer counted `prompt` tokens in the texts."""
+    target = counting.target
+    target = dataclasses.replace(target, tokens=target.tokens + prompt + (target.max_tokens or 0))
+    return _admit(counting.model, counting.who, target)
+
+
+def _admit(model: ModelEntry, who: Identity, target: Target) -> Decision:
+    """The context limit's checks, the tokens asked for known."""
     limit = model.context_limit
     if limit is not None and target.max_tokens is not None and target.max_tokens > limit:
         return Decision.deny(

@@ -6,6 +6,7 @@ Internal failures become gRPC UNAVAILABLE so Envoy's failure mode decides; nothi
 A request that is not a CheckRequest is INVALID_ARGUMENT. Logs a client can cause at will are
 rate-limited (bounds.LogLimiter). With `health`, the component "extauthz_keys" (scoped to this service's
 name) says whether any issuer has keys (docs/extauthz.md, "Health").
+A long prompt its model's tokenizer counts is counted off the event loop (counting.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from ..tracing import genai_request, incoming
 from .audit import AuditLog
 from .bounds import RESPONSE_ENTRY_BYTES, RESPONSE_MEMO_BYTES, LogLimiter, clip
 from .cache import BoundedMemo, decision_bytes, strings_bytes
-from .core import Authorizer
+from .core import Authorizer, Counting
+from .counting import PendingCheck, PromptCounters
 from .jwks import JwksRefresher, RemoteKeys
 from .metrics import CheckMetrics
 from .request import CheckInput, Decision, Unavailable
@@ -90,6 +92,7 @@ class ExtAuthzService:
         self._id_prefix = secrets.token_hex(6) + "-"  # then the check's number: _ID_DIGITS hex digits
         self._ids = itertools.count(1)
         self._audit = AuditLog()
+        self._counters = PromptCounters()
         store.subscribe("extauthz", self.prepare)
 
     # --- policy ---------------------------------------------------------------------------------
@@ -181,13 +184,36 @@ class ExtAuthzService:
             self._task = None
         for task in list(self._health_tasks):
             task.cancel()
+        self._counters.close()
         self._audit.flush()
 
     # --- one check ------------------------------------------------------------------------------
+    async def check_async(self, request: external_auth_pb2.CheckRequest, call: Any = None) -> bytes:
+        """`check` as the servicer runs it: a long prompt is counted by its model's tokenizer in a
+        thread (counting.py), while the event loop answers other Checks."""
+        step = self._begin(request, call)
+        if isinstance(step, bytes):
+            return step
+        try:
+            return self._finish(step, await self._counters.count(step.counting))
+        finally:
+            step.end()
+
     def check(self, request: external_auth_pb2.CheckRequest, call: Any = None) -> bytes:
         """Decide one CheckRequest: the serialized CheckResponse. Raises Unavailable when no decision
         can be made. `call` (the gRPC call's context): its metadata's trace context is the span's
-        parent (Envoy's ext_authz call span), else the request headers' traceparent."""
+        parent (Envoy's ext_authz call span), else the request headers' traceparent. A prompt is
+        counted inline (`check_async` is what the servicer calls); the decision is the same."""
+        step = self._begin(request, call)
+        if isinstance(step, bytes):
+            return step
+        try:
+            return self._finish(step, step.counting.count())
+        finally:
+            step.end()
+
+    def _begin(self, request: external_auth_pb2.CheckRequest, call: Any) -> bytes | PendingCheck:
+        """The response, or a decision waiting for its prompt's count (its span still open)."""
         started = time.perf_counter()
         req = to_check_input(request)
         tracer = self._current_tracer(started)
@@ -199,13 +225,27 @@ class ExtAuthzService:
             authorizer = self._authorizer
             if authorizer is None:
                 raise Unavailable("no policy loaded")
-            decision, cached = authorizer.decide(req)
-            decision_id = f"{self._id_prefix}{next(self._ids):0{_ID_DIGITS}x}"
-            response = self._respond(authorizer, decision, req, decision_id, cached=cached)
-            self._observe(span, decision, req, decision_id=decision_id, cached=cached, started=started)
+            step = authorizer.begin(req)
+            if isinstance(step, Counting):
+                pending, span = PendingCheck(started, req, span, authorizer, step), None  # _finish ends it
+                return pending
+            decision, cached = step
+            return self._answer(authorizer, decision, req, span, started, cached=cached)
         finally:
             if span is not None:
                 span.end()
+
+    def _finish(self, step: PendingCheck, tokens: int) -> bytes:
+        decision = step.authorizer.finish(step.counting, tokens)
+        return self._answer(step.authorizer, decision, step.req, step.span, step.started, cached=False)
+
+    def _answer(
+        self, authorizer: Authorizer, decision: Decision, req: CheckInput, span: trace.Span | None,
+        started: float, *, cached: bool,
+    ) -> bytes:  # fmt: skip
+        decision_id = f"{self._id_prefix}{next(self._ids):0{_ID_DIGITS}x}"
+        response = self._respond(authorizer, decision, req, decision_id, cached=cached)
+        self._observe(span, decision, req, decision_id=decision_id, cached=cached, started=started)
         return response
 
     def _current_tracer(self, now: float) -> trace.Tracer | None:
@@ -350,7 +390,7 @@ class _Servicer:
             raise AssertionError("unreachable: abort raises") from None
         error: Exception
         try:
-            return self._service.check(request, context)
+            return await self._service.check_async(request, context)
         except Unavailable as exc:
             reason, detail, error = "unavailable", str(exc), exc
         except Exception as exc:
