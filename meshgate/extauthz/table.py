@@ -16,7 +16,7 @@ from ..policy.model import ApiKey, AuthSettings, ClaimMap, Issuer, Model, Policy
 from .keys import KeySource, SecretKey, StaticKeys, load_secret
 from .prompt import TokenCounter
 
-__all__ = ["AuthzTable", "IssuerEntry", "ModelEntry", "compile_table"]
+__all__ = ["AuthzTable", "IssuerEntry", "ModelEntry", "compile_table", "role_grants"]
 
 RemoteKeys = Callable[[Issuer], KeySource]
 
@@ -100,6 +100,22 @@ def compile_table(policy: Policy, *, remote_keys: RemoteKeys) -> AuthzTable:
     """Compile a policy. Raises ValueError (bad inline JWKS, missing secret): the policy is then refused."""
     issuers = {i.issuer: _issuer(i, remote_keys) for i in policy.issuers}
     models = {m.name: _model(m) for m in policy.models}
+    return AuthzTable(
+        auth=policy.auth,
+        issuers=issuers,
+        api_keys={k.sha256: k for k in policy.api_keys},
+        tenants={t.name: t for t in policy.tenants},
+        tiers=frozenset(t.name for t in policy.tiers),
+        models=models,
+        grants=role_grants(policy),
+        tokenized=frozenset(name for name, entry in models.items() if entry.tokenizer is not None),
+        policy=policy,
+    )
+
+
+def role_grants(policy: Policy) -> dict[str, dict[str, frozenset[str]]]:
+    """role -> model -> the versions (pins) the role may invoke; a model no pattern of the role matches
+    is absent. The one reading of roles' model and version globs (extauthz and the native gateway)."""
     grants: dict[str, dict[str, frozenset[str]]] = {}
     for role in policy.roles:
         per_model: dict[str, frozenset[str]] = {}
@@ -113,17 +129,7 @@ def compile_table(policy: Policy, *, remote_keys: RemoteKeys) -> AuthzTable:
                     for pin in v.pins
                 )
         grants[role.name] = per_model
-    return AuthzTable(
-        auth=policy.auth,
-        issuers=issuers,
-        api_keys={k.sha256: k for k in policy.api_keys},
-        tenants={t.name: t for t in policy.tenants},
-        tiers=frozenset(t.name for t in policy.tiers),
-        models=models,
-        grants=grants,
-        tokenized=frozenset(name for name, entry in models.items() if entry.tokenizer is not None),
-        policy=policy,
-    )
+    return grants
 
 
 def _model(model: Model) -> ModelEntry:

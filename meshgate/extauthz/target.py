@@ -33,10 +33,18 @@ from .cache import BoundedMemo, target_bytes
 from .prompt import estimate_tokens, prompt_texts
 from .request import CheckInput, Target
 
-__all__ = ["OPENAI_PREFIXES", "PATHS", "TargetError", "resolve_target"]
+__all__ = [
+    "GRPC_PREFIX",
+    "MODEL_LISTS",
+    "OPENAI_PREFIXES",
+    "PATHS",
+    "SERVER_PATHS",
+    "TargetError",
+    "resolve_target",
+]
 
 _V2_MODEL = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/.*)?$")
-_SERVER_PATHS = frozenset({"/v2", "/v2/", "/v2/health/live", "/v2/health/ready"})
+SERVER_PATHS = frozenset({"/v2", "/v2/", "/v2/health/live", "/v2/health/ready"})
 GRPC_PREFIX = "/inference.GRPCInferenceService/"
 _GRPC_SERVER_METHODS = frozenset({"ServerLive", "ServerReady", "ServerMetadata"})
 # methods whose request names a model: message type and its (name field, version field)
@@ -56,7 +64,7 @@ _OPENAI_PATHS = {
     for prefix in OPENAI_PREFIXES
     for endpoint, generates in _OPENAI_ENDPOINTS.items()
 }
-_MODEL_LISTS = tuple(prefix + "models" for prefix in OPENAI_PREFIXES)
+MODEL_LISTS = tuple(prefix + "models" for prefix in OPENAI_PREFIXES)
 _MAX_TOKENS_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _NO_TARGET = Target(kind="server", model="\x00")  # memoized "this path names no target" (never returned)
 PATHS: BoundedMemo[str, Target] = BoundedMemo(PATH_MEMO_BYTES, max_entry_bytes=PATH_MEMO_ENTRY_BYTES)
@@ -97,9 +105,9 @@ def _path_target(path: str) -> Target:
     match = _V2_MODEL.match(path)
     if match:
         return Target(kind="model", model=match.group(1), version=match.group(2) or "")
-    if path in _SERVER_PATHS:
+    if path in SERVER_PATHS:
         return Target(kind="server")
-    for prefix in _MODEL_LISTS:
+    for prefix in MODEL_LISTS:
         if path == prefix:
             return Target(kind="models")
         if path.startswith(prefix + "/") and len(path) > len(prefix) + 1:

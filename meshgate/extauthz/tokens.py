@@ -18,9 +18,17 @@ from .keys import KeyEntry
 from .request import Unavailable
 from .table import AuthzTable, IssuerEntry
 
-__all__ = ["KeysUnavailable", "TokenError", "Verified", "verify_token"]
+__all__ = [
+    "KNOWN_ALGS",
+    "NOT_COMPACT",
+    "NOT_JSON_OBJECTS",
+    "KeysUnavailable",
+    "TokenError",
+    "Verified",
+    "verify_token",
+]
 
-_KNOWN_ALGS = frozenset(
+KNOWN_ALGS = frozenset(
     {
         "RS256",
         "RS384",
@@ -37,6 +45,8 @@ _KNOWN_ALGS = frozenset(
     }
 )
 _REQUIRED = ["exp", "iss", "aud"]
+NOT_JSON_OBJECTS = "header or payload is not a JSON object"
+NOT_COMPACT = "not three base64url segments"
 _COMPACT = re.compile(r"^([A-Za-z0-9_-]+={0,2})\.([A-Za-z0-9_-]+={0,2})\.[A-Za-z0-9_-]*={0,2}$")
 _jwt = jwt.PyJWT()
 
@@ -66,7 +76,7 @@ def verify_token(table: AuthzTable, token: str) -> Verified:
     except (ValueError, RecursionError) as exc:
         raise TokenError("token_malformed", f"token is not a well-formed JWT: {exc}") from None
     alg = header.get("alg")
-    if not isinstance(alg, str) or alg not in _KNOWN_ALGS:
+    if not isinstance(alg, str) or alg not in KNOWN_ALGS:
         raise TokenError("token_alg_not_allowed", f"algorithm {alg!r} is not accepted")
     iss = unverified.get("iss")
     issuer = table.issuers.get(iss) if isinstance(iss, str) else None
@@ -87,13 +97,16 @@ def _peek(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     when it verifies (its own parser checks the alphabet one character at a time: twice is too slow)."""
     match = _COMPACT.match(token)
     if match is None:
-        raise ValueError("not three base64url segments")
+        raise ValueError(NOT_COMPACT)
     parts = []
     for segment in match.group(1, 2):
         raw = segment.rstrip("=").encode()
-        decoded = json.loads(base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4)))
+        try:
+            decoded = json.loads(base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4)))
+        except (ValueError, RecursionError):  # (the parser's own words would be a second contract)
+            decoded = None
         if not isinstance(decoded, dict):
-            raise ValueError("header and payload must be JSON objects")
+            raise ValueError(NOT_JSON_OBJECTS)
         parts.append(decoded)
     return parts[0], parts[1]
 

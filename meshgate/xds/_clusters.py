@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -139,6 +140,25 @@ def service_cluster(name: str, address: str, options: CompileOptions) -> Cluster
         load_assignment=_assignment(name, [(host, port)]),
     )
     cluster.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(_http2()))
+    return cluster
+
+
+def jwks_cluster(name: str, uri: str, options: CompileOptions) -> Cluster:
+    """A cluster for an issuer's jwks_uri (HTTP/1.1; TLS with SNI and the system's CAs for https)."""
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    cluster = _C(
+        name=name,
+        type=_C.STATIC if _is_ip(host) else _C.STRICT_DNS,
+        connect_timeout=duration(options.connect_timeout),
+        load_assignment=_assignment(name, [(host, port)]),
+    )
+    if parts.scheme == "https":
+        context = tls_pb2.UpstreamTlsContext(sni=host)
+        context.common_tls_context.validation_context.trusted_ca.filename = options.jwks_ca_file
+        cluster.transport_socket.name = "envoy.transport_sockets.tls"
+        cluster.transport_socket.typed_config.CopyFrom(pack(context))
     return cluster
 
 

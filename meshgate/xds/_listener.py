@@ -21,6 +21,7 @@ from meshgate.contract import reads_usage
 from meshgate.policy.model import GatewaySettings, GatewayTLS, Policy
 
 from . import _names
+from ._native import native_filters, undecided
 from ._native_quotas import native_quota_filters
 from ._openai import local_reply, served_name_filter
 from ._pb import ADS, duration, pack
@@ -37,7 +38,9 @@ _HCM = hcm_pb2.HttpConnectionManager
 def gateway_listener(policy: Policy, options: CompileOptions) -> listener_pb2.Listener:
     gateway = policy.gateway
     filters = []
-    if options.enable_extauthz:
+    if gateway.enforcement != "ext_authz":  # decided by Envoy's own filters (docs/native.md)
+        filters += native_filters(policy)
+    if options.enable_extauthz and gateway.enforcement != "native":
         filters.append(_ext_authz(gateway))
     openai = any(reads_usage(m) for m in policy.models)
     if options.enable_ratelimit:
@@ -57,7 +60,8 @@ def gateway_listener(policy: Policy, options: CompileOptions) -> listener_pb2.Li
         http_filters=filters,
         use_remote_address=wrappers_pb2.BoolValue(value=True),
     )
-    if options.enable_extauthz:  # (routing only, MESHGATE_XDS_FILTERS=none, routes on the client's header)
+    # (left out only for routing tests: MESHGATE_XDS_FILTERS=none with enforcement ext_authz)
+    if options.enable_extauthz or gateway.enforcement != "ext_authz":
         hcm.early_header_mutation_extensions.append(_strip_client_identity())
     if openai and options.enable_ratelimit:
         hcm.local_reply_config.CopyFrom(local_reply())  # OpenAI's 429 (see _openai)
@@ -132,6 +136,8 @@ def _ext_authz(gateway: GatewaySettings) -> hcm_pb2.HttpFilter:
         ),
         clear_route_cache=True,
     )
+    if gateway.enforcement == "auto":  # only for the requests the native filters left undecided
+        config.filter_enabled_metadata.CopyFrom(undecided())
     return hcm_pb2.HttpFilter(name="envoy.filters.http.ext_authz", typed_config=pack(config))
 
 

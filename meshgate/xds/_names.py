@@ -17,6 +17,11 @@ MODEL_HEADER = contract.MODEL_HEADER
 VERSION_HEADER = contract.VERSION_HEADER
 
 
+def jwks_cluster(issuer: str) -> str:
+    """`meshgate|jwks|<issuer>`: where Envoy's jwt_authn fetches the issuer's jwks_uri (native, auto)."""
+    return f"meshgate|jwks|{issuer}"
+
+
 def cluster(model: str, version: str, face: str = "") -> str:
     """`model|resnet|v1`: the cluster (and EDS service name) of one model version; `model|resnet|v1|grpc`
     for the gRPC face of a model served over REST and gRPC (`faces`)."""

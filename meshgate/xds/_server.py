@@ -24,6 +24,7 @@ from meshgate.models.server_api import SERVER_METADATA
 from meshgate.policy.model import Policy
 
 from ._bodies import EXTAUTHZ_FILTER, GRPC_PREFIX, json_type
+from ._native import disable_on
 from ._pb import duration, pack
 
 __all__ = ["SERVER_CLUSTER", "server_routes", "serves"]
@@ -57,11 +58,13 @@ def server_routes(policy: Policy, *, extauthz: bool) -> list[rc.Route]:
             action = rc.RouteAction(cluster=SERVER_CLUSTER, timeout=duration(5.0))
             match = rc.RouteMatch(path=GRPC_PREFIX + method)
             routes.append(rc.Route(name=f"meshgate|server|grpc-{call}", match=match, route=action))
-    if extauthz:
-        for route in routes:
-            call = route.name.rsplit("|", 1)[1].removeprefix("grpc-")
-            if call in public:
-                route.typed_per_filter_config[EXTAUTHZ_FILTER].CopyFrom(
-                    pack(ext_authz_pb2.ExtAuthzPerRoute(disabled=True))
-                )
+    native = policy.gateway.enforcement != "ext_authz"
+    for route in routes if extauthz or native else ():
+        call = route.name.rsplit("|", 1)[1].removeprefix("grpc-")
+        if call in public:
+            route.typed_per_filter_config[EXTAUTHZ_FILTER].CopyFrom(
+                pack(ext_authz_pb2.ExtAuthzPerRoute(disabled=True))
+            )
+            if native:
+                disable_on(route)
     return routes

@@ -9,10 +9,11 @@ from google.protobuf.message import Message  # type: ignore[import-untyped]
 from meshgate.policy.model import Policy
 
 from . import _names
-from ._clusters import model_assignment, model_clusters, service_cluster
+from ._clusters import jwks_cluster, model_assignment, model_clusters, service_cluster
 from ._health import EndpointHealthMap
 from ._listener import gateway_listener
 from ._names import faces
+from ._native import jwks_remote
 from ._routes import route_configuration
 from ._secrets import cert_files, secrets
 from ._server import SERVER_CLUSTER, serves
@@ -46,6 +47,9 @@ def compile_snapshot(
             clusters.append((cluster.name, cluster))
             if assignment is not None:
                 endpoints.append((assignment.cluster_name, assignment))
+    for issuer in jwks_remote(policy) if policy.gateway.enforcement != "ext_authz" else ():
+        name = _names.jwks_cluster(issuer.name)
+        clusters.append((name, jwks_cluster(name, issuer.jwks_uri or "", options)))
     if options.enable_extauthz:
         clusters.append(
             (_names.EXTAUTHZ_CLUSTER, service_cluster(_names.EXTAUTHZ_CLUSTER, options.extauthz, options))

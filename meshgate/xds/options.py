@@ -21,6 +21,8 @@ class CompileOptions:
     connect_timeout: seconds for every upstream connect.
     tracing: host:port of an OTLP/gRPC collector as Envoy reaches it: the gateway then traces requests
     with OpenTelemetry there (None: no tracing); tracing_sampling: percent of requests traced.
+    jwks_ca_file: the CA bundle, as Envoy sees it, that verifies an https jwks_uri Envoy fetches itself
+    (gateway.enforcement native or auto; docs/native.md).
     """
 
     extauthz: str = "127.0.0.1:9001"
@@ -32,3 +34,4 @@ class CompileOptions:
     tracing: str | None = None
     tracing_sampling: float = 100.0
     tracing_service_name: str = "meshgate-gateway"
+    jwks_ca_file: str = "/etc/ssl/certs/ca-certificates.crt"

@@ -1,0 +1,200 @@
+"""Proof of equal decisions: the same requests through a gateway that decides natively (Envoy's jwt_authn +
+meshgate's compiled Lua decision, gateway.enforcement native or auto) and through one that asks meshgate
+extauthz (enforcement ext_authz), each a real Envoy configured by its own `meshgate serve` over ADS.
+
+Each request must get the same status, error code, message, WWW-Authenticate, and the model must see the
+same x-meshgate-* headers (the decision id aside: it names a decision, and differs by nature). The
+policy is the extauthz tests' own (tests/unit/test_extauthz_support: three key types, a tier claim, a
+tenant with allowed origins, a role limited to one version, a private model), the JWT corpus every
+attack those tests know (tests/unit/test_extauthz_jwt.ATTACKS) plus identity, model and path cases.
+
+- auto: the whole policy (API keys, OpenAI and gRPC models): what it cannot decide natively goes to
+  ext_authz, so every case must match;
+- native: the same policy without what native cannot hold (API keys, OpenAI and gRPC models: see
+  meshgate.policy.native): every case must match, except the ones whose answer depends on what native
+  left out (marked `native=False`: they need an API key or a model named in a body).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from meshgate import contract
+from meshgate.xds.bootstrap import bootstrap_dict
+from tests.conformance.upstream import EchoHTTP
+from tests.harness.envoy import Envoy
+from tests.harness.meshgate import Meshgate
+from tests.harness.procs import free_port
+from tests.harness.stack import Stack
+from tests.unit.test_extauthz_jwt import ATTACKS
+from tests.unit.test_extauthz_support import API_KEY, API_KEY_GLOBEX, claims, forge, mint, policy_doc
+
+MODES = ("ext_authz", "auto", "native")
+
+
+def _doc(mode: str, *, upstream: int, port: int) -> dict[str, Any]:
+    doc = policy_doc()
+    doc["gateway"] = {"address": "127.0.0.1", "port": port, "enforcement": mode}
+    for model in doc["models"]:
+        for version in model["versions"]:
+            version["endpoints"] = [f"127.0.0.1:{upstream}"]
+    if mode == "native":  # what a native policy cannot hold (meshgate.policy.native)
+        doc["api_keys"] = []
+        doc["models"] = [m for m in doc["models"] if m.get("protocol", "v2-rest") == "v2-rest"]
+    return doc
+
+
+@dataclass
+class Gateways:
+    ports: dict[str, int]
+
+
+@contextlib.contextmanager
+def _gateways(workdir: Path) -> Iterator[Gateways]:
+    upstream = EchoHTTP()
+    stack = Stack(workdir)
+    try:
+        ports: dict[str, int] = {}
+        envoys = []
+        for mode in MODES:
+            ports[mode] = free_port()
+            doc = _doc(mode, upstream=upstream.port, port=ports[mode])
+            meshgate = stack.add(Meshgate(doc, workdir=stack.workdir)).start()
+            config = bootstrap_dict(f"native-{mode}", xds=meshgate.address("xds"))
+            envoys.append(stack.add(Envoy(config, workdir=stack.workdir, name=mode)).start(wait_ready=False))
+        for envoy in envoys:
+            envoy.wait_ready()
+        yield Gateways(ports)
+    finally:
+        stack.close()
+        upstream.close()
+
+
+@pytest.fixture(scope="module")
+def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
+    with _gateways(tmp_path_factory.mktemp("native")) as running:
+        yield running
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    headers: Callable[[], dict[str, str]]
+    path: str = "/v2/models/resnet/infer"
+    method: str = "POST"
+    body: Any = None
+    native: bool = True  # False: the answer depends on what a native policy cannot hold
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def _jwt(**overrides: Any) -> Callable[[], dict[str, str]]:
+    return lambda: _bearer(mint(**overrides))
+
+
+INFER = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+FORGED = {contract.TENANT_HEADER: "globex", contract.USER_HEADER: "root", contract.TIER_HEADER: "gold"}
+CHAT = {"model": "llama-chat", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+
+CASES = [
+    *(Case(f"attack: {name}", (lambda make=make: _bearer(make()))) for name, make, _ in ATTACKS),
+    Case("valid RS256", _jwt()),
+    Case("valid PS256", _jwt(alg="PS256")),
+    Case("valid ES256", _jwt(alg="ES256", kid="ec-1")),
+    Case("valid EdDSA", _jwt(alg="EdDSA", kid="ed-1")),
+    Case("no kid: the keys that fit", _jwt(kid=None)),
+    Case("jku and x5u ignored on a good token", _jwt(headers={"jku": "https://evil.example/j", "x5u": "https://e/c"})),
+    Case("just expired, within leeway", _jwt(exp=int(time.time()) - 2, iat=int(time.time()) - 100)),
+    Case("forged identity headers are replaced", lambda: {**_bearer(mint(tenant="globex", tier=None)), **FORGED}),
+    Case("tier from the token's claim", _jwt(tier="free")),
+    Case("unknown tier claim", _jwt(tier="platinum")),
+    Case("unknown tenant", _jwt(tenant="initech")),
+    Case("no tenant claim", _jwt(tenant=None)),
+    Case("no sub claim", _jwt(sub=None)),
+    Case("unprintable user", _jwt(sub="al\nice")),
+    Case("roles as one string", _jwt(roles="classifier-only other")),
+    Case("no roles", _jwt(roles=None)),
+    Case("version pinned, granted", _jwt(roles=["classifier-only"], tenant="globex", tier=None),
+         path="/v2/models/resnet/versions/v1/infer"),
+    Case("version pinned, not granted", _jwt(roles=["classifier-only"], tenant="globex", tier=None),
+         path="/v2/models/resnet/versions/v2/infer"),
+    Case("version that does not exist", _jwt(), path="/v2/models/resnet/versions/v9/infer"),
+    Case("unknown model", _jwt(), path="/v2/models/nope/infer"),
+    Case("model metadata, GET", _jwt(), path="/v2/models/resnet", method="GET"),
+    Case("query string ignored", _jwt(), path="/v2/models/resnet/infer?x=1"),
+    Case("server health", _jwt(), path="/v2/health/ready", method="GET"),
+    Case("a path that names no model", _jwt(), path="/internal/anything", method="GET"),
+    Case("browser call from an allowed origin", lambda: {**_bearer(mint()), "origin": "https://app.acme.example"}),
+    Case("browser call from another origin", lambda: {**_bearer(mint()), "origin": "https://evil.example"}),
+    Case("browser call, sec-fetch-site only", lambda: {**_bearer(mint()), "sec-fetch-site": "cross-site"}),
+    Case("no credentials", lambda: {}),
+    Case("no credentials on another path", lambda: dict(FORGED), path="/internal/anything", method="GET"),
+    Case("Basic scheme", lambda: {"authorization": "Basic YWxhZGRpbjpvcGVuc2VzYW1l"}),
+    Case("Bearer without a token", lambda: {"authorization": "Bearer"}),
+    Case("lowercase bearer", lambda: {"authorization": f"bearer {mint()}"}),
+    Case("a bearer and an API key", lambda: {**_bearer(mint()), "x-api-key": API_KEY}),
+    Case("an unknown API key", lambda: {"x-api-key": "not-a-key"}),
+    Case("an unknown bearer key", lambda: _bearer("not-a-key")),
+    Case("a valid API key", lambda: {"x-api-key": API_KEY}, native=False),
+    Case("a valid bearer API key, version not granted", lambda: _bearer(API_KEY_GLOBEX),
+         path="/v2/models/resnet/versions/v2/infer", native=False),
+    Case("forged alg none with a valid payload", lambda: _bearer(forge({"alg": "none"}, claims()))),
+    Case("OpenAI chat, JWT", _jwt(), path="/v1/chat/completions", body=CHAT, native=False),
+    Case("OpenAI chat, no credentials", lambda: {}, path="/v1/chat/completions", body=CHAT),
+    Case("OpenAI model list", _jwt(), path="/v1/models", method="GET", native=False),
+]  # fmt: skip
+
+
+@dataclass
+class Answer:
+    status: int
+    error: Any = None
+    message: Any = None
+    www_authenticate: str | None = None
+    model_sees: dict[str, str] = field(default_factory=dict)
+
+
+def _send(port: int, case: Case, headers: dict[str, str]) -> Answer:
+    url = f"http://127.0.0.1:{port}{case.path}"
+    with httpx.Client(timeout=10.0, trust_env=False) as client:
+        response = client.request(case.method, url, json=case.body or (INFER if case.method == "POST" else None),
+                                  headers=headers)  # fmt: skip
+    answer = Answer(response.status_code, www_authenticate=response.headers.get("www-authenticate"))
+    try:
+        doc = response.json()
+    except json.JSONDecodeError:
+        return answer
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(error, dict):  # OpenAI's shape
+        answer.error, answer.message = error.get("code"), error.get("message")
+    else:
+        answer.error, answer.message = error, doc.get("message") if isinstance(doc, dict) else None
+    if isinstance(doc, dict) and isinstance(doc.get("echo"), dict):
+        answer.model_sees = {k: v for k, v in doc["echo"].items() if k != contract.DECISION_ID_HEADER}
+    return answer
+
+
+@pytest.mark.parametrize("mode", ["auto", "native"])
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_same_decision(gateways: Gateways, mode: str, case: Case) -> None:
+    if mode == "native" and not case.native:
+        pytest.skip("needs what a native policy cannot hold (an API key, a model named in a body)")
+    headers = case.headers()  # one token for both gateways
+    reference = _send(gateways.ports["ext_authz"], case, headers)
+    native = _send(gateways.ports[mode], case, headers)
+    assert native == reference, f"{mode}: {case.name}"
+    if reference.status == 200 and case.path.startswith("/v2/models/"):
+        assert reference.model_sees.get(contract.TENANT_HEADER), (
+            "the model saw no identity: the case proves nothing"
+        )
