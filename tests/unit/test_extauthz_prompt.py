@@ -16,6 +16,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from meshgate.extauthz import Authorizer, CheckInput, decide
+from meshgate.extauthz.core import Counting
 from meshgate.extauthz.prompt import TokenCounter, estimate_tokens
 from tests.unit.test_extauthz_support import API_KEY, make_table, policy_doc
 
@@ -116,3 +117,21 @@ def test_an_unreadable_tokenizer_refuses_the_policy(tmp_path: Path) -> None:
     for path in (broken, tmp_path / "missing.json"):
         with pytest.raises(ValueError, match=r"model llama-chat tokenizer: cannot read tokenizer"):
             table_with_tokenizer(path)
+
+
+def test_a_count_finished_elsewhere_is_cached_unless_the_cache_was_cleared_meanwhile(tmp_path: Path) -> None:
+    """`Authorizer.begin` stops at the count (the service counts in a thread); `finish` ends and caches
+    the decision `decide` makes inline, except after a clear (a policy or key change) since it began."""
+    table = table_with_tokenizer(word_tokenizer(tmp_path / "tokenizer.json", ["hello", "world"]))
+    authorizer = Authorizer(table)
+    req = CheckInput(method="POST", path="/v1/chat/completions", headers={"x-api-key": API_KEY},
+                     body=chat_body("hello world hello", max_tokens=3))  # fmt: skip
+    step = authorizer.begin(req)
+    assert isinstance(step, Counting) and step.count() == 3
+    authorizer.cache.clear()
+    decision = authorizer.finish(step, step.count())
+    assert decision == decide(table, req) and decision.target is not None and decision.target.tokens == 6
+    step = authorizer.begin(req)  # not cached: counted again
+    assert isinstance(step, Counting)
+    assert authorizer.finish(step, step.count()) == decision
+    assert authorizer.begin(req) == (decision, True)  # cached now
