@@ -22,7 +22,7 @@ from meshgate.policy.model import GatewaySettings, GatewayTLS, Policy
 
 from . import _names
 from ._native import native_filters, undecided
-from ._native_quotas import native_quota_filters
+from ._native_quotas import native_quota_filters, native_quotas
 from ._openai import local_reply, served_name_filter
 from ._pb import ADS, duration, pack
 from ._routes import has_served_names
@@ -63,7 +63,7 @@ def gateway_listener(policy: Policy, options: CompileOptions) -> listener_pb2.Li
     # (left out only for routing tests: MESHGATE_XDS_FILTERS=none with enforcement ext_authz)
     if options.enable_extauthz or gateway.enforcement != "ext_authz":
         hcm.early_header_mutation_extensions.append(_strip_client_identity())
-    if openai and options.enable_ratelimit:
+    if (openai and options.enable_ratelimit) or native_quotas(policy):  # (a native 429's body: _openai)
         hcm.local_reply_config.CopyFrom(local_reply())  # OpenAI's 429 (see _openai)
     if options.tracing:
         hcm.tracing.CopyFrom(_tracing(options))

@@ -11,7 +11,7 @@ local_ratelimit filter (docs/native.md, "Quotas"):
   of the gateway, so a quota counts a user once whatever route (version, face, A/B) a request takes;
 - request descriptors from the filter's own `rate_limits` actions, the same entries as meshgate
   ratelimit's (quota=<name>, tenant, user, model from the identity headers, contract.descriptor_keys),
-  plus `meshgate.models=selected` when the quota counts only some models;
+  plus `meshgate.models=selected` when the request names a model the quota counts;
 - one configured descriptor per tenant listing the quota (its limit times its tier's multiplier,
   contract.quota_limit), or one for a quota not counted per tenant, with user and model as wildcards:
   Envoy makes a bucket per value it sees (at most MAX_DYNAMIC per descriptor, least recently used
@@ -23,26 +23,28 @@ local_ratelimit filter (docs/native.md, "Quotas"):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
+from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2 as common_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2 as lrl_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import percent_pb2, token_bucket_pb2
 from google.protobuf import wrappers_pb2  # type: ignore[import-untyped]
 
 from meshgate import contract
-from meshgate.policy.errors import format_path
+from meshgate.policy.errors import Path
 from meshgate.policy.model import Policy, Quota
 from meshgate.ratelimit.model import UNIT_SECONDS
 
 from ._pb import duration, pack, u32
 
 __all__ = [
+    "LOCAL_REFUSAL",
     "MAX_DYNAMIC",
     "MODELS_KEY",
     "SHADOW_FILTER",
@@ -50,12 +52,13 @@ __all__ = [
     "native_quota_filters",
     "native_quota_gaps",
     "native_quotas",
+    "native_refusal",
     "quota_filter",
 ]
 
 MODELS_KEY, SELECTED = "meshgate.models", "selected"
-"""Entry of a native quota's descriptor that counts only some models: present when the request's model
-is one of them (a header_value_match action on the model header)."""
+"""Second entry of a native quota's descriptor: present when the request names a model the quota counts
+(a header_value_match action on the model header)."""
 SHADOW_FILTER = "meshgate.quotas.shadow"
 MAX_DYNAMIC = 10_000
 """Buckets Envoy keeps per configured descriptor (users, or user x model, of one tenant and quota)."""
@@ -66,6 +69,10 @@ _NONE = percent_pb2.FractionalPercent(numerator=0, denominator=percent_pb2.Fract
 _RESET_HEADERS = {"x-ratelimit": ("x-ratelimit-remaining", "x-ratelimit-reset"),
                   "draft-03": ("ratelimit-remaining", "ratelimit-reset")}  # fmt: skip
 _A = rc.RateLimit.Action
+LOCAL_REFUSAL = "local_rate_limited"
+"""The response code details (and body) of Envoy's local rate limit 429. It sets the RL response flag
+only after its local reply, so a local reply mapper cannot match that flag (meshgate ratelimit's 429
+has it)."""
 
 
 def quota_filter(window: str) -> str:
@@ -76,9 +83,9 @@ def quota_filter(window: str) -> str:
 # --- what can be native -----------------------------------------------------------------------------
 
 
-def _quota_gaps(policy: Policy, index: int, quota: Quota) -> Iterator[tuple[str, str]]:
-    def at(field: str) -> str:
-        return format_path(("quotas", index, field))
+def _quota_gaps(policy: Policy, index: int, quota: Quota) -> Iterator[tuple[Path, str]]:
+    def at(field: str) -> Path:
+        return ("quotas", index, field)
 
     if quota.unit != "requests":
         yield (
@@ -104,7 +111,7 @@ def _quota_gaps(policy: Policy, index: int, quota: Quota) -> Iterator[tuple[str,
         )
 
 
-def native_quota_gaps(policy: Policy) -> list[tuple[str, str]]:
+def native_quota_gaps(policy: Policy) -> list[tuple[Path, str]]:
     """(field path, reason) of every quota setting Envoy cannot enforce alone: with `enforcement:
     native` each is an error, with `auto` its quota stays on meshgate ratelimit."""
     return [gap for i, quota in enumerate(policy.quotas) for gap in _quota_gaps(policy, i, quota)]
@@ -138,6 +145,16 @@ def _groups(policy: Policy) -> dict[str, list[Quota]]:
     if shadow:
         groups[SHADOW_FILTER] = shadow
     return groups
+
+
+def native_refusal() -> accesslog_pb2.AccessLogFilter:
+    """A local reply mapper's filter matching the 429 of a native quota."""
+    expression = f"response.code_details == '{LOCAL_REFUSAL}'"
+    cel = pack(cel_pb2.ExpressionFilter(expression=expression))
+    extension = accesslog_pb2.ExtensionFilter(
+        name="envoy.access_loggers.extension_filters.cel", typed_config=cel
+    )
+    return accesslog_pb2.AccessLogFilter(extension_filter=extension)
 
 
 # --- the filters ------------------------------------------------------------------------------------
@@ -177,7 +194,7 @@ def _config(policy: Policy, name: str, quotas: list[Quota]) -> lrl_pb2.LocalRate
         filter_enforced=base_pb2.RuntimeFractionalPercent(default_value=_NONE if shadow else _ALL),
         local_cluster_rate_limit=common_pb2.LocalClusterRateLimit(),
         max_dynamic_descriptors=u32(MAX_DYNAMIC),
-        rate_limits=[rc.RateLimit(actions=_actions(policy, q)) for q in quotas],
+        rate_limits=[limit for q in quotas for limit in _rate_limits(policy, q)],
         descriptors=[d for q in quotas for d in _descriptors(policy, q)],
     )
     if not shadow:
@@ -206,27 +223,32 @@ def _refusal_headers(policy: Policy, window: int) -> list[base_pb2.HeaderValueOp
 # --- descriptors ------------------------------------------------------------------------------------
 
 
-def _selects_some(policy: Policy, quota: Quota) -> bool:
-    return quota.name not in contract.quota_plan(policy).every_model
+def _model_matchers(policy: Policy, quota: Quota) -> list[rc.HeaderMatcher]:
+    """One matcher per way a request counts: any model for a quota of every model, else one per model
+    it selects (one rate limit each: Envoy's header_value_match has no OR, and a regex of many names
+    would pass RE2's program size limit). A request naming no model (a server-level call) counts for
+    none, as on meshgate ratelimit, whose descriptors only the models' routes send."""
+    if quota.name in contract.quota_plan(policy).every_model:
+        return [rc.HeaderMatcher(name=contract.MODEL_HEADER, present_match=True)]
+    return [
+        rc.HeaderMatcher(name=contract.MODEL_HEADER, string_match=string_pb2.StringMatcher(exact=model))
+        for model in contract.quota_plan(policy).models[quota.name]
+    ]
 
 
-def _actions(policy: Policy, quota: Quota) -> list[rc.RateLimit.Action]:
-    actions = [_A(generic_key=_A.GenericKey(descriptor_key=contract.QUOTA_KEY, descriptor_value=quota.name))]
-    if _selects_some(policy, quota):
-        models = contract.quota_plan(policy).models[quota.name]
-        pattern = "^(" + "|".join(re.escape(m) for m in models) + ")$"
-        matcher = rc.HeaderMatcher(
-            name=contract.MODEL_HEADER,
-            string_match=string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=pattern)),
+def _rate_limits(policy: Policy, quota: Quota) -> Iterator[rc.RateLimit]:
+    """The request descriptors of `quota`: quota=<name>, meshgate.models=selected, then the identity
+    entries, from the same headers as meshgate ratelimit's."""
+    name = _A(generic_key=_A.GenericKey(descriptor_key=contract.QUOTA_KEY, descriptor_value=quota.name))
+    identity = [
+        _A(request_headers=_A.RequestHeaders(header_name=header, descriptor_key=key))
+        for key, header in contract.descriptor_headers(quota)
+    ]
+    for matcher in _model_matchers(policy, quota):
+        selected = _A.HeaderValueMatch(
+            descriptor_key=MODELS_KEY, descriptor_value=SELECTED, headers=[matcher]
         )
-        actions.append(
-            _A(header_value_match=_A.HeaderValueMatch(
-                descriptor_key=MODELS_KEY, descriptor_value=SELECTED, headers=[matcher]
-            ))
-        )  # fmt: skip
-    for key, header in contract.descriptor_headers(quota):
-        actions.append(_A(request_headers=_A.RequestHeaders(header_name=header, descriptor_key=key)))
-    return actions
+        yield rc.RateLimit(actions=[name, _A(header_value_match=selected), *identity])
 
 
 def _descriptors(policy: Policy, quota: Quota) -> Iterator[common_pb2.LocalRateLimitDescriptor]:
@@ -236,8 +258,7 @@ def _descriptors(policy: Policy, quota: Quota) -> Iterator[common_pb2.LocalRateL
     for tenant in tenants:
         limit = contract.quota_limit(policy, quota, tenant)
         entries = [common_pb2.RateLimitDescriptor.Entry(key=contract.QUOTA_KEY, value=quota.name)]
-        if _selects_some(policy, quota):
-            entries.append(common_pb2.RateLimitDescriptor.Entry(key=MODELS_KEY, value=SELECTED))
+        entries.append(common_pb2.RateLimitDescriptor.Entry(key=MODELS_KEY, value=SELECTED))
         for key in keys:  # an empty value: any value, one bucket per value Envoy sees
             value = tenant if key == "tenant" and tenant is not None else ""
             entries.append(common_pb2.RateLimitDescriptor.Entry(key=key, value=value))

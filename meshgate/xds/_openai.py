@@ -8,7 +8,10 @@
   `Retry-After` from meshgate ratelimit's `X-RateLimit-Reset` (the seconds until the window of the
   quota that refused ends; absent with `gateway.ratelimit.response_headers: none`). The rate limit
   filter's own 429 has no body: OpenAI's SDKs showed only "Error code: 429". Other refusals keep theirs
-  (extauthz shapes its own).
+  (extauthz shapes its own). A native quota's 429 (Envoy's local rate limit, docs/native.md) is matched
+  by its response code details (it sets the RL flag only after its reply is mapped): the same body with
+  `quota` null (Envoy does not say which descriptor refused), and elsewhere no body, like the rate
+  limit filter's.
 - `SERVED_NAME_FILTER`: a transform filter that merges `{"model": <served_name>}` into the request body
   of a version whose backend serves another name (`versions[].served_name`). Disabled on the listener
   and enabled per route like the usage filters (`_usage`); the name is the per-route config of the
@@ -28,6 +31,7 @@ from google.protobuf import struct_pb2  # type: ignore[import-untyped]
 
 from meshgate import contract
 
+from ._native_quotas import native_refusal
 from ._pb import pack
 
 __all__ = ["SERVED_NAME_FILTER", "local_reply", "served_name", "served_name_filter"]
@@ -50,8 +54,11 @@ def local_reply() -> hcm_pb2.LocalReplyConfig:
         )
         for prefix in contract.OPENAI_PREFIXES
     ]
-    limited = accesslog_pb2.AccessLogFilter(
+    flagged = accesslog_pb2.AccessLogFilter(
         response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=[RATE_LIMITED])
+    )  # (a native quota's 429, docs/native.md: no flag yet when its reply is mapped, no quota named)
+    limited = accesslog_pb2.AccessLogFilter(
+        or_filter=accesslog_pb2.OrFilter(filters=[flagged, native_refusal()])
     )
     openai = accesslog_pb2.AccessLogFilter(or_filter=accesslog_pb2.OrFilter(filters=paths))
     body = struct_pb2.Struct()
@@ -71,7 +78,10 @@ def local_reply() -> hcm_pb2.LocalReplyConfig:
         body_format_override=substitution_format_string_pb2.SubstitutionFormatString(json_format=body),
         headers_to_add=[retry_after],
     )
-    return hcm_pb2.LocalReplyConfig(mappers=[mapper])
+    nothing = base_pb2.DataSource(inline_string="")
+    empty = substitution_format_string_pb2.SubstitutionFormatString(text_format_source=nothing)
+    native = hcm_pb2.ResponseMapper(filter=native_refusal(), body_format_override=empty)  # elsewhere: no body
+    return hcm_pb2.LocalReplyConfig(mappers=[mapper, native])
 
 
 def served_name_filter() -> hcm_pb2.HttpFilter:

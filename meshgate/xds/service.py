@@ -99,7 +99,7 @@ class XdsService:
         def commit() -> None:
             self._policy = policy
             self._latest, self._latest_health = self._with_gateways(snapshot), health
-            self.schedule(snapshot)
+            self.schedule(self._latest)
             if self._health_now() != health:  # changed between prepare and commit
                 self.health_changed({})
 
