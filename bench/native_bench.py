@@ -1,7 +1,7 @@
 """Envoy-native enforcement against ext_authz, through real Envoys (issue 20; a benchmark, not a test).
 
     .venv/bin/python bench/native_bench.py [--rounds 3] [--seconds 5] [--connections 16]
-                                           [--rows raw,hand,ext_authz,native,auto]
+                                           [--rows raw,hand,routing,ext_authz,native,auto]
 
 Needs `wrk` (Debian: `apt-get install -y wrk`); the bench is not run in CI. Every process listens on
 127.0.0.1 and is stopped by PID at the end. Every Envoy is Envoy 1.40 from `meshgate.binaries`, run
@@ -12,7 +12,9 @@ header set (GET `/v2/models/bench/infer`, `authorization: Bearer <one valid RS25
   hand       the same static Envoy, a listener with hand-written native enforcement of the policy:
              jwt_authn (inline JWKS, jwt cache), rbac on the roles claim, local_ratelimit per user
              (bench/native_bench_configs.py)
-  ext_authz  `meshgate serve` with gateway.enforcement: ext_authz; its gateway Envoy bootstrapped by
+  routing    `meshgate serve`'s xDS with MESHGATE_XDS_FILTERS=none: meshgate's listener, routes and
+             clusters (EDS, retries, circuit breakers) and no enforcement; what the rows below build on
+  ext_authz  `meshgate serve` with gateway.enforcement: ext_authz, its gateway Envoy bootstrapped by
              `meshgate envoy-bootstrap` (ADS): ext_authz and ratelimit filters calling meshgate
   native     the same with gateway.enforcement: native (no call to meshgate per request)
   auto       the same with gateway.enforcement: auto
@@ -20,21 +22,22 @@ header set (GET `/v2/models/bench/infer`, `authorization: Bearer <one valid RS25
 The meshgate rows serve one policy (policy_doc): one issuer with an inline JWKS (RS256), one tenant, one
 role allowed the model, one v2-rest model (no health probes), and a per-user request quota of 10^9 a
 second (never refuses); each row has its own `meshgate serve` (counters in memory: no Redis) and
-gateway Envoy. The upstream of every row is one more
-Envoy answering 200 with a direct_response and echoing the identity headers it received.
+gateway Envoy. The upstream of every row is one more Envoy answering 200 with a direct_response and
+echoing the identity headers it received.
 
-Before timing, each row proves it works: a request with the token gets 200; in every row but raw the
-upstream saw the tenant and user, a request without a token gets 401 and one whose token lacks the
-role gets 403. A row that fails is printed as
-broken with the reason and not timed. A native or auto row whose gateway Envoy has no jwt_authn filter
-(the compile does not produce a native gateway yet) or whose meshgate refuses the policy is printed as
-"not available: <reason>". After one 1 s warm-up per row, the rows run interleaved, `--rounds` times,
-in an order rotated every round, so a drift in the machine's load hits every row alike.
+Before timing, each row proves it works: a request with the token gets 200; in every row but raw and
+routing the upstream saw the tenant and user, a request without a token gets 401 and one whose token
+lacks the role gets 403. A row that fails is printed as broken with the reason and not timed. A native
+or auto row whose gateway Envoy has no jwt_authn filter (the compile does not produce a native gateway)
+or whose meshgate refuses the policy is printed as "not available: <reason>". After one 1 s warm-up
+per row, the rows run interleaved, `--rounds` times, in an order rotated every round, so a drift in
+the machine's load hits every row alike.
 
 Printed per row: req/s (median over rounds), ratio to raw (median of the per-round ratios against the
 raw run of the same round), p50 and p99 latency (ms, median over rounds, from wrk's histogram), CPU
-per request of the gateway Envoy and of meshgate (µs, from /proc/<pid>/stat over the timed runs), and
-non-2xx answers. Then the issue's goal: meshgate native >= 0.75x raw, p99 within 1 ms of hand.
+per request of the gateway Envoy and of meshgate (µs, from /proc/<pid>/stat over the timed runs; less
+sensitive to other load on the machine than req/s), and non-2xx answers. Then the issue's goal:
+meshgate native >= 0.75x raw, p99 within 1 ms of hand.
 """
 
 from __future__ import annotations
@@ -73,8 +76,9 @@ from tests.harness.meshgate import Meshgate  # noqa: E402
 from tests.harness.procs import StartupError, free_port, wait_for_tcp  # noqa: E402
 from tests.harness.stack import Stack  # noqa: E402
 
-ROWS = ("raw", "hand", "ext_authz", "native", "auto")
-MESHGATE_ROWS = ("ext_authz", "native", "auto")
+ROWS = ("raw", "hand", "routing", "ext_authz", "native", "auto")
+MESHGATE_ROWS = ("routing", "ext_authz", "native", "auto")
+UNGUARDED = ("raw", "routing")  # rows without enforcement: only the 200 is proved
 
 
 @dataclass
@@ -148,7 +152,7 @@ def _prove(row: Row, keys: Keys, token: str) -> str:
     status, headers = request(row.port, token)
     if status != 200:
         return f"broken: a valid token got {status}"
-    if row.name != "raw":
+    if row.name not in UNGUARDED:
         seen = {key: headers.get(header) for key, header in SEEN.items() if key != "model"}
         if seen != {"tenant": TENANT, "user": USER}:
             return f"broken: the upstream saw identity {seen}, wanted tenant {TENANT} user {USER}"
@@ -176,9 +180,11 @@ def http_filters(envoy: Envoy) -> list[str]:
 
 def start_meshgate_row(name: str, stack: Stack, work: Path, keys: Keys, upstream: int) -> Row:
     row = Row(name, port=free_port())
-    doc = policy_doc(enforcement=name, gateway_port=row.port, upstream_port=upstream, jwks=keys.jwks)
-    meshgate = Meshgate(doc, workdir=work / name, extra_args=["--no-watch"])
-    failed = "broken" if name == "ext_authz" else "not available"
+    enforcement = "ext_authz" if name == "routing" else name
+    doc = policy_doc(enforcement=enforcement, gateway_port=row.port, upstream_port=upstream, jwks=keys.jwks)
+    env = {"MESHGATE_XDS_FILTERS": "none"} if name == "routing" else None
+    meshgate = Meshgate(doc, workdir=work / name, extra_args=["--no-watch"], env=env)
+    failed = "not available" if name in ("native", "auto") else "broken"
     try:
         stack.add(meshgate).start()
     except StartupError:
@@ -201,7 +207,7 @@ def start_meshgate_row(name: str, stack: Stack, work: Path, keys: Keys, upstream
         return row
     row.envoy_pid = envoy.proc.pid
     row.filters = http_filters(envoy)
-    if name != "ext_authz" and "envoy.filters.http.jwt_authn" not in row.filters:
+    if name in ("native", "auto") and "envoy.filters.http.jwt_authn" not in row.filters:
         row.status = f"not available: enforcement {name} compiled no jwt_authn filter"
     return row
 
