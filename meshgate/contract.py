@@ -55,6 +55,8 @@ __all__ = [
     "TENANT_HEADER",
     "TIER_HEADER",
     "TOTAL_TOKENS",
+    "TRACEPARENT_HEADER",
+    "TRACE_KEY",
     "USAGE_FIELDS",
     "USAGE_KEY",
     "USAGE_KINDS",
@@ -124,6 +126,13 @@ USAGE_KEY = "meshgate.usage"
 sent at stream end: counted per (kind, tenant, model) for the names the policy declares, never limited."""
 USAGE_RULE = "meshgate.usage"
 """Name of the (unlimited) rules the policy compiles for the declared chargeback descriptors."""
+
+TRACE_KEY = "meshgate.traceparent"
+"""Entry of the one-entry descriptor `meshgate.traceparent=<the request's traceparent>` that meshgate's
+xds adds to the stream-end rate limit call when the gateway traces (Envoy 1.40 sends that call with no
+trace context): the rate limiter continues that trace in the call's span and counts nothing for it."""
+TRACEPARENT_HEADER = "traceparent"
+"""The W3C trace context header Envoy's tracer sets on the request (the router's upstream span)."""
 
 
 def reads_usage(model: Model) -> bool:

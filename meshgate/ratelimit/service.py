@@ -23,6 +23,7 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped,unused-ignore]
 from prometheus_client import CollectorRegistry
 
+from .. import contract
 from ..policy.model import Policy
 from ..policy.store import Commit, Rejection
 from ..tracing import genai_usage, incoming
@@ -68,12 +69,35 @@ class _Throttled:
         log.warning("%s%s", message, f" ({held} more like it since the last such line)" if held else "")
 
 
+_TRACE_ENTRIES = ((contract.TRACE_KEY, ""),)
+
+
 def _descriptor(d: Any) -> Descriptor:
     limit = None
     if d.HasField("limit") and d.limit.unit in UNIT_FROM_PB:
         limit = (d.limit.requests_per_unit, UNIT_FROM_PB[d.limit.unit])
     hits = d.hits_addend.value if d.HasField("hits_addend") else None
-    return Descriptor(tuple([(e.key, e.value) for e in d.entries]), limit, hits)
+    entries = tuple([(e.key, e.value) for e in d.entries])
+    if len(entries) == 1 and entries[0][0] == contract.TRACE_KEY:
+        # a stream-end call's trace context (`_carried_trace`), not a quota: no rule matches it, and
+        # without its value every call's descriptor is the same one (one cache entry, not one each)
+        entries = _TRACE_ENTRIES
+    return Descriptor(entries, limit, hits)
+
+
+def _carried_trace(raw: bytes) -> Any | None:
+    """The trace context in a call's `meshgate.traceparent` descriptor: xds adds it to the stream-end
+    call when the gateway traces, since Envoy 1.40 sends that call without one (meshgate/contract.py)."""
+    if contract.TRACE_KEY.encode() not in raw:  # most calls: no second parse
+        return None
+    try:
+        descriptors = rls_pb2.RateLimitRequest.FromString(raw).descriptors
+    except DecodeError:
+        return None  # answered INVALID_ARGUMENT by `_answer`
+    for d in descriptors:
+        if len(d.entries) == 1 and d.entries[0].key == contract.TRACE_KEY:
+            return incoming((), {contract.TRACEPARENT_HEADER: d.entries[0].value})
+    return None
 
 
 def to_request(pb: rls_pb2.RateLimitRequest) -> Request:
@@ -130,11 +154,12 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
     async def _traced(
         self, raw: bytes, context: grpc.aio.ServicerContext[object, object], tracer: Any
     ) -> bytes:
-        """The call in a span continuing the caller's trace (Envoy's rate limit call span): domain,
-        descriptors, the answer, the quota that refused, and the LLM usage a stream-end call charges."""
+        """The call in a span continuing the caller's trace (Envoy's rate limit call span; at stream
+        end, the request's, carried in a descriptor: `_carried_trace`): domain, descriptors, the
+        answer, the quota that refused, and the LLM usage a stream-end call charges."""
         from opentelemetry import trace
 
-        parent = incoming(context.invocation_metadata())
+        parent = incoming(context.invocation_metadata()) or _carried_trace(raw)
         span = tracer.start_span("ratelimit.should_rate_limit", context=parent, kind=trace.SpanKind.SERVER)
         try:
             answer, entry, decision = await self._answer(raw, context)

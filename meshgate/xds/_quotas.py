@@ -11,6 +11,10 @@ hits_addend, in RouteAction.rate_limits it does not). A quota the gateway enforc
 Every OpenAI model's routes also send, at stream end, the chargeback descriptors
 `meshgate.usage=<kind>, tenant, model` (kind: requests, prompt_tokens, completion_tokens), whose
 hits_addend is that number of the response's usage (docs/llm.md).
+
+When the gateway traces (MESHGATE_XDS_TRACING), a route with a stream-end call also sends there the
+descriptor `meshgate.traceparent=<traceparent>`: the request's trace context, which Envoy 1.40 does not
+give that call (the rate limiter puts the call's span in the request's trace and counts nothing for it).
 """
 
 from __future__ import annotations
@@ -61,8 +65,18 @@ def _chargeback() -> list[rc.RateLimit]:
     ]
 
 
-def model_rate_limits(policy: Policy, model: Model) -> rate_limit_pb2.RateLimitPerRoute | None:
-    """The per-route rate limits of `model`'s routes, or None when none applies to it."""
+def _trace() -> rc.RateLimit:
+    """The stream-end descriptor carrying the request's traceparent (Envoy's tracer set the header: the
+    router's upstream span); no descriptor when the header is absent."""
+    header = _A.RequestHeaders(header_name=contract.TRACEPARENT_HEADER, descriptor_key=contract.TRACE_KEY)
+    return rc.RateLimit(actions=[_A(request_headers=header)], apply_on_stream_done=True)
+
+
+def model_rate_limits(
+    policy: Policy, model: Model, *, traced: bool = False
+) -> rate_limit_pb2.RateLimitPerRoute | None:
+    """The per-route rate limits of `model`'s routes, or None when none applies to it. `traced`: the
+    gateway traces, so a stream-end call carries the request's trace context (`_trace`)."""
     limits: list[rc.RateLimit] = []
     native = native_quotas(policy)
     for quota in contract.quota_plan(policy).quotas_of(policy, model.name):
@@ -77,4 +91,6 @@ def model_rate_limits(policy: Policy, model: Model) -> rate_limit_pb2.RateLimitP
             limits.append(rc.RateLimit(actions=_actions(quota)))
     if reads_usage(model):
         limits += _chargeback()
+    if traced and any(limit.apply_on_stream_done for limit in limits):
+        limits.append(_trace())
     return rate_limit_pb2.RateLimitPerRoute(rate_limits=limits) if limits else None

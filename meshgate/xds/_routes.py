@@ -46,13 +46,13 @@ NO_ROUTE = "meshgate|no_route"
 
 
 def route_configuration(
-    policy: Policy, *, ratelimit: bool = True, extauthz: bool = True
+    policy: Policy, *, ratelimit: bool = True, extauthz: bool = True, traced: bool = False
 ) -> route_pb2.RouteConfiguration:
     routes = []
     usage = ratelimit and any(reads_usage(m) for m in policy.models)
     served = has_served_names(policy)
     for model in policy.models:
-        limits = model_rate_limits(policy, model) if ratelimit else None
+        limits = model_rate_limits(policy, model, traced=traced) if ratelimit else None
         for route in size_routes(model) if model.serves("v2-rest") else ():
             if extauthz:  # (ext_authz runs before the answer: a 401 comes first)
                 route.typed_per_filter_config[EXTAUTHZ_FILTER].CopyFrom(pack(stream_body()))

@@ -67,7 +67,10 @@ def compile_snapshot(
                 (
                     _names.ROUTE_CONFIG,
                     route_configuration(
-                        policy, ratelimit=options.enable_ratelimit, extauthz=options.enable_extauthz
+                        policy,
+                        ratelimit=options.enable_ratelimit,
+                        extauthz=options.enable_extauthz,
+                        traced=options.tracing is not None,
                     ),
                 )
             ],

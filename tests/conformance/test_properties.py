@@ -268,7 +268,7 @@ def test_a_dot_in_a_quota_name_stays_in_its_label() -> None:
 
 def test_no_compiler_keeps_a_copy_of_the_contract() -> None:
     """The header names and the reserved descriptor keys are written once, in meshgate/contract.py."""
-    reserved = {contract.PHASE_KEY, contract.USAGE_KEY, *contract.GATEWAY_HEADERS}
+    reserved = {contract.PHASE_KEY, contract.USAGE_KEY, contract.TRACE_KEY, *contract.GATEWAY_HEADERS}
     copies = []
     for path in sorted((ROOT / "meshgate").rglob("*.py")):
         if path.name == "contract.py" or "_proto" in path.parts:

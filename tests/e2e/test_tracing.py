@@ -8,8 +8,9 @@ MESHGATE_XDS_TRACING names the collector's gRPC port. Nothing is skipped on a fr
 Envoy (ext_authz -> ratelimit -> the chat stand-in): Envoy's ext_authz and rate limit call spans are the
 parents of meshgate's `extauthz.check` and `ratelimit.should_rate_limit`, in Envoy's trace, beside
 Envoy's upstream span to the model; the spans carry the GenAI attributes; xds pushes are spans too.
-(The rate limit call Envoy makes at stream end, which charges the tokens used, carries no trace context
-in Envoy 1.40: its span is a trace of its own.)
+The rate limit call Envoy makes at stream end, which charges the tokens used, carries no trace context
+in Envoy 1.40; meshgate's xds adds the request's traceparent to it as a descriptor, so its span is in
+the request's trace too, below Envoy's upstream span.
 """
 
 from __future__ import annotations
@@ -106,10 +107,11 @@ def test_envoy_span_is_the_parent_of_meshgates_in_one_trace(
     assert admission and all(by_id.get(s.parent_span_id) is not None for s in admission)
     for span in admission:  # Envoy's rate limit call is the parent, in the request's trace
         assert span.trace_id == check.trace_id and "RateLimitService" in by_id[span.parent_span_id].name
-    # the stream-end charge: Envoy 1.40 sends it with no trace context (the request's span has ended),
-    # so its span starts a trace of its own
+    # the stream-end charge: Envoy 1.40 sends it with no trace context in its metadata; the descriptor
+    # meshgate.traceparent (xds adds it when the gateway traces) carries the request's, from the
+    # traceparent header Envoy's router set for its upstream span: the charge is in the request's trace
     (charge,) = [s for s in limits if "gen_ai.usage.input_tokens" in s.attributes]
-    assert charge.parent_span_id == "" and charge.trace_id != check.trace_id
+    assert charge.trace_id == check.trace_id and charge.parent_span_id == upstream.span_id
 
     # GenAI semantic conventions where they apply
     seen = check.attributes

@@ -3,8 +3,11 @@ an incoming call, and the GenAI attributes of an OpenAI call."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from meshgate import contract
 from meshgate.extauthz.request import Target
 from meshgate.ratelimit.decision import Descriptor
 from meshgate.tracing import configure, enabled, export_settings, genai_request, genai_usage, incoming
@@ -95,3 +98,61 @@ def test_genai_attributes_of_openai_calls_only() -> None:
              Descriptor((("quota", "q"), ("tenant", "a")), None, 1)]
     assert genai_usage(usage) == {
         "gen_ai.usage.input_tokens": 7, "gen_ai.usage.output_tokens": 3, "gen_ai.request.model": "m"}
+
+
+def _stream_end(route: Any) -> list[list[tuple[str, str]]]:
+    """(descriptor key, header or value) per action of each stream-end rate limit of `route`."""
+    from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
+
+    per_route = rate_limit_pb2.RateLimitPerRoute()
+    if "envoy.filters.http.ratelimit" not in route.typed_per_filter_config:
+        return []
+    assert route.typed_per_filter_config["envoy.filters.http.ratelimit"].Unpack(per_route)
+    return [
+        [(a.request_headers.descriptor_key, a.request_headers.header_name) if a.HasField("request_headers")
+         else (a.generic_key.descriptor_key, a.generic_key.descriptor_value) for a in limit.actions]
+        for limit in per_route.rate_limits if limit.apply_on_stream_done
+    ]  # fmt: skip
+
+
+def test_when_the_gateway_traces_stream_end_calls_carry_the_requests_traceparent() -> None:
+    """Envoy 1.40 sends the stream-end rate limit call with no trace context: xds adds a descriptor
+    from the traceparent header Envoy's tracer set, on the routes that make that call, only when the
+    gateway traces."""
+    from meshgate.policy import load_policy
+    from meshgate.xds import CompileOptions, compile_snapshot
+    from meshgate.xds._types import ROUTE
+    from tests.unit.test_xds_support import EXAMPLE
+
+    trace_limit = [(contract.TRACE_KEY, "traceparent")]
+    for options, traced in ((CompileOptions(tracing="collector:4317"), True), (CompileOptions(), False)):
+        config = compile_snapshot(load_policy(EXAMPLE), options)[ROUTE]["meshgate_routes"].message
+        charged = carried = 0
+        for route in config.virtual_hosts[0].routes:
+            limits = _stream_end(route)
+            others = [limit for limit in limits if limit != trace_limit]
+            charged += bool(others)
+            carried += trace_limit in limits
+            assert (trace_limit in limits) == (traced and bool(others)), route.name
+        assert charged and carried == (charged if traced else 0)
+
+
+def test_the_rate_limiter_reads_the_carried_trace_and_counts_nothing_for_it() -> None:
+    from envoy.service.ratelimit.v3 import rls_pb2
+    from opentelemetry import trace
+
+    from meshgate.ratelimit.service import _carried_trace, to_request
+
+    usage = {"entries": [{"key": "meshgate.usage", "value": "prompt_tokens"}, {"key": "tenant", "value": "a"}],
+             "hits_addend": {"value": 7}}  # fmt: skip
+    carried = {"entries": [{"key": contract.TRACE_KEY, "value": TRACEPARENT}]}
+    pb = rls_pb2.RateLimitRequest(domain="meshgate", descriptors=[usage, carried])
+    # the limiter sees the descriptor without its value: one descriptor for every call, which no rule
+    # matches (nothing counted, one cache entry); the reply still has a status per descriptor
+    assert [d.entries for d in to_request(pb).descriptors] == [
+        (("meshgate.usage", "prompt_tokens"), ("tenant", "a")), ((contract.TRACE_KEY, ""),)]  # fmt: skip
+    span = trace.get_current_span(_carried_trace(pb.SerializeToString())).get_span_context()
+    assert (f"{span.trace_id:032x}", f"{span.span_id:016x}") == (
+        "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")  # fmt: skip
+    assert _carried_trace(rls_pb2.RateLimitRequest(domain="d", descriptors=[usage]).SerializeToString()) is None
+    assert _carried_trace(b"\xff\xff" + contract.TRACE_KEY.encode()) is None  # not a message: no trace
