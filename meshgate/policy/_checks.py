@@ -12,6 +12,7 @@ from typing import Any
 from .. import contract
 from .errors import Path
 from .model import Model, Policy
+from .native import _USE_AUTO, native_gaps
 
 __all__ = ["cross_check", "warnings_of"]
 
@@ -28,6 +29,7 @@ def cross_check(policy: Policy) -> list[tuple[Path, str]]:
         _quotas,
         _llm_fields,
         _token_quotas,
+        _enforcement,
     )
     return [found for check in checks for found in check(policy)]
 
@@ -41,6 +43,17 @@ def warnings_of(policy: Policy) -> list[tuple[Path, str]]:
             counted = [m for m in policy.models if m.name in plan.models[quota.name]]
             found += _below_one_request(policy, i, counted)
     return found
+
+
+def _enforcement(p: Policy) -> Found:
+    """gateway.enforcement native: every feature Envoy cannot enforce alone is an error (docs/native.md)."""
+    if p.gateway.enforcement != "native":
+        return
+    yield from native_gaps(p)
+    from ..xds._native_quotas import native_quota_gaps  # (the compiler knows what its filters hold)
+
+    for path, why in native_quota_gaps(p):
+        yield path, f"native: {why}; {_USE_AUTO}"
 
 
 def _is_glob(pattern: str) -> bool:
@@ -177,6 +190,8 @@ def _llm_fields(p: Policy) -> Found:
             yield ("models", i, "context_limit_tokens"), f"context_limit_tokens {why}"
         if model.tokenizer is not None:
             yield ("models", i, "tokenizer"), f"tokenizer {why}"
+        if model.max_json_answer_bytes is not None:
+            yield ("models", i, "max_json_answer_bytes"), f"max_json_answer_bytes {why}"
         for j, version in enumerate(model.versions):
             if version.served_name is not None:
                 yield ("models", i, "versions", j, "served_name"), f"served_name {why}"

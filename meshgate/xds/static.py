@@ -17,7 +17,8 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import json_format  # type: ignore[import-untyped]
 from google.protobuf.message import Message  # type: ignore[import-untyped]
 
-from ._pb import pack
+from ._gateways import GATEWAYS_CLUSTER, gateways_assignment
+from ._pb import duration, pack
 from ._types import CLUSTER, ENDPOINT, LISTENER, ORDER, ROUTE, SECRET, short
 from .snapshot import Snapshot
 
@@ -42,12 +43,23 @@ def static_bootstrap(snapshot: Snapshot) -> dict[str, Any]:
     assignments = {name: r.message for name, r in snapshot[ENDPOINT].items()}
     listeners = [_inline_routes(r.message, routes) for r in snapshot[LISTENER].values()]
     clusters = [_inline_cluster(r.message, assignments) for r in snapshot[CLUSTER].values()]
+    # the gateways' local cluster (native quotas' shares, `_gateways`): the bootstrap's, here static
+    local = assignments.get(GATEWAYS_CLUSTER) or gateways_assignment(("static",))
+    clusters.append(
+        cluster_pb2.Cluster(
+            name=GATEWAYS_CLUSTER,
+            type=cluster_pb2.Cluster.STATIC,
+            connect_timeout=duration(1.0),
+            load_assignment=local,
+        )
+    )
     return {
+        "cluster_manager": {"local_cluster_name": GATEWAYS_CLUSTER},
         "static_resources": {
             "listeners": [to_dict(x) for x in listeners],
             "clusters": [to_dict(c) for c in clusters],
             "secrets": [to_dict(s.message) for s in snapshot[SECRET].values()],
-        }
+        },
     }
 
 

@@ -1,0 +1,117 @@
+"""The native gateway (gateway.enforcement native | auto, docs/native.md) on a real Envoy: it fails closed when its decision script fails, and policy swaps and key rotation reach it
+over xDS and jwt_authn's JWKS fetch, with no call to meshgate per request.
+(Equal decisions with ext_authz, request by request: tests/conformance/test_native.py; its configs
+validate: tests/e2e/test_xds_validate.py.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from jwt.algorithms import RSAAlgorithm
+
+from meshgate.policy import parse_policy
+from meshgate.xds import compile_snapshot
+from meshgate.xds._native import DECIDE_FILTER
+from meshgate.xds.bootstrap import bootstrap_dict
+from meshgate.xds.static import static_bootstrap
+from tests.conformance.upstream import EchoHTTP
+from tests.harness.envoy import Envoy
+from tests.harness.meshgate import Meshgate
+from tests.harness.procs import free_port, wait_until
+from tests.harness.stack import Stack
+from tests.unit.test_extauthz_support import LateJwks, mint, policy_doc, public_jwks, rsa_key
+
+
+def _native_doc(upstream: int, port: int, mode: str = "native", **issuer: Any) -> dict[str, Any]:
+    doc = policy_doc(issuer=issuer or None)
+    doc["gateway"] = {"address": "127.0.0.1", "port": port, "enforcement": mode}
+    doc["api_keys"] = []
+    doc["models"] = [m for m in doc["models"] if m.get("protocol", "v2-rest") == "v2-rest"]
+    for model in doc["models"]:
+        for version in model["versions"]:
+            version["endpoints"] = [f"127.0.0.1:{upstream}"]
+    return doc
+
+
+def _get(port: int, token: str) -> httpx.Response:
+    with httpx.Client(timeout=5.0, trust_env=False) as client:
+        return client.post(
+            f"http://127.0.0.1:{port}/v2/models/resnet/infer", json={}, headers={"authorization": f"Bearer {token}"}
+        )
+
+
+def test_the_guard_refuses_when_the_decision_script_fails(tmp_path: Path) -> None:
+    upstream = EchoHTTP()
+    stack = Stack(tmp_path)
+    try:
+        port = free_port()
+        policy = parse_policy(yaml.safe_dump(_native_doc(upstream.port, port)), "native.yaml")
+        config = static_bootstrap(compile_snapshot(policy))
+        broken = json.loads(json.dumps(config))  # (plain dicts: the harness writes YAML)
+        chain = broken["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        (lua,) = [f for f in chain["http_filters"] if f["name"] == DECIDE_FILTER]
+        source = lua["typed_config"]["default_source_code"]["inline_string"]
+        lua["typed_config"]["default_source_code"]["inline_string"] = source.replace(
+            "local function decide(handle, headers, path)",
+            "local function decide(handle, headers, path)\n  error('injected failure')",
+        )
+        envoy = stack.add(Envoy(broken, workdir=stack.workdir, name="broken")).start()
+        response = _get(port, mint())
+        assert response.status_code == 403  # the RBAC guard: nothing decided, nothing passes
+        assert upstream_requests(envoy) == 0
+    finally:
+        stack.close()
+        upstream.close()
+
+
+def upstream_requests(envoy: Envoy) -> int:
+    stats = envoy.stats(filter_regex=r"cluster\.model\|.*\.upstream_rq_total")
+    return sum(int(v) for v in stats.values())
+
+
+def test_a_policy_swap_reaches_the_native_gateway(tmp_path: Path) -> None:
+    upstream = EchoHTTP()
+    stack = Stack(tmp_path)
+    try:
+        port = free_port()
+        doc = _native_doc(upstream.port, port)
+        doc["tenants"] = [t for t in doc["tenants"] if t["name"] != "globex"]
+        meshgate = stack.add(Meshgate(doc, workdir=stack.workdir)).start()
+        stack.add(Envoy(bootstrap_dict("swap", xds=meshgate.address("xds")), workdir=stack.workdir)).start()
+        token = mint(tenant="globex", tier=None)
+        first = _get(port, token)
+        assert (first.status_code, first.json()["error"]) == (403, "unknown_tenant")
+        doc["tenants"].append({"name": "globex", "tier": "free"})
+        meshgate.policy_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        wait_until(lambda: _get(port, token).status_code == 200, 30, what="the new tenant admitted")
+        assert _get(port, token).json()["echo"]["x-meshgate-tenant"] == "globex"
+    finally:
+        stack.close()
+        upstream.close()
+
+
+def test_a_rotated_key_is_fetched_by_envoy_itself(tmp_path: Path) -> None:
+    upstream = EchoHTTP()
+    stack = Stack(tmp_path)
+    with LateJwks() as jwks:
+        jwks.up()
+        try:
+            port = free_port()
+            doc = _native_doc(upstream.port, port, jwks_uri=jwks.url, jwks_cache={"min_ttl": "1s"})
+            meshgate = stack.add(Meshgate(doc, workdir=stack.workdir)).start()
+            stack.add(Envoy(bootstrap_dict("rotate", xds=meshgate.address("xds")), workdir=stack.workdir)).start()
+            wait_until(lambda: _get(port, mint()).status_code == 200, 30, what="keys fetched by Envoy")
+            rotated = mint(kid="rsa-2", key=rsa_key("rotated"))
+            before = _get(port, rotated)
+            assert (before.status_code, before.json()["error"]) == (401, "token_unknown_kid")
+            new = {**RSAAlgorithm.to_jwk(rsa_key("rotated").public_key(), as_dict=True), "kid": "rsa-2"}
+            jwks.document = {"keys": [*public_jwks()["keys"], new]}
+            wait_until(lambda: _get(port, rotated).status_code == 200, 30, what="the rotated key")
+            assert jwks.hits >= 2
+        finally:
+            stack.close()
+            upstream.close()
