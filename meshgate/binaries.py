@@ -26,6 +26,7 @@ PROVIDERS: dict[str, str] = {
     "meshgate": "this project (pip install -e .)",
     "prometheus": "Debian's prometheus package (apt-get install prometheus; .ci/run installs it)",
     "promtool": "Debian's prometheus package (apt-get install prometheus; .ci/run installs it)",
+    "llama-server": "llama.cpp, built from source (docs/llm.md, 'Real servers in the tests'); optional",
 }
 """Each executable the project runs, and the package a user installs to get it."""
 
