@@ -493,6 +493,12 @@ class Model(_Strict):
     tokenizer: str | None = Field(default=None, min_length=1)
     """protocol openai: path of the model's Hugging Face `tokenizer.json`; prompts are then counted
     with it (read when the policy is loaded). Unset: estimated from the text (docs/llm.md)."""
+    max_json_answer_bytes: int | None = Field(default=None, gt=0, le=1 << 30)
+    """protocol openai: the largest JSON (non-streaming) answer whose usage the gateway reads to charge
+    it: Envoy holds such an answer whole, up to this many bytes per answer. One of this many bytes or
+    more (its content-length) passes through unread and is not charged; one without content-length
+    and larger is Envoy's 500. Streams are read event by event, whatever their length. Unset: 8 MiB
+    (docs/llm.md)."""
     versions: tuple[ModelVersion, ...] = Field(min_length=1)
     """The versions and their backends."""
     shadow: Shadow | None = None

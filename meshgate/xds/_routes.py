@@ -33,7 +33,7 @@ from ._openai import SERVED_NAME_FILTER, served_name
 from ._pb import duration, pack, u32
 from ._quotas import model_rate_limits
 from ._server import server_routes
-from ._usage import route_filters
+from ._usage import json_answer_limit, route_filters
 from ._usage_chunk import OPTIONS_HEADER
 
 __all__ = ["route_configuration"]
@@ -66,6 +66,7 @@ def route_configuration(
                 route.typed_per_filter_config[RATELIMIT_FILTER].CopyFrom(pack(limits))
             if usage and reads_usage(model):
                 _read_usage(route)
+                json_answer_limit(route, model)  # its JSON answers held up to its max_json_answer_bytes
             if served and reads_usage(model):
                 _enable(route, SERVED_NAME_FILTER)  # each version's name: _served_names
             routes.append(route)

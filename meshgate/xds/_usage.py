@@ -10,7 +10,7 @@ between 2 and 3 (`_usage_chunk`: drops the usage chunk a client did not ask for,
    merges `{"stream_options": {"include_usage": true}}` into the request body, so the backend ends the
    stream with a usage chunk even when the client did not ask for one.
 3. `meshgate.llm.usage_json` (json_to_metadata, response rules, behind match_delegate): a JSON
-   answer's `usage`, unless the answer is too large to hold (see `_json_usage`).
+   answer's `usage`, unless the answer is too large to hold (see `_json_usage`, `json_answer_limit`).
 4. `meshgate.llm.usage_sse` (sse_to_metadata with the JSON content parser): an event stream's `usage`,
    read event by event as it passes (nothing is buffered but the event being parsed); the last one wins.
 
@@ -47,11 +47,12 @@ from xds.type.matcher.v3 import matcher_pb2, regex_pb2, string_pb2
 from xds.type.v3 import typed_struct_pb2
 
 from meshgate import contract
+from meshgate.policy.model import Model
 
 from ._pb import pack
 from ._usage_chunk import OPTIONS_HEADER, USAGE_CHUNK_FILTER, usage_chunk_filter
 
-__all__ = ["FILTER_NAMES", "route_filters", "usage_filters"]
+__all__ = ["FILTER_NAMES", "JSON_ANSWER_BYTES", "json_answer_limit", "route_filters", "usage_filters"]
 
 STREAM_FILTER = "meshgate.llm.stream"
 INCLUDE_USAGE_FILTER = "meshgate.llm.include_usage"
@@ -63,6 +64,7 @@ _TYPE = "type.googleapis.com/"
 _SSE_TO_METADATA = _TYPE + "envoy.extensions.filters.http.sse_to_metadata.v3.SseToMetadata"
 _JSON_PARSER = _TYPE + "envoy.extensions.content_parsers.json.v3.JsonContentParser"
 _LARGE = r"^[0-9]{7,}$"  # a content-length of 1,000,000 bytes or more
+JSON_ANSWER_BYTES = 8 << 20  # a model's max_json_answer_bytes when unset
 _COMPLETIONS = r"^(/openai)?/v1/(chat/)?completions([?].*)?$"
 _MAX_EVENT_BYTES = 64 * 1024  # one SSE event (a usage chunk is ~200 bytes; a content chunk rarely 4 KiB)
 
@@ -201,11 +203,41 @@ def _json_usage() -> extension_matcher_pb2.ExtensionWithMatcher:
     """json_to_metadata must hold a JSON answer whole, within Envoy's buffer limit (the listener's
     per_connection_buffer_limit_bytes, 1 MiB by default), past which Envoy answers 500. So an answer
     that says it is 1,000,000 bytes or more (content-length of 7 digits) passes through unread, and
-    uncharged (docs/llm.md); a stream is read event by event whatever its length."""
+    uncharged: the listener's default, left to the catch-all route; a model's routes raise both the
+    limit and the skip to its max_json_answer_bytes (`json_answer_limit`). A stream is read event by
+    event whatever its length (docs/llm.md)."""
     reader = _J(response_rules=_J.MatchRules(rules=_usage_rules()))
     length = http_inputs_pb2.HttpResponseHeaderMatchInput(header_name="content-length")
     large = string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=_LARGE, google_re2={}))
     return _skip_when(_header_is(length, large), "envoy.filters.http.json_to_metadata", reader)
+
+
+def json_answer_limit(route: rc.Route, model: Model) -> None:
+    """On a route of `model` (which reads usage): Envoy's buffer limit of the stream raised to the
+    model's `max_json_answer_bytes`, and the JSON reader skipped for an answer of that many bytes or
+    more. `request_body_buffer_limit` is the limit of both directions of the stream in Envoy 1.40 (a
+    1.2 MB answer is read with it, and is a 500 without it; tried), taken from the route the request
+    ends on: an OpenAI request first matches the catch-all, which keeps the listener's 1 MiB and
+    `_json_usage`'s skip. The request stays bounded by ext_authz's `max_request_bytes` (413 above it)."""
+    limit = model.max_json_answer_bytes or JSON_ANSWER_BYTES
+    route.request_body_buffer_limit.value = limit
+    length = http_inputs_pb2.HttpResponseHeaderMatchInput(header_name="content-length")
+    large = string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=at_least(limit), google_re2={}))
+    skip = _skip_when(_header_is(length, large), "envoy.filters.http.json_to_metadata", _J())
+    per_route = extension_matcher_pb2.ExtensionWithMatcherPerRoute(xds_matcher=skip.xds_matcher)
+    route.typed_per_filter_config[JSON_FILTER].CopyFrom(pack(rc.FilterConfig(config=pack(per_route))))
+
+
+def at_least(n: int) -> str:
+    """A regex of the decimal numbers >= `n` (leading zeros allowed): more digits than `n`, or `n`'s
+    own digits up to one that is larger, then any."""
+    digits = str(n)
+    k = len(digits)
+    larger = [f"[1-9][0-9]{{{k},}}", digits]
+    for i, d in enumerate(digits):
+        if d != "9":
+            larger.append(f"{digits[:i]}[{int(d) + 1}-9][0-9]{{{k - i - 1}}}")
+    return f"^0*({'|'.join(larger)})$"
 
 
 def _sse_usage() -> dict[str, object]:

@@ -246,17 +246,40 @@ def test_chargeback_counters_per_tenant_and_model(gateway: Gateway) -> None:
     assert quota_hits == used
 
 
-def test_a_json_answer_too_large_to_hold_passes_through_uncharged(gateway: Gateway) -> None:
-    """json_to_metadata must hold a JSON answer whole, within Envoy's 1 MiB buffer: an answer of
-    1,000,000 bytes or more is passed through unread (not a 500) and is not charged; a small one is."""
-    client = gateway.client()
+def large_answer(gateway: Gateway) -> Any:
+    """A JSON answer of ~1.2 MB (700 choices of 256 words) and its usage, through the gateway."""
     messages = [{"role": "user", "content": "Special cases aren't special enough."}]
-    raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=messages, max_tokens=256,
-                                                           n=700, extra_body={"ignore_eos": True})  # fmt: skip
+    raw = gateway.client().chat.completions.with_raw_response.create(
+        model=MODEL, messages=messages, max_tokens=256, n=700, extra_body={"ignore_eos": True})  # fmt: skip
     assert int(raw.headers["content-length"]) >= 1_000_000
     big = raw.parse()
-    assert len(big.choices) == 700 and big.usage is not None and big.usage.total_tokens > LIMIT
-    small = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=4)
+    assert len(big.choices) == 700 and big.usage is not None
+    return big
+
+
+def test_a_json_answer_above_1_mb_is_charged(
+    harness: Stack, meshgate_factory: Callable[..., Meshgate], envoy_factory: Callable[..., Envoy]
+) -> None:
+    """json_to_metadata holds a JSON answer whole: past Envoy's 1 MiB default buffer it was a 500, then
+    passed unread and uncharged. The model's routes raise the stream's buffer limit to its
+    max_json_answer_bytes (default 8 MiB): a 1.2 MB answer is read and charged exactly."""
+    limit = 1_000_000
+    gateway = start_gateway(harness, meshgate_factory, envoy_factory, limit=limit)
+    big = large_answer(gateway)
+    assert big.usage.total_tokens > 700 * 256
+    gateway.charged_to(limit - big.usage.total_tokens)
+
+
+def test_a_json_answer_above_the_models_max_passes_through_uncharged(
+    harness: Stack, meshgate_factory: Callable[..., Meshgate], envoy_factory: Callable[..., Envoy]
+) -> None:
+    """An answer of max_json_answer_bytes or more (its content-length) is passed through unread, not a
+    500, and is not charged; a small one is."""
+    gateway = start_gateway(harness, meshgate_factory, envoy_factory, max_json_answer_bytes=1_000_000)
+    big = large_answer(gateway)
+    assert big.usage.total_tokens > LIMIT
+    small = gateway.client().chat.completions.create(model=MODEL, max_tokens=4,
+                                                     messages=[{"role": "user", "content": "Now?"}])  # fmt: skip
     assert small.usage is not None
     gateway.charged_to(LIMIT - small.usage.total_tokens)  # the large answer was not charged
 

@@ -60,7 +60,9 @@ EXPECTED = {
         "4: models[0].context_limit_tokens: context_limit_tokens is for LLMs (protocol openai); "
         "model 'iris' is protocol v2-grpc",
         "5: models[0].tokenizer: tokenizer is for LLMs (protocol openai); model 'iris' is protocol v2-grpc",
-        "9: models[0].versions[0].served_name: served_name is for LLMs (protocol openai); "
+        "6: models[0].max_json_answer_bytes: max_json_answer_bytes is for LLMs (protocol openai); "
+        "model 'iris' is protocol v2-grpc",
+        "10: models[0].versions[0].served_name: served_name is for LLMs (protocol openai); "
         "model 'iris' is protocol v2-grpc",
     ],
 }
