@@ -39,17 +39,28 @@ from tests.unit.test_extauthz_jwt import ATTACKS
 from tests.unit.test_extauthz_support import API_KEY, API_KEY_GLOBEX, claims, forge, mint, policy_doc
 
 MODES = ("ext_authz", "auto", "native")
+METERED = 3  # requests a day per user of globex (free tier: x1) on model `metered`
 
 
 def _doc(mode: str, *, upstream: int, port: int) -> dict[str, Any]:
     doc = policy_doc()
     doc["gateway"] = {"address": "127.0.0.1", "port": port, "enforcement": mode}
-    for model in doc["models"]:
-        for version in model["versions"]:
-            version["endpoints"] = [f"127.0.0.1:{upstream}"]
+    doc["models"] += [
+        {"name": "vault", "visibility": "private", "owner": "acme", "versions": [{"name": "v1"}]},
+        {"name": "metered", "versions": [{"name": "v1"}]},
+    ]
+    doc["quotas"] = [
+        {"name": "metered-user-day", "per": ["tenant", "user"], "limit": METERED, "window": "day",
+         "models": ["metered"]},
+    ]  # fmt: skip
+    for tenant in doc["tenants"]:
+        tenant["quotas"] = ["metered-user-day"]
     if mode == "native":  # what a native policy cannot hold (meshgate.policy.native)
         doc["api_keys"] = []
         doc["models"] = [m for m in doc["models"] if m.get("protocol", "v2-rest") == "v2-rest"]
+    for model in doc["models"]:
+        for version in model["versions"]:
+            version["endpoints"] = [f"127.0.0.1:{upstream}"]
     return doc
 
 
@@ -131,6 +142,8 @@ CASES = [
          path="/v2/models/resnet/versions/v2/infer"),
     Case("version that does not exist", _jwt(), path="/v2/models/resnet/versions/v9/infer"),
     Case("unknown model", _jwt(), path="/v2/models/nope/infer"),
+    Case("private model of another tenant", _jwt(tenant="globex", tier=None), path="/v2/models/vault/infer"),
+    Case("private model of its owner", _jwt(), path="/v2/models/vault/infer"),
     Case("model metadata, GET", _jwt(), path="/v2/models/resnet", method="GET"),
     Case("query string ignored", _jwt(), path="/v2/models/resnet/infer?x=1"),
     Case("server health", _jwt(), path="/v2/health/ready", method="GET"),
@@ -198,3 +211,22 @@ def test_same_decision(gateways: Gateways, mode: str, case: Case) -> None:
         assert reference.model_sees.get(contract.TENANT_HEADER), (
             "the model saw no identity: the case proves nothing"
         )
+
+
+@pytest.mark.parametrize("mode", ["auto", "native"])
+def test_same_quota_decisions(gateways: Gateways, mode: str) -> None:
+    """A per-user quota of METERED a day (native: Envoy's local rate limit; ext_authz: meshgate
+    ratelimit): the same requests pass, the same one is refused, with the same answer."""
+    path = "/v2/models/metered/infer"
+    seen = []
+    for _ in range(METERED + 1):
+        token = mint(tenant="globex", tier=None, sub=f"metered-{mode}")  # (a user of its own per mode)
+        answers = []
+        for port in (gateways.ports["ext_authz"], gateways.ports[mode]):
+            with httpx.Client(timeout=10.0, trust_env=False) as client:
+                response = client.post(f"http://127.0.0.1:{port}{path}", json=INFER, headers=_bearer(token))
+            body = response.content if response.status_code != 200 else b""
+            answers.append((response.status_code, body, response.headers.get("x-envoy-ratelimited")))
+        assert answers[1] == answers[0], f"{mode}: request {len(seen) + 1}"
+        seen.append(answers[0][0])
+    assert seen == [200] * METERED + [429]
