@@ -87,6 +87,7 @@ class Row:
     port: int = 0
     envoy_pid: int | None = None
     meshgate_pid: int | None = None
+    envoy: Envoy | None = None  # a meshgate row's gateway Envoy
     status: str = "ok"  # ok | broken: ... | not available: ...
     filters: list[str] = field(default_factory=list)
     runs: list[dict[str, float]] = field(default_factory=list)
@@ -205,7 +206,7 @@ def start_meshgate_row(name: str, stack: Stack, work: Path, keys: Keys, upstream
         envoy.stop()
         row.status = f"{failed}: gateway Envoy: {why}"
         return row
-    row.envoy_pid = envoy.proc.pid
+    row.envoy, row.envoy_pid = envoy, envoy.proc.pid
     row.filters = http_filters(envoy)
     if name in ("native", "auto") and "envoy.filters.http.jwt_authn" not in row.filters:
         row.status = f"not available: enforcement {name} compiled no jwt_authn filter"
