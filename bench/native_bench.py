@@ -25,10 +25,10 @@ second (never refuses); each row has its own `meshgate serve` (counters in memor
 gateway Envoy. The upstream of every row is one more Envoy answering 200 with a direct_response and
 echoing the identity headers it received.
 
-Before timing, each row proves it works: a request with the token gets 200; in every row but raw and
-routing the upstream saw the tenant and user, a request without a token gets 401 and one whose token
-lacks the role gets 403. A row that fails is printed as broken with the reason and not timed. A native
-or auto row whose gateway Envoy has no jwt_authn filter (the compile does not produce a native gateway)
+Before timing, each row proves it works: a GET and a POST with the token get 200; in every row but raw
+and routing the upstream saw the tenant and user, a request without a token gets 401 and one whose
+token lacks the role gets 403. A row that fails is printed as broken with the reason and not timed. A
+native or auto row whose gateway Envoy has no jwt_authn filter (the compile does not produce a native gateway)
 or whose meshgate refuses the policy is printed as "not available: <reason>". After one 1 s warm-up
 per row, the rows run interleaved, `--rounds` times, in an order rotated every round, so a drift in
 the machine's load hits every row alike.
@@ -130,10 +130,14 @@ def run_wrk(port: int, token: str, *, seconds: int, connections: int) -> dict[st
 
 
 # proofs ------------------------------------------------------------------------------------------------
-def request(port: int, token: str | None) -> tuple[int, dict[str, str]]:
+def request(port: int, token: str | None, *, body: bytes | None = None) -> tuple[int, dict[str, str]]:
+    """GET (POST with a JSON body) of PATH; (status, response headers)."""
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    if body is not None:
+        headers["content-type"] = "application/json"
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request("GET", PATH, headers={"authorization": f"Bearer {token}"} if token else {})
+        conn.request("GET" if body is None else "POST", PATH, body=body, headers=headers)
         resp = conn.getresponse()
         resp.read()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}
@@ -153,6 +157,9 @@ def _prove(row: Row, keys: Keys, token: str) -> str:
     status, headers = request(row.port, token)
     if status != 200:
         return f"broken: a valid token got {status}"
+    status, _ = request(row.port, token, body=b'{"inputs": []}')
+    if status != 200:
+        return f"broken: a POST with a valid token got {status}"
     if row.name not in UNGUARDED:
         seen = {key: headers.get(header) for key, header in SEEN.items() if key != "model"}
         if seen != {"tenant": TENANT, "user": USER}:
