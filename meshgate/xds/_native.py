@@ -54,7 +54,7 @@ JWT_FILTER = "envoy.filters.http.jwt_authn"
 DECIDE_FILTER = "meshgate.native.decide"
 GUARD_FILTER = "meshgate.native.guard"
 NAMESPACE = "meshgate.native"
-"""Dynamic metadata the Lua filter writes: `decided` (true), and tenant, user, tier, model."""
+"""Dynamic metadata the Lua filter writes: `decided` (true) on a request it decided."""
 _PAYLOAD, _HEADER = "payload", "header"
 _JWT_REQUIREMENT = "meshgate"
 # the Authorization spellings jwt_authn reads (a bearer in another spelling: ext_authz in auto)

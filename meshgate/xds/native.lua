@@ -406,10 +406,6 @@ function envoy_on_request(handle)
   if aim.version ~= "" then headers:replace(P.headers.version, aim.version) end
   headers:replace(P.decision_id_header, decision_id)
   if not P.forward_authorization then headers:remove("authorization") end
-  metadata:set(NS, "decided", true)
-  metadata:set(NS, "tenant", who.tenant)
-  metadata:set(NS, "user", who.user)
-  metadata:set(NS, "tier", who.tier)
-  metadata:set(NS, "model", aim.model)
+  metadata:set(NS, "decided", true)  -- (what follows reads the identity from the headers above)
   handle:clearRouteCache()
 end
