@@ -45,7 +45,6 @@ __all__ = [
     "PHASE_KEY",
     "PROMPT_TOKENS",
     "PUBLIC_PATHS",
-    "QUOTAS_KEY",
     "QUOTA_KEY",
     "RATELIMIT_NAMESPACE",
     "REFUSED_KEY",
@@ -71,7 +70,6 @@ __all__ = [
     "quota_limit",
     "quota_plan",
     "reads_usage",
-    "request_quotas",
     "rule_label",
     "tier_limit",
 ]
@@ -296,9 +294,6 @@ GATEWAY_HEADERS = (
 OPENAI_PREFIXES = ("/v1/", "/openai/v1/")
 """Where OpenAI's API lives: vLLM, TGI, llama.cpp at /v1/, KServe's Hugging Face runtime at /openai/v1/.
 Every error the gateway or extauthz gives under them is in OpenAI's shape (docs/llm.md)."""
-QUOTAS_KEY = "quotas"
-"""Key of extauthz's metadata struct: the names of the quotas that count the request, comma-separated in
-policy order; the gateway's 429 names them."""
 
 
 RATELIMIT_NAMESPACE = "envoy.filters.http.ratelimit"
@@ -307,12 +302,3 @@ own name, before it sends the 429 (so the local reply's formatter reads it)."""
 REFUSED_KEY = "refused"
 """Key of meshgate ratelimit's `dynamic_metadata` on an OVER_LIMIT answer: the names of the quotas that
 refused the request (over their limit), comma-separated in descriptor order; the gateway's 429 names them."""
-
-
-def request_quotas(policy: Policy, tenant: str, model: str) -> tuple[str, ...]:
-    """The quotas that count a request of `tenant` for `model`: those whose `models` select it and
-    that either the tenant lists or that are not counted per tenant (ratelimit's rule, compile.py)."""
-    found = policy.tenant(tenant)
-    listed = found.quotas if found is not None else ()
-    quotas = quota_plan(policy).quotas_of(policy, model)
-    return tuple(q.name for q in quotas if "tenant" not in q.per or q.name in listed)

@@ -172,12 +172,10 @@ def to_response(
     api_key_header: str,
     forward_authorization: bool,
     openai: bool = False,
-    quotas: str = "",
 ) -> external_auth_pb2.CheckResponse:
     """The CheckResponse for a decision: identity headers on allow, a JSON error on deny (in OpenAI's
     shape with `openai`), the model list for an allowed list request.
-    `client_headers`: the x-meshgate-* header names the client sent (all removed or overwritten);
-    `quotas`: the names of the quotas counting the request, for the gateway's 429 (metadata)."""
+    `client_headers`: the x-meshgate-* header names the client sent (all removed or overwritten)."""
     if not decision.allowed:
         extra = {}
         if decision.status == 401:
@@ -208,8 +206,6 @@ def to_response(
     }
     if target.version:
         metadata["version"] = target.version
-    if quotas:
-        metadata[contract.QUOTAS_KEY] = quotas
     return allow(headers, remove=remove, metadata=metadata)
 
 

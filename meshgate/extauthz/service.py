@@ -359,19 +359,14 @@ class ExtAuthzService:
 def check_response(
     table: AuthzTable, decision: Decision, client_headers: tuple[str, ...], *, openai: bool
 ) -> external_auth_pb2.CheckResponse:
-    """The CheckResponse a check sends for `decision` (headers, metadata, the 429's quota names).
+    """The CheckResponse a check sends for `decision` (headers, metadata).
     `client_headers`: the x-meshgate-* header names the client sent; `openai`: under OpenAI's paths."""
-    who, target = decision.identity, decision.target
-    quotas = ""
-    if decision.allowed and who is not None and target is not None and target.model:
-        quotas = table.quotas(who.tenant, target.model)
     return to_response(
         decision,
         client_headers=client_headers,
         api_key_header=table.auth.api_key_header,
         forward_authorization=table.auth.forward_authorization,
         openai=openai,
-        quotas=quotas,
     )
 
 

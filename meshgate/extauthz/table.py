@@ -7,11 +7,10 @@ fetched here: `remote_keys` hands back the live KeySource a refresher keeps fill
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any, cast
 
-from .. import contract
 from ..policy.model import ApiKey, AuthSettings, ClaimMap, Issuer, Model, Policy, Tenant
 from .keys import KeySource, SecretKey, StaticKeys, load_secret
 from .prompt import TokenCounter
@@ -55,9 +54,6 @@ class AuthzTable:
     grants: Mapping[str, Mapping[str, frozenset[str]]]
     tokenized: frozenset[str] = frozenset()  # models whose prompts their own tokenizer counts
     policy: Policy | None = None
-    # (tenant, model) -> the quotas counting its requests, comma-separated; filled as decisions are
-    # made (bounded by the policy's tenants x models: both are checked before an allow)
-    _quotas: dict[tuple[str, str], str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def issuer_names(self) -> tuple[str, ...]:
@@ -74,15 +70,6 @@ class AuthzTable:
             versions = self.grants.get(role, {}).get(model)
             if versions is not None:
                 found = versions if found is None else found | versions
-        return found
-
-    def quotas(self, tenant: str, model: str) -> str:
-        """The names of the quotas counting `tenant`'s requests for `model`, comma-separated ("" if none)."""
-        key = (tenant, model)
-        found = self._quotas.get(key)
-        if found is None:
-            names = contract.request_quotas(self.policy, tenant, model) if self.policy is not None else ()
-            found = self._quotas[key] = ",".join(names)
         return found
 
     def listing(self, tenant: str, roles: tuple[str, ...]) -> tuple[str, ...]:
