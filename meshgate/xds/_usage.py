@@ -39,6 +39,7 @@ from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_p
 from envoy.extensions.filters.http.transform.v3 import transform_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.type.matcher.v3 import http_inputs_pb2
+from envoy.type.matcher.v3 import regex_pb2 as envoy_regex_pb2
 from google.protobuf import struct_pb2  # type: ignore[import-untyped]
 from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
 from google.protobuf.message import Message  # type: ignore[import-untyped]
@@ -64,6 +65,9 @@ _TYPE = "type.googleapis.com/"
 _SSE_TO_METADATA = _TYPE + "envoy.extensions.filters.http.sse_to_metadata.v3.SseToMetadata"
 _JSON_PARSER = _TYPE + "envoy.extensions.content_parsers.json.v3.JsonContentParser"
 _LARGE = r"^[0-9]{7,}$"  # a content-length of 1,000,000 bytes or more
+# a JSON answer's content-type, parameters included: llama.cpp's server sends `application/json;
+# charset=utf-8`, which json_to_metadata's exact list (`allow_content_types`) does not match (tried)
+_JSON_TYPE = r"(?i)^application/json\s*(;.*)?$"
 JSON_ANSWER_BYTES = 8 << 20  # a model's max_json_answer_bytes when unset
 _COMPLETIONS = r"^(/openai)?/v1/(chat/)?completions([?].*)?$"
 _MAX_EVENT_BYTES = 64 * 1024  # one SSE event (a usage chunk is ~200 bytes; a content chunk rarely 4 KiB)
@@ -206,7 +210,9 @@ def _json_usage() -> extension_matcher_pb2.ExtensionWithMatcher:
     uncharged: the listener's default, left to the catch-all route; a model's routes raise both the
     limit and the skip to its max_json_answer_bytes (`json_answer_limit`). A stream is read event by
     event whatever its length (docs/llm.md)."""
-    reader = _J(response_rules=_J.MatchRules(rules=_usage_rules()))
+    reader = _J(response_rules=_J.MatchRules(
+        rules=_usage_rules(), allow_content_types=["application/json"],
+        allow_content_types_regex=envoy_regex_pb2.RegexMatcher(regex=_JSON_TYPE)))  # fmt: skip
     length = http_inputs_pb2.HttpResponseHeaderMatchInput(header_name="content-length")
     large = string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=_LARGE, google_re2={}))
     return _skip_when(_header_is(length, large), "envoy.filters.http.json_to_metadata", reader)
