@@ -21,7 +21,7 @@ import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from opentelemetry.trace import TracerProvider
@@ -134,6 +134,16 @@ def ratelimit_store(redis_url: str | None, policy: Policy) -> tuple[Store, str]:
     return store, "redis"
 
 
+def gateways_redis(redis_url: str | None) -> Any:
+    """With `--redis-url`, the client through which the xds replicas share their gateways (the count
+    native quotas divide by, docs/native.md); without, each replica counts its own."""
+    if not redis_url:
+        return None
+    from .ratelimit.redis_store import _client  # (the same URL forms as the counters' store)
+
+    return _client(redis_url, timeout=1.0)
+
+
 def build_services(
     config: ServeConfig,
     *,
@@ -161,7 +171,10 @@ def build_services(
     policies.subscribe("ratelimit", ratelimit.prepare)
     listen = {role: local_address(config.listen[role], ports[role]) for role in ("extauthz", "ratelimit")}
     options = options_from_env(listen, dict(os.environ))
-    xds = XdsService(options=options, registry=registry, readiness=prober, tracer_provider=traced)
+    xds = XdsService(
+        options=options, registry=registry, readiness=prober, tracer_provider=traced,
+        gateways_redis=gateways_redis(config.redis_url),
+    )  # fmt: skip
     policies.subscribe("xds", xds.prepare)
     inputs: list[Input] = [policies]
     if config.ratelimit_config is not None:

@@ -23,6 +23,7 @@ from meshgate.tracing import incoming
 
 from ._gateways import GATEWAYS_CLUSTER, Gateways, gateways_assignment
 from ._loop import run_stream
+from ._shared_gateways import SharedGateways
 from ._types import ENDPOINT, short
 from ._wire import Malformed, abort_malformed, parsed, register
 from .cache import SnapshotCache
@@ -66,6 +67,7 @@ class XdsService:
         read_file: Callable[[str], bytes] = _read,
         readiness: Readiness | None = None,
         tracer_provider: Any = None,
+        gateways_redis: Any = None,
     ) -> None:
         self.options = options or CompileOptions()
         self.tracer = tracer_provider.get_tracer("meshgate.xds") if tracer_provider is not None else None
@@ -87,6 +89,13 @@ class XdsService:
         self._policy: Policy | None = None
         self.gateways = Gateways(self._gateways_changed)
         """The gateways whose ADS stream asked for their local cluster's endpoints (`_gateways`)."""
+        self._serving: tuple[str, ...] = ()
+        self.shared = (
+            SharedGateways(gateways_redis, self.gateways, self._members_changed)
+            if gateways_redis is not None
+            else None
+        )
+        """With a Redis client: the gateways of every replica (`_shared_gateways`), not only this one's."""
 
     # --- policy -> snapshot -------------------------------------------------------------------
     def prepare(self, policy: Policy) -> Callable[[], None]:
@@ -106,17 +115,30 @@ class XdsService:
         return commit
 
     # --- connected gateways -> EDS of their local cluster ---------------------------------------
+    def members(self) -> tuple[str, ...]:
+        """The gateways counted: this replica's, and with Redis every replica's."""
+        return self.shared.members() if self.shared is not None else self.gateways.members()
+
     def _with_gateways(self, snapshot: Snapshot) -> Snapshot:
-        assignment = gateways_assignment(self.gateways.members())
+        assignment = gateways_assignment(self.members())
         return snapshot.replace({ENDPOINT: [(GATEWAYS_CLUSTER, assignment)]})
 
     def _gateways_changed(self) -> None:
-        """A gateway came or went: only the endpoints of the gateways' cluster change (never the
-        routes, whose rebuild would refill every native quota's buckets)."""
+        """A gateway came to or left this replica (with Redis, one that left is forgotten there now)."""
+        serving = self.gateways.members()
+        if self.shared is not None:
+            for node in set(self._serving) - set(serving):
+                self.shared.left(node)
+        self._serving = serving
+        self._members_changed()
+
+    def _members_changed(self) -> None:
+        """Only the endpoints of the gateways' cluster change (never the routes, whose rebuild would
+        refill every native quota's buckets)."""
         if self._latest is None:
             return
         self._latest = self._with_gateways(self._latest)
-        log.info("xds: %d gateway(s) connected", len(self.gateways))
+        log.info("xds: %d gateway(s) counted, %d connected here", len(self.members()), len(self.gateways))
         self.schedule(self._latest)
 
     # --- endpoint health -> EDS ---------------------------------------------------------------
@@ -219,11 +241,15 @@ class XdsService:
         ClientStatus(self.board).add_to_server(server)
 
     async def start(self) -> None:
+        if self.shared is not None:
+            await self.shared.start()
         if self.readiness is not None and self._unsubscribe is None:
             self._unsubscribe = self.readiness.on_change(self.health_changed)
             self.health_changed({})  # probes that finished before the xds service started
 
     async def stop(self) -> None:
+        if self.shared is not None:
+            await self.shared.stop()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None

@@ -26,6 +26,7 @@ from tests.e2e.test_ratelimit_envoy import Upstream
 from tests.harness.envoy import Envoy
 from tests.harness.meshgate import Meshgate
 from tests.harness.procs import free_port, wait_until
+from tests.harness.redis import RedisServer
 from tests.harness.stack import Stack
 
 MODEL = "zen-chat"
@@ -102,13 +103,16 @@ def served(envoy: Envoy) -> int:
 
 
 @pytest.fixture
+def backends(harness: Stack) -> tuple[ChatStandIn, Upstream]:
+    return harness.add(ChatStandIn(harness.workdir)).start(), harness.add(Upstream(harness.workdir)).start()
+
+
+@pytest.fixture
 def stack(
-    harness: Stack, meshgate_factory: Callable[..., Meshgate]
+    backends: tuple[ChatStandIn, Upstream], meshgate_factory: Callable[..., Meshgate]
 ) -> Iterator[tuple[Meshgate, int]]:
-    backend = harness.add(ChatStandIn(harness.workdir)).start()
-    upstream = harness.add(Upstream(harness.workdir)).start()
     port = free_port()
-    yield meshgate_factory(policy(port, backend, upstream)), port
+    yield meshgate_factory(policy(port, *backends)), port
 
 
 def gateway(envoy_factory: Callable[..., Envoy], mg: Meshgate, node: str) -> Envoy:
@@ -194,6 +198,26 @@ def test_two_gateways_share_each_limit_and_one_leaving_gives_the_other_all(
         assert (admitted, refused.status_code) == (LIMIT, 429)
         # bob spent his whole share on this gateway (2 of 2 requests = LIMIT tokens at 2 a request)
         assert ask(clients[0], "bob").status_code == 429
+    finally:
+        for client in opened:
+            client.close()
+
+
+def test_gateways_of_two_meshgate_replicas_share_each_limit_through_redis(
+    backends: tuple[ChatStandIn, Upstream], meshgate_factory: Callable[..., Meshgate],
+    envoy_factory: Callable[..., Envoy], redis_server: RedisServer,
+) -> None:  # fmt: skip
+    """Each replica serves one gateway; both count two (meshgate/xds/_shared_gateways.py)."""
+    port = free_port()
+    doc = policy(port, *backends)
+    replicas = [meshgate_factory(doc, redis_url=redis_server.url) for _ in range(2)]
+    first, second = (gateway(envoy_factory, mg, f"gw-{i}") for i, mg in enumerate(replicas))
+    sees([first, second], 2)
+    opened: list[httpx.Client] = []
+    try:
+        clients = pinned(port, [first, second], opened)
+        results = [admitted_until_refused(c, "bob", LIMIT + 2) for c in clients]
+        assert [(n, r.status_code) for n, r in results] == [(LIMIT // 2, 429)] * 2
     finally:
         for client in opened:
             client.close()
