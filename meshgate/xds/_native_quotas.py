@@ -4,9 +4,9 @@ With `gateway.enforcement: native` or `auto`, every quota Envoy can enforce alon
 lists the others, which stay on meshgate ratelimit in `auto`) becomes token buckets of Envoy's
 local_ratelimit filter (docs/native.md, "Quotas"):
 
-- one filter per window in use (`meshgate.quotas.minute`, ...; placeholders on the listener that do
-  nothing) and `meshgate.quotas.shadow` for quotas in shadow mode (counted, never enforced), right
-  before the router, so after every filter that sets the identity headers;
+- one local rate limit filter per quota, `meshgate.quota.<name>` (placeholders on the listener that do
+  nothing), in policy order right before the router, so after every filter that sets the identity
+  headers; a quota in shadow mode is counted and never enforced;
 - their real config on the virtual host (`native_quota_configs`): one set of buckets for every route
   of the gateway, so a quota counts a user once whatever route (version, face, A/B) a request takes;
 - request descriptors from the filter's own `rate_limits` actions, the same entries as meshgate
@@ -47,7 +47,7 @@ __all__ = [
     "LOCAL_REFUSAL",
     "MAX_DYNAMIC",
     "MODELS_KEY",
-    "SHADOW_FILTER",
+    "QUOTA_HEADER",
     "native_quota_configs",
     "native_quota_filters",
     "native_quota_gaps",
@@ -59,11 +59,12 @@ __all__ = [
 MODELS_KEY, SELECTED = "meshgate.models", "selected"
 """Second entry of a native quota's descriptor: present when the request names a model the quota counts
 (a header_value_match action on the model header)."""
-SHADOW_FILTER = "meshgate.quotas.shadow"
+QUOTA_HEADER = "x-meshgate-quota"
+"""Response header of a native quota's 429: the quota's name (the OpenAI body names it from there, as
+meshgate ratelimit's 429 names it in its RateLimit-Policy header and body)."""
 MAX_DYNAMIC = 10_000
 """Buckets Envoy keeps per configured descriptor (users, or user x model, of one tenant and quota)."""
 _MAX_TOKENS = 2**32 - 1  # TokenBucket.max_tokens is a uint32
-_WINDOWS = ("second", "minute", "hour", "day")
 _ALL = percent_pb2.FractionalPercent(numerator=100, denominator=percent_pb2.FractionalPercent.HUNDRED)
 _NONE = percent_pb2.FractionalPercent(numerator=0, denominator=percent_pb2.FractionalPercent.HUNDRED)
 _RESET_HEADERS = {"x-ratelimit": ("x-ratelimit-remaining", "x-ratelimit-reset"),
@@ -75,9 +76,9 @@ only after its local reply, so a local reply mapper cannot match that flag (mesh
 has it)."""
 
 
-def quota_filter(window: str) -> str:
-    """The name of the filter enforcing the native quotas of `window`."""
-    return f"meshgate.quotas.{window}"
+def quota_filter(quota: str) -> str:
+    """The name of the filter enforcing native quota `quota`."""
+    return f"meshgate.quota.{quota}"
 
 
 # --- what can be native -----------------------------------------------------------------------------
@@ -130,21 +131,11 @@ def _shadow(policy: Policy, quota: Quota) -> bool:
     return quota.shadow_mode or policy.gateway.ratelimit.shadow_mode
 
 
-def _groups(policy: Policy) -> dict[str, list[Quota]]:
-    """Filter name -> its native quotas, in filter order (windows shortest first, then shadow)."""
+def _enforced(policy: Policy) -> list[Quota]:
+    """The native quotas, in policy order (a quota counting no model has nothing to enforce)."""
     plan = contract.quota_plan(policy)
-    native = {name for name in native_quotas(policy) if plan.models[name]}  # (one counting no model: none)
-    groups: dict[str, list[Quota]] = {}
-    for window in _WINDOWS:
-        quotas = [
-            q for q in policy.quotas if q.name in native and q.window == window and not _shadow(policy, q)
-        ]
-        if quotas:
-            groups[quota_filter(window)] = quotas
-    shadow = [q for q in policy.quotas if q.name in native and _shadow(policy, q)]
-    if shadow:
-        groups[SHADOW_FILTER] = shadow
-    return groups
+    native = native_quotas(policy)
+    return [q for q in policy.quotas if q.name in native and plan.models[q.name]]
 
 
 def native_refusal() -> accesslog_pb2.AccessLogFilter:
@@ -167,23 +158,24 @@ def native_quota_filters(policy: Policy) -> list[hcm_pb2.HttpFilter]:
         hcm_pb2.HttpFilter(
             name=name, typed_config=pack(lrl_pb2.LocalRateLimit(stat_prefix=_stat_prefix(name)))
         )
-        for name in _groups(policy)
+        for name in (quota_filter(q.name) for q in _enforced(policy))
     ]
 
 
 def native_quota_configs(policy: Policy) -> dict[str, lrl_pb2.LocalRateLimit]:
     """Filter name -> the virtual host's config of that filter."""
-    return {name: _config(policy, name, quotas) for name, quotas in _groups(policy).items()}
+    return {quota_filter(q.name): _config(policy, q) for q in _enforced(policy)}
 
 
 def _stat_prefix(name: str) -> str:
+    """`meshgate.quota.<name>` -> `meshgate_quota_<name>` (Envoy's stats: a dot starts a new level)."""
     return name.replace(".", "_")
 
 
-def _config(policy: Policy, name: str, quotas: list[Quota]) -> lrl_pb2.LocalRateLimit:
-    shadow = name == SHADOW_FILTER
+def _config(policy: Policy, quota: Quota) -> lrl_pb2.LocalRateLimit:
+    shadow = _shadow(policy, quota)
     config = lrl_pb2.LocalRateLimit(
-        stat_prefix=_stat_prefix(name),
+        stat_prefix=_stat_prefix(quota_filter(quota.name)),
         # a request no quota counts takes a token from this bucket, which never runs dry (Envoy
         # requires one on a virtual host's config)
         token_bucket=token_bucket_pb2.TokenBucket(
@@ -194,23 +186,23 @@ def _config(policy: Policy, name: str, quotas: list[Quota]) -> lrl_pb2.LocalRate
         filter_enforced=base_pb2.RuntimeFractionalPercent(default_value=_NONE if shadow else _ALL),
         local_cluster_rate_limit=common_pb2.LocalClusterRateLimit(),
         max_dynamic_descriptors=u32(MAX_DYNAMIC),
-        rate_limits=[limit for q in quotas for limit in _rate_limits(policy, q)],
-        descriptors=[d for q in quotas for d in _descriptors(policy, q)],
+        rate_limits=list(_rate_limits(policy, quota)),
+        descriptors=list(_descriptors(policy, quota)),
     )
     if not shadow:
-        config.response_headers_to_add.extend(_refusal_headers(policy, UNIT_SECONDS[quotas[0].window]))
+        config.response_headers_to_add.extend(_refusal_headers(policy, quota))
     return config
 
 
-def _refusal_headers(policy: Policy, window: int) -> list[base_pb2.HeaderValueOption]:
+def _refusal_headers(policy: Policy, quota: Quota) -> list[base_pb2.HeaderValueOption]:
     """The headers of a native 429: what Envoy's rate limit filter adds to meshgate ratelimit's
-    (x-envoy-ratelimited), and remaining 0 with the reset in meshgate's header style: the window's
-    seconds, by when an unused bucket is full again (docs/native.md)."""
-    headers = [("x-envoy-ratelimited", "true")]
+    (x-envoy-ratelimited), the quota's name, and remaining 0 with the reset in meshgate's header
+    style: the window's seconds, by when an unused bucket is full again (docs/native.md)."""
+    headers = [("x-envoy-ratelimited", "true"), (QUOTA_HEADER, quota.name)]
     style = policy.gateway.ratelimit.response_headers
     if style in _RESET_HEADERS:
         remaining, reset = _RESET_HEADERS[style]
-        headers += [(remaining, "0"), (reset, str(window))]
+        headers += [(remaining, "0"), (reset, str(UNIT_SECONDS[quota.window]))]
     return [
         base_pb2.HeaderValueOption(
             header=base_pb2.HeaderValue(key=key, value=value),

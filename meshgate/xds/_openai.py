@@ -9,8 +9,8 @@
   quota that refused ends; absent with `gateway.ratelimit.response_headers: none`). The rate limit
   filter's own 429 has no body: OpenAI's SDKs showed only "Error code: 429". Other refusals keep theirs
   (extauthz shapes its own). A native quota's 429 (Envoy's local rate limit, docs/native.md) is matched
-  by its response code details (it sets the RL flag only after its reply is mapped): the same body with
-  `quota` null (Envoy does not say which descriptor refused), and elsewhere no body, like the rate
+  by its response code details (it sets the RL flag only after its reply is mapped): the same body,
+  the quota named from its filter's `x-meshgate-quota` header, and elsewhere no body, like the rate
   limit filter's.
 - `SERVED_NAME_FILTER`: a transform filter that merges `{"model": <served_name>}` into the request body
   of a version whose backend serves another name (`versions[].served_name`). Disabled on the listener
@@ -31,7 +31,7 @@ from google.protobuf import struct_pb2  # type: ignore[import-untyped]
 
 from meshgate import contract
 
-from ._native_quotas import native_refusal
+from ._native_quotas import QUOTA_HEADER, native_refusal
 from ._pb import pack
 
 __all__ = ["SERVED_NAME_FILTER", "local_reply", "served_name", "served_name_filter"]
@@ -54,34 +54,39 @@ def local_reply() -> hcm_pb2.LocalReplyConfig:
         )
         for prefix in contract.OPENAI_PREFIXES
     ]
-    flagged = accesslog_pb2.AccessLogFilter(
-        response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=[RATE_LIMITED])
-    )  # (a native quota's 429, docs/native.md: no flag yet when its reply is mapped, no quota named)
     limited = accesslog_pb2.AccessLogFilter(
-        or_filter=accesslog_pb2.OrFilter(filters=[flagged, native_refusal()])
+        response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=[RATE_LIMITED])
     )
     openai = accesslog_pb2.AccessLogFilter(or_filter=accesslog_pb2.OrFilter(filters=paths))
-    body = struct_pb2.Struct()
-    body.update({"error": {
-        "message": f"Rate limit reached for quota {_REFUSED}; retry after %RESP({RESET_HEADER})% s",
-        "type": "rate_limit_error",
-        "param": None,
-        "code": "rate_limit_exceeded",
-        "quota": _REFUSED,
-    }})  # fmt: skip
     retry_after = base_pb2.HeaderValueOption(
         header=base_pb2.HeaderValue(key="retry-after", value=f"%RESP({RESET_HEADER})%"),
         append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
     )
-    mapper = hcm_pb2.ResponseMapper(
-        filter=accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=[limited, openai])),
-        body_format_override=substitution_format_string_pb2.SubstitutionFormatString(json_format=body),
-        headers_to_add=[retry_after],
-    )
+
+    def mapper(*filters: accesslog_pb2.AccessLogFilter, quota: str) -> hcm_pb2.ResponseMapper:
+        body = struct_pb2.Struct()
+        body.update({"error": {
+            "message": f"Rate limit reached for quota {quota}; retry after %RESP({RESET_HEADER})% s",
+            "type": "rate_limit_error",
+            "param": None,
+            "code": "rate_limit_exceeded",
+            "quota": quota,
+        }})  # fmt: skip
+        return hcm_pb2.ResponseMapper(
+            filter=accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=filters)),
+            body_format_override=substitution_format_string_pb2.SubstitutionFormatString(json_format=body),
+            headers_to_add=[retry_after],
+        )
+
+    # a native quota's 429 (docs/native.md): no RL flag yet when its reply is mapped; its quota's name
+    # in a header; elsewhere no body, as the rate limit filter's 429
     nothing = base_pb2.DataSource(inline_string="")
     empty = substitution_format_string_pb2.SubstitutionFormatString(text_format_source=nothing)
-    native = hcm_pb2.ResponseMapper(filter=native_refusal(), body_format_override=empty)  # elsewhere: no body
-    return hcm_pb2.LocalReplyConfig(mappers=[mapper, native])
+    return hcm_pb2.LocalReplyConfig(mappers=[
+        mapper(limited, openai, quota=_REFUSED),
+        mapper(native_refusal(), openai, quota=f"%RESP({QUOTA_HEADER})%"),
+        hcm_pb2.ResponseMapper(filter=native_refusal(), body_format_override=empty),
+    ])  # fmt: skip
 
 
 def served_name_filter() -> hcm_pb2.HttpFilter:

@@ -34,8 +34,8 @@ BASE = 2  # the quota's limit; acme's tier doubles it
 LIMIT = 4  # what acme's users get: contract.tier_limit(2, 2.0)
 USERS = ("alice", "bob", "carol", "dave")
 GATEWAYS = "meshgate|gateways"
-_ADMITTED = "meshgate_quotas_day.http_local_rate_limit.ok"
-_REFUSED = "meshgate_quotas_day.http_local_rate_limit.rate_limited"
+_ADMITTED = "meshgate_quota_per-user.http_local_rate_limit.ok"
+_REFUSED = "meshgate_quota_per-user.http_local_rate_limit.rate_limited"
 
 
 def key(user: str) -> str:
@@ -161,9 +161,13 @@ def test_a_native_quota_refuses_request_l_plus_1_like_meshgate_ratelimit(
     assert {k: error[k] for k in ("type", "code", "param")} == {
         k: remote_error[k] for k in ("type", "code", "param")
     } == {"type": "rate_limit_error", "code": "rate_limit_exceeded", "param": None}
-    assert remote_error["quota"] == "per-user-sliding"
-    # what differs (docs/native.md): Envoy's local rate limit names no quota and knows no limit header
-    assert error["quota"] is None and remote_error["message"].startswith("Rate limit reached for quota ")
+    assert (error["quota"], remote_error["quota"]) == ("per-user", "per-user-sliding")
+    for response, err in ((native, error), (remote, remote_error)):
+        assert err["message"] == (
+            f"Rate limit reached for quota {err['quota']}; retry after {response.headers['retry-after']} s"
+        )
+    # what differs (docs/native.md): no limit nor policy header (the limit depends on the tenant's tier)
+    assert native.headers["x-meshgate-quota"] == "per-user"
     assert "x-ratelimit-limit" not in native.headers and "x-ratelimit-limit" in remote.headers
 
     # a KServe model's route: both quotas count every model; both 429s without a body

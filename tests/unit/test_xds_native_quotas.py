@@ -22,7 +22,7 @@ from meshgate.policy import Policy
 from meshgate.xds import compile_snapshot
 from meshgate.xds._gateways import GATEWAYS_CLUSTER, Gateways, gateways_assignment
 from meshgate.xds._native_quotas import (
-    SHADOW_FILTER,
+    QUOTA_HEADER,
     native_quota_configs,
     native_quota_gaps,
     native_quotas,
@@ -131,17 +131,17 @@ def test_which_quotas_are_native_per_enforcement() -> None:
     assert native_quotas(valid) == {"q"}
 
 
-def test_one_filter_per_window_then_shadow_right_before_the_router() -> None:
+def test_one_filter_per_native_quota_right_before_the_router() -> None:
     snapshot = compile_snapshot(native_policy())
     listener = snapshot[LISTENER]["meshgate_gateway"].message
     hcm = hcm_pb2.HttpConnectionManager()
     listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
     names = [f.name for f in hcm.http_filters]
-    wanted = [quota_filter("minute"), quota_filter("day"), SHADOW_FILTER, "envoy.filters.http.router"]
-    assert names[-4:] == wanted
-    assert names.index("envoy.filters.http.ext_authz") < names.index(quota_filter("minute"))
+    wanted = [quota_filter(q) for q in ("user-day", "tenant-minute", "per-model")]  # policy order
+    assert names[-4:] == [*wanted, "envoy.filters.http.router"]
+    assert names.index("envoy.filters.http.ext_authz") < names.index(wanted[0])
     host = snapshot[ROUTE]["meshgate_routes"].message.virtual_hosts[0]
-    assert set(host.typed_per_filter_config) == set(wanted[:3])  # one set of buckets for every route
+    assert set(host.typed_per_filter_config) == set(wanted)  # one set of buckets for every route
     for route in host.routes:
         assert not set(route.typed_per_filter_config) & set(wanted)
 
@@ -149,7 +149,7 @@ def test_one_filter_per_window_then_shadow_right_before_the_router() -> None:
 def test_descriptors_limits_and_tiers_as_envoy_picks_them() -> None:
     pol = native_policy()
     configs = native_quota_configs(pol)
-    day, minute, shadow = configs[quota_filter("day")], configs[quota_filter("minute")], configs[SHADOW_FILTER]
+    day, minute, shadow = (configs[quota_filter(q)] for q in ("user-day", "tenant-minute", "per-model"))
     [user_day] = [q for q in pol.quotas if q.name == "user-day"]
     # per tenant and user: each tenant's tier, through contract's arithmetic (0.29 x 10 is 2, not 3)
     assert envoy_match(day, identity("acme", "alice", "iris")) == [contract.quota_limit(pol, user_day, "acme")]
@@ -177,17 +177,20 @@ def test_buckets_per_window_shared_by_the_gateways() -> None:
             bucket = descriptor.token_bucket
             assert bucket.max_tokens == bucket.tokens_per_fill.value  # the limit, refilled over the window
             assert [e.value for e in descriptor.entries if e.key in ("user", "model")] in ([], [""], ["", ""])
-    day = configs[quota_filter("day")]
+    day = configs[quota_filter("user-day")]
     assert {d.token_bucket.fill_interval.seconds for d in day.descriptors} == {86400}
     headers = {h.header.key: h.header.value for h in day.response_headers_to_add}
-    assert headers == {"x-envoy-ratelimited": "true", "x-ratelimit-remaining": "0", "x-ratelimit-reset": "86400"}
-    quiet = native_quota_configs(native_policy(ratelimit={"response_headers": "none"}))[quota_filter("day")]
-    assert [h.header.key for h in quiet.response_headers_to_add] == ["x-envoy-ratelimited"]
+    assert headers == {"x-envoy-ratelimited": "true", QUOTA_HEADER: "user-day",
+                       "x-ratelimit-remaining": "0", "x-ratelimit-reset": "86400"}  # fmt: skip
+    assert not configs[quota_filter("per-model")].response_headers_to_add  # shadow: never refuses
+    quiet = native_quota_configs(native_policy(ratelimit={"response_headers": "none"}))[quota_filter("user-day")]
+    assert [h.header.key for h in quiet.response_headers_to_add] == ["x-envoy-ratelimited", QUOTA_HEADER]
 
 
 def test_global_shadow_mode_puts_every_native_quota_in_shadow() -> None:
     configs = native_quota_configs(native_policy(ratelimit={"shadow_mode": True}))
-    assert list(configs) == [SHADOW_FILTER]
+    assert len(configs) == 3
+    assert {c.filter_enforced.default_value.numerator for c in configs.values()} == {0}
 
 
 def test_meshgate_ratelimit_keeps_only_what_is_not_native() -> None:
