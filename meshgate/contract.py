@@ -45,6 +45,7 @@ __all__ = [
     "PHASE_KEY",
     "PROMPT_TOKENS",
     "PUBLIC_PATHS",
+    "QUOTA_HEADER",
     "QUOTA_KEY",
     "RATELIMIT_NAMESPACE",
     "REFUSED_KEY",
@@ -275,6 +276,10 @@ the client sent; the gateway then asks the backend for usage in the stream (docs
 STREAM_OPTIONS_HEADER = "x-meshgate-stream-options"
 """Set by meshgate's own gateway from the request body's `stream_options` (compact JSON), read by its
 usage-chunk filter and removed before the request goes upstream (docs/llm.md); no other target uses it."""
+
+QUOTA_HEADER = "x-meshgate-quota"
+"""Response header of the 429 of a quota meshgate's own gateway enforces natively (Envoy's local rate
+limit, docs/native.md): the quota's name, which the gateway's local reply puts in OpenAI's body."""
 
 GATEWAY_HEADERS = (
     TENANT_HEADER,

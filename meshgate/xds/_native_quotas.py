@@ -59,7 +59,7 @@ __all__ = [
 MODELS_KEY, SELECTED = "meshgate.models", "selected"
 """Second entry of a native quota's descriptor: present when the request names a model the quota counts
 (a header_value_match action on the model header)."""
-QUOTA_HEADER = "x-meshgate-quota"
+QUOTA_HEADER = contract.QUOTA_HEADER
 """Response header of a native quota's 429: the quota's name (the OpenAI body names it from there, as
 meshgate ratelimit's 429 names it in its RateLimit-Policy header and body)."""
 MAX_DYNAMIC = 10_000
