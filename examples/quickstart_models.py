@@ -160,10 +160,11 @@ def chat_handler(
     token_delay: float = 0.0,
     hold_streams: bool = False,
     split_events: bool = False,
+    json_type: str = "application/json",
 ) -> type[BaseHTTPRequestHandler]:
     """The handler class; `token_delay` seconds pass before each streamed word (a decode step). With
     `hold_streams`, every stream stops after its first word until `POST /_release` (tests that need
-    several streams in flight at once, without timing)."""
+    several streams in flight at once, without timing). `json_type`: the content-type of JSON answers."""
     release = threading.Event()
     if not hold_streams:
         release.set()
@@ -178,7 +179,7 @@ def chat_handler(
         def _json(self, status: int, body: dict[str, Any]) -> None:
             data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
             self.send_response(status)
-            self.send_header("content-type", "application/json")
+            self.send_header("content-type", json_type)
             self.send_header("content-length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -389,13 +390,9 @@ def chat_handler(
     return Handler
 
 
-def serve_chat(
-    name: str, port: int, *, token_delay: float = 0.0, hold_streams: bool = False, split_events: bool = False
-) -> None:
-    model = BigramChat(zen_words())
-    handler = chat_handler(
-        name, model, token_delay=token_delay, hold_streams=hold_streams, split_events=split_events
-    )
+def serve_chat(name: str, port: int, **options: Any) -> None:
+    """`options`: those of `chat_handler`."""
+    handler = chat_handler(name, BigramChat(zen_words()), **options)
     server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     print(f"chat stand-in {name!r} on 127.0.0.1:{port}", flush=True)
     server.serve_forever()
@@ -420,12 +417,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help="stop every stream after its first word until POST /_release")
     chat.add_argument("--split-events", action="store_true",
                       help="write each SSE event in two parts, a moment apart (an event split across reads)")
+    chat.add_argument("--json-content-type", default="application/json", metavar="TYPE",
+                      help="content-type of JSON answers (llama.cpp: 'application/json; charset=utf-8')")
     args = parser.parse_args(argv)
     if args.kind == "iris":
         serve_iris(args.model, args.version, args.http_port, args.grpc_port)
     else:
         serve_chat(args.model, args.port, token_delay=args.token_delay, hold_streams=args.hold_streams,
-                   split_events=args.split_events)  # fmt: skip
+                   split_events=args.split_events, json_type=args.json_content_type)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ in the last SSE chunk of a stream (docs/llm.md).
 
 A server that is not installed here is skipped with the reason (tests/harness/llm_server.py: neither
 installs in minutes on a 2-core machine); tests/e2e/test_llm_usage.py runs the same chain on every
-machine against the vLLM-shaped stand-in.
+machine against the vLLM-shaped stand-in, and the last test here gives the stand-in llama.cpp's JSON
+content-type, so that what the real server found is checked everywhere.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshgate.xds.bootstrap import envoy_bootstrap
-from tests.e2e.test_llm_usage import LIMIT, MODEL, Gateway, llm_policy
+from tests.e2e.test_llm_usage import LIMIT, MODEL, Gateway, llm_policy, start_gateway
 from tests.harness.envoy import Envoy
 from tests.harness.llm_server import LlamaCppPython, LlamaServer, RealLLMServer
 from tests.harness.meshgate import Meshgate
@@ -155,3 +156,20 @@ def test_a_stream_is_charged_the_usage_of_its_last_chunk(real: RealGateway) -> N
     assert last.usage.prompt_tokens == reference.usage.prompt_tokens and last.usage.completion_tokens == 6
     real.gateway.charged_to(LIMIT - 2 * last.usage.total_tokens)
     real.counted({"requests": 2, "prompt_tokens": 2 * last.usage.prompt_tokens, "completion_tokens": 2 * 6})
+
+
+def test_a_json_answer_with_a_charset_is_charged(
+    harness: Stack, meshgate_factory: Callable[..., Meshgate], envoy_factory: Callable[..., Envoy]
+) -> None:
+    """llama-server answers `content-type: application/json; charset=utf-8`; json_to_metadata's exact list
+    refused it and the answer went uncharged. The stand-in, with that content-type, on every machine."""
+    charset = "application/json; charset=utf-8"
+    gateway = start_gateway(harness, meshgate_factory, envoy_factory,
+                            backend_args=("--json-content-type", charset))  # fmt: skip
+    raw = gateway.client().chat.completions.with_raw_response.create(
+        model=MODEL, messages=ask("Now is better than never."), max_tokens=5)  # fmt: skip
+    assert raw.headers["content-type"] == charset
+    answer = raw.parse()
+    assert answer.usage is not None
+    gateway.charged_to(LIMIT - answer.usage.total_tokens)
+    assert gateway.envoy.stat("json_to_metadata.resp.mismatched_content_type") == 0
