@@ -128,8 +128,9 @@ def test_envoy_span_is_the_parent_of_meshgates_in_one_trace(
 
 
 def _upstream(envoy: list[Span]) -> Span | None:
-    """Envoy's span of the request to the model's cluster (spawn_upstream_span)."""
+    """Envoy's span of the request to the model's cluster (spawn_upstream_span: the router's egress span;
+    the ingress span names the same upstream_cluster, and the spans arrive in any order)."""
     for span in envoy:
-        if span.attributes.get("upstream_cluster") == f"model|{MODEL}|v1":
+        if span.attributes.get("upstream_cluster") == f"model|{MODEL}|v1" and span.name.startswith("router "):
             return span
     return None
