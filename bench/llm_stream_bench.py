@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+from llm_bench_breakdown import GAPS, cpu_ns, gaps, identity_headers, start_static  # noqa: E402
 
 from meshgate.xds.bootstrap import envoy_bootstrap  # noqa: E402
 from tests.harness.envoy import Envoy  # noqa: E402
@@ -62,10 +63,12 @@ def policy(gateway_port: int, backend_port: int) -> dict[str, Any]:
 
 
 class Backend:
-    def __init__(self, workdir: Path, token_delay: float) -> None:
+    def __init__(self, workdir: Path, token_delay: float, first_token_delay: float | None = None) -> None:
         self.port = free_port()
-        argv = [sys.executable, ROOT / "examples" / "quickstart_models.py", "chat", "--model", MODEL,
-                "--port", self.port, "--token-delay", token_delay]  # fmt: skip
+        argv = [sys.executable, str(ROOT / "examples" / "quickstart_models.py"), "chat", "--model", MODEL,
+                "--port", str(self.port), "--token-delay", str(token_delay)]  # fmt: skip
+        if first_token_delay is not None:
+            argv += ["--first-token-delay", str(first_token_delay)]
         self.proc = Proc("chat", argv, log_dir=workdir)
 
     def start(self) -> Backend:
@@ -77,7 +80,9 @@ class Backend:
         return self.proc.stop(timeout)
 
 
-def stream_once(client: httpx.Client, url: str, max_tokens: int, n: int) -> tuple[float, float, int]:
+def stream_once(
+    client: httpx.Client, url: str, max_tokens: int, n: int, headers: dict[str, str] | None = None
+) -> tuple[float, float, int]:
     """(ttft, total) in seconds and the number of words streamed."""
     prompt = f"Bench question number {n}: is now better than never?"
     body = {"model": MODEL, "stream": True, "max_tokens": max_tokens, "ignore_eos": True,
@@ -85,7 +90,7 @@ def stream_once(client: httpx.Client, url: str, max_tokens: int, n: int) -> tupl
     started = time.perf_counter()
     first: float | None = None
     words = 0
-    with client.stream("POST", url, json=body, headers={"x-api-key": API_KEY}) as response:
+    with client.stream("POST", url, json=body, headers={"x-api-key": API_KEY, **(headers or {})}) as response:
         response.raise_for_status()
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -105,43 +110,143 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+class Target:
+    """One row: where its requests go, the headers they carry, and the processes whose CPU they cost."""
+
+    def __init__(self, url: str, *, headers: dict[str, str] | None = None, envoy: int | None = None,
+                 meshgate: int | None = None) -> None:  # fmt: skip
+        self.url, self.headers, self.envoy, self.meshgate = url, headers or {}, envoy, meshgate
+        self.rows: list[tuple[float, float, int]] = []
+        self.cpu = {"envoy": 0, "meshgate": 0}
+
+    def once(self, client: httpx.Client, max_tokens: int, n: int) -> None:
+        pids = {"envoy": self.envoy, "meshgate": self.meshgate}
+        before = {k: cpu_ns(pid) for k, pid in pids.items() if pid}
+        self.rows.append(stream_once(client, self.url, max_tokens, n, self.headers))
+        time.sleep(_SETTLE_S)  # the stream-end charge call is counted with its own request
+        for k, pid in pids.items():
+            if pid:
+                self.cpu[k] += cpu_ns(pid) - before[k]
+
+
+_SETTLE_S = 0.002
+
+
 def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
-    backend = stack.add(Backend(stack.workdir, args.token_delay)).start()
+    backend = stack.add(Backend(stack.workdir, args.token_delay, args.first_token_delay)).start()
     gateway_port = free_port()
     mg = stack.add(Meshgate(policy(gateway_port, backend.port), workdir=stack.workdir)).start()
     envoy = stack.add(Envoy(envoy_bootstrap("bench", xds=mg.address("xds")), workdir=stack.workdir,
                             log_level="warning")).start()  # fmt: skip
-    urls = {"direct": f"http://127.0.0.1:{backend.port}/v1/chat/completions",
-            "gateway": f"http://127.0.0.1:{gateway_port}/v1/chat/completions"}  # fmt: skip
-    results: dict[str, list[tuple[float, float, int]]] = {"direct": [], "gateway": []}
-    pool = 2 * args.concurrency
-    limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
+    path = "/v1/chat/completions"
+    targets = {
+        "direct": Target(f"http://127.0.0.1:{backend.port}{path}"),
+        "gateway": Target(
+            f"http://127.0.0.1:{gateway_port}{path}", envoy=envoy.proc.pid, meshgate=mg.proc.pid
+        ),
+    }
+    log = stack.workdir / "variants.log"
+    if args.breakdown:
+        static, kept = start_static(envoy, stack.workdir, log, each=args.breakdown == "each")
+        stack.add(static).start()
+        for name, filters in kept.items():
+            targets[name] = Target(f"http://127.0.0.1:{static.listener_port(name)}{path}",
+                                   headers=identity_headers(filters, "acme", MODEL),
+                                   envoy=static.proc.pid, meshgate=mg.proc.pid)  # fmt: skip
+    names = list(targets)
+    limits = httpx.Limits(max_connections=2 * len(names) * args.concurrency)
     with httpx.Client(timeout=60, trust_env=False, limits=limits) as client:
-        for url in urls.values():  # warm-up: connections, extauthz's key cache, Envoy's route
+        for target in targets.values():  # warm-up: connections, extauthz's key cache, Envoy's route
             for i in range(5):
-                stream_once(client, url, args.max_tokens, -i)
+                stream_once(client, target.url, args.max_tokens, -i, target.headers)
         wait_until(lambda: envoy.stat("http.gateway.rq_total") >= 5, 10, what="warm-up seen by Envoy")
+        calls = _calls_per_request(client, targets, mg.metrics_url, args.max_tokens)
 
-        def pair(n: int) -> None:
-            for path in ("direct", "gateway") if n % 2 else ("gateway", "direct"):
-                results[path].append(stream_once(client, urls[path], args.max_tokens, n))
+        def round_(n: int) -> None:  # every row once, in an order that rotates
+            for name in names[n % len(names) :] + names[: n % len(names)]:
+                targets[name].once(client, args.max_tokens, n)
 
         with ThreadPoolExecutor(args.concurrency) as pool:
-            list(pool.map(pair, range(args.requests)))
+            list(pool.map(round_, range(args.requests)))
+        checks = _service_latency(mg.metrics_url)
     report: dict[str, Any] = {"requests": args.requests, "max_tokens": args.max_tokens,
-                              "token_delay_s": args.token_delay, "concurrency": args.concurrency}  # fmt: skip
-    for path, rows in results.items():
-        ttft = [r[0] * 1000 for r in rows]
-        total = [r[1] * 1000 for r in rows]
-        report[path] = {
+                              "token_delay_s": args.token_delay,
+                              "first_token_delay_s": args.first_token_delay,
+                              "concurrency": args.concurrency, "loadavg": _loadavg(),
+                              "rows": {}, "service_latency_us": checks}  # fmt: skip
+    for name, target in targets.items():
+        ttft = [r[0] * 1000 for r in target.rows]
+        total = [r[1] * 1000 for r in target.rows]
+        report["rows"][name] = {
             "ttft_ms_p50": statistics.median(ttft), "ttft_ms_p90": pct(ttft, 0.9),
             "total_ms_p50": statistics.median(total), "total_ms_p90": pct(total, 0.9),
-            "words_p50": statistics.median(r[2] for r in rows),
+            "words_p50": statistics.median(r[2] for r in target.rows),
+            "envoy_cpu_us": target.cpu["envoy"] / 1000 / len(target.rows),
+            "meshgate_cpu_us": target.cpu["meshgate"] / 1000 / len(target.rows),
+            "meshgate_calls": calls.get(name),
         }  # fmt: skip
-    report["ratio_ttft_p50"] = report["gateway"]["ttft_ms_p50"] / report["direct"]["ttft_ms_p50"]
-    report["ratio_total_p50"] = report["gateway"]["total_ms_p50"] / report["direct"]["total_ms_p50"]
+    rows = report["rows"]
+    report["ratio_ttft_p50"] = rows["gateway"]["ttft_ms_p50"] / rows["direct"]["ttft_ms_p50"]
+    report["ratio_total_p50"] = rows["gateway"]["total_ms_p50"] / rows["direct"]["total_ms_p50"]
     report["charged_at_stream_end"] = envoy.stat("cluster.meshgate|ratelimit.upstream_rq_total")
+    if args.breakdown:
+        stack.close()  # the static Envoy writes its access log out as it stops
+        report["envoy_gaps_us"] = gaps(log)
+        usage = (rows["static all"], rows["-LLM filters"])
+        report["usage_step_cpu_us"] = {
+            k: usage[0][f"{k}_cpu_us"] - usage[1][f"{k}_cpu_us"] for k in ("envoy", "meshgate")
+        }
     return report
+
+
+def _calls_per_request(
+    client: httpx.Client, targets: dict[str, Target], metrics_url: str, max_tokens: int
+) -> dict[str, str]:
+    """Per row, the gRPC calls one request makes to meshgate ("extauthz+ratelimit"), from meshgate's own
+    counters (one request at a time, before the timed rounds)."""
+    out = {}
+    for name, target in targets.items():
+        if target.meshgate is None:
+            continue
+        before = _service_counts(metrics_url)
+        stream_once(client, target.url, max_tokens, 0, target.headers)
+        time.sleep(0.2)  # the stream-end call
+        after = _service_counts(metrics_url)
+        out[name] = "+".join(f"{after[k] - before[k]:g}" for k in ("extauthz", "ratelimit"))
+    return out
+
+
+def _service_counts(metrics_url: str) -> dict[str, float]:
+    samples = _metrics(metrics_url)
+    return {
+        "extauthz": sum(v for (n, _), v in samples.items() if n == "meshgate_extauthz_check_seconds_count"),
+        "ratelimit": samples.get(("meshgate_ratelimit_should_rate_limit_seconds_count", ""), 0.0),
+    }
+
+
+def _metrics(url: str) -> dict[tuple[str, str], float]:
+    """Prometheus text -> {(name, labels): value}."""
+    out = {}
+    for line in httpx.get(url, trust_env=False).text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            name, _, labels = key.partition("{")
+            out[(name, labels.rstrip("}"))] = float(value)
+    return out
+
+
+def _service_latency(url: str) -> dict[str, float]:
+    """Mean µs per call as meshgate's own histograms saw it (the servicer's time, not the gRPC stack's):
+    extauthz Check; ratelimit ShouldRateLimit (the admission check and the stream-end charge)."""
+    samples = _metrics(url)
+
+    def mean(name: str) -> float:
+        count = sum(v for (n, _), v in samples.items() if n == f"{name}_count")
+        total = sum(v for (n, _), v in samples.items() if n == f"{name}_sum")
+        return total / count * 1e6 if count else float("nan")
+
+    return {"extauthz_check": mean("meshgate_extauthz_check_seconds"),
+            "ratelimit_should_rate_limit": mean("meshgate_ratelimit_should_rate_limit_seconds")}  # fmt: skip
 
 
 def main() -> None:
@@ -153,6 +258,21 @@ def main() -> None:
     parser.add_argument("--token-delay", type=float, default=0.0, help="backend seconds per word (default 0)")
     parser.add_argument("--concurrency", type=int, default=1, help="pairs of requests in flight (default 1)")
     parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument(
+        "--first-token-delay",
+        type=float,
+        default=None,
+        help="backend seconds before the first word, its prefill (default: --token-delay)",
+    )
+    parser.add_argument(
+        "--breakdown",
+        nargs="?",
+        const="groups",
+        choices=("groups", "each"),
+        help="also rows of the gateway's own config with filters left out: ext_authz, ratelimit, "
+        "the LLM filters (groups), and each LLM filter alone too (each); "
+        "bench/llm_bench_breakdown.py",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="llm-bench-") as tmp:
         stack = Stack(Path(tmp))
@@ -160,17 +280,52 @@ def main() -> None:
             report = run(args, stack)
         finally:
             stack.close()
-    print(f"{args.requests} streams per path, {args.max_tokens} words each, "
-          f"token delay {args.token_delay * 1000:g} ms, concurrency {args.concurrency}")  # fmt: skip
-    print(f"{'path':8} {'TTFT p50':>9} {'TTFT p90':>9} {'total p50':>10} {'total p90':>10} {'words':>6}")
-    for path in ("direct", "gateway"):
-        r = report[path]
-        print(f"{path:8} {r['ttft_ms_p50']:8.2f}ms {r['ttft_ms_p90']:8.2f}ms {r['total_ms_p50']:9.2f}ms "
-              f"{r['total_ms_p90']:9.2f}ms {r['words_p50']:6g}")  # fmt: skip
-    print(f"gateway/direct: TTFT x{report['ratio_ttft_p50']:.2f}, total x{report['ratio_total_p50']:.2f} "
-          f"(medians); ratelimit calls seen by Envoy: {report['charged_at_stream_end']:g}")  # fmt: skip
+    print_report(args, report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+
+
+def print_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    first = args.token_delay if args.first_token_delay is None else args.first_token_delay
+    print(
+        f"{args.requests} streams per row, {args.max_tokens} words each, "
+        f"first token after {first * 1000:g} ms, then {args.token_delay * 1000:g} ms per token, "
+        f"concurrency {args.concurrency}; "
+        f"loadavg {report['loadavg']}"
+    )
+    print(
+        f"{'row':13} {'TTFT p50':>9} {'TTFT p90':>9} {'total p50':>10} {'total p90':>10} {'words':>6} "
+        f"{'Envoy CPU':>10} {'meshgate CPU':>13} {'calls':>6}"
+    )
+    for name, r in report["rows"].items():
+        print(
+            f"{name:13} {r['ttft_ms_p50']:8.2f}ms {r['ttft_ms_p90']:8.2f}ms {r['total_ms_p50']:9.2f}ms "
+            f"{r['total_ms_p90']:9.2f}ms {r['words_p50']:6g} {r['envoy_cpu_us']:8.0f}us "
+            f"{r['meshgate_cpu_us']:11.0f}us {r['meshgate_calls'] or '-':>6}"
+        )
+    print(
+        f"gateway/direct: TTFT x{report['ratio_ttft_p50']:.2f}, total x{report['ratio_total_p50']:.2f} "
+        f"(medians); ratelimit calls seen by Envoy: {report['charged_at_stream_end']:g}"
+    )
+    lat = report["service_latency_us"]
+    print(
+        f"meshgate's own time per call (mean): extauthz Check {lat['extauthz_check']:.0f}us, "
+        f"ratelimit ShouldRateLimit {lat['ratelimit_should_rate_limit']:.0f}us"
+    )
+    if "envoy_gaps_us" in report:
+        print("Envoy's time points, medians in us (access log of the static rows):")
+        print(f"{'row':13} " + " ".join(f"{g:>9}" for g in GAPS))
+        for name, row in report["envoy_gaps_us"].items():
+            print(f"{name:13} " + " ".join(f"{row[g]:9.0f}" for g in GAPS))
+        usage = report["usage_step_cpu_us"]
+        print(
+            f"usage step (the LLM filters and the stream-end charge) CPU per request: Envoy "
+            f"{usage['envoy']:.0f}us, meshgate {usage['meshgate']:.0f}us"
+        )
+
+
+def _loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 if __name__ == "__main__":

@@ -158,11 +158,13 @@ def chat_handler(
     model: BigramChat,
     *,
     token_delay: float = 0.0,
+    first_token_delay: float | None = None,
     hold_streams: bool = False,
     split_events: bool = False,
     json_type: str = "application/json",
 ) -> type[BaseHTTPRequestHandler]:
-    """The handler class; `token_delay` seconds pass before each streamed word (a decode step). With
+    """The handler class; `token_delay` seconds pass before each streamed word (a decode step), and
+    `first_token_delay` (None: `token_delay`) before the first one instead (a model's prefill). With
     `hold_streams`, every stream stops after its first word until `POST /_release` (tests that need
     several streams in flight at once, without timing). `json_type`: the content-type of JSON answers."""
     release = threading.Event()
@@ -368,9 +370,11 @@ def chat_handler(
                 )
             if usage is not None:
                 events.append({**chunk, "choices": [], "usage": usage})
+            first = token_delay if first_token_delay is None else first_token_delay
             for i, event in enumerate(events):
-                if token_delay and 0 < i <= len(words):  # the role chunk goes at once, each word after a step
-                    time.sleep(token_delay)
+                step = first if i == 1 else token_delay
+                if step and 0 < i <= len(words):  # the role chunk goes at once, each word after a step
+                    time.sleep(step)
                 if i == 2:  # the role chunk and the first word are out
                     release.wait()
                 text = f"data: {json.dumps(event, ensure_ascii=False, separators=(',', ':'))}\n\n"
@@ -413,6 +417,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     chat.add_argument("--port", type=int, required=True)
     chat.add_argument("--token-delay", type=float, default=0.0, metavar="SECONDS",
                       help="pause before each streamed word, as a model's decode step (default 0)")
+    chat.add_argument("--first-token-delay", type=float, default=None, metavar="SECONDS",
+                      help="pause before the first word instead, a model's prefill (default: --token-delay)")
     chat.add_argument("--hold-streams", action="store_true",
                       help="stop every stream after its first word until POST /_release")
     chat.add_argument("--split-events", action="store_true",
@@ -423,7 +429,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.kind == "iris":
         serve_iris(args.model, args.version, args.http_port, args.grpc_port)
     else:
-        serve_chat(args.model, args.port, token_delay=args.token_delay, hold_streams=args.hold_streams,
+        serve_chat(args.model, args.port, token_delay=args.token_delay,
+                   first_token_delay=args.first_token_delay, hold_streams=args.hold_streams,
                    split_events=args.split_events, json_type=args.json_content_type)  # fmt: skip
 
 
