@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from meshgate.xds.bootstrap import envoy_bootstrap
 from tests.e2e.test_llm_usage import LIMIT, MODEL, Gateway, llm_policy, start_gateway
 from tests.harness.envoy import Envoy
-from tests.harness.llm_server import LlamaCppPython, LlamaServer, RealLLMServer
+from tests.harness.llm_server import LlamaCppPython, LlamaServer, RealLLMServer, TransformersServe
 from tests.harness.meshgate import Meshgate
 from tests.harness.procs import free_port, http_get, wait_until
 from tests.harness.redis import RedisServer
@@ -64,7 +64,7 @@ class RealGateway:
                    proc=self.gateway.meshgate.proc)  # fmt: skip
 
 
-@pytest.fixture(params=[LlamaServer, LlamaCppPython], ids=lambda server: server.kind)
+@pytest.fixture(params=[TransformersServe, LlamaServer, LlamaCppPython], ids=lambda server: server.kind)
 def real(
     request: pytest.FixtureRequest,
     harness: Stack,
