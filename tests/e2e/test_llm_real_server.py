@@ -1,18 +1,17 @@
 """Token quotas and chargeback with a real OpenAI-compatible server that nobody here wrote.
 
-The backend is llama.cpp's `llama-server`, or llama-cpp-python's server, serving the tiny GGUF model that
-tests/harness/tiny_gguf.py writes at start (random weights from a fixed seed: no download). The chain is
-real: the official `openai` SDK -> Envoy 1.40 configured by `meshgate serve` over ADS -> ext_authz ->
-ratelimit (counters in a real Redis) -> the LLM usage filters -> the server. What the gateway charges
-and counts must equal, exactly, the usage the server itself reported: in the JSON answer's `usage`, or
-in the last SSE chunk of a stream (docs/llm.md).
+The backend is `transformers serve` (in the test extra: it runs everywhere), llama.cpp's `llama-server`
+or llama-cpp-python's server, each serving a tiny model written at start (tests/harness/tiny_hf.py,
+tiny_gguf.py: random weights from a fixed seed, no download). The chain is real: the official `openai`
+SDK -> Envoy 1.40 configured by `meshgate serve` over ADS -> ext_authz -> ratelimit (counters in a real
+Redis) -> the LLM usage filters -> the server. What the gateway charges and counts must equal, exactly,
+the usage the server itself reported: in the JSON answer's `usage`, or in the last SSE chunk of a stream
+(docs/llm.md).
 
-A server that is not installed here is skipped with the reason (tests/harness/llm_server.py: neither
-installs in minutes on a 2-core machine); tests/e2e/test_llm_usage.py runs the same chain on every
-machine against the vLLM-shaped stand-in, and the last test here gives the stand-in llama.cpp's JSON
-content-type, so that what the real server found is checked everywhere.
+The llama.cpp servers are skipped with the reason where they are not installed (they compile llama.cpp:
+not in the test extra). The last test gives the vLLM-shaped stand-in llama.cpp's JSON content-type, so
+that what llama-server found is checked on every machine.
 """
-
 from __future__ import annotations
 
 from collections.abc import Callable
