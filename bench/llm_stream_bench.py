@@ -111,7 +111,11 @@ def pct(values: list[float], q: float) -> float:
 
 
 class Target:
-    """One row: where its requests go, the headers they carry, and the processes whose CPU they cost."""
+    """One row: where its requests go, the headers they carry, and the processes whose CPU they cost.
+    A request's CPU is what its Envoy and meshgate ran from its start to 2 ms after its end, less what
+    they run when idle over that time (`idle`: ns of CPU per s, measured before the timed rounds)."""
+
+    idle: dict[int, float] = {}
 
     def __init__(self, url: str, *, headers: dict[str, str] | None = None, envoy: int | None = None,
                  meshgate: int | None = None) -> None:  # fmt: skip
@@ -122,14 +126,24 @@ class Target:
     def once(self, client: httpx.Client, max_tokens: int, n: int) -> None:
         pids = {"envoy": self.envoy, "meshgate": self.meshgate}
         before = {k: cpu_ns(pid) for k, pid in pids.items() if pid}
+        started = time.perf_counter()
         self.rows.append(stream_once(client, self.url, max_tokens, n, self.headers))
         time.sleep(_SETTLE_S)  # the stream-end charge call is counted with its own request
+        elapsed = time.perf_counter() - started
         for k, pid in pids.items():
             if pid:
-                self.cpu[k] += cpu_ns(pid) - before[k]
+                self.cpu[k] += cpu_ns(pid) - before[k] - int(Target.idle.get(pid, 0.0) * elapsed)
 
 
 _SETTLE_S = 0.002
+
+
+def idle_cpu(pids: set[int | None], seconds: float = 2.0) -> dict[int, float]:
+    """ns of CPU per second each process runs with no request in flight (timers, stats, the xds loop)."""
+    known = [pid for pid in pids if pid]
+    before = {pid: cpu_ns(pid) for pid in known}
+    time.sleep(seconds)
+    return {pid: (cpu_ns(pid) - before[pid]) / seconds for pid in known}
 
 
 def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
@@ -161,6 +175,7 @@ def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
                 stream_once(client, target.url, args.max_tokens, -i, target.headers)
         wait_until(lambda: envoy.stat("http.gateway.rq_total") >= 5, 10, what="warm-up seen by Envoy")
         calls = _calls_per_request(client, targets, mg.metrics_url, args.max_tokens)
+        Target.idle = idle_cpu({t.envoy for t in targets.values()} | {mg.proc.pid})
 
         def round_(n: int) -> None:  # every row once, in an order that rotates
             for name in names[n % len(names) :] + names[: n % len(names)]:
@@ -173,7 +188,9 @@ def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
                               "token_delay_s": args.token_delay,
                               "first_token_delay_s": args.first_token_delay,
                               "concurrency": args.concurrency, "loadavg": _loadavg(),
-                              "rows": {}, "service_latency_us": checks}  # fmt: skip
+                              "rows": {}, "service_latency_us": checks,
+                              "idle_cpu_us_per_s": {str(k): v / 1e3 for k, v in Target.idle.items()},
+                              }  # fmt: skip
     for name, target in targets.items():
         ttft = [r[0] * 1000 for r in target.rows]
         total = [r[1] * 1000 for r in target.rows]
