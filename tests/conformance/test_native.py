@@ -42,9 +42,21 @@ MODES = ("ext_authz", "auto", "native")
 METERED = 3  # requests a day per user of globex (free tier: x1) on model `metered`
 
 
+def gateway_policy(doc: dict[str, Any], mode: str, *, upstream: int, port: int) -> dict[str, Any]:
+    """`doc` served on 127.0.0.1:`port` in enforcement `mode`, every model version at `upstream`; in
+    native, without what a native policy cannot hold (meshgate.policy.native)."""
+    doc["gateway"] = {"address": "127.0.0.1", "port": port, "enforcement": mode}
+    if mode == "native":
+        doc["api_keys"] = []
+        doc["models"] = [m for m in doc["models"] if m.get("protocol", "v2-rest") == "v2-rest"]
+    for model in doc["models"]:
+        for version in model["versions"]:
+            version["endpoints"] = [f"127.0.0.1:{upstream}"]
+    return doc
+
+
 def _doc(mode: str, *, upstream: int, port: int) -> dict[str, Any]:
     doc = policy_doc()
-    doc["gateway"] = {"address": "127.0.0.1", "port": port, "enforcement": mode}
     doc["models"] += [
         {"name": "vault", "visibility": "private", "owner": "acme", "versions": [{"name": "v1"}]},
         {"name": "metered", "versions": [{"name": "v1"}]},
@@ -55,13 +67,7 @@ def _doc(mode: str, *, upstream: int, port: int) -> dict[str, Any]:
     ]  # fmt: skip
     for tenant in doc["tenants"]:
         tenant["quotas"] = ["metered-user-day"]
-    if mode == "native":  # what a native policy cannot hold (meshgate.policy.native)
-        doc["api_keys"] = []
-        doc["models"] = [m for m in doc["models"] if m.get("protocol", "v2-rest") == "v2-rest"]
-    for model in doc["models"]:
-        for version in model["versions"]:
-            version["endpoints"] = [f"127.0.0.1:{upstream}"]
-    return doc
+    return gateway_policy(doc, mode, upstream=upstream, port=port)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from meshgate.xds import compile_snapshot
 from meshgate.xds._native import DECIDE_FILTER
 from meshgate.xds.bootstrap import bootstrap_dict
 from meshgate.xds.static import static_bootstrap
+from tests.conformance.test_native import gateway_policy
 from tests.conformance.upstream import EchoHTTP
 from tests.harness.envoy import Envoy
 from tests.harness.meshgate import Meshgate
@@ -26,15 +27,8 @@ from tests.harness.stack import Stack
 from tests.unit.test_extauthz_support import LateJwks, mint, policy_doc, public_jwks, rsa_key
 
 
-def _native_doc(upstream: int, port: int, mode: str = "native", **issuer: Any) -> dict[str, Any]:
-    doc = policy_doc(issuer=issuer or None)
-    doc["gateway"] = {"address": "127.0.0.1", "port": port, "enforcement": mode}
-    doc["api_keys"] = []
-    doc["models"] = [m for m in doc["models"] if m.get("protocol", "v2-rest") == "v2-rest"]
-    for model in doc["models"]:
-        for version in model["versions"]:
-            version["endpoints"] = [f"127.0.0.1:{upstream}"]
-    return doc
+def _native_doc(upstream: int, port: int, **issuer: Any) -> dict[str, Any]:
+    return gateway_policy(policy_doc(issuer=issuer or None), "native", upstream=upstream, port=port)
 
 
 def _get(port: int, token: str) -> httpx.Response:
