@@ -2,20 +2,24 @@
 first token (TTFT) and total time per request, and their ratios. Not a test: run it by hand.
 
     python bench/llm_stream_bench.py [--requests 200] [--max-tokens 64] [--token-delay 0]
-                                     [--concurrency 1] [--json out.json]
+                                     [--first-token-delay S] [--concurrency 1] [--breakdown [each]]
+                                     [--json out.json]
 
 Starts, on 127.0.0.1 and free ports: the chat stand-in (examples/quickstart_models.py chat, vLLM's SSE
-shapes; `--token-delay` seconds before each word, a model's decode step), `meshgate serve` and Envoy fed
-by its ADS, with the whole chain on: ext_authz (API key, model from the body), ratelimit (a per-tenant
-token quota checked at request time, charged at stream end), the LLM usage filters (the stream flag,
-`stream_options.include_usage` merged into the request, sse_to_metadata reading the usage chunk).
+shapes; `--token-delay` seconds before each word, a model's decode step; `--first-token-delay` before
+the first one instead, its prefill), `meshgate serve` and Envoy fed by its ADS, with the whole chain on:
+ext_authz (API key, model from the body), ratelimit (a per-tenant token quota checked at request time,
+charged at stream end), the LLM usage filters (the stream flag, `stream_options.include_usage` merged
+into the request, sse_to_metadata reading the usage chunk, the Lua filter dropping it again).
 
 Each request streams `--max-tokens` words (`ignore_eos: true`, as vLLM takes it) with `stream: true` and
-no stream_options (so the gateway
-adds include_usage, and its answer has one chunk more than the direct one). Direct and gateway requests
-alternate, one pair at a time (or `--concurrency` pairs in flight), so a slow spell of the machine hits
-both. TTFT: from sending the request to the first chunk carrying content; total: to the end of the
-stream. Figures are medians and p90s in milliseconds; the ratio is gateway / direct of the medians.
+no stream_options (so the gateway adds include_usage). The rows (direct, gateway, and with
+`--breakdown` the gateway's own config with filters left out: bench/llm_bench_breakdown.py) are
+interleaved, one request per row per round in an order that rotates (or `--concurrency` rounds in
+flight), so a slow spell of the machine hits them all. TTFT: from sending the request to the first chunk
+carrying content; total: to the end of the stream. Figures are medians and p90s in milliseconds; the
+ratio is gateway / direct of the medians. Per row also: the CPU per request of its Envoy and meshgate
+(less what they run when idle), its gRPC calls to meshgate, and meshgate's own time per call.
 """
 
 from __future__ import annotations
