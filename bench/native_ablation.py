@@ -10,7 +10,8 @@ repeated once per variant below, each with a subset of the gateway's HTTP filter
 gateway itself are then loaded by wrk like native_bench (GET with one valid JWT, 16 connections,
 interleaved rounds in a rotating order) and the CPU per request of the Envoy serving them is printed
 (µs, from /proc/<pid>/stat; all static variants share one Envoy, measured one at a time), with req/s
-and p99. A variant that drops a filter the policy needs may answer differently: every variant's answer
+and p99. One more variant keeps jwt_authn and the decision filter with a script that does nothing: the
+floor of a Lua filter, apart from the decision it runs. A variant that drops a filter the policy needs may answer differently: every variant's answer
 to a valid token and to no token is printed first. Needs `wrk` (Debian: `apt-get install -y wrk`).
 """
 
@@ -35,6 +36,8 @@ from tests.harness.envoy import Envoy  # noqa: E402
 from tests.harness.stack import Stack  # noqa: E402
 
 ROUTER = "envoy.filters.http.router"
+DECIDE = "meshgate.native.decide"
+NOOP = " (no-op script)"
 
 
 def variants(filters: list[str]) -> dict[str, list[str]]:
@@ -94,7 +97,11 @@ def with_variants(boot: dict[str, Any], kept: dict[str, list[str]]) -> dict[str,
         listener["address"]["socket_address"]["port_value"] = 0
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
         hcm["stat_prefix"] = f"variant{i}"
-        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] in filters]
+        hcm["http_filters"] = [copy.deepcopy(f) for f in hcm["http_filters"] if f["name"] in filters]
+        if name.endswith(NOOP):  # the decision filter's floor: a Lua filter that does nothing
+            for f in hcm["http_filters"]:
+                if f["name"] == DECIDE:
+                    f["typed_config"]["default_source_code"] = {"inline_string": "function envoy_on_request(h) end"}
         boot["static_resources"]["listeners"].append(listener)
     return boot
 
@@ -126,6 +133,8 @@ def main() -> int:
             dump = json.loads(row.envoy.admin_get("/config_dump?include_eds"))
             boot, filters = static_config(dump)
             kept = variants(filters)
+            if DECIDE in filters:  # what any Lua filter costs, apart from the decision it runs
+                kept["jwt_authn+decide" + NOOP] = [f for f in filters if f in (filters[0], DECIDE, ROUTER)]
             static = stack.add(
                 Envoy(with_variants(boot, kept), workdir=work, log_level="warning", name="static")
             )
