@@ -11,7 +11,8 @@ gateway itself are then loaded by wrk like native_bench (GET with one valid JWT,
 interleaved rounds in a rotating order) and the CPU per request of the Envoy serving them is printed
 (µs, from /proc/<pid>/stat; all static variants share one Envoy, measured one at a time), with req/s
 and p99. One more variant keeps jwt_authn and the decision filter with a script that does nothing: the
-floor of a Lua filter, apart from the decision it runs. A variant that drops a filter the policy needs may answer differently: every variant's answer
+floor of a Lua filter, apart from the decision it runs.
+A variant that drops a filter the policy needs may answer differently: every variant's answer
 to a valid token and to no token is printed first. Needs `wrk` (Debian: `apt-get install -y wrk`).
 """
 
@@ -101,7 +102,8 @@ def with_variants(boot: dict[str, Any], kept: dict[str, list[str]]) -> dict[str,
         if name.endswith(NOOP):  # the decision filter's floor: a Lua filter that does nothing
             for f in hcm["http_filters"]:
                 if f["name"] == DECIDE:
-                    f["typed_config"]["default_source_code"] = {"inline_string": "function envoy_on_request(h) end"}
+                    noop = {"inline_string": "function envoy_on_request(h) end"}
+                    f["typed_config"]["default_source_code"] = noop
         boot["static_resources"]["listeners"].append(listener)
     return boot
 
