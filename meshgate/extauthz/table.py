@@ -15,7 +15,7 @@ from ..policy.model import ApiKey, AuthSettings, ClaimMap, Issuer, Model, Policy
 from .keys import KeySource, SecretKey, StaticKeys, load_secret
 from .prompt import TokenCounter
 
-__all__ = ["AuthzTable", "IssuerEntry", "ModelEntry", "compile_table", "role_grants"]
+__all__ = ["AuthzTable", "IssuerEntry", "ModelEntry", "compile_table", "plain", "role_grants"]
 
 RemoteKeys = Callable[[Issuer], KeySource]
 
@@ -142,7 +142,7 @@ def _issuer(issuer: Issuer, remote_keys: RemoteKeys) -> IssuerEntry:
     if issuer.shared_secret is not None:
         secret = load_secret(issuer.shared_secret, what=f"issuer {issuer.name} shared_secret")
     elif issuer.jwks is not None:
-        keys = StaticKeys(issuer.name, cast(Mapping[str, Any], _plain(issuer.jwks)))
+        keys = StaticKeys(issuer.name, cast(Mapping[str, Any], plain(issuer.jwks)))
     else:
         keys = remote_keys(issuer)
     return IssuerEntry(
@@ -157,10 +157,10 @@ def _issuer(issuer: Issuer, remote_keys: RemoteKeys) -> IssuerEntry:
     )
 
 
-def _plain(value: object) -> object:
-    """Frozen policy data (tuples) back to JSON-like data (lists) for PyJWK."""
+def plain(value: object) -> object:
+    """Frozen policy data (tuples) back to JSON-like data (lists): for PyJWK, and the JWKS Envoy gets."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value

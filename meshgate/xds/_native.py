@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from envoy.config.core.v3 import base_pb2, http_uri_pb2
 from envoy.config.rbac.v3 import rbac_pb2 as rbac_config_pb2
@@ -127,7 +127,9 @@ def _provider(issuer: Issuer, policy: Policy) -> jwt_pb2.JwtProvider:
         ),
     )
     if issuer.jwks is not None:
-        provider.local_jwks.inline_string = json.dumps(_plain(issuer.jwks), sort_keys=True)
+        from meshgate.extauthz.table import plain  # (lazily: see decision_table)
+
+        provider.local_jwks.inline_string = json.dumps(plain(issuer.jwks), sort_keys=True)
     elif issuer.jwks_uri is not None:
         provider.remote_jwks.CopyFrom(
             jwt_pb2.RemoteJwks(
@@ -223,6 +225,7 @@ def decision_table(policy: Policy) -> dict[str, Any]:
 
 def _issuer(issuer: Issuer) -> dict[str, Any]:
     from meshgate.extauthz.keys import KeySet
+    from meshgate.extauthz.table import plain
 
     names = issuer.claims
     claims = {"tenant": names.tenant, "user": names.user, "roles": names.roles}
@@ -231,7 +234,8 @@ def _issuer(issuer: Issuer) -> dict[str, Any]:
     keys = issuer.jwks.get("keys", ()) if issuer.jwks is not None else ()
     fits: dict[str, Any] = {}
     if issuer.jwks is not None:  # which (alg, kid) some key can verify: KeySet.candidates, as extauthz
-        keyset = KeySet.parse(_plain(issuer.jwks), source=f"issuer {issuer.name} jwks")
+        jwks = cast(Mapping[str, Any], plain(issuer.jwks))
+        keyset = KeySet.parse(jwks, source=f"issuer {issuer.name} jwks")
         kids = {k["kid"] for k in keys if isinstance(k, Mapping) and isinstance(k.get("kid"), str)}
         for alg in issuer.algorithms:
             fits[alg] = {
@@ -247,15 +251,6 @@ def _issuer(issuer: Issuer) -> dict[str, Any]:
         "failed": _failed_key(issuer),
         "kids": _set(k["kid"] for k in keys if isinstance(k, Mapping) and isinstance(k.get("kid"), str)),
     }
-
-
-def _plain(value: Any) -> Any:
-    """Frozen policy data (mappings, tuples) as JSON-ready dicts and lists."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _set(items: Any) -> dict[str, bool]:
