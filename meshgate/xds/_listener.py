@@ -25,6 +25,7 @@ from ._native import native_filters, undecided
 from ._native_quotas import native_quota_filters, native_quotas
 from ._openai import local_reply, served_name_filter
 from ._pb import ADS, duration, pack
+from ._quotas import model_rate_limits
 from ._routes import has_served_names
 from ._secrets import sds
 from ._usage import usage_filters
@@ -43,7 +44,7 @@ def gateway_listener(policy: Policy, options: CompileOptions) -> listener_pb2.Li
     if options.enable_extauthz and gateway.enforcement != "native":
         filters.append(_ext_authz(gateway))
     openai = any(reads_usage(m) for m in policy.models)
-    if options.enable_ratelimit:
+    if options.enable_ratelimit and _calls_ratelimit(policy):
         filters.append(_ratelimit(gateway))
         if openai:
             filters += usage_filters()  # disabled here, enabled per route (see _usage)
@@ -83,6 +84,14 @@ def gateway_listener(policy: Policy, options: CompileOptions) -> listener_pb2.Li
         ),
         filter_chains=[chain],
     )
+
+
+def _calls_ratelimit(policy: Policy) -> bool:
+    """Whether any route may call meshgate ratelimit. Native: only what a native policy should not hold
+    (a valid one has no such route, and the idle filter would still cost every request a few µs)."""
+    if policy.gateway.enforcement != "native":
+        return True
+    return any(model_rate_limits(policy, model) is not None for model in policy.models)
 
 
 def _tracing(options: CompileOptions) -> hcm_pb2.HttpConnectionManager.Tracing:
