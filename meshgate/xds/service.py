@@ -368,7 +368,8 @@ def options_from_env(listen: dict[str, str], env: dict[str, str]) -> CompileOpti
     (0.0.0.0 read as 127.0.0.1) unless MESHGATE_XDS_EXTAUTHZ / MESHGATE_XDS_RATELIMIT say otherwise;
     MESHGATE_XDS_FILTERS lists the filters to configure (default "extauthz,ratelimit"; "none" for none);
     MESHGATE_XDS_TRACING names the OTLP/gRPC collector (host:port) the gateway traces to, and
-    MESHGATE_XDS_TRACING_SAMPLING the percent of requests it traces (default 100)."""
+    MESHGATE_XDS_TRACING_SAMPLING the percent of requests it traces (default 100); MESHGATE_XDS_JWKS_CA the CA
+    bundle, as the gateway sees it, verifying an https jwks_uri its jwt_authn fetches (docs/native.md)."""
 
     def advertised(role: str) -> str:
         override = env.get(f"MESHGATE_XDS_{role.upper()}")
@@ -385,4 +386,5 @@ def options_from_env(listen: dict[str, str], env: dict[str, str]) -> CompileOpti
         enable_ratelimit="ratelimit" in filters,
         tracing=env.get("MESHGATE_XDS_TRACING") or None,
         tracing_sampling=float(env.get("MESHGATE_XDS_TRACING_SAMPLING", "100")),
+        jwks_ca_file=env.get("MESHGATE_XDS_JWKS_CA") or CompileOptions.jwks_ca_file,
     )

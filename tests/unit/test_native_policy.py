@@ -78,3 +78,22 @@ def test_lua_literals_escape_every_byte_that_could_end_a_string() -> None:
     assert _lua("é") == '"\\195\\169"'
     assert _lua({"b": [1, True], "a": False}) == '{["a"] = false, ["b"] = {1, true}}'
     assert lua_source(parse_policy(yaml.safe_dump(policy_doc()), "p.yaml")).startswith("local P = {")
+
+
+def test_an_https_jwks_uri_gets_a_verified_tls_cluster_with_the_configured_ca() -> None:
+    from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+
+    from meshgate.xds import compile_snapshot
+    from meshgate.xds._types import CLUSTER
+    from meshgate.xds.service import options_from_env
+
+    doc = _native(policy_doc(issuer={"jwks_uri": "https://idp.example:8443/keys"}))
+    policy = parse_policy(yaml.safe_dump(doc), "native.yaml")
+    options = options_from_env({}, {"MESHGATE_XDS_JWKS_CA": "/etc/gateway/idp-ca.pem"})
+    cluster = compile_snapshot(policy, options)[CLUSTER]["meshgate|jwks|test"].message
+    endpoint = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+    assert (endpoint.address, endpoint.port_value) == ("idp.example", 8443)
+    context = tls_pb2.UpstreamTlsContext()
+    assert cluster.transport_socket.typed_config.Unpack(context)
+    assert context.sni == "idp.example"
+    assert context.common_tls_context.validation_context.trusted_ca.filename == "/etc/gateway/idp-ca.pem"
