@@ -162,11 +162,14 @@ def chat_handler(
     hold_streams: bool = False,
     split_events: bool = False,
     json_type: str = "application/json",
+    stream_usage: bool = True,
 ) -> type[BaseHTTPRequestHandler]:
     """The handler class; `token_delay` seconds pass before each streamed word (a decode step), and
     `first_token_delay` (None: `token_delay`) before the first one instead (a model's prefill). With
     `hold_streams`, every stream stops after its first word until `POST /_release` (tests that need
-    several streams in flight at once, without timing). `json_type`: the content-type of JSON answers."""
+    several streams in flight at once, without timing). `json_type`: the content-type of JSON answers.
+    Without `stream_usage`, a stream never ends with usage, whatever `stream_options` asks: as
+    llama-cpp-python's server (0.3.36), which ignores `stream_options`."""
     release = threading.Event()
     if not hold_streams:
         release.set()
@@ -272,7 +275,7 @@ def chat_handler(
             head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name}
             if request.get("stream"):
                 include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
-                self._stream(head, words, finish, usage if include_usage else None)
+                self._stream(head, words, finish, usage if include_usage and stream_usage else None)
                 return
             n = request.get("n") or 1  # choices (JSON answers only here): each the same words
             if not isinstance(n, int) or n < 1:
@@ -425,13 +428,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help="write each SSE event in two parts, a moment apart (an event split across reads)")
     chat.add_argument("--json-content-type", default="application/json", metavar="TYPE",
                       help="content-type of JSON answers (llama.cpp: 'application/json; charset=utf-8')")
+    chat.add_argument("--no-stream-usage", dest="stream_usage", action="store_false",
+                      help="never end a stream with usage (llama-cpp-python's server ignores stream_options)")
     args = parser.parse_args(argv)
     if args.kind == "iris":
         serve_iris(args.model, args.version, args.http_port, args.grpc_port)
     else:
         serve_chat(args.model, args.port, token_delay=args.token_delay,
                    first_token_delay=args.first_token_delay, hold_streams=args.hold_streams,
-                   split_events=args.split_events, json_type=args.json_content_type)  # fmt: skip
+                   split_events=args.split_events, json_type=args.json_content_type,
+                   stream_usage=args.stream_usage)  # fmt: skip
 
 
 if __name__ == "__main__":

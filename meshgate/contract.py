@@ -48,7 +48,9 @@ __all__ = [
     "QUOTA_HEADER",
     "QUOTA_KEY",
     "RATELIMIT_NAMESPACE",
+    "REFUSED_ENTRY",
     "REFUSED_KEY",
+    "REPORTED_KEY",
     "REQUESTS",
     "STREAM_HEADER",
     "STREAM_OPTIONS_HEADER",
@@ -61,7 +63,10 @@ __all__ = [
     "USAGE_KEY",
     "USAGE_KINDS",
     "USAGE_NAMESPACE",
+    "USAGE_REPORTED",
     "USAGE_RULE",
+    "USAGE_UNREPORTED",
+    "USED_KEY",
     "USED_TOKENS",
     "USER_HEADER",
     "VERSION_HEADER",
@@ -119,6 +124,21 @@ PHASE_KEY = "meshgate.phase"
 """Reserved last entry of a token quota's descriptor: `check` (at request time: refuse if the asked
 tokens would not fit, add nothing) or `charge` (at stream end: add the used tokens, never refuse)."""
 CHECK, CHARGE = "check", "charge"
+
+USED_KEY = "meshgate.used"
+"""Reserved last entry (after the phase) of a token quota's second stream-end charge, the estimate
+charge, whose hits_addend is the tokens extauthz asked for (ASKED_TOKENS). Its value is read from
+`meshgate.usage:<REPORTED_KEY>`: USAGE_REPORTED when the backend reported its usage (the first charge,
+hits_addend = USED_TOKENS, counts it; this one counts nothing), Envoy's default USAGE_UNREPORTED when it
+did not (a stream without usage, a JSON answer too large to read): the rate limiter then charges the
+estimate (docs/llm.md, "Unreported usage"). Envoy's metadata action reads string values only, hence a
+flag and not the number itself."""
+USAGE_REPORTED, USAGE_UNREPORTED = "reported", "none"
+REFUSED_ENTRY = "meshgate.refused"
+"""Reserved entry before USED_KEY in the estimate charge: the quotas that refused the request (the rate
+limit filter's REFUSED_KEY metadata), or Envoy's default USAGE_UNREPORTED (`none`) when none did. Envoy
+1.40 sends the stream-end descriptors of a request its rate limit refused (a 429 that no backend
+answered) too: such an estimate charge counts nothing."""
 
 USAGE_KEY = "meshgate.usage"
 """Reserved first entry of a chargeback descriptor, `meshgate.usage=<kind>, tenant=<t>, model=<m>`,
@@ -247,6 +267,7 @@ TOTAL_TOKENS = "tokens"
 PROMPT_TOKENS = "prompt_tokens"
 COMPLETION_TOKENS = "completion_tokens"
 REQUESTS = "requests"  # 1 once a response reported usage: the requests a tenant is charged for
+REPORTED_KEY = "reported"  # the string USAGE_REPORTED once a response reported usage (for USED_KEY)
 USAGE_FIELDS = {
     TOTAL_TOKENS: "total_tokens",
     PROMPT_TOKENS: "prompt_tokens",

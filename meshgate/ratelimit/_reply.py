@@ -159,11 +159,12 @@ class _Reply:
 class _Entry:
     """What the servicer keeps per serialized request: the request, and the reply it last used."""
 
-    __slots__ = ("reply", "request")
+    __slots__ = ("reply", "request", "unreported")
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, unreported: tuple[int, ...] = ()) -> None:
         self.request = request
         self.reply: _Reply | None = None
+        self.unreported = unreported  # the estimate charges' positions (service.py)
 
 
 class _Replies:

@@ -14,7 +14,7 @@ from .store import Slot
 
 __all__ = ["Part", "Phase", "Prepared", "Target", "roll", "slot_for"]
 
-Phase = Literal["", "check", "charge"]
+Phase = Literal["", "check", "charge", "reported"]  # reported: an estimate charge to ignore (core.py)
 
 
 @dataclass(frozen=True, slots=True)

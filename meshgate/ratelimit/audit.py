@@ -8,7 +8,9 @@ says `allow`. This is the other half: on the logger `meshgate.ratelimit.audit` (
      "tenant":"acme","user":null,"model":"demo","domain":"meshgate","limit":5,"window":"minute",
      "reset":37,"count":3}
 
-and the counter `meshgate_ratelimit_refusals_total{domain, quota, tenant, model}` (metrics.py).
+and the counter `meshgate_ratelimit_refusals_total{domain, quota, tenant, model}` (metrics.py). With the
+same labels, `meshgate_ratelimit_usage_unreported_total` counts the stream-end charges of the admission
+estimate: responses that reported no usage (`unreported`, docs/llm.md).
 
 Bounded. Label values are names the policy declares (any other: `unknown`; a refusal by a rule that is
 not a policy quota, from the envoyproxy/ratelimit YAML directory: quota `other`). A line names the
@@ -31,7 +33,7 @@ from meshgate import contract
 from .decision import Decision, Request, Status
 from .metrics import RateLimitMetrics
 
-__all__ = ["PolicyNames", "RefusalLog"]
+__all__ = ["PolicyNames", "RefusalLog", "estimate_charges"]
 
 UNKNOWN, OTHER = "unknown", "other"
 USER_BYTES = 256
@@ -53,6 +55,22 @@ class _Pending:
     ts: float
     status: Status
     count: int = 0
+
+
+def estimate_charges(request: Request) -> tuple[int, ...]:
+    """The positions of the estimate charges: descriptors ending with `meshgate.refused=none,
+    meshgate.used=<not reported>` (contract.USED_KEY; the limiter charges their hits_addend, the
+    admission estimate)."""
+    return tuple(i for i, d in enumerate(request.descriptors) if _charges_estimate(d.entries))
+
+
+def _charges_estimate(entries: tuple[tuple[str, str], ...]) -> bool:
+    return (
+        len(entries) > 1
+        and entries[-1][0] == contract.USED_KEY
+        and entries[-1][1] != contract.USAGE_REPORTED
+        and not (entries[-2][0] == contract.REFUSED_ENTRY and entries[-2][1] != contract.USAGE_UNREPORTED)
+    )  # as the limiter reads them (core._strip_phase)
 
 
 def _clip(value: str | None) -> str | None:
@@ -85,7 +103,17 @@ class RefusalLog:
             if status.over_limit:
                 self._one(request.domain, dict(descriptor.entries), status)
 
-    def _one(self, domain: str, entries: dict[str, str], status: Status) -> None:
+    def unreported(self, request: Request, decision: Decision, indices: tuple[int, ...]) -> None:
+        """Count the estimate charges among the descriptors at `indices` (those ending with
+        `meshgate.used` other than `reported`) that a rule applied to: meshgate_ratelimit_usage_
+        unreported_total{domain, quota, tenant, model}, the refusals' labels."""
+        for i in indices:
+            if decision.statuses[i].limit is not None:
+                labels = self._key(request.domain, dict(request.descriptors[i].entries))[0]
+                self.metrics.unreported[labels] = self.metrics.unreported.get(labels, 0) + 1
+
+    def _key(self, domain: str, entries: dict[str, str]) -> tuple[tuple[str, str, str, str], _Key]:
+        """The metric labels (domain, quota, tenant, model) and the log line's key of a descriptor."""
         names = self.names
         quota = entries.get(contract.QUOTA_KEY)
         if quota is not None and quota in names.quotas:
@@ -96,7 +124,10 @@ class RefusalLog:
         else:  # a rule of the YAML directory: counted as `other`, its descriptor values never logged
             quota, tenant, model = OTHER, None, None
             key = (domain, OTHER, None, None, None)
-        labels = (domain, quota, tenant or UNKNOWN, model or UNKNOWN)
+        return (domain, quota, tenant or UNKNOWN, model or UNKNOWN), key
+
+    def _one(self, domain: str, entries: dict[str, str], status: Status) -> None:
+        labels, key = self._key(domain, entries)
         self.metrics.refusals[labels] = self.metrics.refusals.get(labels, 0) + 1
         if self.logger.isEnabledFor(logging.INFO):
             self._note(key, status)

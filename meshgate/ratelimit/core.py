@@ -49,6 +49,8 @@ __all__ = [  # the plain types live in decision.py, re-exported here
 ]
 
 PHASE_KEY = contract.PHASE_KEY
+_USED_KEY, _REPORTED = contract.USED_KEY, contract.USAGE_REPORTED
+_REFUSED_ENTRY, _NONE = contract.REFUSED_ENTRY, contract.USAGE_UNREPORTED
 # the limiter's caches (see bounds.py): resolved descriptors, prepared requests, decision shapes and
 # the over-limit counters; a request or descriptor larger than its cache's entry limit is resolved
 # for its call only
@@ -66,6 +68,10 @@ _UNLIMITED = Status(remaining=UNLIMITED_REMAINING)  # an `unlimited` rule: envoy
 
 
 def _strip_phase(entries: tuple[tuple[str, str], ...]) -> tuple[tuple[tuple[str, str], ...], Phase]:
+    """The entries without the reserved phase entry, and the phase. An estimate charge's last entries,
+    `meshgate.refused` and `meshgate.used` (contract.USED_KEY), go too: the phase is `charge` when
+    neither says otherwise, else `reported` (no rule applies: the backend's reported usage was charged
+    by the descriptor beside it, or the request was refused and served nothing)."""
     phase: Phase = ""
     kept = []
     for key, value in entries:
@@ -73,6 +79,11 @@ def _strip_phase(entries: tuple[tuple[str, str], ...]) -> tuple[tuple[tuple[str,
             phase = "check" if value == "check" else "charge"
         else:
             kept.append((key, value))
+    if phase == "charge" and kept and kept[-1][0] == _USED_KEY:
+        if kept.pop()[1] == _REPORTED:
+            phase = "reported"
+        if kept and kept[-1][0] == _REFUSED_ENTRY and kept.pop()[1] != _NONE:
+            phase = "reported"
     return tuple(kept), phase
 
 
@@ -242,8 +253,9 @@ class Limiter:
     def _unlimited(self, domain: str, descriptor: Descriptor) -> bool:
         if descriptor.limit is not None:
             return False
-        rule = self._config.match(domain, _strip_phase(descriptor.entries)[0])
-        return rule is not None and rule.unlimited
+        entries, phase = _strip_phase(descriptor.entries)
+        rule = self._config.match(domain, entries)
+        return rule is not None and rule.unlimited and phase != "reported"
 
     def _target(self, domain: str, descriptor: Descriptor) -> Target | None:
         key = (domain, descriptor.entries, descriptor.limit)
@@ -272,7 +284,7 @@ class Limiter:
             rule: Rule | None = Rule(full_key=f"{domain}.{path}", requests_per_unit=rpu, unit=unit)
         else:
             rule = config.match(domain, entries)
-        if rule is None or rule.unlimited:
+        if rule is None or rule.unlimited or phase == "reported":
             return None
         base, tag = counter_base(domain, entries, rule.window)
         # a label made of the request's values falls back to the rule's path without them (metrics.py)

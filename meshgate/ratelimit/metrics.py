@@ -82,13 +82,19 @@ class _KeyCollector(Collector):
 
 
 class _LabelledCollector(Collector):
-    """The refusals per (domain, quota, tenant, model) and the chargeback counters per (kind, tenant,
-    model): both bounded by the policy's names (the callers fold others into `unknown`)."""
+    """The refusals and the estimate charges per (domain, quota, tenant, model) and the chargeback
+    counters per (kind, tenant, model): all bounded by the policy's names (the callers fold others
+    into `unknown`)."""
 
-    def __init__(self, refusals: dict[Refusal, int], usage: dict[tuple[str, str, str], KeyCounters]) -> None:
-        self._refusals, self._usage = refusals, usage
+    def __init__(
+        self,
+        refusals: dict[Refusal, int],
+        usage: dict[tuple[str, str, str], KeyCounters],
+        unreported: dict[Refusal, int],
+    ) -> None:
+        self._refusals, self._usage, self._unreported = refusals, usage, unreported
 
-    def _families(self) -> tuple[CounterMetricFamily, CounterMetricFamily]:
+    def _families(self) -> tuple[CounterMetricFamily, CounterMetricFamily, CounterMetricFamily]:
         return (
             CounterMetricFamily(
                 "meshgate_ratelimit_refusals", "Requests refused (OVER_LIMIT) by each quota, per tenant and "
@@ -99,19 +105,27 @@ class _LabelledCollector(Collector):
                 "(requests, prompt_tokens, completion_tokens), tenant and model.",
                 labels=("kind", "tenant", "model"),
             ),
+            CounterMetricFamily(
+                "meshgate_ratelimit_usage_unreported", "Token quota charges of the admission estimate at "
+                "stream end: responses that reported no usage, per quota, tenant and model.",
+                labels=("domain", "quota", "tenant", "model"),
+            ),
         )
 
     def describe(self) -> Iterator[Metric]:
         return iter(self._families())
 
     def collect(self) -> Iterator[Metric]:
-        refusals, usage = self._families()
+        refusals, usage, unreported = self._families()
         for refusal, count in list(self._refusals.items()):
             refusals.add_metric(refusal, count)
         for labels, counters in list(self._usage.items()):
             usage.add_metric(labels, counters.total)
+        for refusal, count in list(self._unreported.items()):
+            unreported.add_metric(refusal, count)
         yield refusals
         yield usage
+        yield unreported
 
 
 class Latency(Collector):
@@ -178,10 +192,12 @@ class RateLimitMetrics:
         self.refusals: dict[Refusal, int] = {}
         """Requests refused per (domain, quota, tenant, model): added to by the service (audit.py)."""
         self._usage: dict[tuple[str, str, str], KeyCounters] = {}
+        self.unreported: dict[Refusal, int] = {}
+        """Estimate charges per (domain, quota, tenant, model): added to by the service (audit.py)."""
         if registry is not None:
             registry.register(_KeyCollector(self._keys))
             registry.register(_BudgetCollector(self.budgets))
-            registry.register(_LabelledCollector(self.refusals, self._usage))
+            registry.register(_LabelledCollector(self.refusals, self._usage, self.unreported))
         self.store_errors = Counter(
             "meshgate_ratelimit_store_errors", "Store calls that failed (answered UNAVAILABLE).", ["store"],
             registry=registry,

@@ -28,7 +28,7 @@ from ..policy.model import Policy
 from ..policy.store import Commit, Rejection
 from ..tracing import genai_usage, incoming
 from ._reply import CURRENT_LIMITS, RESPONSES_BUDGET, UNIT_FROM_PB, _Entry, _Replies, to_response
-from .audit import PolicyNames, RefusalLog
+from .audit import PolicyNames, RefusalLog, estimate_charges
 from .bounds import MIB, Budget, request_bytes, sizeof
 from .compile import compile_policy
 from .config import ConfigError, load_config_dir, merge_domains
@@ -141,10 +141,11 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         except DecodeError:
             raise MalformedRequest("malformed RateLimitRequest: the bytes are not a valid message") from None
         cost = sizeof(raw) + request_bytes(request.domain, request.descriptors)
+        unreported = estimate_charges(request)
         if self._budget.admit(self._requests, cost):
-            entry = self._requests[raw] = _Entry(request)
+            entry = self._requests[raw] = _Entry(request, unreported)
             return entry
-        return _Entry(dataclasses.replace(request, keep=False))  # for this call only: nothing keeps it
+        return _Entry(dataclasses.replace(request, keep=False), unreported)  # this call only: none keeps it
 
     async def should_rate_limit(self, raw: bytes, context: grpc.aio.ServicerContext[object, object]) -> bytes:
         if self.tracer is not None:
@@ -208,6 +209,8 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
             await self.on_store.set(True)
         if decision.over_limit:  # counted and logged per quota (audit.py)
             self.refusals.refused(entry.request, decision)
+        if entry.unreported:  # estimate charges: counted per quota (audit.py)
+            self.refusals.unreported(entry.request, decision, entry.unreported)
         return self._replies.answer(entry, decision), entry, decision
 
     async def ShouldRateLimit(

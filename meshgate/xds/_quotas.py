@@ -3,7 +3,13 @@
 Per quota: quota=<name>, then the identity headers extauthz sets, in the order tenant, user, model.
 A `requests` quota is one rate limit; a `tokens` quota is a check at request time (hits_addend = the
 tokens extauthz asked for) and a charge at stream end (hits_addend = the tokens the backend reported
-it used, read from the response by the `_usage` filters). They go on each route of the models the
+it used, read from the response by the `_usage` filters) and, at stream end too, the estimate charge:
+the same entries, `meshgate.refused=<quotas|none>` (a 429's refusing quotas, as meshgate ratelimit
+names them in its answer's metadata) and `meshgate.used=<reported|none>` (the `_usage` filters' string
+flag), both metadata actions with the default `none`, hits_addend = the tokens extauthz asked for.
+When the backend reported usage, the rate limiter counts the first and ignores the second; when it
+did not (Envoy drops the first, its hits_addend empty) and the request was not refused, it charges
+the second: the admission estimate (contract.USED_KEY). They go on each route of the models the
 quota's `models` patterns select (RateLimitPerRoute.rate_limits: on the route Envoy 1.40 keeps
 hits_addend, in RouteAction.rate_limits it does not). A quota the gateway enforces natively
 (`gateway.enforcement: native | auto`, `_native_quotas`) is left out: Envoy counts it itself.
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
+from envoy.type.metadata.v3 import metadata_pb2
 
 from meshgate import contract
 from meshgate.contract import reads_usage
@@ -45,6 +52,25 @@ def _generic(key: str, value: str) -> rc.RateLimit.Action:
 def _actions(quota: Quota) -> list[rc.RateLimit.Action]:
     identity = [_header(key) for key in contract.descriptor_keys(quota)]
     return [_generic(contract.QUOTA_KEY, quota.name), *identity]
+
+
+def _flag(descriptor_key: str, namespace: str, key: str) -> rc.RateLimit.Action:
+    """`<descriptor_key>` = the string metadata `<namespace>:<key>`, or `none` when it is absent."""
+    path = [metadata_pb2.MetadataKey.PathSegment(key=key)]
+    metadata_key = metadata_pb2.MetadataKey(key=namespace, path=path)
+    meta = _A.MetaData(descriptor_key=descriptor_key, metadata_key=metadata_key, source=_A.MetaData.DYNAMIC,
+                       default_value=contract.USAGE_UNREPORTED)  # fmt: skip
+    return _A(metadata=meta)
+
+
+def _estimate_flags() -> list[rc.RateLimit.Action]:
+    """The estimate charge's last entries: `meshgate.refused` = the quotas that refused the request (the
+    rate limit filter's metadata of meshgate ratelimit's 429) or `none`; `meshgate.used` = the `_usage`
+    filters' flag (`reported`) or `none`."""
+    return [
+        _flag(contract.REFUSED_ENTRY, contract.RATELIMIT_NAMESPACE, contract.REFUSED_KEY),
+        _flag(contract.USED_KEY, contract.USAGE_NAMESPACE, contract.REPORTED_KEY),
+    ]
 
 
 def _limit(actions: list[rc.RateLimit.Action], hits: str, *, on_done: bool) -> rc.RateLimit:
@@ -87,6 +113,7 @@ def model_rate_limits(
             charge = [*_actions(quota), _generic(contract.PHASE_KEY, contract.CHARGE)]
             limits.append(_limit(check, contract.ASKED_TOKENS, on_done=False))
             limits.append(_limit(charge, contract.USED_TOKENS, on_done=True))
+            limits.append(_limit([*charge, *_estimate_flags()], contract.ASKED_TOKENS, on_done=True))
         else:
             limits.append(rc.RateLimit(actions=_actions(quota)))
     if reads_usage(model):

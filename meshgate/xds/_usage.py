@@ -14,8 +14,9 @@ between 2 and 3 (`_usage_chunk`: drops the usage chunk a client did not ask for,
 4. `meshgate.llm.usage_sse` (sse_to_metadata with the JSON content parser): an event stream's `usage`,
    read event by event as it passes (nothing is buffered but the event being parsed); the last one wins.
 
-Both readers write `meshgate.usage:{tokens, prompt_tokens, completion_tokens, requests}`, where the rate
-limit filter's stream-end descriptors read them (`_quotas`). The filters are disabled on the listener
+Both readers write `meshgate.usage:{tokens, prompt_tokens, completion_tokens, requests}`, and the string
+`meshgate.usage:reported` = `reported`, where the rate limit filter's stream-end descriptors read them
+(`_quotas`). The filters are disabled on the listener
 and enabled per route (`route_filters`): on the OpenAI models' routes and on the catch-all route an
 OpenAI request first matches (its model is in the body; Envoy builds a request's filter chain from the
 first route it matches). So KServe v2 REST requests, routed by path, never get their JSON parsed or
@@ -177,10 +178,10 @@ _J = j2m.JsonToMetadata
 
 
 def _usage_rule(
-    path: tuple[str, ...], key: str, value: struct_pb2.Value | None = None
+    path: tuple[str, ...], key: str, value: struct_pb2.Value | None = None, kind: int = _J.NUMBER
 ) -> j2m.JsonToMetadata.Rule:
-    """`<path>` present -> `meshgate.usage:<key>` = its number (or `value`)."""
-    write = _J.KeyValuePair(metadata_namespace=contract.USAGE_NAMESPACE, key=key, type=_J.NUMBER)
+    """`<path>` present -> `meshgate.usage:<key>` = its number (or `value`, of type `kind`)."""
+    write = _J.KeyValuePair(metadata_namespace=contract.USAGE_NAMESPACE, key=key, type=kind)
     if value is not None:
         write.value.CopyFrom(value)
     return _J.Rule(selectors=[_J.Selector(key=part) for part in path], on_present=write)
@@ -200,6 +201,9 @@ def _usage_rules() -> list[j2m.JsonToMetadata.Rule]:
         rules += [_usage_rule((*at, field), key) for key, field in contract.USAGE_FIELDS.items()]
         rules += [_usage_rule((*at, field), key) for key, field in _RESPONSES_FIELDS.items()]
         rules.append(_usage_rule((*at, total), contract.REQUESTS, struct_pb2.Value(number_value=1)))
+        # the string flag the estimate charge reads (Envoy's metadata action reads strings only)
+        reported = struct_pb2.Value(string_value=contract.USAGE_REPORTED)
+        rules.append(_usage_rule((*at, total), contract.REPORTED_KEY, reported, _J.STRING))
     return rules
 
 

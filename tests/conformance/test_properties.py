@@ -154,6 +154,8 @@ def _descriptor(
             if value is None:
                 return None
             entries.append((action["request_headers"]["descriptor_key"], value))
+        elif "metadata" in action:  # the estimate charge's flag: no usage metadata, Envoy's default
+            entries.append((action["metadata"]["descriptor_key"], action["metadata"]["default_value"]))
         else:
             raise AssertionError(f"action not evaluated here: {action}")
     return tuple(entries)
@@ -268,7 +270,10 @@ def test_a_dot_in_a_quota_name_stays_in_its_label() -> None:
 
 def test_no_compiler_keeps_a_copy_of_the_contract() -> None:
     """The header names and the reserved descriptor keys are written once, in meshgate/contract.py."""
-    reserved = {contract.PHASE_KEY, contract.USAGE_KEY, contract.TRACE_KEY, *contract.GATEWAY_HEADERS}
+    reserved = {
+        contract.PHASE_KEY, contract.USAGE_KEY, contract.TRACE_KEY, contract.USED_KEY, contract.REFUSED_ENTRY,
+        *contract.GATEWAY_HEADERS,
+    }  # fmt: skip
     copies = []
     for path in sorted((ROOT / "meshgate").rglob("*.py")):
         if path.name == "contract.py" or "_proto" in path.parts:

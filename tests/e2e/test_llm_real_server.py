@@ -22,6 +22,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from meshgate.extauthz.prompt import estimate_tokens
 from meshgate.xds.bootstrap import envoy_bootstrap
 from tests.e2e.test_llm_usage import LIMIT, MODEL, Gateway, llm_policy, start_gateway
 from tests.harness.envoy import Envoy
@@ -141,12 +142,16 @@ def test_a_stream_is_charged_the_usage_of_its_last_chunk(real: RealGateway) -> N
     assert all(c.choices for c in not_asked)
 
     if not real.server.reports_stream_usage:
-        # llama-cpp-python 0.3 sends no usage in a stream, asked or not: nothing to read, nothing charged.
-        # A JSON answer after the streams is charged: once its charge is in, the totals hold it alone.
+        # llama-cpp-python 0.3 sends no usage in a stream, asked or not: each stream is charged the
+        # admission estimate (prompt estimate + max_tokens), counted as unreported, not as chargeback.
+        # A JSON answer after the streams is charged what it used.
         assert all(c.usage is None for c in asked)
+        estimate = estimate_tokens([messages[0]["content"]]) + 6
+        real.gateway.charged_to(LIMIT - 2 * estimate)
+        assert real.gateway.unreported() == 2
         after = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0)
         assert after.usage is not None and after.usage.total_tokens == reference.usage.total_tokens
-        real.gateway.charged_to(LIMIT - after.usage.total_tokens)
+        real.gateway.charged_to(LIMIT - 2 * estimate - after.usage.total_tokens)
         real.counted({"requests": 1, "prompt_tokens": after.usage.prompt_tokens, "completion_tokens": 6})
         return
     last = asked[-1]

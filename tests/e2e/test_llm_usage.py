@@ -22,6 +22,7 @@ import yaml
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from meshgate.extauthz.prompt import estimate_tokens
 from meshgate.xds.bootstrap import envoy_bootstrap
 from tests.harness.envoy import Envoy
 from tests.harness.meshgate import Meshgate
@@ -108,6 +109,18 @@ class Gateway:
         """Wait for the stream-end charge (Envoy sends it after the client got the last byte)."""
         wait_until(lambda: self.remaining(tenant) == left, 10, what=f"{tenant} remaining == {left}",
                    proc=self.meshgate.proc)  # fmt: skip
+
+    def unreported(self, tenant: str = "acme") -> float:
+        """meshgate_ratelimit_usage_unreported_total of the tenant's token quota (a per-tenant quota:
+        model `unknown`); 0 when absent."""
+        status, body = http_get(self.meshgate.metrics_url)
+        assert status == 200
+        labels = {"domain": DOMAIN, "quota": QUOTA, "tenant": tenant, "model": "unknown"}
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                if sample.name == "meshgate_ratelimit_usage_unreported_total" and sample.labels == labels:
+                    return sample.value
+        return 0.0
 
     def hits(self, key: str) -> float:
         """meshgate_ratelimit_total_hits_total for one key of the policy's domain (0 when absent)."""
@@ -246,9 +259,12 @@ def test_chargeback_counters_per_tenant_and_model(gateway: Gateway) -> None:
     assert quota_hits == used
 
 
+LARGE_PROMPT = "Special cases aren't special enough."
+
+
 def large_answer(gateway: Gateway) -> Any:
     """A JSON answer of ~1.2 MB (700 choices of 256 words) and its usage, through the gateway."""
-    messages = [{"role": "user", "content": "Special cases aren't special enough."}]
+    messages = [{"role": "user", "content": LARGE_PROMPT}]
     raw = gateway.client().chat.completions.with_raw_response.create(
         model=MODEL, messages=messages, max_tokens=256, n=700, extra_body={"ignore_eos": True})  # fmt: skip
     assert int(raw.headers["content-length"]) >= 1_000_000
@@ -270,18 +286,63 @@ def test_a_json_answer_above_1_mb_is_charged(
     gateway.charged_to(limit - big.usage.total_tokens)
 
 
-def test_a_json_answer_above_the_models_max_passes_through_uncharged(
+def test_a_json_answer_above_the_models_max_passes_through_charged_the_estimate(
     harness: Stack, meshgate_factory: Callable[..., Meshgate], envoy_factory: Callable[..., Envoy]
 ) -> None:
     """An answer of max_json_answer_bytes or more (its content-length) is passed through unread, not a
-    500, and is not charged; a small one is."""
+    500, and is charged the admission estimate (its usage unread: prompt estimate + max_tokens, once
+    for its 700 choices); a small one is charged what it used."""
     gateway = start_gateway(harness, meshgate_factory, envoy_factory, max_json_answer_bytes=1_000_000)
     big = large_answer(gateway)
     assert big.usage.total_tokens > LIMIT
+    left = LIMIT - (estimate_tokens([LARGE_PROMPT]) + 256)
+    gateway.charged_to(left)
+    assert gateway.unreported() == 1
     small = gateway.client().chat.completions.create(model=MODEL, max_tokens=4,
                                                      messages=[{"role": "user", "content": "Now?"}])  # fmt: skip
     assert small.usage is not None
-    gateway.charged_to(LIMIT - small.usage.total_tokens)  # the large answer was not charged
+    gateway.charged_to(left - small.usage.total_tokens)
+    assert gateway.unreported() == 1  # a reported usage is not an estimate charge
+
+
+def test_a_stream_without_usage_is_charged_the_estimate(
+    harness: Stack, meshgate_factory: Callable[..., Meshgate], envoy_factory: Callable[..., Envoy]
+) -> None:
+    """A backend that never reports usage in a stream (`--no-stream-usage`: as llama-cpp-python's
+    server, which ignores stream_options) is charged the admission estimate at stream end, and a later
+    request that no longer fits is refused. Its JSON answers still report usage: charged exactly."""
+    gateway = start_gateway(harness, meshgate_factory, envoy_factory, backend_args=("--no-stream-usage",))
+    client = gateway.client()
+    prompt = "Errors should never pass silently."
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=150, stream=True,
+        stream_options={"include_usage": True},
+    ))  # fmt: skip
+    assert chunks and all(c.usage is None for c in chunks)  # the backend reported none
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert 0 < words(text) < 150  # used less than it asked for
+    left = LIMIT - (estimate_tokens([prompt]) + 150)
+    gateway.charged_to(left)
+    assert gateway.unreported() == 1
+    # a JSON answer reports its usage: charged what it used, no estimate
+    answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Now."}],
+                                            max_tokens=3)  # fmt: skip
+    assert answer.usage is not None
+    left -= answer.usage.total_tokens
+    gateway.charged_to(left)
+    # another unreported stream takes the estimate again
+    prompt = "Unless explicitly silenced."
+    list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
+                                        max_tokens=100, stream=True))  # fmt: skip
+    left -= estimate_tokens([prompt]) + 100
+    gateway.charged_to(left)
+    assert gateway.unreported() == 2
+    # what is left no longer fits a request asking for more: refused before the backend
+    with pytest.raises(openai.RateLimitError):
+        list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Now?"}],
+                                            max_tokens=left, stream=True))  # fmt: skip
+    assert gateway.remaining() == left  # the refused request is charged nothing
+    assert gateway.unreported() == 2
 
 
 @pytest.mark.parametrize("backend_args", [(), ("--split-events",)], ids=["whole-events", "split-events"])

@@ -155,6 +155,8 @@ def test_quotas_become_per_route_rate_limits_for_their_models() -> None:
             [
                 (a.generic_key.descriptor_key, a.generic_key.descriptor_value)
                 if a.HasField("generic_key")
+                else (a.metadata.descriptor_key, f"{a.metadata.metadata_key.key}:{a.metadata.default_value}")
+                if a.HasField("metadata")
                 else (a.request_headers.descriptor_key, a.request_headers.header_name)
                 for a in limit.actions
             ]
@@ -169,8 +171,22 @@ def test_quotas_become_per_route_rate_limits_for_their_models() -> None:
         user_rps,
         [*tokens, ("meshgate.phase", "check")],
         [*tokens, ("meshgate.phase", "charge")],
+        # the estimate charge: `meshgate.used` from the usage readers' flag, `none` when they wrote none
+        # and `meshgate.refused` from the rate limit filter's metadata of a 429 (a refused request)
+        [*tokens, ("meshgate.phase", "charge"), ("meshgate.refused", "envoy.filters.http.ratelimit:none"),
+         ("meshgate.used", "meshgate.usage:none")],
         # an OpenAI model's chargeback descriptors (docs/llm.md)
         *([("meshgate.usage", kind), *identity] for kind in ("requests", "prompt_tokens", "completion_tokens")),
     ]
+    per_route = rate_limit_pb2.RateLimitPerRoute()
+    by_name["llama-chat|canary"].typed_per_filter_config["envoy.filters.http.ratelimit"].Unpack(per_route)
+    check, charge, estimate = per_route.rate_limits[1:4]
+    assert [lim.hits_addend.format for lim in (check, charge, estimate)] == [
+        "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:meshgate:tokens)%",  # asked
+        "%DYNAMIC_METADATA(meshgate.usage:tokens)%",  # used: no descriptor when the backend reported none
+        "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:meshgate:tokens)%",  # asked, charged when unreported
+    ]
+    assert [lim.apply_on_stream_done for lim in (check, charge, estimate)] == [False, True, True]
+    assert [[p.key for p in a.metadata.metadata_key.path] for a in estimate.actions[-2:]] == [["refused"], ["reported"]]
     bare = compile_snapshot(load_policy(EXAMPLE), CompileOptions(enable_ratelimit=False))
     assert not any("envoy.filters.http.ratelimit" in r.typed_per_filter_config for r in routes(bare))
