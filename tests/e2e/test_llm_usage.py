@@ -337,12 +337,20 @@ def test_a_stream_without_usage_is_charged_the_estimate(
     left -= estimate_tokens([prompt]) + 100
     gateway.charged_to(left)
     assert gateway.unreported() == 2
+    # an error answer reports no usage either: the estimate (the stand-in, as vLLM, refuses
+    # stream_options without stream with a 400)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Now?"}],
+                                       max_tokens=10, stream_options={"include_usage": True})  # fmt: skip
+    left -= estimate_tokens(["Now?"]) + 10
+    gateway.charged_to(left)
+    assert gateway.unreported() == 3
     # what is left no longer fits a request asking for more: refused before the backend
     with pytest.raises(openai.RateLimitError):
         list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Now?"}],
                                             max_tokens=left, stream=True))  # fmt: skip
     assert gateway.remaining() == left  # the refused request is charged nothing
-    assert gateway.unreported() == 2
+    assert gateway.unreported() == 3
 
 
 @pytest.mark.parametrize("backend_args", [(), ("--split-events",)], ids=["whole-events", "split-events"])
