@@ -110,6 +110,7 @@ class Case:
     method: str = "POST"
     body: Any = None
     native: bool = True  # False: the answer depends on what a native policy cannot hold
+    code: str | None = None  # the error code extauthz must give (the reference itself is checked)
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -125,7 +126,7 @@ FORGED = {contract.TENANT_HEADER: "globex", contract.USER_HEADER: "root", contra
 CHAT = {"model": "llama-chat", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
 
 CASES = [
-    *(Case(f"attack: {name}", (lambda make=make: _bearer(make()))) for name, make, _ in ATTACKS),
+    *(Case(f"attack: {name}", (lambda make=make: _bearer(make())), code=code) for name, make, code in ATTACKS),
     Case("valid RS256", _jwt()),
     Case("valid PS256", _jwt(alg="PS256")),
     Case("valid ES256", _jwt(alg="ES256", kid="ec-1")),
@@ -212,6 +213,8 @@ def test_same_decision(gateways: Gateways, mode: str, case: Case) -> None:
     headers = case.headers()  # one token for both gateways
     reference = _send(gateways.ports["ext_authz"], case, headers)
     native = _send(gateways.ports[mode], case, headers)
+    if case.code is not None:  # both gateways equal and right: not merely equally wrong
+        assert (reference.status, reference.error) == (401, case.code), case.name
     assert native == reference, f"{mode}: {case.name}"
     if reference.status == 200 and case.path.startswith("/v2/models/"):
         assert reference.model_sees.get(contract.TENANT_HEADER), (
