@@ -21,6 +21,7 @@ from meshgate.contract import reads_usage
 from meshgate.policy.model import GatewaySettings, GatewayTLS, Policy
 
 from . import _names
+from ._fast import bearer_copy, fast_path, identity_filter
 from ._native import native_filters, undecided
 from ._native_quotas import native_quota_filters, native_quotas
 from ._openai import local_reply, served_name_filter
@@ -41,6 +42,8 @@ def gateway_listener(policy: Policy, options: CompileOptions) -> listener_pb2.Li
     filters = []
     if gateway.enforcement != "ext_authz":  # decided by Envoy's own filters (docs/native.md)
         filters += native_filters(policy)
+        if fast_path(policy):
+            filters.append(identity_filter())  # the fast routes' identity, before every rate limit
     if options.enable_extauthz and gateway.enforcement != "native":
         filters.append(_ext_authz(gateway))
     openai = any(reads_usage(m) for m in policy.models)
@@ -63,7 +66,7 @@ def gateway_listener(policy: Policy, options: CompileOptions) -> listener_pb2.Li
     )
     # (left out only for routing tests: MESHGATE_XDS_FILTERS=none with enforcement ext_authz)
     if options.enable_extauthz or gateway.enforcement != "ext_authz":
-        hcm.early_header_mutation_extensions.append(_strip_client_identity())
+        hcm.early_header_mutation_extensions.append(_strip_client_identity(policy))
     if (openai and options.enable_ratelimit) or native_quotas(policy):  # (a native 429's body: _openai)
         hcm.local_reply_config.CopyFrom(local_reply())  # OpenAI's 429 (see _openai)
     if options.tracing:
@@ -114,15 +117,18 @@ def _tracing(options: CompileOptions) -> hcm_pb2.HttpConnectionManager.Tracing:
     )
 
 
-def _strip_client_identity() -> extension_pb2.TypedExtensionConfig:
+def _strip_client_identity(policy: Policy) -> extension_pb2.TypedExtensionConfig:
     """Every x-meshgate-* header the client sent is removed before routing and before any filter: a
-    forged identity never reaches a route, a rate limit or a model, even when ext_authz fails open."""
+    forged identity never reaches a route, a rate limit or a model, even when ext_authz fails open.
+    Then, with native fast routes, the copy of Authorization jwt_authn reads (`_fast.bearer_copy`)."""
     remove = mutation_rules_pb2.HeaderMutation(
         remove_on_match=mutation_rules_pb2.HeaderMutation.RemoveOnMatch(
             key_matcher={"prefix": contract.HEADER_PREFIX}
         )
     )
     config = header_mutation_pb2.HeaderMutation(mutations=[remove])
+    if fast_path(policy):
+        config.mutations.append(bearer_copy(policy))
     return extension_pb2.TypedExtensionConfig(
         name="envoy.http.early_header_mutation.header_mutation", typed_config=pack(config)
     )

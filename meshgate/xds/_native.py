@@ -17,8 +17,10 @@ gRPC body, OpenAI's model list. What a native policy cannot hold is `meshgate.po
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import json
+import sys
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -56,6 +58,8 @@ GUARD_FILTER = "meshgate.native.guard"
 NAMESPACE = "meshgate.native"
 """Dynamic metadata the Lua filter writes: `decided` (true) on a request it decided."""
 _PAYLOAD, _HEADER = "payload", "header"
+BEARER_HEADER = contract.HEADER_PREFIX + "bearer"
+"""Where jwt_authn reads the token: Authorization, cut at auth.max_token_bytes + len("Bearer ") (`_fast`)."""
 _JWT_REQUIREMENT = "meshgate"
 # the Authorization spellings jwt_authn reads (a bearer in another spelling: ext_authz in auto)
 _BEARER_PREFIXES = ("Bearer ", "bearer ", "BEARER ")
@@ -116,8 +120,10 @@ def _provider(issuer: Issuer, policy: Policy) -> jwt_pb2.JwtProvider:
         issuer=issuer.issuer,
         audiences=list(issuer.audiences),
         require_expiration=True,  # exp is required (meshgate.extauthz.tokens: exp, iss, aud)
-        from_headers=[jwt_pb2.JwtHeader(name="authorization", value_prefix=p) for p in _BEARER_PREFIXES],
-        forward=True,  # the Lua filter removes it unless auth.forward_authorization
+        # Authorization, cut at max_token_bytes (`_fast.BEARER_HEADER`: the early header mutation's copy)
+        from_headers=[jwt_pb2.JwtHeader(name=BEARER_HEADER, value_prefix=p) for p in _BEARER_PREFIXES],
+        forward=False,  # (the copy; Authorization is removed by the decision unless forward_authorization)
+        clear_route_cache=True,  # the fast routes (`_fast`) match on the verified payload
         payload_in_metadata=_PAYLOAD,
         header_in_metadata=_HEADER,
         failed_status_in_metadata=_failed_key(issuer),
@@ -190,10 +196,12 @@ def decision_table(policy: Policy) -> dict[str, Any]:
         "auto": auto,
         "clip": LOGGED_STRING_BYTES,
         "max_user_chars": MAX_USER_CHARS,
+        "unprintable": _unprintable(),
         "max_token_bytes": policy.auth.max_token_bytes,
         "api_key_header": policy.auth.api_key_header,
         "forward_authorization": policy.auth.forward_authorization,
         "decision_id_header": contract.DECISION_ID_HEADER,
+        "bearer_header": BEARER_HEADER,
         "headers": {
             "tenant": contract.TENANT_HEADER,
             "user": contract.USER_HEADER,
@@ -251,6 +259,22 @@ def _issuer(issuer: Issuer) -> dict[str, Any]:
         "failed": _failed_key(issuer),
         "kids": _set(k["kid"] for k in keys if isinstance(k, Mapping) and isinstance(k.get("kid"), str)),
     }
+
+
+@functools.cache
+def _unprintable() -> list[int]:
+    """Every non-ASCII code point this Python's str.isprintable() refuses (what extauthz checks a user
+    claim with), as sorted [first, last] pairs, flat: about 700 ranges."""
+    pairs: list[int] = []
+    start = None
+    for cp in range(0x80, sys.maxunicode + 2):
+        refused = cp <= sys.maxunicode and not chr(cp).isprintable()
+        if refused and start is None:
+            start = cp
+        elif not refused and start is not None:
+            pairs += [start, cp - 1]
+            start = None
+    return pairs
 
 
 def _set(items: Any) -> dict[str, bool]:

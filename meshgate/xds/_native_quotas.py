@@ -4,11 +4,12 @@ With `gateway.enforcement: native` or `auto`, every quota Envoy can enforce alon
 lists the others, which stay on meshgate ratelimit in `auto`) becomes token buckets of Envoy's
 local_ratelimit filter (docs/native.md, "Quotas"):
 
-- one local rate limit filter per quota, `meshgate.quota.<name>` (placeholders on the listener that do
-  nothing), in policy order right before the router, so after every filter that sets the identity
-  headers; a quota in shadow mode is counted and never enforced;
-- their real config on the virtual host (`native_quota_configs`): one set of buckets for every route
-  of the gateway, so a quota counts a user once whatever route (version, face, A/B) a request takes;
+- one local rate limit filter per quota, `meshgate.quota.<name>`, in policy order right before the
+  router, so after every filter that sets the identity headers; a quota in shadow mode is counted and
+  never enforced;
+- their config on the listener (`native_quota_configs`): one set of buckets for every route of the
+  gateway, so a quota counts a user once whatever route (version, face, A/B) a request takes, and a new
+  route configuration (a policy's, or the fast routes' periodic refresh: `_fast`) keeps the buckets;
 - request descriptors from the filter's own `rate_limits` actions, the same entries as meshgate
   ratelimit's (quota=<name>, tenant, user, model from the identity headers, contract.descriptor_keys),
   plus `meshgate.models=selected` when the request names a model the quota counts;
@@ -152,18 +153,15 @@ def native_refusal() -> accesslog_pb2.AccessLogFilter:
 
 
 def native_quota_filters(policy: Policy) -> list[hcm_pb2.HttpFilter]:
-    """The listener's local rate limit filters (to go right before the router): placeholders that
-    enforce nothing; the virtual host gives each its config (`native_quota_configs`)."""
+    """The listener's local rate limit filters (to go right before the router), each with its buckets."""
     return [
-        hcm_pb2.HttpFilter(
-            name=name, typed_config=pack(lrl_pb2.LocalRateLimit(stat_prefix=_stat_prefix(name)))
-        )
-        for name in (quota_filter(q.name) for q in _enforced(policy))
+        hcm_pb2.HttpFilter(name=name, typed_config=pack(config))
+        for name, config in native_quota_configs(policy).items()
     ]
 
 
 def native_quota_configs(policy: Policy) -> dict[str, lrl_pb2.LocalRateLimit]:
-    """Filter name -> the virtual host's config of that filter."""
+    """Filter name -> its config (on the listener)."""
     return {quota_filter(q.name): _config(policy, q) for q in _enforced(policy)}
 
 
@@ -176,8 +174,7 @@ def _config(policy: Policy, quota: Quota) -> lrl_pb2.LocalRateLimit:
     shadow = _shadow(policy, quota)
     config = lrl_pb2.LocalRateLimit(
         stat_prefix=_stat_prefix(quota_filter(quota.name)),
-        # a request no quota counts takes a token from this bucket, which never runs dry (Envoy
-        # requires one on a virtual host's config)
+        # a request no quota counts takes a token from this bucket, which never runs dry
         token_bucket=token_bucket_pb2.TokenBucket(
             max_tokens=_MAX_TOKENS, tokens_per_fill=u32(_MAX_TOKENS), fill_interval=duration(1)
         ),

@@ -27,8 +27,8 @@ from meshgate.policy.model import Model, Policy
 
 from . import _names
 from ._bodies import EXTAUTHZ_FILTER, grpc_route, json_type, size_routes, stream_body, stream_refusal
+from ._fast import with_fast_routes
 from ._names import Face
-from ._native_quotas import native_quota_configs
 from ._openai import SERVED_NAME_FILTER, served_name
 from ._pb import duration, pack, u32
 from ._quotas import model_rate_limits
@@ -46,8 +46,9 @@ NO_ROUTE = "meshgate|no_route"
 
 
 def route_configuration(
-    policy: Policy, *, ratelimit: bool = True, extauthz: bool = True, traced: bool = False
+    policy: Policy, *, ratelimit: bool = True, extauthz: bool = True, traced: bool = False, now: float = 0.0
 ) -> route_pb2.RouteConfiguration:
+    """`now`: the time (Unix seconds) the native fast routes' iat bound is compiled from (`_fast`)."""
     routes = []
     usage = ratelimit and any(reads_usage(m) for m in policy.models)
     served = has_served_names(policy)
@@ -59,17 +60,19 @@ def route_configuration(
             routes.append(route)  # before any other: a body too large never reaches a backend
         if model.serves("v2-grpc") and not model.stream_infer:
             routes.append(stream_refusal(model))
-        for route in (r for face in _names.faces(model) for r in _model_routes(model, face)):
-            if route.match.path_separated_prefix and extauthz:  # the model is in the path: stream the body
-                route.typed_per_filter_config[EXTAUTHZ_FILTER].CopyFrom(pack(stream_body()))
-            if limits is not None:
-                route.typed_per_filter_config[RATELIMIT_FILTER].CopyFrom(pack(limits))
-            if usage and reads_usage(model):
-                _read_usage(route)
-                json_answer_limit(route, model)  # its JSON answers held up to its max_json_answer_bytes
-            if served and reads_usage(model):
-                _enable(route, SERVED_NAME_FILTER)  # each version's name: _served_names
-            routes.append(route)
+        for face in _names.faces(model):
+            face_routes = list(_model_routes(model, face))
+            for route in face_routes:
+                if route.match.path_separated_prefix and extauthz:  # the model is in the path: stream it
+                    route.typed_per_filter_config[EXTAUTHZ_FILTER].CopyFrom(pack(stream_body()))
+                if limits is not None:
+                    route.typed_per_filter_config[RATELIMIT_FILTER].CopyFrom(pack(limits))
+                if usage and reads_usage(model):
+                    _read_usage(route)
+                    json_answer_limit(route, model)  # its JSON answers held up to max_json_answer_bytes
+                if served and reads_usage(model):
+                    _enable(route, SERVED_NAME_FILTER)  # each version's name: _served_names
+            routes += with_fast_routes(policy, model, face_routes, now=now)  # (native, auto: `_fast`)
     routes += server_routes(policy, extauthz=extauthz)  # /v2/health/*, gRPC ServerReady, ... (no model)
     if any(m.serves("v2-grpc") for m in policy.models):
         routes.append(grpc_route(policy, extauthz=extauthz))  # ext_authz reads the message head there
@@ -80,8 +83,6 @@ def route_configuration(
         _enable(unrouted, SERVED_NAME_FILTER)  # in the chain, so the model route's name applies
     routes.append(unrouted)
     host = rc.VirtualHost(name=_names.VIRTUAL_HOST, domains=["*"], routes=routes)
-    for name, config in native_quota_configs(policy).items():  # one set of buckets for every route
-        host.typed_per_filter_config[name].CopyFrom(pack(config))
     return route_pb2.RouteConfiguration(name=_names.ROUTE_CONFIG, virtual_hosts=[host])
 
 

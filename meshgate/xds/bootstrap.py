@@ -13,11 +13,20 @@ import yaml
 from ._gateways import GATEWAYS_CLUSTER
 from ._pb import split_host_port
 
-__all__ = ["RECONNECT", "XDS_CLUSTER", "Reconnect", "XdsTLS", "bootstrap_dict", "envoy_bootstrap"]
+__all__ = ["RECONNECT", "RUNTIME", "XDS_CLUSTER", "Reconnect", "XdsTLS", "bootstrap_dict", "envoy_bootstrap"]
 
 XDS_CLUSTER = "meshgate_xds"
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+RUNTIME: dict[str, Any] = {
+    "layers": [
+        # the native fast routes' user matcher, a counted regex of program size ~800 (`_fast`); Envoy's
+        # default limit (100) would refuse the route configuration
+        {"name": "meshgate", "static_layer": {"re2.max_program_size.error_level": 2048}},
+        {"name": "admin", "admin_layer": {}},  # (as without a layered_runtime: /runtime_modify works)
+    ]
+}
+"""The gateway's runtime layers: a bootstrap of your own needs the same `re2.max_program_size.error_level`."""
 
 
 def _is_ip(host: str) -> bool:
@@ -96,6 +105,7 @@ def bootstrap_dict(
         },
         "cluster_manager": {"local_cluster_name": GATEWAYS_CLUSTER},
         "static_resources": {"clusters": [_xds_cluster(xds, tls), _gateways_cluster()]},
+        "layered_runtime": RUNTIME,
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Mapping
 
 from google.protobuf.message import Message  # type: ignore[import-untyped]
@@ -21,7 +22,7 @@ from ._types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from .options import CompileOptions
 from .snapshot import Snapshot
 
-__all__ = ["EndpointHealthMap", "cert_files", "compile_snapshot", "update_health"]
+__all__ = ["EndpointHealthMap", "cert_files", "compile_snapshot", "refresh_routes", "update_health"]
 
 
 def compile_snapshot(
@@ -30,11 +31,13 @@ def compile_snapshot(
     *,
     files: Mapping[str, bytes] | None = None,
     health: EndpointHealthMap | None = None,
+    now: float | None = None,
 ) -> Snapshot:
     """Every resource the gateway needs, checked for consistency. Raises InconsistentSnapshot.
 
     `files` maps certificate paths (see `cert_files`) to their bytes, inlined into SDS secrets;
     a path that is missing is referenced by file name instead (Envoy then reads it itself).
+    `now`: the time the native fast routes are compiled at (`_fast`; None: the clock's).
     `health` maps (model, version, endpoint) to the prober's health (missing: UNKNOWN): EDS endpoints
     carry it; a version with no healthy endpoint fails over to the model's other versions (`_health`).
     """
@@ -63,22 +66,29 @@ def compile_snapshot(
     return Snapshot.build(
         {
             LISTENER: [(_names.LISTENER, gateway_listener(policy, options))],
-            ROUTE: [
-                (
-                    _names.ROUTE_CONFIG,
-                    route_configuration(
-                        policy,
-                        ratelimit=options.enable_ratelimit,
-                        extauthz=options.enable_extauthz,
-                        traced=options.tracing is not None,
-                    ),
-                )
-            ],
+            ROUTE: [_routes(policy, options, now)],
             CLUSTER: clusters,
             ENDPOINT: endpoints,
             SECRET: [(s.name, s) for s in secrets(policy, files or {})],
         }
     )
+
+
+def _routes(policy: Policy, options: CompileOptions, now: float | None) -> tuple[str, Message]:
+    config = route_configuration(
+        policy,
+        ratelimit=options.enable_ratelimit,
+        extauthz=options.enable_extauthz,
+        traced=options.tracing is not None,
+        now=time.time() if now is None else now,
+    )
+    return _names.ROUTE_CONFIG, config
+
+
+def refresh_routes(snapshot: Snapshot, policy: Policy, options: CompileOptions, *, now: float) -> Snapshot:
+    """`snapshot` (compiled from `policy` with `options`) with its routes compiled at `now` (the native
+    fast routes' iat bound, `_fast.REFRESH`); every other resource is reused."""
+    return snapshot.replace({ROUTE: [_routes(policy, options, now)]})
 
 
 def update_health(

@@ -114,13 +114,61 @@ local function repr(s)  -- Python's repr() of a str, for the strings messages qu
   return table.concat(out)
 end
 
+local function pystr(v)  -- Python's str() of a JSON value (a message quotes a claim that is not a string)
+  local t = type(v)
+  if t == "string" then return v end
+  if t == "boolean" then return v and "True" or "False" end
+  if t == "number" then
+    if v == math.floor(v) and math.abs(v) < 2 ^ 53 then return string.format("%d", v) end
+    for digits = 1, 17 do  -- the shortest that reads back, as Python's repr of a float
+      local text = string.format("%." .. digits .. "g", v)
+      if tonumber(text) == v then return text end
+    end
+  end
+  if t ~= "table" then return "None" end
+  local out = {}
+  local function item(x) return type(x) == "string" and repr(x) or pystr(x) end
+  if #v > 0 or next(v) == nil then
+    for _, x in ipairs(v) do out[#out + 1] = item(x) end
+    return "[" .. table.concat(out, ", ") .. "]"
+  end
+  local keys = {}
+  for k in pairs(v) do keys[#keys + 1] = k end
+  table.sort(keys)  -- (Python keeps the token's order: an object claim may read in another order)
+  for _, k in ipairs(keys) do out[#out + 1] = repr(k) .. ": " .. item(v[k]) end
+  return "{" .. table.concat(out, ", ") .. "}"
+end
+
 local function chars(s)  -- number of UTF-8 characters
   local _, n = s:gsub("[^\128-\191]", "")
   return n
 end
 
-local function printable(s)
-  return not s:find("[%c\127]")
+local function unprintable(cp)  -- P.unprintable: sorted [first, last] pairs, Python's non-printable code points
+  local r = P.unprintable
+  local lo, hi = 1, #r / 2
+  while lo <= hi do
+    local mid = math.floor((lo + hi) / 2)
+    if cp < r[2 * mid - 1] then hi = mid - 1
+    elseif cp > r[2 * mid] then lo = mid + 1
+    else return true end
+  end
+  return false
+end
+
+local function printable(s)  -- Python's str.isprintable(), as extauthz checks the user
+  if s:find("[%c\127]") then return false end
+  local i = s:find("[\128-\255]")
+  while i ~= nil and i <= #s do
+    if s:byte(i) < 0x80 then
+      i = i + 1
+    else
+      local cp, len = utf8_at(s, i)
+      if cp == nil or unprintable(cp) then return false end
+      i = i + len
+    end
+  end
+  return true
 end
 
 local function claim(claims, name)  -- meshgate.extauthz.core._claim: a key, else a dotted path
@@ -291,7 +339,7 @@ local function identity(handle, token)
   if names.tier ~= nil and claim(claims, names.tier) ~= nil then
     tier = claim(claims, names.tier)
     if type(tier) ~= "string" or not P.tiers[tier] then
-      local shown = type(tier) == "string" and tier or tostring(tier)
+      local shown = pystr(tier)
       return deny("unknown_tier", "tier " .. repr(clip(shown)) .. " is not known")
     end
   end
@@ -406,6 +454,7 @@ function envoy_on_request(handle)
   if aim.version ~= "" then headers:replace(P.headers.version, aim.version) end
   headers:replace(P.decision_id_header, decision_id)
   if not P.forward_authorization then headers:remove("authorization") end
+  headers:remove(P.bearer_header)  -- (jwt_authn's copy of it, cut: _fast.py)
   metadata:set(NS, "decided", true)  -- (what follows reads the identity from the headers above)
   handle:clearRouteCache()
 end

@@ -21,13 +21,14 @@ from meshgate.models import EndpointHealth, EndpointKey, Readiness
 from meshgate.policy.model import Policy
 from meshgate.tracing import incoming
 
+from ._fast import REFRESH, fast_path
 from ._gateways import GATEWAYS_CLUSTER, Gateways, gateways_assignment
 from ._loop import run_stream
 from ._shared_gateways import SharedGateways
 from ._types import ENDPOINT, short
 from ._wire import Malformed, abort_malformed, parsed, register
 from .cache import SnapshotCache
-from .compile import EndpointHealthMap, cert_files, compile_snapshot, update_health
+from .compile import EndpointHealthMap, cert_files, compile_snapshot, refresh_routes, update_health
 from .csds import CSDS_SERVICE, ClientStatus
 from .delta import DeltaHandler
 from .metrics import XdsMetrics
@@ -86,6 +87,7 @@ class XdsService:
         self._pending: Snapshot | None = None
         self._first_pending = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._refresher: asyncio.Task[None] | None = None
         self._policy: Policy | None = None
         self.gateways = Gateways(self._gateways_changed)
         """The gateways whose ADS stream asked for their local cluster's endpoints (`_gateways`)."""
@@ -174,6 +176,27 @@ class XdsService:
             log.info("xds: endpoint health of %s changed", ", ".join(sorted(models)))
             self.schedule(snapshot)
 
+    # --- the clock -> the native fast routes ------------------------------------------------------
+    def refresh_routes(self, now: float | None = None) -> None:
+        """Compile the routes again at `now` (the native fast routes' iat bound moves with the clock,
+        `_fast`); every other resource, and the native quotas' buckets (on the listener), are kept."""
+        if self._policy is None or self._latest is None or not fast_path(self._policy):
+            return
+        try:
+            snapshot = refresh_routes(
+                self._latest, self._policy, self.options, now=time.time() if now is None else now
+            )
+        except Exception:  # never break the loop; the routes compiled before stay (correct, slower)
+            log.exception("xds: the native fast routes could not be refreshed")
+            return
+        self._latest = snapshot
+        self.schedule(snapshot)
+
+    async def _refresh_routes(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH)
+            self.refresh_routes()
+
     def certificate_paths(self) -> tuple[str, ...]:
         """The certificate files the live policy names (served inline over SDS)."""
         return tuple(cert_files(self._policy)) if self._policy is not None else ()
@@ -241,6 +264,8 @@ class XdsService:
         ClientStatus(self.board).add_to_server(server)
 
     async def start(self) -> None:
+        if self._refresher is None:
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_routes())
         if self.shared is not None:
             await self.shared.start()
         if self.readiness is not None and self._unsubscribe is None:
@@ -248,6 +273,9 @@ class XdsService:
             self.health_changed({})  # probes that finished before the xds service started
 
     async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
         if self.shared is not None:
             await self.shared.stop()
         if self._unsubscribe is not None:

@@ -20,6 +20,7 @@ from google.protobuf.message import Message  # type: ignore[import-untyped]
 from ._gateways import GATEWAYS_CLUSTER, gateways_assignment
 from ._pb import duration, pack
 from ._types import CLUSTER, ENDPOINT, LISTENER, ORDER, ROUTE, SECRET, short
+from .bootstrap import RUNTIME
 from .snapshot import Snapshot
 
 __all__ = ["snapshot_json", "static_bootstrap", "to_dict"]
@@ -55,6 +56,7 @@ def static_bootstrap(snapshot: Snapshot) -> dict[str, Any]:
     )
     return {
         "cluster_manager": {"local_cluster_name": GATEWAYS_CLUSTER},
+        "layered_runtime": RUNTIME,
         "static_resources": {
             "listeners": [to_dict(x) for x in listeners],
             "clusters": [to_dict(c) for c in clusters],

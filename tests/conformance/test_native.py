@@ -29,6 +29,8 @@ import httpx
 import pytest
 
 from meshgate import contract
+from meshgate.extauthz.core import MAX_USER_CHARS
+from meshgate.xds._fast import FAST_STATS
 from meshgate.xds.bootstrap import bootstrap_dict
 from tests.conformance.upstream import EchoHTTP
 from tests.harness.envoy import Envoy
@@ -40,6 +42,7 @@ from tests.unit.test_extauthz_support import API_KEY, API_KEY_GLOBEX, claims, fo
 
 MODES = ("ext_authz", "auto", "native")
 METERED = 3  # requests a day per user of globex (free tier: x1) on model `metered`
+FAST_COUNTER = f"vhost.models.route.{FAST_STATS}.upstream_rq_completed"
 
 
 def gateway_policy(doc: dict[str, Any], mode: str, *, upstream: int, port: int) -> dict[str, Any]:
@@ -73,6 +76,11 @@ def _doc(mode: str, *, upstream: int, port: int) -> dict[str, Any]:
 @dataclass
 class Gateways:
     ports: dict[str, int]
+    envoys: dict[str, Envoy]
+
+    def fast(self, mode: str) -> int:
+        """Requests the gateway of `mode` decided on a native fast route (`meshgate.xds._fast`)."""
+        return int(self.envoys[mode].stat(FAST_COUNTER))
 
 
 @contextlib.contextmanager
@@ -81,16 +89,16 @@ def _gateways(workdir: Path) -> Iterator[Gateways]:
     stack = Stack(workdir)
     try:
         ports: dict[str, int] = {}
-        envoys = []
+        envoys: dict[str, Envoy] = {}
         for mode in MODES:
             ports[mode] = free_port()
             doc = _doc(mode, upstream=upstream.port, port=ports[mode])
             meshgate = stack.add(Meshgate(doc, workdir=stack.workdir)).start()
             config = bootstrap_dict(f"native-{mode}", xds=meshgate.address("xds"))
-            envoys.append(stack.add(Envoy(config, workdir=stack.workdir, name=mode)).start(wait_ready=False))
-        for envoy in envoys:
+            envoys[mode] = stack.add(Envoy(config, workdir=stack.workdir, name=mode)).start(wait_ready=False)
+        for envoy in envoys.values():
             envoy.wait_ready()
-        yield Gateways(ports)
+        yield Gateways(ports, envoys)
     finally:
         stack.close()
         upstream.close()
@@ -110,6 +118,7 @@ class Case:
     method: str = "POST"
     body: Any = None
     native: bool = True  # False: the answer depends on what a native policy cannot hold
+    fast: bool = False  # True: allowed natively without the Lua decision (a fast route, `_fast`)
     code: str | None = None  # the error code extauthz must give (the reference itself is checked)
 
 
@@ -121,20 +130,29 @@ def _jwt(**overrides: Any) -> Callable[[], dict[str, str]]:
     return lambda: _bearer(mint(**overrides))
 
 
+def _issued(**overrides: Any) -> Callable[[], dict[str, str]]:
+    """A token issued a minute ago: one issued since the fast routes' last refresh (`_fast.REFRESH`,
+    with this issuer's leeway of a few seconds) is decided by the Lua path, allowed all the same."""
+    return lambda: _bearer(mint(iat=int(time.time()) - 60, **overrides))
+
+
 INFER = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
 FORGED = {contract.TENANT_HEADER: "globex", contract.USER_HEADER: "root", contract.TIER_HEADER: "gold"}
 CHAT = {"model": "llama-chat", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
 
 CASES = [
     *(Case(f"attack: {name}", (lambda make=make: _bearer(make())), code=code) for name, make, code in ATTACKS),
-    Case("valid RS256", _jwt()),
-    Case("valid PS256", _jwt(alg="PS256")),
-    Case("valid ES256", _jwt(alg="ES256", kid="ec-1")),
-    Case("valid EdDSA", _jwt(alg="EdDSA", kid="ed-1")),
-    Case("no kid: the keys that fit", _jwt(kid=None)),
-    Case("jku and x5u ignored on a good token", _jwt(headers={"jku": "https://evil.example/j", "x5u": "https://e/c"})),
-    Case("just expired, within leeway", _jwt(exp=int(time.time()) - 2, iat=int(time.time()) - 100)),
-    Case("forged identity headers are replaced", lambda: {**_bearer(mint(tenant="globex", tier=None)), **FORGED}),
+    Case("valid RS256", _issued(), fast=True),
+    Case("valid PS256", _issued(alg="PS256"), fast=True),
+    Case("valid ES256", _issued(alg="ES256", kid="ec-1"), fast=True),
+    Case("valid EdDSA", _issued(alg="EdDSA", kid="ed-1"), fast=True),
+    Case("no kid: the keys that fit", _issued(kid=None), fast=True),
+    Case("jku and x5u ignored on a good token", _issued(headers={"jku": "https://evil.example/j", "x5u": "https://e/c"}),
+         fast=True),
+    Case("just expired, within leeway", lambda: _bearer(mint(exp=int(time.time()) - 2, iat=int(time.time()) - 100)),
+         fast=True),
+    Case("forged identity headers are replaced",
+         lambda: {**_issued(tenant="globex", tier=None)(), **FORGED}, fast=True),
     Case("tier from the token's claim", _jwt(tier="free")),
     Case("unknown tier claim", _jwt(tier="platinum")),
     Case("unknown tenant", _jwt(tenant="initech")),
@@ -142,17 +160,34 @@ CASES = [
     Case("no sub claim", _jwt(sub=None)),
     Case("unprintable user", _jwt(sub="al\nice")),
     Case("roles as one string", _jwt(roles="classifier-only other")),
+    Case("a granting role among others", _issued(roles=["nobody", "invoker"]), fast=True),
+    Case("user of MAX_USER_CHARS characters", _issued(sub="u" * MAX_USER_CHARS), fast=True),
+    Case("non-ASCII user of MAX_USER_CHARS characters", _issued(sub="é" * MAX_USER_CHARS)),
+    Case("non-ASCII user of one character more", _issued(sub="é" * (MAX_USER_CHARS + 1))),
+    Case("user of one character more", _jwt(sub="u" * (MAX_USER_CHARS + 1))),
+    Case("user with spaces and symbols", _issued(sub=" al ice % "), fast=True),
+    Case("user with letters and emoji", _issued(sub="zoë 🙂 日本")),
+    Case("user with a no-break space (not printable)", _issued(sub="zoë\u00a0x")),
+    Case("user with a format character (not printable)", _issued(sub="a\u200bb")),
+    Case("tier claim not a string", _jwt(tier=["gold", 2, 1.5, True])),
+    Case("tier claim a number", _jwt(tier=7)),
+    Case("tenant claim not a string", _jwt(tenant=["acme"])),
+    Case("roles claim an object", _jwt(roles={"invoker": True})),
+    Case("a second Authorization header", lambda: {"authorization": f"Bearer {mint()}, Bearer x.y.z"}),
+    Case("iat a little in the future, within leeway", lambda: _bearer(mint(iat=int(time.time()) + 3))),
+    Case("version path of no pin, unversioned grant", _jwt(), path="/v2/models/resnet/versions/v9"),
+    Case("versions path with no version", _issued(), path="/v2/models/resnet/versions/", method="GET", fast=True),
     Case("no roles", _jwt(roles=None)),
-    Case("version pinned, granted", _jwt(roles=["classifier-only"], tenant="globex", tier=None),
-         path="/v2/models/resnet/versions/v1/infer"),
+    Case("version pinned, granted", _issued(roles=["classifier-only"], tenant="globex", tier=None),
+         path="/v2/models/resnet/versions/v1/infer", fast=True),
     Case("version pinned, not granted", _jwt(roles=["classifier-only"], tenant="globex", tier=None),
          path="/v2/models/resnet/versions/v2/infer"),
     Case("version that does not exist", _jwt(), path="/v2/models/resnet/versions/v9/infer"),
     Case("unknown model", _jwt(), path="/v2/models/nope/infer"),
     Case("private model of another tenant", _jwt(tenant="globex", tier=None), path="/v2/models/vault/infer"),
-    Case("private model of its owner", _jwt(), path="/v2/models/vault/infer"),
-    Case("model metadata, GET", _jwt(), path="/v2/models/resnet", method="GET"),
-    Case("query string ignored", _jwt(), path="/v2/models/resnet/infer?x=1"),
+    Case("private model of its owner", _issued(), path="/v2/models/vault/infer", fast=True),
+    Case("model metadata, GET", _issued(), path="/v2/models/resnet", method="GET", fast=True),
+    Case("query string ignored", _issued(), path="/v2/models/resnet/infer?x=1", fast=True),
     Case("server health", _jwt(), path="/v2/health/ready", method="GET"),
     Case("a path that names no model", _jwt(), path="/internal/anything", method="GET"),
     Case("browser call from an allowed origin", lambda: {**_bearer(mint()), "origin": "https://app.acme.example"}),
@@ -212,7 +247,9 @@ def test_same_decision(gateways: Gateways, mode: str, case: Case) -> None:
         pytest.skip("needs what a native policy cannot hold (an API key, a model named in a body)")
     headers = case.headers()  # one token for both gateways
     reference = _send(gateways.ports["ext_authz"], case, headers)
+    before = gateways.fast(mode)
     native = _send(gateways.ports[mode], case, headers)
+    assert gateways.fast(mode) - before == int(case.fast), f"{mode}: {case.name}: fast path taken or not"
     if case.code is not None:  # both gateways equal and right: not merely equally wrong
         assert (reference.status, reference.error) == (401, case.code), case.name
     assert native == reference, f"{mode}: {case.name}"

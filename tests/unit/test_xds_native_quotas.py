@@ -28,6 +28,7 @@ from meshgate.xds._native_quotas import (
     native_quotas,
     quota_filter,
 )
+from meshgate.xds._pb import pack
 from meshgate.xds._types import ENDPOINT, LISTENER, ROUTE
 from meshgate.xds.service import XdsService
 from tests.unit.test_xds_support import model, policy
@@ -140,8 +141,11 @@ def test_one_filter_per_native_quota_right_before_the_router() -> None:
     wanted = [quota_filter(q) for q in ("user-day", "tenant-minute", "per-model")]  # policy order
     assert names[-4:] == [*wanted, "envoy.filters.http.router"]
     assert names.index("envoy.filters.http.ext_authz") < names.index(wanted[0])
+    configs = native_quota_configs(native_policy())
+    for f in hcm.http_filters[-4:-1]:  # one set of buckets for every route, kept when routes change
+        assert f.typed_config == pack(configs[f.name])
     host = snapshot[ROUTE]["meshgate_routes"].message.virtual_hosts[0]
-    assert set(host.typed_per_filter_config) == set(wanted)  # one set of buckets for every route
+    assert not host.typed_per_filter_config
     for route in host.routes:
         assert not set(route.typed_per_filter_config) & set(wanted)
 
@@ -213,8 +217,9 @@ def test_meshgate_ratelimit_keeps_only_what_is_not_native() -> None:
     assert quotas_of("chat|canary") == {"tokens", "sliding"}
     assert quotas_of("iris|canary") == {"sliding"}
     ext = compile_snapshot(native_policy("ext_authz"))
-    host = ext[ROUTE]["meshgate_routes"].message.virtual_hosts[0]
-    assert not host.typed_per_filter_config  # ext_authz: every quota on meshgate ratelimit, as before
+    hcm = hcm_pb2.HttpConnectionManager()
+    ext[LISTENER]["meshgate_gateway"].message.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    assert not [f for f in hcm.http_filters if f.name.startswith("meshgate.quota.")]  # all on ratelimit
 
 
 @pytest.mark.parametrize("nodes", [(), ("gw-b", "gw-a"), ("gw-a",)])
