@@ -10,8 +10,8 @@ import logging
 from .bootstrap import envoy_bootstrap
 from .cache import SnapshotCache
 from .compile import EndpointHealthMap, cert_files, compile_snapshot, update_health
-from .options import CompileOptions
-from .service import XdsService, options_from_env
+from .options import CompileOptions, options_from_env
+from .service import XdsService
 from .snapshot import InconsistentSnapshot, Resource, Snapshot
 
 log = logging.getLogger("meshgate.xds")

@@ -26,8 +26,8 @@ Two facts the matchers cannot see are made visible first:
   is left to the decision too (cutting its padding would not break its signature);
 - the time: `iat` is compared with a constant, the compile time (less CLOCK_MARGIN for the clocks of
   meshgate and the gateway) plus the issuer's leeway, so the routes are compiled again every REFRESH
-  seconds (`XdsService`); a token issued after the last refresh takes the Lua path meanwhile. The native
-  quotas' buckets live on the listener, not in the routes: a refresh keeps them.
+  seconds (`XdsService`; MESHGATE_XDS_FAST_REFRESH): a token issued since takes the Lua path meanwhile.
+  The native quotas' buckets live on the listener, not in the routes: a refresh keeps them.
 
 The user matcher is a counted regex of RE2 program size ~800: the gateway's bootstrap must raise
 `re2.max_program_size.error_level` (`bootstrap.RUNTIME`; `meshgate envoy-bootstrap` does).
@@ -57,6 +57,7 @@ from meshgate.policy.model import Issuer, Model, Policy
 from ._bodies import EXTAUTHZ_FILTER
 from ._native import BEARER_HEADER, DECIDE_FILTER, GUARD_FILTER, JWT_FILTER
 from ._pb import pack
+from .options import CompileOptions
 
 __all__ = [
     "BEARER_HEADER",
@@ -73,9 +74,10 @@ __all__ = [
 IDENTITY_FILTER = "meshgate.native.identity"
 FAST_STATS = "native_fast"
 """Every fast route's stat prefix: Envoy counts the requests decided in C++ as one route."""
-REFRESH = 20.0
-"""Seconds between two compilations of the routes (the fast copies' iat bound moves with the clock):
-with a leeway of at least REFRESH + CLOCK_MARGIN (the default 30 s), a token is fast as soon as issued."""
+REFRESH = CompileOptions.fast_refresh
+"""Seconds between two compilations of the routes by default (the fast copies' iat bound moves with the
+clock): with a leeway of at least REFRESH + CLOCK_MARGIN (the default 30 s), a token is fast as soon as
+issued; with a shorter one, at most REFRESH + CLOCK_MARGIN - leeway seconds after it was issued."""
 CLOCK_MARGIN = 5
 """Seconds the iat bound stays behind meshgate's clock, for a gateway whose clock is behind it."""
 _BEARER = "Bearer "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CompileOptions"]
+__all__ = ["CompileOptions", "options_from_env"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,6 +23,8 @@ class CompileOptions:
     with OpenTelemetry there (None: no tracing); tracing_sampling: percent of requests traced.
     jwks_ca_file: the CA bundle, as Envoy sees it, that verifies an https jwks_uri Envoy fetches itself
     (gateway.enforcement native or auto; docs/native.md).
+    fast_refresh: seconds between two compilations of the routes, with native fast routes (their iat
+    bound follows the clock: `_fast`; `XdsService` recompiles them).
     """
 
     extauthz: str = "127.0.0.1:9001"
@@ -35,3 +37,46 @@ class CompileOptions:
     tracing_sampling: float = 100.0
     tracing_service_name: str = "meshgate-gateway"
     jwks_ca_file: str = "/etc/ssl/certs/ca-certificates.crt"
+    fast_refresh: float = 20.0
+
+
+def options_from_env(listen: dict[str, str], env: dict[str, str]) -> CompileOptions:
+    """Compile options for `meshgate serve`: Envoy reaches extauthz/ratelimit where they listen
+    (0.0.0.0 read as 127.0.0.1) unless MESHGATE_XDS_EXTAUTHZ / MESHGATE_XDS_RATELIMIT say otherwise;
+    MESHGATE_XDS_FILTERS lists the filters to configure (default "extauthz,ratelimit"; "none" for none);
+    MESHGATE_XDS_TRACING names the OTLP/gRPC collector (host:port) the gateway traces to, and
+    MESHGATE_XDS_TRACING_SAMPLING the percent of requests it traces (default 100); MESHGATE_XDS_JWKS_CA the CA
+    bundle, as the gateway sees it, verifying an https jwks_uri its jwt_authn fetches (docs/native.md);
+    MESHGATE_XDS_FAST_REFRESH the seconds between two compilations of the native fast routes (`_fast`)."""
+
+    def advertised(role: str) -> str:
+        override = env.get(f"MESHGATE_XDS_{role.upper()}")
+        if override:
+            return override
+        host, _, port = listen.get(role, "127.0.0.1:0").rpartition(":")
+        return f"{'127.0.0.1' if host in ('', '0.0.0.0', '[::]', '::') else host}:{port}"
+
+    filters = {f.strip() for f in env.get("MESHGATE_XDS_FILTERS", "extauthz,ratelimit").split(",")}
+    return CompileOptions(
+        extauthz=advertised("extauthz"),
+        ratelimit=advertised("ratelimit"),
+        enable_extauthz="extauthz" in filters,
+        enable_ratelimit="ratelimit" in filters,
+        tracing=env.get("MESHGATE_XDS_TRACING") or None,
+        tracing_sampling=float(env.get("MESHGATE_XDS_TRACING_SAMPLING", "100")),
+        jwks_ca_file=env.get("MESHGATE_XDS_JWKS_CA") or CompileOptions.jwks_ca_file,
+        fast_refresh=_seconds(env, "MESHGATE_XDS_FAST_REFRESH", CompileOptions.fast_refresh, 1.0, 3600.0),
+    )
+
+
+def _seconds(env: dict[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # (nan fails too)
+        raise ValueError(f"{name}: {raw[:40]!r} is not a number of seconds from {low:g} to {high:g}")
+    return value

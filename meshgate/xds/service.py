@@ -21,7 +21,7 @@ from meshgate.models import EndpointHealth, EndpointKey, Readiness
 from meshgate.policy.model import Policy
 from meshgate.tracing import incoming
 
-from ._fast import REFRESH, fast_path
+from ._fast import fast_path
 from ._gateways import GATEWAYS_CLUSTER, Gateways, gateways_assignment
 from ._loop import run_stream
 from ._shared_gateways import SharedGateways
@@ -194,7 +194,7 @@ class XdsService:
 
     async def _refresh_routes(self) -> None:
         while True:
-            await asyncio.sleep(REFRESH)
+            await asyncio.sleep(self.options.fast_refresh)
             self.refresh_routes()
 
     def certificate_paths(self) -> tuple[str, ...]:
@@ -389,30 +389,3 @@ async def _pushes(
             yield response
         finally:
             span.end()
-
-
-def options_from_env(listen: dict[str, str], env: dict[str, str]) -> CompileOptions:
-    """Compile options for `meshgate serve`: Envoy reaches extauthz/ratelimit where they listen
-    (0.0.0.0 read as 127.0.0.1) unless MESHGATE_XDS_EXTAUTHZ / MESHGATE_XDS_RATELIMIT say otherwise;
-    MESHGATE_XDS_FILTERS lists the filters to configure (default "extauthz,ratelimit"; "none" for none);
-    MESHGATE_XDS_TRACING names the OTLP/gRPC collector (host:port) the gateway traces to, and
-    MESHGATE_XDS_TRACING_SAMPLING the percent of requests it traces (default 100); MESHGATE_XDS_JWKS_CA the CA
-    bundle, as the gateway sees it, verifying an https jwks_uri its jwt_authn fetches (docs/native.md)."""
-
-    def advertised(role: str) -> str:
-        override = env.get(f"MESHGATE_XDS_{role.upper()}")
-        if override:
-            return override
-        host, _, port = listen.get(role, "127.0.0.1:0").rpartition(":")
-        return f"{'127.0.0.1' if host in ('', '0.0.0.0', '[::]', '::') else host}:{port}"
-
-    filters = {f.strip() for f in env.get("MESHGATE_XDS_FILTERS", "extauthz,ratelimit").split(",")}
-    return CompileOptions(
-        extauthz=advertised("extauthz"),
-        ratelimit=advertised("ratelimit"),
-        enable_extauthz="extauthz" in filters,
-        enable_ratelimit="ratelimit" in filters,
-        tracing=env.get("MESHGATE_XDS_TRACING") or None,
-        tracing_sampling=float(env.get("MESHGATE_XDS_TRACING_SAMPLING", "100")),
-        jwks_ca_file=env.get("MESHGATE_XDS_JWKS_CA") or CompileOptions.jwks_ca_file,
-    )

@@ -6,6 +6,7 @@ validate: tests/e2e/test_xds_validate.py.)"""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from meshgate.policy import parse_policy
 from meshgate.xds import compile_snapshot
+from meshgate.xds._fast import FAST_STATS
 from meshgate.xds._native import DECIDE_FILTER
 from meshgate.xds.bootstrap import bootstrap_dict
 from meshgate.xds.static import static_bootstrap
@@ -110,3 +112,37 @@ def test_a_rotated_key_is_fetched_by_envoy_itself(tmp_path: Path) -> None:
         finally:
             stack.close()
             upstream.close()
+
+
+def test_route_refreshes_keep_the_quota_buckets_and_let_fresh_tokens_onto_the_fast_path(tmp_path: Path) -> None:
+    """MESHGATE_XDS_FAST_REFRESH=1: the routes are compiled again every second (the fast routes' iat
+    bound moves on, meshgate/xds/_fast.py). A token issued after the first compile takes the Lua path,
+    then the fast path once a refresh passed its iat; the native quota counts on across refreshes (its
+    buckets are the listener's) and refuses the request over its limit."""
+    upstream = EchoHTTP()
+    stack = Stack(tmp_path)
+    try:
+        port = free_port()
+        doc = _native_doc(upstream.port, port)
+        doc["quotas"] = [{"name": "per-user", "per": ["tenant", "user"], "limit": 3, "window": "day"}]
+        for tenant in doc["tenants"]:
+            tenant["quotas"] = ["per-user"]
+        env = {"MESHGATE_XDS_FAST_REFRESH": "1"}
+        meshgate = stack.add(Meshgate(doc, workdir=stack.workdir, env=env)).start()
+        envoy = stack.add(Envoy(bootstrap_dict("refresh", xds=meshgate.address("xds")), workdir=stack.workdir))
+        envoy.start()
+        fast = f"vhost.models.route.{FAST_STATS}.upstream_rq_completed"
+        updates = "http.gateway.rds.meshgate_routes.update_success"
+        token = mint(tenant="globex", tier=None, sub="fresh", iat=int(time.time()) + 2)  # (leeway 5 s)
+        first = _get(port, token)
+        assert first.status_code == 200 and int(envoy.stat(fast)) == 0  # issued after the compile: Lua
+        seen = int(envoy.stat(updates))
+        wait_until(lambda: int(envoy.stat(updates)) >= seen + 3, 30, what="three route refreshes")
+        for _ in range(2):
+            assert _get(port, token).status_code == 200
+        assert int(envoy.stat(fast)) == 2  # the fast path, once the bound passed the token's iat
+        refused = _get(port, token)  # the 4th of a limit of 3, across the refreshes
+        assert refused.status_code == 429 and refused.headers["x-meshgate-quota"] == "per-user"
+    finally:
+        stack.close()
+        upstream.close()

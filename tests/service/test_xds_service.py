@@ -104,7 +104,7 @@ def test_rotated_certificates_are_republished(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("filters", ["none", "extauthz", "extauthz,ratelimit"])
 def test_options_from_the_environment(filters: str) -> None:
-    from meshgate.xds.service import options_from_env
+    from meshgate.xds.options import options_from_env
 
     options = options_from_env(
         {"extauthz": "0.0.0.0:9001", "ratelimit": "10.1.2.3:9002"},

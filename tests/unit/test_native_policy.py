@@ -85,7 +85,7 @@ def test_an_https_jwks_uri_gets_a_verified_tls_cluster_with_the_configured_ca() 
 
     from meshgate.xds import compile_snapshot
     from meshgate.xds._types import CLUSTER
-    from meshgate.xds.service import options_from_env
+    from meshgate.xds.options import options_from_env
 
     doc = _native(policy_doc(issuer={"jwks_uri": "https://idp.example:8443/keys"}))
     policy = parse_policy(yaml.safe_dump(doc), "native.yaml")
