@@ -38,6 +38,7 @@ __all__ = [
 
 EXTAUTHZ_FILTER = "envoy.filters.http.ext_authz"
 RATELIMIT_FILTER = "envoy.filters.http.ratelimit"
+JWT_FILTER = "envoy.filters.http.jwt_authn"
 _FORMAT = re.compile(r"^%DYNAMIC_METADATA\(([^)]*)\)%$")
 
 
@@ -149,6 +150,8 @@ def _matches(match: rc.RouteMatch, headers: Mapping[str, str]) -> bool:
         return False
     if match.HasField("grpc") and not headers.get("content-type", "").startswith("application/grpc"):
         return False
+    if match.dynamic_metadata and all(m.filter == JWT_FILTER for m in match.dynamic_metadata):
+        return False  # a native fast copy (`_fast`): the route after it routes and counts alike
     if match.query_parameters or match.HasField("runtime_fraction") or match.dynamic_metadata:
         raise Unknown("a route match on query parameters, a runtime fraction or dynamic metadata")
     return all(header_matches(h, headers) for h in match.headers)

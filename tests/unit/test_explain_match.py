@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
-from envoy.type.matcher.v3 import string_pb2
+from envoy.type.matcher.v3 import metadata_pb2, string_pb2
 from envoy.type.v3 import range_pb2
 
 from meshgate.xds.match import Unknown, descriptors, header_matches, route
@@ -46,6 +46,14 @@ def test_the_first_matching_route_and_what_it_cannot_read() -> None:
     query = to("q", rc.RouteMatch(prefix="/", query_parameters=[rc.QueryParameterMatcher(name="a")]))
     with pytest.raises(Unknown):
         route(config(query), req("/"))
+    # a native fast copy (jwt_authn's metadata, meshgate/xds/_fast.py) is read as the route after it
+    jwt = metadata_pb2.MetadataMatcher(filter="envoy.filters.http.jwt_authn")
+    fast = to("model|fast", rc.RouteMatch(path_separated_prefix="/v2/models/m", dynamic_metadata=[jwt]), "m")
+    found = route(config(fast, model), req("/v2/models/m/infer"))
+    assert found is not None and found.name == "model"
+    other = to("other", rc.RouteMatch(prefix="/", dynamic_metadata=[metadata_pb2.MetadataMatcher(filter="x")]))
+    with pytest.raises(Unknown):
+        route(config(other), req("/"))
 
 
 def test_descriptors_skip_a_missing_header_and_read_hits_from_metadata() -> None:
