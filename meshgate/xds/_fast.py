@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import TypeAlias
 
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
@@ -67,6 +67,7 @@ __all__ = [
     "REFRESH",
     "bearer_copy",
     "fast_path",
+    "grants_of",
     "identity_filter",
     "with_fast_routes",
 ]
@@ -84,6 +85,7 @@ _BEARER = "Bearer "
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _VERSIONED = "/versions/"
 _Value: TypeAlias = value_pb2.ValueMatcher
+Grants: TypeAlias = Mapping[str, Mapping[str, Collection[str]]]
 
 
 def fast_path(policy: Policy) -> bool:
@@ -111,11 +113,12 @@ def identity_filter() -> hcm_pb2.HttpFilter:
 
 
 def with_fast_routes(
-    policy: Policy, model: Model, routes: Sequence[rc.Route], *, now: float
+    policy: Policy, model: Model, routes: Sequence[rc.Route], *, now: float, grants: Grants
 ) -> list[rc.Route]:
     """`routes` (one face of `model`, in order) with a fast copy before each route matched by path, and
     before the first unversioned one a slow copy of the canary route for any other versioned path (a
-    version no pin names: the decision refuses it; the unversioned fast copies must not catch it)."""
+    version no pin names: the decision refuses it; the unversioned fast copies must not catch it).
+    `grants`: `role_grants(policy)` (`grants_of`), computed once for every model."""
     base = f"/v2/models/{model.name}"
     out: list[rc.Route] = []
     caught = False
@@ -128,7 +131,7 @@ def with_fast_routes(
         if not pin and not caught:
             out.append(_catch(route, routes, base))
             caught = True
-        out.extend(_fast_copies(policy, model, route, pin, now))
+        out.extend(_fast_copies(policy, model, route, pin, now, grants))
         out.append(route)
     return out
 
@@ -144,14 +147,23 @@ def _catch(route: rc.Route, routes: Sequence[rc.Route], base: str) -> rc.Route:
     return catch
 
 
-def _fast_copies(policy: Policy, model: Model, route: rc.Route, pin: str, now: float) -> Iterator[rc.Route]:
+def grants_of(policy: Policy) -> Grants:
+    """role -> model -> the versions it grants: extauthz's `role_grants` (empty without a fast path)."""
+    if not fast_path(policy):
+        return {}
     from meshgate.extauthz.table import role_grants  # (lazily: importing extauthz loads tritonclient)
 
+    return role_grants(policy)
+
+
+def _fast_copies(
+    policy: Policy, model: Model, route: rc.Route, pin: str, now: float, grants: Grants
+) -> Iterator[rc.Route]:
     if pin and not any(pin in v.pins for v in model.versions):
         return
     roles = sorted(
         role
-        for role, found in role_grants(policy).items()
+        for role, found in grants.items()
         if model.name in found and (not pin or pin in found[model.name])
     )
     if not roles:
