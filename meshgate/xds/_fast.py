@@ -25,8 +25,10 @@ Two facts the matchers cannot see are made visible first:
   token is cut, fails verification and goes to the Lua decision (token_too_large). A token ending in `=`
   is left to the decision too (cutting its padding would not break its signature);
 - the time: `iat` is compared with a constant, the compile time (less CLOCK_MARGIN for the clocks of
-  meshgate and the gateway) plus the issuer's leeway, so the routes are compiled again every REFRESH
-  seconds (`XdsService`; MESHGATE_XDS_FAST_REFRESH): a token issued since takes the Lua path meanwhile.
+  meshgate and the gateway) plus the issuer's leeway, so the routes are compiled again every
+  `CompileOptions.fast_refresh` seconds (`XdsService`; MESHGATE_XDS_FAST_REFRESH, default 20): a token
+  issued since takes the Lua path meanwhile (with a leeway of at least the period + CLOCK_MARGIN, the
+  default 30 s, none does).
   The native quotas' buckets live on the listener, not in the routes: a refresh keeps them.
 
 The user matcher is a counted regex of RE2 program size ~800: the gateway's bootstrap must raise
@@ -57,14 +59,12 @@ from meshgate.policy.model import Issuer, Model, Policy
 from ._bodies import EXTAUTHZ_FILTER
 from ._native import BEARER_HEADER, DECIDE_FILTER, GUARD_FILTER, JWT_FILTER
 from ._pb import pack
-from .options import CompileOptions
 
 __all__ = [
     "BEARER_HEADER",
     "CLOCK_MARGIN",
     "FAST_STATS",
     "IDENTITY_FILTER",
-    "REFRESH",
     "bearer_copy",
     "fast_path",
     "grants_of",
@@ -75,10 +75,6 @@ __all__ = [
 IDENTITY_FILTER = "meshgate.native.identity"
 FAST_STATS = "native_fast"
 """Every fast route's stat prefix: Envoy counts the requests decided in C++ as one route."""
-REFRESH = CompileOptions.fast_refresh
-"""Seconds between two compilations of the routes by default (the fast copies' iat bound moves with the
-clock): with a leeway of at least REFRESH + CLOCK_MARGIN (the default 30 s), a token is fast as soon as
-issued; with a shorter one, at most REFRESH + CLOCK_MARGIN - leeway seconds after it was issued."""
 CLOCK_MARGIN = 5
 """Seconds the iat bound stays behind meshgate's clock, for a gateway whose clock is behind it."""
 _BEARER = "Bearer "
@@ -119,12 +115,14 @@ def with_fast_routes(
     before the first unversioned one a slow copy of the canary route for any other versioned path (a
     version no pin names: the decision refuses it; the unversioned fast copies must not catch it).
     `grants`: `role_grants(policy)` (`grants_of`), computed once for every model."""
+    if not fast_path(policy):
+        return list(routes)
     base = f"/v2/models/{model.name}"
     out: list[rc.Route] = []
     caught = False
     for route in routes:
         prefix = route.match.path_separated_prefix
-        if not prefix or not fast_path(policy):
+        if not prefix:
             out.append(route)
             continue
         pin = prefix[len(base) + len(_VERSIONED) :] if prefix.startswith(base + _VERSIONED) else ""
@@ -159,8 +157,6 @@ def grants_of(policy: Policy) -> Grants:
 def _fast_copies(
     policy: Policy, model: Model, route: rc.Route, pin: str, now: float, grants: Grants
 ) -> Iterator[rc.Route]:
-    if pin and not any(pin in v.pins for v in model.versions):
-        return
     roles = sorted(
         role
         for role, found in grants.items()

@@ -120,7 +120,7 @@ def _provider(issuer: Issuer, policy: Policy) -> jwt_pb2.JwtProvider:
         issuer=issuer.issuer,
         audiences=list(issuer.audiences),
         require_expiration=True,  # exp is required (meshgate.extauthz.tokens: exp, iss, aud)
-        # Authorization, cut at max_token_bytes (`_fast.BEARER_HEADER`: the early header mutation's copy)
+        # Authorization, cut at max_token_bytes (the early header mutation's copy: `_fast.bearer_copy`)
         from_headers=[jwt_pb2.JwtHeader(name=BEARER_HEADER, value_prefix=p) for p in _BEARER_PREFIXES],
         forward=False,  # (the copy; Authorization is removed by the decision unless forward_authorization)
         clear_route_cache=True,  # the fast routes (`_fast`) match on the verified payload

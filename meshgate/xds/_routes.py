@@ -8,6 +8,7 @@ Routes never depend on endpoint health: a version that is down fails over inside
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from envoy.config.core.v3 import base_pb2
@@ -46,9 +47,16 @@ NO_ROUTE = "meshgate|no_route"
 
 
 def route_configuration(
-    policy: Policy, *, ratelimit: bool = True, extauthz: bool = True, traced: bool = False, now: float = 0.0
+    policy: Policy,
+    *,
+    ratelimit: bool = True,
+    extauthz: bool = True,
+    traced: bool = False,
+    now: float | None = None,
 ) -> route_pb2.RouteConfiguration:
-    """`now`: the time (Unix seconds) the native fast routes' iat bound is compiled from (`_fast`)."""
+    """`now`: the time (Unix seconds) the native fast routes' iat bound is compiled from (`_fast`;
+    None: the clock's)."""
+    now = time.time() if now is None else now
     routes = []
     usage = ratelimit and any(reads_usage(m) for m in policy.models)
     served = has_served_names(policy)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Collection, Mapping
 
 from google.protobuf.message import Message  # type: ignore[import-untyped]
@@ -80,14 +79,14 @@ def _routes(policy: Policy, options: CompileOptions, now: float | None) -> tuple
         ratelimit=options.enable_ratelimit,
         extauthz=options.enable_extauthz,
         traced=options.tracing is not None,
-        now=time.time() if now is None else now,
+        now=now,
     )
     return _names.ROUTE_CONFIG, config
 
 
 def refresh_routes(snapshot: Snapshot, policy: Policy, options: CompileOptions, *, now: float) -> Snapshot:
     """`snapshot` (compiled from `policy` with `options`) with its routes compiled at `now` (the native
-    fast routes' iat bound, `_fast.REFRESH`); every other resource is reused."""
+    fast routes' iat bound, `CompileOptions.fast_refresh`); every other resource is reused."""
     return snapshot.replace({ROUTE: [_routes(policy, options, now)]})
 
 

@@ -131,7 +131,7 @@ def _jwt(**overrides: Any) -> Callable[[], dict[str, str]]:
 
 
 def _issued(**overrides: Any) -> Callable[[], dict[str, str]]:
-    """A token issued a minute ago: one issued since the fast routes' last refresh (`_fast.REFRESH`,
+    """A token issued a minute ago: one issued since the fast routes' last refresh (`CompileOptions.fast_refresh`,
     with this issuer's leeway of a few seconds) is decided by the Lua path, allowed all the same."""
     return lambda: _bearer(mint(iat=int(time.time()) - 60, **overrides))
 
