@@ -38,7 +38,6 @@ The user matcher is a counted regex of RE2 program size ~800: the gateway's boot
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import TypeAlias
 
@@ -74,7 +73,8 @@ __all__ = [
 
 IDENTITY_FILTER = "meshgate.native.identity"
 FAST_STATS = "native_fast"
-"""Every fast route's stat prefix: Envoy counts the requests decided in C++ as one route."""
+"""Every fast route's stat prefix when `CompileOptions.fast_stats` is on: Envoy counts the requests
+decided in C++ as one route (off by default: route stats cost each request ~1 % of Envoy's CPU)."""
 CLOCK_MARGIN = 5
 """Seconds the iat bound stays behind meshgate's clock, for a gateway whose clock is behind it."""
 _BEARER = "Bearer "
@@ -109,12 +109,19 @@ def identity_filter() -> hcm_pb2.HttpFilter:
 
 
 def with_fast_routes(
-    policy: Policy, model: Model, routes: Sequence[rc.Route], *, now: float, grants: Grants
+    policy: Policy,
+    model: Model,
+    routes: Sequence[rc.Route],
+    *,
+    now: float,
+    grants: Grants,
+    stats: bool = False,
 ) -> list[rc.Route]:
     """`routes` (one face of `model`, in order) with a fast copy before each route matched by path, and
     before the first unversioned one a slow copy of the canary route for any other versioned path (a
     version no pin names: the decision refuses it; the unversioned fast copies must not catch it).
-    `grants`: `role_grants(policy)` (`grants_of`), computed once for every model."""
+    `grants`: `role_grants(policy)` (`grants_of`), computed once for every model; `stats`: give the fast
+    copies the stat prefix FAST_STATS."""
     if not fast_path(policy):
         return list(routes)
     base = f"/v2/models/{model.name}"
@@ -129,7 +136,7 @@ def with_fast_routes(
         if not pin and not caught:
             out.append(_catch(route, routes, base))
             caught = True
-        out.extend(_fast_copies(policy, model, route, pin, now, grants))
+        out.extend(_fast_copies(policy, model, route, pin, now, grants, stats))
         out.append(route)
     return out
 
@@ -140,8 +147,8 @@ def _catch(route: rc.Route, routes: Sequence[rc.Route], base: str) -> rc.Route:
     catch.CopyFrom(canary)
     catch.name = f"{canary.name}|versioned"
     catch.match.Clear()
-    pattern = f"{re.escape(base)}/versions/[^/]+(/.*)?"
-    catch.match.safe_regex.CopyFrom(regex_pb2.RegexMatcher(regex=pattern))
+    # (`/versions` itself and `/versions/` too: the decision answers them as the canary's fast copies would)
+    catch.match.path_separated_prefix = base + _VERSIONED.rstrip("/")
     return catch
 
 
@@ -155,7 +162,7 @@ def grants_of(policy: Policy) -> Grants:
 
 
 def _fast_copies(
-    policy: Policy, model: Model, route: rc.Route, pin: str, now: float, grants: Grants
+    policy: Policy, model: Model, route: rc.Route, pin: str, now: float, grants: Grants, stats: bool
 ) -> Iterator[rc.Route]:
     roles = sorted(
         role
@@ -175,9 +182,15 @@ def _fast_copies(
             fast = rc.Route()
             fast.CopyFrom(route)
             fast.name = f"{route.name}|fast|{issuer.name}|{tier}{'|no-origin' if restricted else ''}"
-            fast.stat_prefix = FAST_STATS  # vhost.models.route.native_fast.upstream_rq_*: one count
+            if stats:
+                fast.stat_prefix = FAST_STATS  # vhost.models.route.native_fast.upstream_rq_*: one count
             fast.match.dynamic_metadata.extend(_claims(policy, issuer, names, roles, now))
-            fast.match.headers.extend(_headers(policy, restricted))
+            # Envoy matches a route's headers and metadata before its path: a request for another path
+            # fails first on this cheap copy of the path's test (each fast copy of each model before
+            # the request's route is tried twice per request, before and after jwt_authn)
+            guards = [_path_prefix(route.match.path_separated_prefix), *fast.match.headers]
+            del fast.match.headers[:]
+            fast.match.headers.extend([*guards, *_headers(policy, restricted)])
             _decided_here(policy, fast, model, pin, issuer, tier)
             yield fast
 
@@ -209,6 +222,11 @@ def _claims(
     yield _payload("iat", value_pb2.ValueMatcher(double_match=future), invert=True)  # absent, or before
     if names.tier:
         yield _payload(names.tier, value_pb2.ValueMatcher(present_match=True), invert=True)
+
+
+def _path_prefix(prefix: str) -> rc.HeaderMatcher:
+    """`:path` starts with `prefix`: true of every path `path_separated_prefix: prefix` matches."""
+    return rc.HeaderMatcher(name=":path", string_match=string_pb2.StringMatcher(prefix=prefix))
 
 
 def _headers(policy: Policy, restricted: bool) -> Iterator[rc.HeaderMatcher]:

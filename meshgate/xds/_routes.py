@@ -53,9 +53,10 @@ def route_configuration(
     extauthz: bool = True,
     traced: bool = False,
     now: float | None = None,
+    fast_stats: bool = False,
 ) -> route_pb2.RouteConfiguration:
     """`now`: the time (Unix seconds) the native fast routes' iat bound is compiled from (`_fast`;
-    None: the clock's)."""
+    None: the clock's); `fast_stats`: the fast routes count their requests (`_fast.FAST_STATS`)."""
     now = time.time() if now is None else now
     routes = []
     usage = ratelimit and any(reads_usage(m) for m in policy.models)
@@ -81,7 +82,9 @@ def route_configuration(
                     json_answer_limit(route, model)  # its JSON answers held up to max_json_answer_bytes
                 if served and reads_usage(model):
                     _enable(route, SERVED_NAME_FILTER)  # each version's name: _served_names
-            routes += with_fast_routes(policy, model, face_routes, now=now, grants=grants)  # `_fast`
+            routes += with_fast_routes(  # `_fast`
+                policy, model, face_routes, now=now, grants=grants, stats=fast_stats
+            )
     routes += server_routes(policy, extauthz=extauthz)  # /v2/health/*, gRPC ServerReady, ... (no model)
     if any(m.serves("v2-grpc") for m in policy.models):
         routes.append(grpc_route(policy, extauthz=extauthz))  # ext_authz reads the message head there

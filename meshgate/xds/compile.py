@@ -80,6 +80,7 @@ def _routes(policy: Policy, options: CompileOptions, now: float | None) -> tuple
         extauthz=options.enable_extauthz,
         traced=options.tracing is not None,
         now=now,
+        fast_stats=options.fast_stats,
     )
     return _names.ROUTE_CONFIG, config
 

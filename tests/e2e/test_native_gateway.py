@@ -127,7 +127,7 @@ def test_route_refreshes_keep_the_quota_buckets_and_let_fresh_tokens_onto_the_fa
         doc["quotas"] = [{"name": "per-user", "per": ["tenant", "user"], "limit": 3, "window": "day"}]
         for tenant in doc["tenants"]:
             tenant["quotas"] = ["per-user"]
-        env = {"MESHGATE_XDS_FAST_REFRESH": "1"}
+        env = {"MESHGATE_XDS_FAST_REFRESH": "1", "MESHGATE_XDS_FAST_STATS": "true"}
         meshgate = stack.add(Meshgate(doc, workdir=stack.workdir, env=env)).start()
         envoy = stack.add(Envoy(bootstrap_dict("refresh", xds=meshgate.address("xds")), workdir=stack.workdir))
         envoy.start()

@@ -76,7 +76,7 @@ def test_fast_copies_go_right_before_their_route_and_the_versioned_catch_before_
     ]
     routes = {r.name: r for r in _routes(_policy())}
     catch = routes["resnet|canary|versioned"]
-    assert catch.match.safe_regex.regex == "/v2/models/resnet/versions/[^/]+(/.*)?"
+    assert catch.match.path_separated_prefix == "/v2/models/resnet/versions" and not catch.match.headers
     assert catch.route == routes["resnet|canary|fast|test|free"].route  # the canary's action
 
 
@@ -114,7 +114,26 @@ def test_what_a_fast_route_matches() -> None:
             ("sec-fetch-site", True, "present_match")} <= headers  # fmt: skip
     free = routes["resnet|canary|fast|test|free"]
     assert not {h.name for h in free.match.headers} & {"origin", "sec-fetch-site"}  # globex: any origin
-    assert gold.stat_prefix == free.stat_prefix == FAST_STATS
+    assert gold.stat_prefix == free.stat_prefix == ""  # (no route stats unless asked for: below)
+
+
+def test_each_fast_copy_tests_the_path_first_and_counts_only_when_asked() -> None:
+    """Envoy tests a route's headers before its path: the first header of a fast copy is the path's
+    prefix, so a request for another model or version fails there, not after every claim matcher."""
+    for route in _routes(_policy()):
+        if "|fast|" in route.name:
+            first = route.match.headers[0]
+            assert (first.name, first.string_match.prefix) == (":path", route.match.path_separated_prefix)
+            assert not first.invert_match
+    policy = _policy()
+    counted = compile_snapshot(policy, CompileOptions(fast_stats=True), now=NOW)
+    routes = counted[ROUTE]["meshgate_routes"].message.virtual_hosts[0].routes
+    assert {r.stat_prefix for r in routes if "|fast|" in r.name} == {FAST_STATS}
+    assert not {r.stat_prefix for r in routes if "|fast|" not in r.name} - {""}
+    assert options_from_env({}, {"MESHGATE_XDS_FAST_STATS": "true"}).fast_stats
+    assert not options_from_env({}, {}).fast_stats
+    with pytest.raises(ValueError, match="MESHGATE_XDS_FAST_STATS"):
+        options_from_env({}, {"MESHGATE_XDS_FAST_STATS": "maybe"})
 
 
 def test_roles_per_version_and_private_models() -> None:
@@ -131,7 +150,11 @@ def test_what_a_fast_route_sets() -> None:
     per = route.typed_per_filter_config
     config = header_mutation_pb2.HeaderMutationPerRoute()
     assert per[IDENTITY_FILTER].Unpack(config)
-    sets = {m.append.header.key: m.append.header.value for m in config.mutations.request_mutations if m.append.header.key}
+    sets = {
+        m.append.header.key: m.append.header.value
+        for m in config.mutations.request_mutations
+        if m.append.header.key
+    }
     assert sets == {
         contract.TENANT_HEADER: f"%DYNAMIC_METADATA({JWT_FILTER}:payload:tenant)%",
         contract.USER_HEADER: f"%DYNAMIC_METADATA({JWT_FILTER}:payload:sub)%",
@@ -154,8 +177,12 @@ def test_auto_turns_ext_authz_off_on_fast_routes_and_ext_authz_has_none() -> Non
 
     route = {r.name: r for r in _routes(_policy("auto"))}["resnet|canary|fast|test|free"]
     per_route = ext_authz_pb2.ExtAuthzPerRoute()
-    assert route.typed_per_filter_config["envoy.filters.http.ext_authz"].Unpack(per_route) and per_route.disabled
-    assert not [r for r in _routes(_policy("ext_authz")) if "|fast|" in r.name or r.name.endswith("|versioned")]
+    assert (
+        route.typed_per_filter_config["envoy.filters.http.ext_authz"].Unpack(per_route) and per_route.disabled
+    )
+    assert not [
+        r for r in _routes(_policy("ext_authz")) if "|fast|" in r.name or r.name.endswith("|versioned")
+    ]
     assert IDENTITY_FILTER not in [f.name for f in _hcm(_policy("ext_authz")).http_filters]
 
 
@@ -165,7 +192,9 @@ def test_the_listener_copies_authorization_cut_for_jwt_authn() -> None:
     hcm = _hcm(_policy(**quota))
     names = [f.name for f in hcm.http_filters]
     assert names.index(IDENTITY_FILTER) > names.index("meshgate.native.guard")
-    assert names.index(IDENTITY_FILTER) < min(i for i, n in enumerate(names) if n.startswith("meshgate.quota."))
+    assert names.index(IDENTITY_FILTER) < min(
+        i for i, n in enumerate(names) if n.startswith("meshgate.quota.")
+    )
     early = early_pb2.HeaderMutation()
     hcm.early_header_mutation_extensions[0].typed_config.Unpack(early)
     assert early.mutations[0].remove_on_match.key_matcher.prefix == contract.HEADER_PREFIX  # first
@@ -189,9 +218,10 @@ def test_a_refresh_changes_only_the_routes() -> None:
     assert {t: v for t, v in after.versions.items() if t != ROUTE} == {
         t: v for t, v in before.versions.items() if t != ROUTE
     }  # the listener, with the quotas' buckets, is the same resource
-    assert after[ROUTE]["meshgate_routes"].message == compile_snapshot(policy, now=NOW + 20)[ROUTE][
-        "meshgate_routes"
-    ].message
+    assert (
+        after[ROUTE]["meshgate_routes"].message
+        == compile_snapshot(policy, now=NOW + 20)[ROUTE]["meshgate_routes"].message
+    )
 
 
 @pytest.mark.parametrize("raw", ["0.5", "abc", "nan", "7200"])

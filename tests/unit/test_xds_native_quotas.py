@@ -261,3 +261,24 @@ def test_a_gateway_coming_or_going_changes_only_the_gateways_endpoints() -> None
     service.prepare(native_policy())()  # a policy reload keeps the gateways
     current = service.cache.current
     assert current is not None and len(current[ENDPOINT][GATEWAYS_CLUSTER].message.endpoints[0].lb_endpoints) == 2
+
+
+def _filters(snapshot: Any) -> list[str]:
+    hcm = hcm_pb2.HttpConnectionManager()
+    snapshot[LISTENER]["meshgate_gateway"].message.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    return [f.name for f in hcm.http_filters]
+
+
+def test_auto_has_the_ratelimit_filter_only_when_a_route_calls_meshgate_ratelimit() -> None:
+    """An idle ratelimit filter still costs every request (bench/envoy_instructions.py): auto, like
+    native, leaves it out when every quota is native and no model charges counters at stream end."""
+    assert "envoy.filters.http.ratelimit" in _filters(compile_snapshot(native_policy()))  # tokens, sliding
+    local = policy(
+        model("iris", {"v1": 100}),
+        gateway={"port": 8080, "enforcement": "auto"},
+        tenants=[{"name": "acme", "quotas": ["user-day"]}],
+        quotas=QUOTAS[:1],
+    )
+    filters = _filters(compile_snapshot(local))
+    assert "envoy.filters.http.ratelimit" not in filters and "meshgate.quota.user-day" in filters
+    assert "envoy.filters.http.ratelimit" in _filters(compile_snapshot(native_policy("ext_authz")))
