@@ -22,8 +22,9 @@ header set (GET `/v2/models/bench/infer`, `authorization: Bearer <one valid RS25
 The meshgate rows serve one policy (policy_doc): one issuer with an inline JWKS (RS256), one tenant, one
 role allowed the model, one v2-rest model (no health probes), and a per-user request quota of 10^9 a
 second (never refuses); each row has its own `meshgate serve` (counters in memory: no Redis) and
-gateway Envoy. The upstream of every row is one more Envoy answering 200 with a direct_response and
-echoing the identity headers it received.
+gateway Envoy. The upstream of every row is one more Envoy answering 200 with a direct_response, the
+same answer for every row; the proofs below ask it (`x-bench-echo`) to echo the identity headers it
+received.
 
 Before timing, each row proves it works: a GET and a POST with the token get 200; in every row but raw
 and routing the upstream saw the tenant and user, a request without a token gets 401 and one whose
@@ -60,6 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from native_bench_configs import (  # noqa: E402
+    ECHO_HEADER,
     PATH,
     SEEN,
     TENANT,
@@ -130,9 +132,14 @@ def run_wrk(port: int, token: str, *, seconds: int, connections: int) -> dict[st
 
 
 # proofs ------------------------------------------------------------------------------------------------
-def request(port: int, token: str | None, *, body: bytes | None = None) -> tuple[int, dict[str, str]]:
-    """GET (POST with a JSON body) of PATH; (status, response headers)."""
+def request(
+    port: int, token: str | None, *, body: bytes | None = None, echo: bool = False
+) -> tuple[int, dict[str, str]]:
+    """GET (POST with a JSON body) of PATH; (status, response headers). `echo`: ask the upstream for
+    the identity it saw (ECHO_HEADER)."""
     headers = {"authorization": f"Bearer {token}"} if token else {}
+    if echo:
+        headers[ECHO_HEADER] = "1"
     if body is not None:
         headers["content-type"] = "application/json"
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -154,7 +161,7 @@ def prove(row: Row, keys: Keys, token: str) -> str:
 
 
 def _prove(row: Row, keys: Keys, token: str) -> str:
-    status, headers = request(row.port, token)
+    status, headers = request(row.port, token, echo=True)
     if status != 200:
         return f"broken: a valid token got {status}"
     status, _ = request(row.port, token, body=b'{"inputs": []}')

@@ -1,8 +1,11 @@
 """The static Envoy configurations and the policy of bench/native_bench.py (no processes here).
 
-- `upstream_bootstrap`: the model stand-in, an Envoy answering every request with a direct_response 200
-  and echoing the identity headers it received as `x-seen-*` response headers (`%REQ(...)%`), so the
-  bench can prove the gateway sent them without a slower echo server on the measured path.
+- `upstream_bootstrap`: the model stand-in, an Envoy answering every request with a direct_response 200;
+  a request with `x-bench-echo` (the proof before timing) also gets the identity headers it carried
+  back as `x-seen-*` response headers (`%REQ(...)%`), so the bench can prove the gateway sent them
+  without a slower echo server. The timed requests carry no `x-bench-echo`: every row then gets the
+  same answer (echoed headers would cost the rows that send identity ~3,700 Envoy instructions each
+  to parse and forward, and raw none: bench/envoy_instructions.py).
 - `front_bootstrap`: the `raw` listener (router only) and the `hand` listener, hand-written Envoy-native
   enforcement of the same policy: jwt_authn (inline JWKS, RS256, jwt cache) with the tenant and user
   claims copied into meshgate's identity headers, rbac allowing the role claim `invoker`, and a
@@ -30,6 +33,8 @@ PATH = f"/v2/models/{MODEL}/infer"
 HUGE = 1_000_000_000  # per-user requests per second: a quota that never refuses
 SEEN = {"tenant": "x-seen-tenant", "user": "x-seen-user", "model": "x-seen-model"}
 """Response header of the upstream -> the identity it saw (from contract.IDENTITY_HEADERS)."""
+ECHO_HEADER = "x-bench-echo"
+"""A request carrying it gets the SEEN headers back (the proofs only; see upstream_bootstrap)."""
 
 _T = "type.googleapis.com/envoy.extensions.filters.http."
 _JWT_PAYLOAD = "jwt_payload"
@@ -56,12 +61,14 @@ def upstream_bootstrap() -> dict[str, Any]:
         for key, seen in SEEN.items()
     ]
     body = json.dumps({"model_name": MODEL, "outputs": []})
-    direct = {
-        "match": {"prefix": "/"},
-        "direct_response": {"status": 200, "body": {"inline_string": body}},
+    answer = {"status": 200, "body": {"inline_string": body}}
+    echoed = {
+        "match": {"prefix": "/", "headers": [{"name": ECHO_HEADER, "present_match": True}]},
+        "direct_response": answer,
         "response_headers_to_add": echo,
     }
-    return b.bootstrap([b.hcm_listener("upstream", [direct])], [])
+    direct = {"match": {"prefix": "/"}, "direct_response": answer}
+    return b.bootstrap([b.hcm_listener("upstream", [echoed, direct])], [])
 
 
 def front_bootstrap(upstream_port: int, keys: Keys) -> dict[str, Any]:

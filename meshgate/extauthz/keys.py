@@ -6,6 +6,8 @@ skipped: HMAC is accepted only with a shared secret configured on the issuer its
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -17,7 +19,16 @@ from jwt import PyJWK, PyJWKError
 
 from ..policy.model import SecretRef
 
-__all__ = ["KeyEntry", "KeySet", "KeySource", "SecretKey", "StaticKeys", "load_secret"]
+__all__ = [
+    "KIDLESS",
+    "KeyEntry",
+    "KeySet",
+    "KeySource",
+    "SecretKey",
+    "StaticKeys",
+    "load_secret",
+    "pinned_jwks",
+]
 
 log = logging.getLogger("meshgate.extauthz.keys")
 
@@ -105,6 +116,31 @@ def _parse_key(jwk: Any) -> KeyEntry:
     parsed = PyJWK(dict(jwk), algorithm=alg or _DEFAULT_ALG[family])
     kid = jwk.get("kid")
     return KeyEntry(kid=str(kid) if kid is not None else None, kty=str(kty), crv=crv, alg=alg, key=parsed.key)
+
+
+KIDLESS = "meshgate-kidless-"
+"""The kid `pinned_jwks` gives a key that has none (+ the SHA-256 of its JSON, 16 hex digits)."""
+
+
+def pinned_jwks(jwks: Mapping[str, Any], algorithms: Iterable[str]) -> list[dict[str, Any]]:
+    """The keys of `jwks` as a verifier that only reads a key's `kid` and `alg` (Envoy's jwt_authn) must
+    get them to accept exactly what `KeySet.candidates` accepts: one copy of each usable key per
+    allowed algorithm it fits, with that `alg` (such a verifier takes any algorithm a key without one
+    can verify), and a kid for a key without one (such a verifier also tries a key without a kid for a
+    token that names another kid; `candidates` does not). Empty: no key fits an allowed algorithm."""
+    out = []
+    for jwk in jwks.get("keys", ()):
+        try:
+            entry = _parse_key(jwk)
+        except (PyJWKError, ValueError, TypeError):
+            continue  # (KeySet.parse skips it too)
+        material = {k: v for k, v in jwk.items() if k not in ("alg", "kid")}
+        kid = entry.kid
+        if kid is None:
+            digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+            kid = KIDLESS + digest[:16]
+        out += [{**material, "kid": kid, "alg": alg} for alg in algorithms if entry.fits(alg)]
+    return out
 
 
 class KeySource:

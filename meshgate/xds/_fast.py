@@ -56,7 +56,7 @@ from meshgate import contract
 from meshgate.policy.model import Issuer, Model, Policy
 
 from ._bodies import EXTAUTHZ_FILTER
-from ._native import BEARER_HEADER, DECIDE_FILTER, GUARD_FILTER, JWT_FILTER
+from ._native import BEARER_HEADER, DECIDE_FILTER, GUARD_FILTER, JWT_FILTER, pinned_keys
 from ._pb import pack
 
 __all__ = [
@@ -210,7 +210,8 @@ def _claims(
 
     names = issuer.claims
     yield _payload("iss", _exact(issuer.issuer))
-    yield _md("header", "alg", _any_of(issuer.algorithms))
+    if not pinned_keys(issuer):  # (pinned: jwt_authn verifies no other algorithm, `_native`)
+        yield _md("header", "alg", _any_of(issuer.algorithms))
     yield _payload(names.tenant, _any_of(tenants))
     granting = value_pb2.ListMatcher(one_of=_any_of(roles))
     yield _payload(names.roles, value_pb2.ValueMatcher(list_match=granting))

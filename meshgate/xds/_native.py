@@ -45,6 +45,7 @@ __all__ = [
     "JWT_FILTER",
     "NAMESPACE",
     "decision_table",
+    "pinned_keys",
     "disable_on",
     "jwks_remote",
     "lua_source",
@@ -125,17 +126,20 @@ def _provider(issuer: Issuer, policy: Policy) -> jwt_pb2.JwtProvider:
         forward=False,  # (the copy; Authorization is removed by the decision unless forward_authorization)
         clear_route_cache=True,  # the fast routes (`_fast`) match on the verified payload
         payload_in_metadata=_PAYLOAD,
-        header_in_metadata=_HEADER,
         failed_status_in_metadata=_failed_key(issuer),
         clock_skew_seconds=round(issuer.leeway),
         jwt_cache_config=jwt_pb2.JwtCacheConfig(
             jwt_cache_size=1000, jwt_max_token_size=policy.auth.max_token_bytes
         ),
     )
+    keys = pinned_keys(issuer)
+    if not keys:  # jwt_authn may verify an algorithm the issuer does not allow: the decision checks it
+        provider.header_in_metadata = _HEADER
     if issuer.jwks is not None:
         from meshgate.extauthz.table import plain  # (lazily: see decision_table)
 
-        provider.local_jwks.inline_string = json.dumps(plain(issuer.jwks), sort_keys=True)
+        jwks = {"keys": keys} if keys else plain(issuer.jwks)
+        provider.local_jwks.inline_string = json.dumps(jwks, sort_keys=True)
     elif issuer.jwks_uri is not None:
         provider.remote_jwks.CopyFrom(
             jwt_pb2.RemoteJwks(
@@ -147,6 +151,19 @@ def _provider(issuer: Issuer, policy: Policy) -> jwt_pb2.JwtProvider:
             )
         )
     return provider
+
+
+def pinned_keys(issuer: Issuer) -> list[dict[str, Any]]:
+    """An inline JWKS as jwt_authn must get it to verify only what extauthz verifies (`pinned_jwks`:
+    each key's kid and alg set), or [] (keys Envoy fetches itself; or no key fits an allowed
+    algorithm): then jwt_authn writes the token's header in the metadata and the decision checks its
+    alg, the fast routes too."""
+    if issuer.jwks is None:
+        return []
+    from meshgate.extauthz.keys import pinned_jwks  # (lazily: see decision_table)
+    from meshgate.extauthz.table import plain
+
+    return pinned_jwks(cast(Mapping[str, Any], plain(issuer.jwks)), issuer.algorithms)
 
 
 def _failed_key(issuer: Issuer) -> str:
@@ -252,6 +269,7 @@ def _issuer(issuer: Issuer) -> dict[str, Any]:
             }
     return {
         "fits": fits,
+        "pinned": bool(pinned_keys(issuer)),  # (jwt_authn verified only allowed algorithms: no header)
         "name": issuer.name,
         "algs": _set(issuer.algorithms),
         "claims": claims,

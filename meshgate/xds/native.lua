@@ -304,12 +304,15 @@ local function identity(handle, token)
   end
   local verified = handle:streamInfo():dynamicMetadata():get(JWT) or {}
   local claims, header = verified.payload, verified.header
-  if claims == nil or header == nil then return token_failure(token, verified) end
+  if claims == nil then return token_failure(token, verified) end
   local issuer = P.issuers[claims.iss or ""]
   if issuer == nil then return deny("token_unknown_issuer", "token issuer is not trusted") end
-  local alg = header.alg
-  if not issuer.algs[alg or ""] then
-    return deny("token_alg_not_allowed", "algorithm " .. tostring(alg) .. " is not allowed for issuer " .. issuer.name)
+  if not issuer.pinned then  -- (pinned: its keys verify only its algorithms, and no header is written)
+    if header == nil then return token_failure(token, verified) end
+    local alg = header.alg
+    if not issuer.algs[alg or ""] then
+      return deny("token_alg_not_allowed", "algorithm " .. tostring(alg) .. " is not allowed for issuer " .. issuer.name)
+    end
   end
   if type(claims.iat) == "number" and claims.iat > os.time() + issuer.leeway then
     return deny("token_not_yet_valid", "token is not valid yet (nbf or iat in the future)")

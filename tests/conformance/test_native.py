@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
+from jwt.algorithms import RSAAlgorithm
 
 from meshgate import contract
 from meshgate.extauthz.core import MAX_USER_CHARS
@@ -38,7 +39,15 @@ from tests.harness.meshgate import Meshgate
 from tests.harness.procs import free_port
 from tests.harness.stack import Stack
 from tests.unit.test_extauthz_jwt import ATTACKS
-from tests.unit.test_extauthz_support import API_KEY, API_KEY_GLOBEX, claims, forge, mint, policy_doc
+from tests.unit.test_extauthz_support import (
+    API_KEY,
+    API_KEY_GLOBEX,
+    claims,
+    forge,
+    mint,
+    policy_doc,
+    rsa_key,
+)
 
 MODES = ("ext_authz", "auto", "native")
 METERED = 3  # requests a day per user of globex (free tier: x1) on model `metered`
@@ -60,6 +69,10 @@ def gateway_policy(doc: dict[str, Any], mode: str, *, upstream: int, port: int) 
 
 def _doc(mode: str, *, upstream: int, port: int) -> dict[str, Any]:
     doc = policy_doc()
+    # a key without a kid: extauthz tries it only for a token without a kid; jwt_authn would try it for
+    # any token, so the native gateway gets it with a kid of its own (meshgate.extauthz.keys.pinned_jwks)
+    kidless = RSAAlgorithm.to_jwk(rsa_key("kidless").public_key(), as_dict=True)
+    doc["issuers"][0]["jwks"]["keys"].append({**kidless, "use": "sig"})
     doc["models"] += [
         {"name": "vault", "visibility": "private", "owner": "acme", "versions": [{"name": "v1"}]},
         {"name": "metered", "versions": [{"name": "v1"}]},
@@ -148,6 +161,9 @@ CASES = [
     Case("valid ES256", _issued(alg="ES256", kid="ec-1"), fast=True),
     Case("valid EdDSA", _issued(alg="EdDSA", kid="ed-1"), fast=True),
     Case("no kid: the keys that fit", _issued(kid=None), fast=True),
+    Case("no kid, the key without a kid", _issued(kid=None, key=rsa_key("kidless")), fast=True),
+    Case("another kid, signed by the key without a kid", _jwt(kid="rsa-9", key=rsa_key("kidless"))),
+    Case("RS384: a key fits, the issuer does not allow it", _jwt(alg="RS384")),
     Case("jku and x5u ignored on a good token", _issued(headers={"jku": "https://evil.example/j", "x5u": "https://e/c"}),
          fast=True),
     Case("just expired, within leeway", lambda: _bearer(mint(exp=int(time.time()) - 2, iat=int(time.time()) - 100)),

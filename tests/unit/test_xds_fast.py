@@ -5,24 +5,28 @@ extauthz's, request by request on real Envoys, in tests/conformance/test_native.
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
 import yaml
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import header_mutation_pb2 as early_pb2
+from jwt.algorithms import RSAAlgorithm
 
 from meshgate import contract
+from meshgate.extauthz.keys import KIDLESS
 from meshgate.policy import Policy, parse_policy
 from meshgate.xds import compile_snapshot
 from meshgate.xds._fast import CLOCK_MARGIN, FAST_STATS, IDENTITY_FILTER
-from meshgate.xds._native import BEARER_HEADER, JWT_FILTER
+from meshgate.xds._native import BEARER_HEADER, JWT_FILTER, decision_table
 from meshgate.xds._types import LISTENER, ROUTE
 from meshgate.xds.compile import refresh_routes
 from meshgate.xds.options import CompileOptions, options_from_env
-from tests.unit.test_extauthz_support import policy_doc
+from tests.unit.test_extauthz_support import policy_doc, rsa_key
 
 NOW = 1_800_000_000.0
 
@@ -98,9 +102,7 @@ def test_what_a_fast_route_matches() -> None:
     md = _md(gold)
     assert all(m.filter == JWT_FILTER for m in md.values())
     assert md["payload/iss"].value.string_match.exact == "https://issuer.test"
-    assert {v.string_match.exact for v in md["header/alg"].value.or_match.value_matchers} == {
-        "RS256", "PS256", "ES256", "EdDSA"
-    }  # fmt: skip
+    assert "header/alg" not in md  # (inline keys: pinned to the issuer's algorithms, below)
     assert md["payload/tenant"].value.string_match.exact == "acme"  # gold's only tenant
     roles = md["payload/roles"].value.list_match.one_of.or_match.value_matchers
     assert {r.string_match.exact for r in roles} == {"invoker", "classifier-only"}
@@ -230,3 +232,39 @@ def test_the_refresh_knob_refuses_what_is_not_a_sane_period(raw: str) -> None:
         options_from_env({}, {"MESHGATE_XDS_FAST_REFRESH": raw})
     assert options_from_env({}, {"MESHGATE_XDS_FAST_REFRESH": "5"}).fast_refresh == 5.0
     assert options_from_env({}, {}).fast_refresh == 20.0
+
+
+def _provider(policy: Policy) -> jwt_pb2.JwtProvider:
+    (jwt,) = [f for f in _hcm(policy).http_filters if f.name == JWT_FILTER]
+    config = jwt_pb2.JwtAuthentication()
+    jwt.typed_config.Unpack(config)
+    return config.providers["test"]
+
+
+def test_inline_keys_are_pinned_to_the_issuers_algorithms_and_each_has_a_kid() -> None:
+    """jwt_authn takes any algorithm a key without `alg` verifies, and tries a key without `kid` for a
+    token naming another kid; extauthz does neither. So Envoy gets one copy of each key per allowed
+    algorithm it fits, with that alg, and a kid for a key without one: then it needs no header in the
+    metadata, and neither the decision nor the fast routes check the alg."""
+    issuers = copy.deepcopy(policy_doc()["issuers"])
+    kidless = RSAAlgorithm.to_jwk(rsa_key("kidless").public_key(), as_dict=True)
+    issuers[0]["jwks"]["keys"].append(kidless)
+    policy = _policy(issuers=issuers)
+    provider = _provider(policy)
+    keys = json.loads(provider.local_jwks.inline_string)["keys"]
+    pinned = {(k["kid"] if not k["kid"].startswith(KIDLESS) else KIDLESS, k["alg"]) for k in keys}
+    assert pinned == {("rsa-1", "RS256"), ("rsa-1", "PS256"), ("ec-1", "ES256"), ("ed-1", "EdDSA"),
+                      (KIDLESS, "RS256"), (KIDLESS, "PS256")}  # fmt: skip
+    assert len(keys) == len(pinned) and provider.header_in_metadata == ""
+    assert decision_table(policy)["issuers"]["https://issuer.test"]["pinned"] is True
+
+
+def test_keys_envoy_fetches_keep_the_alg_check() -> None:
+    issuers = copy.deepcopy(policy_doc()["issuers"])
+    del issuers[0]["jwks"]
+    issuers[0]["jwks_uri"] = "https://idp.test/keys"
+    policy = _policy(issuers=issuers)
+    assert _provider(policy).header_in_metadata == "header"
+    assert decision_table(policy)["issuers"]["https://issuer.test"]["pinned"] is False
+    fast = next(r for r in _routes(policy) if "|fast|" in r.name)
+    assert _md(fast)["header/alg"].value.or_match.value_matchers
