@@ -45,11 +45,11 @@ __all__ = [
     "JWT_FILTER",
     "NAMESPACE",
     "decision_table",
-    "pinned_keys",
     "disable_on",
     "jwks_remote",
     "lua_source",
     "native_filters",
+    "pinned_keys",
     "undecided",
 ]
 
