@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from native_bench import cpu_seconds, request, run_wrk, start_meshgate_row  # noqa: E402
+from native_bench import Row, cpu_seconds, request, run_wrk, start_meshgate_row  # noqa: E402
 from native_bench_configs import Keys, upstream_bootstrap  # noqa: E402
 
 from tests.harness.envoy import Envoy  # noqa: E402
@@ -108,6 +108,16 @@ def with_variants(boot: dict[str, Any], kept: dict[str, list[str]]) -> dict[str,
     return boot
 
 
+def start_gateway(enforcement: str, stack: Stack, work: Path, keys: Keys) -> tuple[Row, dict[str, Any]] | str:
+    """What native_bench.py starts for its `enforcement` row (the upstream Envoy, `meshgate serve`, the
+    gateway Envoy over ADS): the row and its gateway's `/config_dump?include_eds`, or why it failed."""
+    upstream = stack.add(Envoy(upstream_bootstrap(), workdir=work, log_level="warning", name="upstream"))
+    row = start_meshgate_row(enforcement, stack, work, keys, upstream.start().listener_port("upstream"))
+    if row.status != "ok" or row.envoy is None:
+        return row.status
+    return row, json.loads(row.envoy.admin_get("/config_dump?include_eds"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -122,17 +132,11 @@ def main() -> int:
         work = Path(tmp)
         stack = Stack(work)
         try:
-            upstream = stack.add(
-                Envoy(upstream_bootstrap(), workdir=work, log_level="warning", name="upstream")
-            )
-            row = start_meshgate_row(
-                args.enforcement, stack, work, keys, upstream.start().listener_port("upstream")
-            )
-            if row.status != "ok":
-                print(f"{args.enforcement}: {row.status}")
+            started = start_gateway(args.enforcement, stack, work, keys)
+            if isinstance(started, str):
+                print(f"{args.enforcement}: {started}")
                 return 1
-            assert row.envoy is not None
-            dump = json.loads(row.envoy.admin_get("/config_dump?include_eds"))
+            row, dump = started
             boot, filters = static_config(dump)
             kept = variants(filters)
             if DECIDE in filters:  # what any Lua filter costs, apart from the decision it runs

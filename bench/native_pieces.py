@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -26,11 +25,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from envoy_instructions import count, one_listener  # noqa: E402
-from native_ablation import static_config  # noqa: E402
-from native_bench import start_meshgate_row  # noqa: E402
-from native_bench_configs import Keys, upstream_bootstrap  # noqa: E402
+from native_ablation import start_gateway, static_config  # noqa: E402
+from native_bench_configs import Keys  # noqa: E402
 
-from tests.harness.envoy import Envoy  # noqa: E402
 from tests.harness.stack import Stack  # noqa: E402
 
 Config = dict[str, Any]
@@ -106,16 +103,11 @@ def main() -> int:
         work = Path(tmp)
         stack = Stack(work)
         try:
-            upstream = stack.add(
-                Envoy(upstream_bootstrap(), workdir=work, log_level="warning", name="upstream")
-            )
-            row = start_meshgate_row(
-                args.enforcement, stack, work, keys, upstream.start().listener_port("upstream")
-            )
-            if row.status != "ok" or row.envoy is None:
-                print(f"{args.enforcement}: {row.status}")
+            started = start_gateway(args.enforcement, stack, work, keys)
+            if isinstance(started, str):
+                print(f"{args.enforcement}: {started}")
                 return 1
-            boot, _ = static_config(json.loads(row.envoy.admin_get("/config_dump?include_eds")))
+            boot, _ = static_config(started[1])
             template = boot["static_resources"].pop("_listener")
             results: dict[str, tuple[float, dict[int, int]]] = {}
             for i, (name, change) in enumerate({"(all)": lambda _: None, **PIECES}.items()):
