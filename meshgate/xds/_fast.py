@@ -68,6 +68,7 @@ __all__ = [
     "fast_path",
     "grants_of",
     "identity_filter",
+    "pinned_of",
     "with_fast_routes",
 ]
 
@@ -115,13 +116,15 @@ def with_fast_routes(
     *,
     now: float,
     grants: Grants,
+    pinned: Collection[str] = (),
     stats: bool = False,
 ) -> list[rc.Route]:
     """`routes` (one face of `model`, in order) with a fast copy before each route matched by path, and
     before the first unversioned one a slow copy of the canary route for any other versioned path (a
     version no pin names: the decision refuses it; the unversioned fast copies must not catch it).
-    `grants`: `role_grants(policy)` (`grants_of`), computed once for every model; `stats`: give the fast
-    copies the stat prefix FAST_STATS."""
+    `grants`: `role_grants(policy)` (`grants_of`) and `pinned`: the issuers whose keys are pinned
+    (`pinned_of`), both computed once for every model; `stats`: give the fast copies the stat prefix
+    FAST_STATS."""
     if not fast_path(policy):
         return list(routes)
     base = f"/v2/models/{model.name}"
@@ -136,7 +139,7 @@ def with_fast_routes(
         if not pin and not caught:
             out.append(_catch(route, routes, base))
             caught = True
-        out.extend(_fast_copies(policy, model, route, pin, now, grants, stats))
+        out.extend(_fast_copies(policy, model, route, pin, now, grants, pinned, stats))
         out.append(route)
     return out
 
@@ -161,8 +164,20 @@ def grants_of(policy: Policy) -> Grants:
     return role_grants(policy)
 
 
+def pinned_of(policy: Policy) -> frozenset[str]:
+    """The issuers whose inline keys jwt_authn gets pinned (`_native.pinned_keys`): no alg to check."""
+    return frozenset(i.name for i in policy.issuers if fast_path(policy) and pinned_keys(i))
+
+
 def _fast_copies(
-    policy: Policy, model: Model, route: rc.Route, pin: str, now: float, grants: Grants, stats: bool
+    policy: Policy,
+    model: Model,
+    route: rc.Route,
+    pin: str,
+    now: float,
+    grants: Grants,
+    pinned: Collection[str],
+    stats: bool,
 ) -> Iterator[rc.Route]:
     roles = sorted(
         role
@@ -184,7 +199,8 @@ def _fast_copies(
             fast.name = f"{route.name}|fast|{issuer.name}|{tier}{'|no-origin' if restricted else ''}"
             if stats:
                 fast.stat_prefix = FAST_STATS  # vhost.models.route.native_fast.upstream_rq_*: one count
-            fast.match.dynamic_metadata.extend(_claims(policy, issuer, names, roles, now))
+            claims = _claims(policy, issuer, names, roles, now, pinned=issuer.name in pinned)
+            fast.match.dynamic_metadata.extend(claims)
             # Envoy matches a route's headers and metadata before its path: a request for another path
             # fails first on this cheap copy of the path's test (each fast copy of each model before
             # the request's route is tried twice per request, before and after jwt_authn)
@@ -204,13 +220,13 @@ def _readable(issuer: Issuer) -> bool:
 
 
 def _claims(
-    policy: Policy, issuer: Issuer, tenants: list[str], roles: list[str], now: float
+    policy: Policy, issuer: Issuer, tenants: list[str], roles: list[str], now: float, *, pinned: bool
 ) -> Iterator[metadata_pb2.MetadataMatcher]:
     from meshgate.extauthz.core import MAX_USER_CHARS
 
     names = issuer.claims
     yield _payload("iss", _exact(issuer.issuer))
-    if not pinned_keys(issuer):  # (pinned: jwt_authn verifies no other algorithm, `_native`)
+    if not pinned:  # (pinned: jwt_authn verifies no other algorithm, `_native.pinned_keys`)
         yield _md("header", "alg", _any_of(issuer.algorithms))
     yield _payload(names.tenant, _any_of(tenants))
     granting = value_pb2.ListMatcher(one_of=_any_of(roles))

@@ -28,7 +28,7 @@ from meshgate.policy.model import Model, Policy
 
 from . import _names
 from ._bodies import EXTAUTHZ_FILTER, grpc_route, json_type, size_routes, stream_body, stream_refusal
-from ._fast import grants_of, with_fast_routes
+from ._fast import grants_of, pinned_of, with_fast_routes
 from ._names import Face
 from ._openai import SERVED_NAME_FILTER, served_name
 from ._pb import duration, pack, u32
@@ -61,7 +61,7 @@ def route_configuration(
     routes = []
     usage = ratelimit and any(reads_usage(m) for m in policy.models)
     served = has_served_names(policy)
-    grants = grants_of(policy)  # (native, auto: the fast routes' roles)
+    grants, pinned = grants_of(policy), pinned_of(policy)  # (native, auto: the fast routes' roles, algs)
     for model in policy.models:
         limits = model_rate_limits(policy, model, traced=traced) if ratelimit else None
         for route in size_routes(model) if model.serves("v2-rest") else ():
@@ -83,7 +83,7 @@ def route_configuration(
                 if served and reads_usage(model):
                     _enable(route, SERVED_NAME_FILTER)  # each version's name: _served_names
             routes += with_fast_routes(  # `_fast`
-                policy, model, face_routes, now=now, grants=grants, stats=fast_stats
+                policy, model, face_routes, now=now, grants=grants, pinned=pinned, stats=fast_stats
             )
     routes += server_routes(policy, extauthz=extauthz)  # /v2/health/*, gRPC ServerReady, ... (no model)
     if any(m.serves("v2-grpc") for m in policy.models):
