@@ -19,11 +19,14 @@ to a valid token and to no token is printed first. Needs `wrk` (Debian: `apt-get
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
 import sys
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,14 +111,39 @@ def with_variants(boot: dict[str, Any], kept: dict[str, list[str]]) -> dict[str,
     return boot
 
 
-def start_gateway(enforcement: str, stack: Stack, work: Path, keys: Keys) -> tuple[Row, dict[str, Any]] | str:
+@dataclass
+class Gateway:
+    """A started native_bench row: its gateway's `/config_dump?include_eds`, and where to add more."""
+
+    row: Row
+    dump: dict[str, Any]
+    stack: Stack
+    work: Path
+    token: str
+
+
+@contextlib.contextmanager
+def started_gateway(enforcement: str, prefix: str) -> Iterator[Gateway]:
     """What native_bench.py starts for its `enforcement` row (the upstream Envoy, `meshgate serve`, the
-    gateway Envoy over ADS): the row and its gateway's `/config_dump?include_eds`, or why it failed."""
-    upstream = stack.add(Envoy(upstream_bootstrap(), workdir=work, log_level="warning", name="upstream"))
-    row = start_meshgate_row(enforcement, stack, work, keys, upstream.start().listener_port("upstream"))
-    if row.status != "ok" or row.envoy is None:
-        return row.status
-    return row, json.loads(row.envoy.admin_get("/config_dump?include_eds"))
+    gateway Envoy over ADS), in a temporary directory; everything is stopped on leaving. Exits with
+    the reason if the row does not start."""
+    keys = Keys()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        work = Path(tmp)
+        stack = Stack(work)
+        try:
+            upstream = stack.add(
+                Envoy(upstream_bootstrap(), workdir=work, log_level="warning", name="upstream")
+            )
+            row = start_meshgate_row(
+                enforcement, stack, work, keys, upstream.start().listener_port("upstream")
+            )
+            if row.status != "ok" or row.envoy is None:
+                raise SystemExit(f"{enforcement}: {row.status}")
+            dump = json.loads(row.envoy.admin_get("/config_dump?include_eds"))
+            yield Gateway(row, dump, stack, work, keys.token())
+        finally:
+            stack.close()
 
 
 def main() -> int:
@@ -126,30 +154,18 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=4)
     args = parser.parse_args()
-    keys = Keys()
-    token = keys.token()
-    with tempfile.TemporaryDirectory(prefix="native-ablation-") as tmp:
-        work = Path(tmp)
-        stack = Stack(work)
-        try:
-            started = start_gateway(args.enforcement, stack, work, keys)
-            if isinstance(started, str):
-                print(f"{args.enforcement}: {started}")
-                return 1
-            row, dump = started
-            boot, filters = static_config(dump)
-            kept = variants(filters)
-            if DECIDE in filters:  # what any Lua filter costs, apart from the decision it runs
-                kept["jwt_authn+decide" + NOOP] = [f for f in filters if f in (filters[0], DECIDE, ROUTER)]
-            static = stack.add(
-                Envoy(with_variants(boot, kept), workdir=work, log_level="warning", name="static")
-            )
-            static.start()
-            targets = {name: (static.listener_port(name), static.proc.pid) for name in kept}
-            targets["gateway (ADS)"] = (row.port, row.envoy_pid)
-            _measure(targets, token, args)
-        finally:
-            stack.close()
+    with started_gateway(args.enforcement, "native-ablation-") as gateway:
+        boot, filters = static_config(gateway.dump)
+        kept = variants(filters)
+        if DECIDE in filters:  # what any Lua filter costs, apart from the decision it runs
+            kept["jwt_authn+decide" + NOOP] = [f for f in filters if f in (filters[0], DECIDE, ROUTER)]
+        static = gateway.stack.add(
+            Envoy(with_variants(boot, kept), workdir=gateway.work, log_level="warning", name="static")
+        )
+        static.start()
+        targets = {name: (static.listener_port(name), static.proc.pid) for name in kept}
+        targets["gateway (ADS)"] = (gateway.row.port, gateway.row.envoy_pid)
+        _measure(targets, gateway.token, args)
     return 0
 
 

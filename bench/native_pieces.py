@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from envoy_instructions import count, one_listener  # noqa: E402
-from native_ablation import start_gateway, static_config  # noqa: E402
-from native_bench_configs import Keys  # noqa: E402
-
-from tests.harness.stack import Stack  # noqa: E402
+from native_ablation import started_gateway, static_config  # noqa: E402
 
 Config = dict[str, Any]
 
@@ -97,28 +93,17 @@ def main() -> int:
     parser.add_argument("--enforcement", choices=("native", "auto"), default="native")
     parser.add_argument("--requests", type=int, default=500, help="counted requests per config (default 500)")
     args = parser.parse_args()
-    keys = Keys()
-    token = keys.token()
-    with tempfile.TemporaryDirectory(prefix="native-pieces-") as tmp:
-        work = Path(tmp)
-        stack = Stack(work)
-        try:
-            started = start_gateway(args.enforcement, stack, work, keys)
-            if isinstance(started, str):
-                print(f"{args.enforcement}: {started}")
-                return 1
-            boot, _ = static_config(started[1])
-            template = boot["static_resources"].pop("_listener")
-            results: dict[str, tuple[float, dict[int, int]]] = {}
-            for i, (name, change) in enumerate({"(all)": lambda _: None, **PIECES}.items()):
-                listener = copy.deepcopy(template)
-                change(listener)
-                config, port = one_listener(boot, listener)
-                (work / f"piece{i}").mkdir()
-                results[name] = count(config, port, token, args.requests, work / f"piece{i}")
-                print(f"{name}: {results[name][0]:,.0f}", file=sys.stderr)
-        finally:
-            stack.close()
+    results: dict[str, tuple[float, dict[int, int]]] = {}
+    with started_gateway(args.enforcement, "native-pieces-") as gateway:
+        boot, _ = static_config(gateway.dump)
+        template = boot["static_resources"].pop("_listener")
+        for i, (name, change) in enumerate({"(all)": lambda _: None, **PIECES}.items()):
+            listener = copy.deepcopy(template)
+            change(listener)
+            config, port = one_listener(boot, listener)
+            (gateway.work / f"piece{i}").mkdir()
+            results[name] = count(config, port, gateway.token, args.requests, gateway.work / f"piece{i}")
+            print(f"{name}: {results[name][0]:,.0f}", file=sys.stderr)
     whole = results["(all)"][0]
     print(f"\n{args.enforcement}: {args.requests} requests per config\n")
     print("| taken out | answers | instructions / request | saved |\n|---|---|---|---|")

@@ -5,8 +5,10 @@ hand-written jwt_authn + rbac chain costs in all (docs/native.md, "Performance")
 decision would allow, and that Envoy's own matchers can recognise as such, skips it:
 
 - before each model route matched by path (a pinned version, an A/B header, the canary), a *fast copy*
-  that matches only when jwt_authn verified the token (`dynamic_metadata` matchers on its payload and
-  header: the issuer, an algorithm it allows, a tenant of one tier that may use the model, a role that
+  that matches only when its path does (tested first: Envoy tests headers and metadata before the
+  path) and jwt_authn verified the token (`dynamic_metadata` matchers on its payload, and on its
+  header for keys Envoy fetches: the issuer, an algorithm it allows (inline keys are pinned to those:
+  `_native.pinned_keys`), a tenant of one tier that may use the model, a role that
   grants the version, a printable ASCII user of at most MAX_USER_CHARS characters, no iat later than
   `now` + leeway, no tier claim) and the request carries nothing the decision would look at further (a
   second credential, an `Authorization` other than `Bearer <token>`, a browser origin for a tenant whose
@@ -116,7 +118,7 @@ def with_fast_routes(
     *,
     now: float,
     grants: Grants,
-    pinned: Collection[str] = (),
+    pinned: Collection[str],
     stats: bool = False,
 ) -> list[rc.Route]:
     """`routes` (one face of `model`, in order) with a fast copy before each route matched by path, and
