@@ -2,7 +2,8 @@
 first token (TTFT) and total time per request, and their ratios. Not a test: run it by hand.
 
     python bench/llm_stream_bench.py [--requests 200] [--max-tokens 64] [--token-delay 0]
-                                     [--first-token-delay S] [--concurrency 1] [--breakdown [each]]
+                                     [--first-token-delay S] [--concurrency 1] [--http]
+                                     [--breakdown [each]]
                                      [--json out.json]
 
 Starts, on 127.0.0.1 and free ports: the chat stand-in (examples/quickstart_models.py chat, vLLM's SSE
@@ -51,10 +52,10 @@ MODEL = "zen-chat"
 API_KEY = "bench-key"
 
 
-def policy(gateway_port: int, backend_port: int) -> dict[str, Any]:
+def policy(gateway_port: int, backend_port: int, transport: str = "grpc") -> dict[str, Any]:
     return {
         "version": 1,
-        "gateway": {"port": gateway_port},
+        "gateway": {"port": gateway_port, "ext_authz": {"transport": transport}},
         "api_keys": [{"id": "bench", "tenant": "acme", "roles": ["invoker"],
                       "sha256": hashlib.sha256(API_KEY.encode()).hexdigest()}],
         "tenants": [{"name": "acme", "quotas": ["tokens-per-day"]}],
@@ -122,8 +123,9 @@ class Target:
     idle: dict[int, float] = {}
 
     def __init__(self, url: str, *, headers: dict[str, str] | None = None, envoy: int | None = None,
-                 meshgate: int | None = None) -> None:  # fmt: skip
+                 meshgate: int | None = None, metrics: str = "") -> None:  # fmt: skip
         self.url, self.headers, self.envoy, self.meshgate = url, headers or {}, envoy, meshgate
+        self.metrics = metrics  # its meshgate's /metrics
         self.rows: list[tuple[float, float, int]] = []
         self.cpu = {"envoy": 0, "meshgate": 0}
 
@@ -159,10 +161,16 @@ def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     path = "/v1/chat/completions"
     targets = {
         "direct": Target(f"http://127.0.0.1:{backend.port}{path}"),
-        "gateway": Target(
-            f"http://127.0.0.1:{gateway_port}{path}", envoy=envoy.proc.pid, meshgate=mg.proc.pid
-        ),
-    }
+        "gateway": Target(f"http://127.0.0.1:{gateway_port}{path}", envoy=envoy.proc.pid,
+                          meshgate=mg.proc.pid, metrics=mg.metrics_url),
+    }  # fmt: skip
+    if args.http:  # the same gateway, extauthz called over HTTP (gateway.ext_authz.transport: http)
+        http_port = free_port()
+        mg_http = stack.add(Meshgate(policy(http_port, backend.port, "http"), workdir=stack.workdir)).start()
+        envoy_http = stack.add(Envoy(envoy_bootstrap("bench-http", xds=mg_http.address("xds")),
+                                     workdir=stack.workdir, log_level="warning")).start()  # fmt: skip
+        targets["gateway http"] = Target(f"http://127.0.0.1:{http_port}{path}", envoy=envoy_http.proc.pid,
+                                         meshgate=mg_http.proc.pid, metrics=mg_http.metrics_url)  # fmt: skip
     log = stack.workdir / "variants.log"
     if args.breakdown:
         static, kept = start_static(envoy, stack.workdir, log, each=args.breakdown == "each")
@@ -170,7 +178,8 @@ def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
         for name, filters in kept.items():
             targets[name] = Target(f"http://127.0.0.1:{static.listener_port(name)}{path}",
                                    headers=identity_headers(filters, "acme", MODEL),
-                                   envoy=static.proc.pid, meshgate=mg.proc.pid)  # fmt: skip
+                                   envoy=static.proc.pid, meshgate=mg.proc.pid,
+                                   metrics=mg.metrics_url)  # fmt: skip
     names = list(targets)
     limits = httpx.Limits(max_connections=2 * len(names) * args.concurrency)
     with httpx.Client(timeout=60, trust_env=False, limits=limits) as client:
@@ -178,8 +187,8 @@ def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
             for i in range(5):
                 stream_once(client, target.url, args.max_tokens, -i, target.headers)
         wait_until(lambda: envoy.stat("http.gateway.rq_total") >= 5, 10, what="warm-up seen by Envoy")
-        calls = _calls_per_request(client, targets, mg.metrics_url, args.max_tokens)
-        Target.idle = idle_cpu({t.envoy for t in targets.values()} | {mg.proc.pid})
+        calls = _calls_per_request(client, targets, args.max_tokens)
+        Target.idle = idle_cpu({t.envoy for t in targets.values()} | {t.meshgate for t in targets.values()})
 
         def round_(n: int) -> None:  # every row once, in an order that rotates
             for name in names[n % len(names) :] + names[: n % len(names)]:
@@ -209,6 +218,9 @@ def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     rows = report["rows"]
     report["ratio_ttft_p50"] = rows["gateway"]["ttft_ms_p50"] / rows["direct"]["ttft_ms_p50"]
     report["ratio_total_p50"] = rows["gateway"]["total_ms_p50"] / rows["direct"]["total_ms_p50"]
+    if "gateway http" in rows:
+        report["ratio_ttft_p50_http"] = rows["gateway http"]["ttft_ms_p50"] / rows["direct"]["ttft_ms_p50"]
+        report["ratio_total_p50_http"] = rows["gateway http"]["total_ms_p50"] / rows["direct"]["total_ms_p50"]
     report["charged_at_stream_end"] = envoy.stat("cluster.meshgate|ratelimit.upstream_rq_total")
     if args.breakdown:
         stack.close()  # the static Envoy writes its access log out as it stops
@@ -220,19 +232,17 @@ def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     return report
 
 
-def _calls_per_request(
-    client: httpx.Client, targets: dict[str, Target], metrics_url: str, max_tokens: int
-) -> dict[str, str]:
+def _calls_per_request(client: httpx.Client, targets: dict[str, Target], max_tokens: int) -> dict[str, str]:
     """Per row, the gRPC calls one request makes to meshgate ("extauthz+ratelimit"), from meshgate's own
     counters (one request at a time, before the timed rounds)."""
     out = {}
     for name, target in targets.items():
         if target.meshgate is None:
             continue
-        before = _service_counts(metrics_url)
+        before = _service_counts(target.metrics)
         stream_once(client, target.url, max_tokens, 0, target.headers)
         time.sleep(0.2)  # the stream-end call
-        after = _service_counts(metrics_url)
+        after = _service_counts(target.metrics)
         out[name] = "+".join(f"{after[k] - before[k]:g}" for k in ("extauthz", "ratelimit"))
     return out
 
@@ -286,6 +296,11 @@ def main() -> None:
         help="backend seconds before the first word, its prefill (default: --token-delay)",
     )
     parser.add_argument(
+        "--http",
+        action="store_true",
+        help="also the row `gateway http`: a second meshgate + Envoy, extauthz called over HTTP",
+    )
+    parser.add_argument(
         "--breakdown",
         nargs="?",
         const="groups",
@@ -325,9 +340,14 @@ def print_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
             f"{r['meshgate_cpu_us']:11.0f}us {r['meshgate_calls'] or '-':>6}"
         )
     print(
-        f"gateway/direct: TTFT x{report['ratio_ttft_p50']:.2f}, total x{report['ratio_total_p50']:.2f} "
+        f"gateway/direct: TTFT x{report['ratio_ttft_p50']:.3f}, total x{report['ratio_total_p50']:.3f} "
         f"(medians); ratelimit calls seen by Envoy: {report['charged_at_stream_end']:g}"
     )
+    if "ratio_ttft_p50_http" in report:
+        print(
+            f"gateway http/direct: TTFT x{report['ratio_ttft_p50_http']:.3f}, "
+            f"total x{report['ratio_total_p50_http']:.3f} (medians)"
+        )
     lat = report["service_latency_us"]
     print(
         f"meshgate's own time per call (mean): extauthz Check {lat['extauthz_check']:.0f}us, "

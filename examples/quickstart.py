@@ -207,6 +207,8 @@ def start_meshgate(stack: Stack, policy_path: Path) -> dict[str, int]:
             str(policy_path),
             "--extauthz",
             f"{HOST}:0",
+            "--extauthz-http",
+            f"{HOST}:0",
             "--ratelimit",
             f"{HOST}:0",
             "--xds",

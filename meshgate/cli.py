@@ -45,7 +45,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     config = ServeConfig(
         policy=Path(args.policy),
-        listen={"extauthz": args.extauthz, "ratelimit": args.ratelimit, "xds": args.xds},
+        listen={
+            "extauthz": args.extauthz, "ratelimit": args.ratelimit, "xds": args.xds,
+            "extauthz_http": args.extauthz_http,
+        },
         metrics=args.metrics,
         ready_file=Path(args.ready_file) if args.ready_file else None,
         watch=not args.no_watch,
@@ -256,6 +259,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--policy", default=_env("policy", "policy.yaml"), help="policy file (watched)")
     serve.add_argument("--extauthz", default=_env("extauthz", "0.0.0.0:9001"), help="ext_authz gRPC address")
+    serve.add_argument(
+        "--extauthz-http",
+        default=_env("extauthz_http", "0.0.0.0:9003"),
+        help="ext_authz HTTP address (gateway.ext_authz.transport: http)",
+    )
     serve.add_argument(
         "--ratelimit", default=_env("ratelimit", "0.0.0.0:9002"), help="ratelimit gRPC address"
     )

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ASKED_TOKENS",
+    "ASKED_TOKENS_HTTP",
     "ASKED_TOKENS_KEY",
     "CHARGE",
     "CHECK",
@@ -38,8 +39,10 @@ __all__ = [
     "EXTAUTHZ_NAMESPACE",
     "GATEWAY_HEADERS",
     "HEADER_PREFIX",
+    "HTTP_METADATA_PREFIX",
     "IDENTITY_HEADERS",
     "MODEL_HEADER",
+    "MODEL_LISTS",
     "NO_ROUTE_BODY",
     "OPENAI_PREFIXES",
     "PHASE_KEY",
@@ -71,6 +74,7 @@ __all__ = [
     "USER_HEADER",
     "VERSION_HEADER",
     "QuotaPlan",
+    "asked_tokens",
     "descriptor_headers",
     "metadata",
     "quota_limit",
@@ -284,7 +288,18 @@ def metadata(namespace: str, *path: str) -> str:
 
 
 ASKED_TOKENS = metadata(EXTAUTHZ_NAMESPACE, EXTAUTHZ_METADATA, ASKED_TOKENS_KEY)
-"""The tokens a request asks for, as Envoy's formatter reads them after ext_authz."""
+"""The tokens a request asks for, as Envoy's formatter reads them after ext_authz (over gRPC)."""
+HTTP_METADATA_PREFIX = "x-meshgate-md-"
+"""ext_authz over HTTP (gateway.ext_authz.transport: http): each value of the EXTAUTHZ_METADATA struct is
+an answer header of this prefix + its key, which Envoy stores, as a string, under EXTAUTHZ_NAMESPACE
+with the header's name as the key (`dynamic_metadata_from_headers`). Never sent upstream."""
+ASKED_TOKENS_HTTP = metadata(EXTAUTHZ_NAMESPACE, HTTP_METADATA_PREFIX + ASKED_TOKENS_KEY)
+"""ASKED_TOKENS when ext_authz answers over HTTP."""
+
+
+def asked_tokens(transport: str) -> str:
+    """The formatter of the tokens a request asks for, after ext_authz over `transport` (grpc, http)."""
+    return ASKED_TOKENS_HTTP if transport == "http" else ASKED_TOKENS
 USED_TOKENS = metadata(USAGE_NAMESPACE, TOTAL_TOKENS)
 """The tokens the response used, as the backend reported them."""
 
@@ -320,6 +335,8 @@ GATEWAY_HEADERS = (
 OPENAI_PREFIXES = ("/v1/", "/openai/v1/")
 """Where OpenAI's API lives: vLLM, TGI, llama.cpp at /v1/, KServe's Hugging Face runtime at /openai/v1/.
 Every error the gateway or extauthz gives under them is in OpenAI's shape (docs/llm.md)."""
+MODEL_LISTS = tuple(prefix + "models" for prefix in OPENAI_PREFIXES)
+"""OpenAI's model list paths (and, under each, `/{model}`): answered by extauthz itself."""
 
 
 RATELIMIT_NAMESPACE = "envoy.filters.http.ratelimit"

@@ -47,17 +47,20 @@ class CallGate:
         """`server` as services see it when they add their handlers: each handler wrapped by this gate."""
         return cast(grpc.aio.Server, _GatedServer(server, self))
 
-    async def close(self, timeout: float) -> float:
+    async def close(self, timeout: float, *, also: Any = None) -> float:
         """End every stream now; wait until unary calls are done and quiet, at most `timeout` seconds.
-        Returns the seconds left of `timeout`."""
+        `also`: one more server counting its calls the same way (`in_flight`, `started`: extauthz over
+        HTTP). Returns the seconds left of `timeout`."""
         self.closing.set()
         deadline = self._clock() + timeout
         while True:
-            seen = self.started
+            seen = self.started + (also.started if also is not None else 0)
             await asyncio.sleep(max(0.0, min(self.quiet, deadline - self._clock())))
             left = deadline - self._clock()
+            in_flight = self.in_flight + (also.in_flight if also is not None else 0)
+            started = self.started + (also.started if also is not None else 0)
             # quiet: none in flight, none started for `quiet` (the calls gRPC holds surface by then)
-            if (self.in_flight == 0 and self.started == seen) or left <= 0:
+            if (in_flight == 0 and started == seen) or left <= 0:
                 return max(0.0, left)
 
     # --- handler wrappers -----------------------------------------------------------------------

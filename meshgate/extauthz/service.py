@@ -212,10 +212,30 @@ class ExtAuthzService:
         finally:
             step.end()
 
-    def _begin(self, request: external_auth_pb2.CheckRequest, call: Any) -> bytes | PendingCheck:
-        """The response, or a decision waiting for its prompt's count (its span still open)."""
+    async def check_message(self, req: CheckInput) -> external_auth_pb2.CheckResponse:
+        """Decide one request that came over HTTP (meshgate/extauthz/http.py), as `check_async` does:
+        the CheckResponse message, for the HTTP edge to write as its answer."""
+        step = self._begin(None, None, req=req)
+        if isinstance(step, external_auth_pb2.CheckResponse):
+            return step
+        assert isinstance(step, PendingCheck)
+        try:
+            authorizer, tokens = step.authorizer, await self._counters.count(step.counting)
+            decision = authorizer.finish(step.counting, tokens)
+            return self._answer(authorizer, decision, req, step.span, step.started, cached=False, wire=False)
+        finally:
+            step.end()
+
+    def _begin(
+        self, request: external_auth_pb2.CheckRequest | None, call: Any, *, req: CheckInput | None = None
+    ) -> Any:
+        """The response, or a decision waiting for its prompt's count (its span still open). `req`: a
+        request that came over HTTP (the answer is then a CheckResponse message, not its bytes)."""
         started = time.perf_counter()
-        req = to_check_input(request)
+        wire = req is None
+        if req is None:
+            assert request is not None
+            req = to_check_input(request)
         tracer = self._current_tracer(started)
         span = None
         if tracer is not None:
@@ -230,21 +250,28 @@ class ExtAuthzService:
                 pending, span = PendingCheck(started, req, span, authorizer, step), None  # _finish ends it
                 return pending
             decision, cached = step
-            return self._answer(authorizer, decision, req, span, started, cached=cached)
+            return self._answer(authorizer, decision, req, span, started, cached=cached, wire=wire)
         finally:
             if span is not None:
                 span.end()
 
     def _finish(self, step: PendingCheck, tokens: int) -> bytes:
         decision = step.authorizer.finish(step.counting, tokens)
-        return self._answer(step.authorizer, decision, step.req, step.span, step.started, cached=False)
+        wire: bytes = self._answer(step.authorizer, decision, step.req, step.span, step.started, cached=False)
+        return wire
 
     def _answer(
         self, authorizer: Authorizer, decision: Decision, req: CheckInput, span: trace.Span | None,
-        started: float, *, cached: bool,
-    ) -> bytes:  # fmt: skip
+        started: float, *, cached: bool, wire: bool = True,
+    ) -> Any:  # fmt: skip
+        """The serialized CheckResponse (`wire`), else the message (for the HTTP edge)."""
         decision_id = f"{self._id_prefix}{next(self._ids):0{_ID_DIGITS}x}"
-        response = self._respond(authorizer, decision, req, decision_id, cached=cached)
+        if wire:
+            response = self._respond(authorizer, decision, req, decision_id, cached=cached)
+        else:
+            client_headers = tuple([name for name in req.headers if name.startswith(HEADER_PREFIX)])
+            response = self._build(authorizer, decision, client_headers, req.path.startswith(OPENAI_PREFIXES))
+            add_decision_id(response, decision_id)
         self._observe(span, decision, req, decision_id=decision_id, cached=cached, started=started)
         return response
 

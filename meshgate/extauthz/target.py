@@ -64,7 +64,7 @@ _OPENAI_PATHS = {
     for prefix in OPENAI_PREFIXES
     for endpoint, generates in _OPENAI_ENDPOINTS.items()
 }
-MODEL_LISTS = tuple(prefix + "models" for prefix in OPENAI_PREFIXES)
+MODEL_LISTS = contract.MODEL_LISTS
 _MAX_TOKENS_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _NO_TARGET = Target(kind="server", model="\x00")  # memoized "this path names no target" (never returned)
 PATHS: BoundedMemo[str, Target] = BoundedMemo(PATH_MEMO_BYTES, max_entry_bytes=PATH_MEMO_ENTRY_BYTES)

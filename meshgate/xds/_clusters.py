@@ -130,8 +130,8 @@ def _lb_endpoints(
     return out
 
 
-def service_cluster(name: str, address: str, options: CompileOptions) -> Cluster:
-    """A cluster for one of meshgate's own gRPC services (HTTP/2, DNS or static address)."""
+def service_cluster(name: str, address: str, options: CompileOptions, *, http2: bool = True) -> Cluster:
+    """A cluster for one of meshgate's own services (gRPC: HTTP/2; else HTTP/1.1), DNS or static address."""
     host, port = split_host_port(address)
     cluster = _C(
         name=name,
@@ -139,7 +139,8 @@ def service_cluster(name: str, address: str, options: CompileOptions) -> Cluster
         connect_timeout=duration(options.connect_timeout),
         load_assignment=_assignment(name, [(host, port)]),
     )
-    cluster.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(_http2()))
+    if http2:
+        cluster.typed_extension_protocol_options[_HTTP_OPTIONS].CopyFrom(pack(_http2()))
     return cluster
 
 

@@ -21,6 +21,7 @@ from meshgate.contract import reads_usage
 from meshgate.policy.model import GatewaySettings, GatewayTLS, Policy
 
 from . import _names
+from ._authz_http import http_service
 from ._fast import bearer_copy, fast_path, identity_filter
 from ._native import native_filters, undecided
 from ._native_quotas import native_quota_filters, native_quotas
@@ -45,7 +46,7 @@ def gateway_listener(policy: Policy, options: CompileOptions) -> listener_pb2.Li
         if fast_path(policy):
             filters.append(identity_filter())  # the fast routes' identity, before every rate limit
     if options.enable_extauthz and gateway.enforcement != "native":
-        filters.append(_ext_authz(gateway))
+        filters.append(_ext_authz(gateway, options))
     openai = any(reads_usage(m) for m in policy.models)
     if options.enable_ratelimit and _calls_ratelimit(policy):
         filters.append(_ratelimit(gateway))
@@ -141,16 +142,23 @@ def _grpc(cluster: str, timeout: float) -> grpc_service_pb2.GrpcService:
     )
 
 
-def _ext_authz(gateway: GatewaySettings) -> hcm_pb2.HttpFilter:
+def _ext_authz(gateway: GatewaySettings, options: CompileOptions) -> hcm_pb2.HttpFilter:
     settings = gateway.ext_authz
-    config = ext_authz_pb2.ExtAuthz(
-        grpc_service=_grpc(_names.EXTAUTHZ_CLUSTER, settings.timeout),
-        transport_api_version=ADS.resource_api_version,
-        failure_mode_allow=settings.failure_mode_allow,
-        with_request_body=ext_authz_pb2.BufferSettings(
-            max_request_bytes=settings.max_request_bytes, allow_partial_message=False, pack_as_bytes=True
-        ),
-        clear_route_cache=True,
+    if settings.transport == "http":  # (_authz_http)
+        config = http_service(gateway, options)
+    else:
+        config = ext_authz_pb2.ExtAuthz(grpc_service=_grpc(_names.EXTAUTHZ_CLUSTER, settings.timeout))
+    config.MergeFrom(
+        ext_authz_pb2.ExtAuthz(
+            transport_api_version=ADS.resource_api_version,
+            failure_mode_allow=settings.failure_mode_allow,
+            with_request_body=ext_authz_pb2.BufferSettings(
+                max_request_bytes=settings.max_request_bytes,
+                allow_partial_message=False,
+                pack_as_bytes=settings.transport == "grpc",  # (over HTTP the body goes as it is)
+            ),
+            clear_route_cache=True,
+        )
     )
     if gateway.enforcement == "auto":  # only for the requests the native filters left undecided
         config.filter_enabled_metadata.CopyFrom(undecided())

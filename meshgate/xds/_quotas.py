@@ -105,15 +105,16 @@ def model_rate_limits(
     gateway traces, so a stream-end call carries the request's trace context (`_trace`)."""
     limits: list[rc.RateLimit] = []
     native = native_quotas(policy)
+    asked = contract.asked_tokens(policy.gateway.ext_authz.transport)
     for quota in contract.quota_plan(policy).quotas_of(policy, model.name):
         if quota.name in native:
             continue
         if quota.unit == "tokens":
             check = [*_actions(quota), _generic(contract.PHASE_KEY, contract.CHECK)]
             charge = [*_actions(quota), _generic(contract.PHASE_KEY, contract.CHARGE)]
-            limits.append(_limit(check, contract.ASKED_TOKENS, on_done=False))
+            limits.append(_limit(check, asked, on_done=False))
             limits.append(_limit(charge, contract.USED_TOKENS, on_done=True))
-            limits.append(_limit([*charge, *_estimate_flags()], contract.ASKED_TOKENS, on_done=True))
+            limits.append(_limit([*charge, *_estimate_flags()], asked, on_done=True))
         else:
             limits.append(rc.RateLimit(actions=_actions(quota)))
     if reads_usage(model):

@@ -48,7 +48,10 @@ def _listener(listener: listener_pb2.Listener) -> Iterator[Ref]:
                 authz = ext_authz_pb2.ExtAuthz()
                 limit = rate_limit_pb2.RateLimit()
                 if http_filter.typed_config.Unpack(authz):
-                    yield CLUSTER, authz.grpc_service.envoy_grpc.cluster_name
+                    if authz.HasField("http_service"):
+                        yield CLUSTER, authz.http_service.server_uri.cluster
+                    else:
+                        yield CLUSTER, authz.grpc_service.envoy_grpc.cluster_name
                 elif http_filter.typed_config.Unpack(limit):
                     yield CLUSTER, limit.rate_limit_service.grpc_service.envoy_grpc.cluster_name
 

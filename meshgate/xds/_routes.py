@@ -27,6 +27,7 @@ from meshgate.models.kserve import knative_host
 from meshgate.policy.model import Model, Policy
 
 from . import _names
+from ._authz_http import model_list_routes, uses_http
 from ._bodies import EXTAUTHZ_FILTER, grpc_route, json_type, size_routes, stream_body, stream_refusal
 from ._fast import grants_of, pinned_of, with_fast_routes
 from ._names import Face
@@ -88,6 +89,8 @@ def route_configuration(
     routes += server_routes(policy, extauthz=extauthz)  # /v2/health/*, gRPC ServerReady, ... (no model)
     if any(m.serves("v2-grpc") for m in policy.models):
         routes.append(grpc_route(policy, extauthz=extauthz))  # ext_authz reads the message head there
+    if extauthz and uses_http(policy):
+        routes += model_list_routes(policy)  # answered by extauthz's HTTP server as their upstream
     unrouted = _unrouted()
     if usage:
         _read_usage(unrouted)  # an OpenAI request matches it first: its model is only in the body

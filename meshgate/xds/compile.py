@@ -9,6 +9,7 @@ from google.protobuf.message import Message  # type: ignore[import-untyped]
 from meshgate.policy.model import Policy
 
 from . import _names
+from ._authz_http import HTTP_CLUSTER, http_cluster, uses_http
 from ._clusters import jwks_cluster, model_assignment, model_clusters, service_cluster
 from ._health import EndpointHealthMap
 from ._listener import gateway_listener
@@ -56,6 +57,8 @@ def compile_snapshot(
         clusters.append(
             (_names.EXTAUTHZ_CLUSTER, service_cluster(_names.EXTAUTHZ_CLUSTER, options.extauthz, options))
         )
+    if options.enable_extauthz and uses_http(policy):
+        clusters.append((HTTP_CLUSTER, http_cluster(options)))
     if serves(policy, "v2-grpc"):  # gRPC ServerLive/Ready/Metadata, answered by meshgate (`_server`)
         clusters.append((SERVER_CLUSTER, service_cluster(SERVER_CLUSTER, options.extauthz, options)))
     if options.enable_ratelimit:

@@ -15,7 +15,8 @@ __all__ = ["CompileOptions", "options_from_env"]
 class CompileOptions:
     """Deployment facts for `compile_snapshot`.
 
-    extauthz / ratelimit: host:port of meshgate's gRPC services as Envoy reaches them.
+    extauthz / ratelimit: host:port of meshgate's gRPC services as Envoy reaches them; extauthz_http:
+    of extauthz over HTTP (gateway.ext_authz.transport: http).
     enable_extauthz / enable_ratelimit: leave a filter (and its cluster) out, e.g. for routing tests.
     listener_address: the IP the gateway listener binds; None: the policy's gateway.address.
     connect_timeout: seconds for every upstream connect.
@@ -31,6 +32,7 @@ class CompileOptions:
 
     extauthz: str = "127.0.0.1:9001"
     ratelimit: str = "127.0.0.1:9002"
+    extauthz_http: str = "127.0.0.1:9003"
     enable_extauthz: bool = True
     enable_ratelimit: bool = True
     listener_address: str | None = None
@@ -45,7 +47,8 @@ class CompileOptions:
 
 def options_from_env(listen: dict[str, str], env: dict[str, str]) -> CompileOptions:
     """Compile options for `meshgate serve`: Envoy reaches extauthz/ratelimit where they listen
-    (0.0.0.0 read as 127.0.0.1) unless MESHGATE_XDS_EXTAUTHZ / MESHGATE_XDS_RATELIMIT say otherwise;
+    (0.0.0.0 read as 127.0.0.1) unless MESHGATE_XDS_EXTAUTHZ / MESHGATE_XDS_RATELIMIT /
+    MESHGATE_XDS_EXTAUTHZ_HTTP say otherwise;
     MESHGATE_XDS_FILTERS lists the filters to configure (default "extauthz,ratelimit"; "none" for none);
     MESHGATE_XDS_TRACING names the OTLP/gRPC collector (host:port) the gateway traces to, and
     MESHGATE_XDS_TRACING_SAMPLING the percent of requests it traces (default 100); MESHGATE_XDS_JWKS_CA the CA
@@ -64,6 +67,7 @@ def options_from_env(listen: dict[str, str], env: dict[str, str]) -> CompileOpti
     return CompileOptions(
         extauthz=advertised("extauthz"),
         ratelimit=advertised("ratelimit"),
+        extauthz_http=advertised("extauthz_http"),
         enable_extauthz="extauthz" in filters,
         enable_ratelimit="ratelimit" in filters,
         tracing=env.get("MESHGATE_XDS_TRACING") or None,

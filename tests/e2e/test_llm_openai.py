@@ -37,10 +37,12 @@ def sha256(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def policy(port: int, chats: dict[str, tuple[tuple[str, ChatStandIn, str | None], ...]]) -> dict[str, Any]:
+def policy(
+    port: int, chats: dict[str, tuple[tuple[str, ChatStandIn, str | None], ...]], transport: str = "grpc"
+) -> dict[str, Any]:
     """Tenants acme (a token quota) and globex; API keys and JWTs; `chats`: OpenAI model name ->
     (version, backend, served_name) per version; a private OpenAI model of globex and a KServe model
-    (neither listed for acme)."""
+    (neither listed for acme); extauthz called over `transport`."""
     models: list[dict[str, Any]] = []
     for name, versions in chats.items():
         weight = 100 // len(versions)
@@ -56,7 +58,7 @@ def policy(port: int, chats: dict[str, tuple[tuple[str, ChatStandIn, str | None]
     ]  # fmt: skip
     return {
         "version": 1,
-        "gateway": {"port": port, "address": "127.0.0.1"},
+        "gateway": {"port": port, "address": "127.0.0.1", "ext_authz": {"transport": transport}},
         "issuers": [{
             "name": "test", "issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["RS256"],
             "claims": {"tenant": "tenant", "user": "sub", "roles": "roles"}, "jwks": public_jwks(),
@@ -78,9 +80,10 @@ def gateway_for(
     meshgate_factory: Callable[..., Meshgate],
     envoy_factory: Callable[..., Envoy],
     chats: dict[str, tuple[tuple[str, ChatStandIn, str | None], ...]],
+    transport: str = "grpc",
 ) -> Gateway:
     port = free_port()
-    mg = meshgate_factory(policy(port, chats))
+    mg = meshgate_factory(policy(port, chats, transport))
     envoy = envoy_factory(envoy_bootstrap("llm-openai", xds=mg.address("xds")))
     first = next(iter(chats.values()))[0][1]
     return Gateway(port, mg, envoy, first)
@@ -91,12 +94,17 @@ def client(gateway: Gateway, api_key: str, *, prefix: str = "/v1", **kwargs: Any
                          max_retries=0, timeout=20, **kwargs)  # fmt: skip
 
 
-@pytest.fixture
+@pytest.fixture(params=["grpc", "http"])
 def gateway(
-    harness: Stack, meshgate_factory: Callable[..., Meshgate], envoy_factory: Callable[..., Envoy]
+    request: pytest.FixtureRequest,
+    harness: Stack,
+    meshgate_factory: Callable[..., Meshgate],
+    envoy_factory: Callable[..., Envoy],
 ) -> Gateway:
+    """The gateway, extauthz over gRPC and over HTTP (gateway.ext_authz.transport)."""
     backend = harness.add(ChatStandIn(harness.workdir)).start()
-    return gateway_for(harness, meshgate_factory, envoy_factory, {MODEL: (("v1", backend, None),)})
+    chats = {MODEL: (("v1", backend, None),)}
+    return gateway_for(harness, meshgate_factory, envoy_factory, chats, transport=request.param)
 
 
 def ask(c: openai.OpenAI, model: str = MODEL, max_tokens: int = 4) -> Any:

@@ -62,12 +62,13 @@ class ChatStandIn:
 
 
 def llm_policy(
-    gateway_port: int, backend: ChatStandIn, *, limit: int = LIMIT, **model: Any
+    gateway_port: int, backend: ChatStandIn, *, limit: int = LIMIT, transport: str = "grpc", **model: Any
 ) -> dict[str, Any]:
-    """acme and globex, each with a per-tenant token quota; one OpenAI model; JWTs from an inline JWKS."""
+    """acme and globex, each with a per-tenant token quota; one OpenAI model; JWTs from an inline JWKS;
+    extauthz called over `transport` (gateway.ext_authz.transport)."""
     return {
         "version": 1,
-        "gateway": {"port": gateway_port},
+        "gateway": {"port": gateway_port, "ext_authz": {"transport": transport}},
         "issuers": [{
             "name": "test", "issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["RS256"],
             "claims": {"tenant": "tenant", "user": "sub", "roles": "roles"}, "jwks": public_jwks(),
@@ -140,6 +141,7 @@ def start_gateway(
     *,
     limit: int = LIMIT,
     backend_args: tuple[str, ...] = (),
+    transport: str = "grpc",
     **model: Any,
 ) -> Gateway:
     """The chat stand-in (with `backend_args`), meshgate with `llm_policy` (`model`: more fields of the
@@ -147,17 +149,22 @@ def start_gateway(
     backend = harness.add(ChatStandIn(harness.workdir, *backend_args)).start()
     port = free_port()
     policy = harness.workdir / "policy.yaml"
-    policy.write_text(yaml.safe_dump(llm_policy(port, backend, limit=limit, **model), sort_keys=False))
+    policy.write_text(yaml.safe_dump(llm_policy(port, backend, limit=limit, transport=transport, **model), sort_keys=False))
     mg = meshgate_factory(policy)
     envoy = envoy_factory(envoy_bootstrap("llm", xds=mg.address("xds")))
     return Gateway(port, mg, envoy, backend)
 
 
-@pytest.fixture
+@pytest.fixture(params=["grpc", "http"])
 def gateway(
-    harness: Stack, meshgate_factory: Callable[..., Meshgate], envoy_factory: Callable[..., Envoy]
+    request: pytest.FixtureRequest,
+    harness: Stack,
+    meshgate_factory: Callable[..., Meshgate],
+    envoy_factory: Callable[..., Envoy],
 ) -> Iterator[Gateway]:
-    yield start_gateway(harness, meshgate_factory, envoy_factory)
+    """The gateway, with extauthz called over gRPC and over HTTP (the tokens asked reach the rate limit
+    filter through each transport's metadata: contract.asked_tokens)."""
+    yield start_gateway(harness, meshgate_factory, envoy_factory, transport=request.param)
 
 
 def words(text: str) -> int:

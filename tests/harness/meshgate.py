@@ -1,7 +1,7 @@
 """``python -m meshgate serve`` in a subprocess, every server on an ephemeral port.
 
 Contract with the CLI: once every server listens, ``--ready-file PATH`` is written atomically with JSON
-``{"extauthz": port, "ratelimit": port, "xds": port, "metrics": port, "pid": pid}``.
+``{"extauthz": port, "extauthz_http": port, "ratelimit": port, "xds": port, "metrics": port, "pid": pid}``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tests.harness.procs import Proc, StartupError, child_env, wait_until
 
 __all__ = ["SERVICES", "Meshgate"]
 
-SERVICES = ("extauthz", "ratelimit", "xds", "metrics")
+SERVICES = ("extauthz", "extauthz_http", "ratelimit", "xds", "metrics")
 _serial = itertools.count(1)
 
 
@@ -51,7 +51,7 @@ class Meshgate:
         self.ready_file = workdir / f"{self.name}.ready.json"
         self.startup_timeout = startup_timeout
         argv = [*binaries.meshgate_argv(), "serve", "--policy", str(self.policy_path)]
-        argv += [arg for service in SERVICES for arg in (f"--{service}", f"{self.host}:0")]
+        argv += [arg for s in SERVICES for arg in (f"--{s.replace('_', '-')}", f"{self.host}:0")]
         argv += ["--ready-file", str(self.ready_file)]
         if redis_url is not None:
             argv += ["--redis-url", redis_url]
@@ -91,7 +91,7 @@ class Meshgate:
         return parsed if isinstance(parsed, dict) else None
 
     def address(self, service: str) -> str:
-        """``127.0.0.1:port`` of ``extauthz``, ``ratelimit``, ``xds`` or ``metrics``."""
+        """``127.0.0.1:port`` of ``extauthz``, ``extauthz_http``, ``ratelimit``, ``xds`` or ``metrics``."""
         if service not in self.ports:
             raise KeyError(f"{self.name}: no port for {service!r} (started? {self.proc!r})")
         return f"{self.host}:{self.ports[service]}"
