@@ -45,6 +45,6 @@ ENV PATH=/opt/meshgate/bin:$PATH \
 USER 65532:65532
 WORKDIR /tmp
 # ext_authz, ratelimit, xDS (gRPC) and Prometheus /metrics (HTTP)
-EXPOSE 9001 9002 18000 9090
+EXPOSE 9001 9002 9003 18000 9090
 ENTRYPOINT ["meshgate"]
 CMD ["serve", "--policy", "/etc/meshgate/policy/policy.yaml"]

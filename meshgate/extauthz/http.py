@@ -142,6 +142,8 @@ class _Connection(asyncio.Protocol):
         self._peer = ""
         self._answers: deque[asyncio.Future[bytes]] = deque()
         self._closing = False
+        self._in_head = True  # until httptools saw the whole head of the request being read
+        self._head_fed = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -168,12 +170,22 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        if self._in_head:  # (httptools reports a header only once it ends: count what is fed meanwhile)
+            self._head_fed += len(data)
         try:
             self._parser.feed_data(data)
+            if self._in_head and self._head_fed > MAX_HEAD_BYTES:
+                raise _TooLarge(431, f"request head over {MAX_HEAD_BYTES} bytes")
         except _TooLarge as exc:
             self._fail(exc.status, str(exc))
         except httptools.HttpParserUpgrade:
             self._fail(400, "upgrade")
+        except httptools.HttpParserCallbackError as exc:  # a callback raised: its exception is the context
+            cause = exc.__context__
+            if isinstance(cause, _TooLarge):
+                self._fail(cause.status, str(cause))
+            else:
+                self._fail(400, f"malformed request: {exc}")
         except httptools.HttpParserError as exc:
             self._fail(400, f"malformed request: {exc}")
 
@@ -192,6 +204,9 @@ class _Connection(asyncio.Protocol):
         old = self._headers.get(key)
         self._headers[key] = text if old is None else f"{old},{text}"
 
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
         if self._body_bytes > self._limit:
@@ -208,6 +223,7 @@ class _Connection(asyncio.Protocol):
             source=_client_address(headers),
             request_id=headers.get("x-request-id", ""),
         )
+        self._in_head, self._head_fed = True, 0  # the next request's head
         answer = asyncio.ensure_future(self._server.answer(req))
         self._answers.append(answer)
         answer.add_done_callback(self._flush)

@@ -183,7 +183,8 @@ def test_service_ports_speak_grpc() -> None:
     service = find(objects(render()), "Service", "meshgate")
     ports = {p["name"]: (p["port"], p.get("appProtocol")) for p in service["spec"]["ports"]}
     assert ports == {
-        "extauthz": (9001, "grpc"), "ratelimit": (9002, "grpc"), "xds": (18000, "grpc"), "metrics": (9090, "http")
+        "extauthz": (9001, "grpc"), "ratelimit": (9002, "grpc"), "xds": (18000, "grpc"), "metrics": (9090, "http"),
+        "extauthz-http": (9003, "http"),
     }
 
 

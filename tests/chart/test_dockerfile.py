@@ -52,7 +52,7 @@ def test_exposes_the_charts_ports() -> None:
     import yaml
 
     ports = yaml.safe_load((CHART / "values.yaml").read_text())["ports"]
-    assert _values("EXPOSE") == [" ".join(str(ports[k]) for k in ("extauthz", "ratelimit", "xds", "metrics"))]
+    assert _values("EXPOSE") == [" ".join(str(ports[k]) for k in ("extauthz", "ratelimit", "extauthzHttp", "xds", "metrics"))]
 
 
 def test_build_context_keeps_what_copy_needs() -> None:
