@@ -2,8 +2,8 @@
 first token (TTFT) and total time per request, and their ratios. Not a test: run it by hand.
 
     python bench/llm_stream_bench.py [--requests 200] [--max-tokens 64] [--token-delay 0]
-                                     [--first-token-delay S] [--concurrency 1] [--http]
-                                     [--breakdown [each]]
+                                     [--first-token-delay S] [--concurrency 1]
+                                     [--setups http,admit,http+admit] [--breakdown [each]]
                                      [--json out.json]
 
 Starts, on 127.0.0.1 and free ports: the chat stand-in (examples/quickstart_models.py chat, vLLM's SSE
@@ -50,12 +50,18 @@ from tests.harness.stack import Stack  # noqa: E402
 
 MODEL = "zen-chat"
 API_KEY = "bench-key"
+_SETUPS = {"http": ("http", "ratelimit"), "admit": ("grpc", "extauthz"), "http+admit": ("http", "extauthz")}
+"""`--setups` rows: (gateway.ext_authz.transport, gateway.ratelimit.admission); `gateway` is the default
+(grpc, ratelimit)."""
 
 
-def policy(gateway_port: int, backend_port: int, transport: str = "grpc") -> dict[str, Any]:
+def policy(
+    gateway_port: int, backend_port: int, transport: str = "grpc", admission: str = "ratelimit"
+) -> dict[str, Any]:
     return {
         "version": 1,
-        "gateway": {"port": gateway_port, "ext_authz": {"transport": transport}},
+        "gateway": {"port": gateway_port, "ext_authz": {"transport": transport},
+                    "ratelimit": {"admission": admission}},
         "api_keys": [{"id": "bench", "tenant": "acme", "roles": ["invoker"],
                       "sha256": hashlib.sha256(API_KEY.encode()).hexdigest()}],
         "tenants": [{"name": "acme", "quotas": ["tokens-per-day"]}],
@@ -164,13 +170,16 @@ def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
         "gateway": Target(f"http://127.0.0.1:{gateway_port}{path}", envoy=envoy.proc.pid,
                           meshgate=mg.proc.pid, metrics=mg.metrics_url),
     }  # fmt: skip
-    if args.http:  # the same gateway, extauthz called over HTTP (gateway.ext_authz.transport: http)
-        http_port = free_port()
-        mg_http = stack.add(Meshgate(policy(http_port, backend.port, "http"), workdir=stack.workdir)).start()
-        envoy_http = stack.add(Envoy(envoy_bootstrap("bench-http", xds=mg_http.address("xds")),
-                                     workdir=stack.workdir, log_level="warning")).start()  # fmt: skip
-        targets["gateway http"] = Target(f"http://127.0.0.1:{http_port}{path}", envoy=envoy_http.proc.pid,
-                                         meshgate=mg_http.proc.pid, metrics=mg_http.metrics_url)  # fmt: skip
+    for row, (transport, admission) in _SETUPS.items():  # the same gateway, set up otherwise
+        if row not in args.setups:
+            continue
+        port = free_port()
+        doc = policy(port, backend.port, transport, admission)
+        mg_row = stack.add(Meshgate(doc, workdir=stack.workdir)).start()
+        bootstrap = envoy_bootstrap(f"bench-{transport}-{admission}", xds=mg_row.address("xds"))
+        envoy_row = stack.add(Envoy(bootstrap, workdir=stack.workdir, log_level="warning")).start()
+        targets[row] = Target(f"http://127.0.0.1:{port}{path}", envoy=envoy_row.proc.pid,
+                              meshgate=mg_row.proc.pid, metrics=mg_row.metrics_url)  # fmt: skip
     log = stack.workdir / "variants.log"
     if args.breakdown:
         static, kept = start_static(envoy, stack.workdir, log, each=args.breakdown == "each")
@@ -218,9 +227,11 @@ def run(args: argparse.Namespace, stack: Stack) -> dict[str, Any]:
     rows = report["rows"]
     report["ratio_ttft_p50"] = rows["gateway"]["ttft_ms_p50"] / rows["direct"]["ttft_ms_p50"]
     report["ratio_total_p50"] = rows["gateway"]["total_ms_p50"] / rows["direct"]["total_ms_p50"]
-    if "gateway http" in rows:
-        report["ratio_ttft_p50_http"] = rows["gateway http"]["ttft_ms_p50"] / rows["direct"]["ttft_ms_p50"]
-        report["ratio_total_p50_http"] = rows["gateway http"]["total_ms_p50"] / rows["direct"]["total_ms_p50"]
+    report["ratios"] = {
+        row: (rows[row]["ttft_ms_p50"] / rows["direct"]["ttft_ms_p50"],
+              rows[row]["total_ms_p50"] / rows["direct"]["total_ms_p50"])
+        for row in rows if row in _SETUPS
+    }  # fmt: skip
     report["charged_at_stream_end"] = envoy.stat("cluster.meshgate|ratelimit.upstream_rq_total")
     if args.breakdown:
         stack.close()  # the static Envoy writes its access log out as it stops
@@ -296,9 +307,10 @@ def main() -> None:
         help="backend seconds before the first word, its prefill (default: --token-delay)",
     )
     parser.add_argument(
-        "--http",
-        action="store_true",
-        help="also the row `gateway http`: a second meshgate + Envoy, extauthz called over HTTP",
+        "--setups",
+        default="",
+        help="also these rows, comma-separated, each a meshgate + Envoy of its own: "
+        + ", ".join(f"`{row}` ({t} transport, admission by {a})" for row, (t, a) in _SETUPS.items()),
     )
     parser.add_argument(
         "--breakdown",
@@ -310,6 +322,9 @@ def main() -> None:
         "bench/llm_bench_breakdown.py",
     )
     args = parser.parse_args()
+    args.setups = [s.strip() for s in args.setups.split(",") if s.strip()]
+    if unknown := set(args.setups) - set(_SETUPS):
+        parser.error(f"--setups: unknown {sorted(unknown)}; known: {', '.join(_SETUPS)}")
     with tempfile.TemporaryDirectory(prefix="llm-bench-") as tmp:
         stack = Stack(Path(tmp))
         try:
@@ -330,12 +345,12 @@ def print_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
         f"loadavg {report['loadavg']}"
     )
     print(
-        f"{'row':13} {'TTFT p50':>9} {'TTFT p90':>9} {'total p50':>10} {'total p90':>10} {'words':>6} "
+        f"{'row':14} {'TTFT p50':>9} {'TTFT p90':>9} {'total p50':>10} {'total p90':>10} {'words':>6} "
         f"{'Envoy CPU':>10} {'meshgate CPU':>13} {'calls':>6}"
     )
     for name, r in report["rows"].items():
         print(
-            f"{name:13} {r['ttft_ms_p50']:8.2f}ms {r['ttft_ms_p90']:8.2f}ms {r['total_ms_p50']:9.2f}ms "
+            f"{name:14} {r['ttft_ms_p50']:8.2f}ms {r['ttft_ms_p90']:8.2f}ms {r['total_ms_p50']:9.2f}ms "
             f"{r['total_ms_p90']:9.2f}ms {r['words_p50']:6g} {r['envoy_cpu_us']:8.0f}us "
             f"{r['meshgate_cpu_us']:11.0f}us {r['meshgate_calls'] or '-':>6}"
         )
@@ -343,11 +358,8 @@ def print_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
         f"gateway/direct: TTFT x{report['ratio_ttft_p50']:.3f}, total x{report['ratio_total_p50']:.3f} "
         f"(medians); ratelimit calls seen by Envoy: {report['charged_at_stream_end']:g}"
     )
-    if "ratio_ttft_p50_http" in report:
-        print(
-            f"gateway http/direct: TTFT x{report['ratio_ttft_p50_http']:.3f}, "
-            f"total x{report['ratio_total_p50_http']:.3f} (medians)"
-        )
+    for row, (ttft, total) in report["ratios"].items():
+        print(f"{row}/direct: TTFT x{ttft:.3f}, total x{total:.3f} (medians)")
     lat = report["service_latency_us"]
     print(
         f"meshgate's own time per call (mean): extauthz Check {lat['extauthz_check']:.0f}us, "
@@ -355,7 +367,7 @@ def print_report(args: argparse.Namespace, report: dict[str, Any]) -> None:
     )
     if "envoy_gaps_us" in report:
         print("Envoy's time points, medians in us (access log of the static rows):")
-        print(f"{'row':13} " + " ".join(f"{g:>9}" for g in GAPS))
+        print(f"{'row':14} " + " ".join(f"{g:>9}" for g in GAPS))
         for name, row in report["envoy_gaps_us"].items():
             print(f"{name:13} " + " ".join(f"{row[g]:9.0f}" for g in GAPS))
         usage = report["usage_step_cpu_us"]

@@ -76,12 +76,14 @@ __all__ = [
     "QuotaPlan",
     "asked_tokens",
     "descriptor_headers",
+    "extauthz_admits",
     "metadata",
     "quota_limit",
     "quota_plan",
     "reads_usage",
     "rule_label",
     "tier_limit",
+    "token_check_entries",
 ]
 
 # --- headers the gateway sets ----------------------------------------------------------------------
@@ -173,6 +175,21 @@ def descriptor_keys(quota: Quota) -> tuple[str, ...]:
 def descriptor_headers(quota: Quota) -> tuple[tuple[str, str], ...]:
     """(descriptor key, header) of each identity entry of `quota`'s descriptor."""
     return tuple((key, IDENTITY_HEADERS[key]) for key in descriptor_keys(quota))
+
+
+def extauthz_admits(policy: Policy) -> bool:
+    """Whether extauthz's Check decides the token quotas' admission (gateway.ratelimit.admission),
+    in place of the rate limit filter's request-time check descriptors."""
+    return policy.gateway.ratelimit.admission == "extauthz" and policy.gateway.enforcement != "native"
+
+
+def token_check_entries(quota: Quota, identity: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The entries of a token quota's request-time check descriptor, as the gateway's rate limit actions
+    build it from the identity headers (meshgate/xds/_quotas.py) and as extauthz builds it when it
+    decides the admission itself (meshgate/ratelimit/admission.py): the quota, its identity entries
+    with the values extauthz sets (`identity`: descriptor key -> value), the check phase."""
+    entries = [(key, identity[key]) for key in descriptor_keys(quota)]
+    return ((QUOTA_KEY, quota.name), *entries, (PHASE_KEY, CHECK))
 
 
 def rule_label(quota: str, keys: tuple[str, ...], tenant: str | None) -> str:

@@ -40,6 +40,7 @@ from .policy.load import parse_policy_bytes
 from .policy.model import Policy
 from .policy.store import CompileError, PolicyStore
 from .policy.watch import DEFAULT_RESYNC, DEFAULT_SETTLE, FilesInput, Input, Paths, Reloader
+from .ratelimit.admission import Admission
 from .ratelimit.config import ConfigError
 from .ratelimit.service import RateLimitService
 from .ratelimit.store import MemoryStore, Store
@@ -174,6 +175,7 @@ def build_services(
         config_dir=config.ratelimit_config, policy_source=str(config.policy), tracer_provider=traced,
     )
     policies.subscribe("ratelimit", ratelimit.prepare)
+    extauthz.admission = Admission(ratelimit.servicer)  # (gateway.ratelimit.admission: extauthz)
     listen = {
         role: local_address(config.listen[role], ports[role])
         for role in ("extauthz", "ratelimit", HTTP_ROLE) if role in ports

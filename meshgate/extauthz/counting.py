@@ -10,16 +10,12 @@ The decision does not depend on where the count ran (core.py: `Authorizer.begin`
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from opentelemetry import trace
+from .core import Counting
 
-from .core import Authorizer, Counting
-from .request import CheckInput
-
-__all__ = ["COUNT_WORKERS", "INLINE_PROMPT_CHARS", "PendingCheck", "PromptCounters"]
+__all__ = ["COUNT_WORKERS", "INLINE_PROMPT_CHARS", "PromptCounters"]
 
 # measured with a word-level tokenizer.json on the 2-core dev machine (uvloop): 64 characters 14 us
 # inline, 77 us through the pool; 1 KiB 225 us either way
@@ -40,18 +36,3 @@ class PromptCounters:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-@dataclasses.dataclass(slots=True)
-class PendingCheck:
-    """A check whose prompt is being counted: what the service needs to finish it, and its open span."""
-
-    started: float
-    req: CheckInput
-    span: trace.Span | None
-    authorizer: Authorizer
-    counting: Counting
-
-    def end(self) -> None:
-        if self.span is not None:
-            self.span.end()

@@ -57,6 +57,7 @@ def to_http(response: external_auth_pb2.CheckResponse, *, keep_alive: bool = Tru
         status = 200
         ok = response.ok_response
         headers += [(h.header.key, h.header.value) for h in ok.headers]
+        headers += [(h.header.key, h.header.value) for h in ok.response_headers_to_add]  # (to the client)
         if ok.headers_to_remove:
             headers.append((REMOVE_HEADER, ",".join(ok.headers_to_remove)))
         namespace = response.dynamic_metadata.fields.get(contract.EXTAUTHZ_METADATA)

@@ -31,6 +31,7 @@ __all__ = [
     "answer",
     "deny",
     "openai_error",
+    "refused",
     "to_check_input",
     "to_response",
 ]
@@ -40,6 +41,7 @@ DECISION_ID_HEADER = contract.DECISION_ID_HEADER
 METADATA_NAMESPACE = contract.EXTAUTHZ_METADATA
 REALM = "meshgate"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_APPEND = base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
 _GRPC_STATUS = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED, 404: code_pb2.NOT_FOUND}
 OPENAI_ERROR_TYPES = {
     400: "invalid_request_error",
@@ -112,6 +114,20 @@ def deny(
     body = openai_error(status, code, message) if openai else {"error": code, "message": message}
     grpc_code = _GRPC_STATUS.get(status, code_pb2.INVALID_ARGUMENT)
     return _direct(status, json.dumps(body), grpc_code=grpc_code, message=code, headers=headers)
+
+
+def refused(headers: Iterable[tuple[str, str]], body: str) -> external_auth_pb2.CheckResponse:
+    """A 429 of the token admission (meshgate/ratelimit/admission.py): its headers and body as they are
+    (no content-type added to an empty body: the rate limit filter's own 429 has none)."""
+    response = external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message="rate_limited")
+    )
+    denied = response.denied_response
+    denied.status.code = http_status_pb2.StatusCode.Value("TooManyRequests")
+    for name, value in headers:
+        denied.headers.add(header=base_pb2.HeaderValue(key=name, value=value), append_action=_APPEND)
+    denied.body = body
+    return response
 
 
 def answer(body: str) -> external_auth_pb2.CheckResponse:

@@ -17,7 +17,7 @@ import itertools
 import logging
 import secrets
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2
@@ -32,13 +32,17 @@ from .audit import AuditLog
 from .bounds import RESPONSE_ENTRY_BYTES, RESPONSE_MEMO_BYTES, LogLimiter, clip
 from .cache import BoundedMemo, decision_bytes, strings_bytes
 from .core import Authorizer, Counting
-from .counting import PendingCheck, PromptCounters
+from .counting import PromptCounters
 from .jwks import JwksRefresher, RemoteKeys
 from .metrics import CheckMetrics
 from .request import CheckInput, Decision, Unavailable
 from .responses import HEADER_PREFIX, WireTemplate, add_decision_id, to_check_input, to_response
+from .step import Step, admit, admits, with_admission
 from .table import AuthzTable, compile_table
 from .target import OPENAI_PREFIXES, PATHS
+
+if TYPE_CHECKING:
+    from ..ratelimit.admission import Admission
 
 __all__ = ["KEYS_COMPONENT", "ExtAuthzService", "HealthComponents", "check_response"]
 
@@ -93,6 +97,9 @@ class ExtAuthzService:
         self._ids = itertools.count(1)
         self._audit = AuditLog()
         self._counters = PromptCounters()
+        self.admission: Admission | None = None
+        """The token admission (gateway.ratelimit.admission: extauthz), when the composition root gives
+        this service the rate limiter of its process (meshgate/server.py)."""
         store.subscribe("extauthz", self.prepare)
 
     # --- policy ---------------------------------------------------------------------------------
@@ -106,8 +113,12 @@ class ExtAuthzService:
             return source
 
         authorizer = Authorizer(compile_table(policy, remote_keys=remote_keys))
+        admission = self.admission
+        plan = admission.prepare(policy) if admission is not None else None
 
         def commit() -> None:
+            if admission is not None and plan is not None:
+                admission.plan = plan
             self._authorizer = authorizer  # a new Authorizer: the decision cache starts empty
             self._refresher.sync(remote)
             self._metrics.tenants = frozenset(authorizer.table.tenants)
@@ -190,89 +201,88 @@ class ExtAuthzService:
     # --- one check ------------------------------------------------------------------------------
     async def check_async(self, request: external_auth_pb2.CheckRequest, call: Any = None) -> bytes:
         """`check` as the servicer runs it: a long prompt is counted by its model's tokenizer in a
-        thread (counting.py), while the event loop answers other Checks."""
-        step = self._begin(request, call)
-        if isinstance(step, bytes):
-            return step
-        try:
-            return self._finish(step, await self._counters.count(step.counting))
-        finally:
-            step.end()
+        thread (counting.py), while the event loop answers other Checks; with the token admission in
+        the Check (gateway.ratelimit.admission: extauthz), the token quotas are checked too."""
+        wire: bytes = await self._check(self._begin(to_check_input(request), call), wire=True)
+        return wire
+
+    async def check_message(self, req: CheckInput) -> external_auth_pb2.CheckResponse:
+        """Decide one request that came over HTTP (meshgate/extauthz/http.py), as `check_async` does:
+        the CheckResponse message, for the HTTP edge to write as its answer."""
+        message: external_auth_pb2.CheckResponse = await self._check(self._begin(req, None), wire=False)
+        return message
 
     def check(self, request: external_auth_pb2.CheckRequest, call: Any = None) -> bytes:
         """Decide one CheckRequest: the serialized CheckResponse. Raises Unavailable when no decision
         can be made. `call` (the gRPC call's context): its metadata's trace context is the span's
         parent (Envoy's ext_authz call span), else the request headers' traceparent. A prompt is
-        counted inline (`check_async` is what the servicer calls); the decision is the same."""
-        step = self._begin(request, call)
-        if isinstance(step, bytes):
-            return step
+        counted inline (`check_async` is what the servicer calls; the decision is the same), and no
+        token admission is made (`meshgate explain` and the tests decide authorization only)."""
+        step = self._begin(to_check_input(request), call)
         try:
-            return self._finish(step, step.counting.count())
+            if step.counting is not None:
+                step.decide(step.counting.count())
+            wire: bytes = self._answer(step, wire=True)
+            return wire
         finally:
             step.end()
 
-    async def check_message(self, req: CheckInput) -> external_auth_pb2.CheckResponse:
-        """Decide one request that came over HTTP (meshgate/extauthz/http.py), as `check_async` does:
-        the CheckResponse message, for the HTTP edge to write as its answer."""
-        step = self._begin(None, None, req=req)
-        if isinstance(step, external_auth_pb2.CheckResponse):
-            return step
-        assert isinstance(step, PendingCheck)
+    async def _check(self, step: Step, *, wire: bool) -> Any:
         try:
-            authorizer, tokens = step.authorizer, await self._counters.count(step.counting)
-            decision = authorizer.finish(step.counting, tokens)
-            return self._answer(authorizer, decision, req, step.span, step.started, cached=False, wire=False)
+            if step.counting is not None:
+                step.decide(await self._counters.count(step.counting))
+            admission = self.admission
+            decision = step.decision
+            if admission is not None and decision is not None and admits(admission, decision):
+                openai = step.req.path.startswith(OPENAI_PREFIXES)
+                step.admitted = await admit(admission, decision, openai=openai)
+            return self._answer(step, wire=wire)
         finally:
             step.end()
 
-    def _begin(
-        self, request: external_auth_pb2.CheckRequest | None, call: Any, *, req: CheckInput | None = None
-    ) -> Any:
-        """The response, or a decision waiting for its prompt's count (its span still open). `req`: a
-        request that came over HTTP (the answer is then a CheckResponse message, not its bytes)."""
+    def _begin(self, req: CheckInput, call: Any) -> Step:
+        """The decision, or the count its prompt waits for; its span open (Step.end closes it)."""
         started = time.perf_counter()
-        wire = req is None
-        if req is None:
-            assert request is not None
-            req = to_check_input(request)
         tracer = self._current_tracer(started)
         span = None
         if tracer is not None:
             context = incoming(call.invocation_metadata() if call is not None else None, req.headers)
             span = tracer.start_span("extauthz.check", context=context, kind=trace.SpanKind.SERVER)
-        try:
-            authorizer = self._authorizer
-            if authorizer is None:
-                raise Unavailable("no policy loaded")
-            step = authorizer.begin(req)
-            if isinstance(step, Counting):
-                pending, span = PendingCheck(started, req, span, authorizer, step), None  # _finish ends it
-                return pending
-            decision, cached = step
-            return self._answer(authorizer, decision, req, span, started, cached=cached, wire=wire)
-        finally:
+        authorizer = self._authorizer
+        if authorizer is None:
             if span is not None:
                 span.end()
+            raise Unavailable("no policy loaded")
+        step = Step(started, req, span, authorizer)
+        try:
+            begun = authorizer.begin(req)
+        except BaseException:
+            step.end()
+            raise
+        if isinstance(begun, Counting):
+            step.counting = begun
+        else:
+            step.decision, step.cached = begun
+        return step
 
-    def _finish(self, step: PendingCheck, tokens: int) -> bytes:
-        decision = step.authorizer.finish(step.counting, tokens)
-        wire: bytes = self._answer(step.authorizer, decision, step.req, step.span, step.started, cached=False)
-        return wire
-
-    def _answer(
-        self, authorizer: Authorizer, decision: Decision, req: CheckInput, span: trace.Span | None,
-        started: float, *, cached: bool, wire: bool = True,
-    ) -> Any:  # fmt: skip
+    def _answer(self, step: Step, *, wire: bool) -> Any:
         """The serialized CheckResponse (`wire`), else the message (for the HTTP edge)."""
+        decision, req = step.decision, step.req
+        assert decision is not None
         decision_id = f"{self._id_prefix}{next(self._ids):0{_ID_DIGITS}x}"
-        if wire:
-            response = self._respond(authorizer, decision, req, decision_id, cached=cached)
+        if wire and step.admitted is None:
+            response: Any = self._respond(step.authorizer, decision, req, decision_id, cached=step.cached)
         else:
             client_headers = tuple([name for name in req.headers if name.startswith(HEADER_PREFIX)])
-            response = self._build(authorizer, decision, client_headers, req.path.startswith(OPENAI_PREFIXES))
+            openai = req.path.startswith(OPENAI_PREFIXES)
+            response = self._build(step.authorizer, decision, client_headers, openai)
+            response = with_admission(response, step.admitted)
             add_decision_id(response, decision_id)
-        self._observe(span, decision, req, decision_id=decision_id, cached=cached, started=started)
+            if wire:
+                response = bytes(response.SerializeToString())
+        self._observe(
+            step.span, decision, req, decision_id=decision_id, cached=step.cached, started=step.started
+        )
         return response
 
     def _current_tracer(self, now: float) -> trace.Tracer | None:

@@ -34,6 +34,10 @@ def native_gaps(policy: Policy) -> Iterator[tuple[Path, str]]:
             yield ("issuers", i, "discovery"), (
                 "native: Envoy's jwt_authn does not follow OIDC discovery: set jwks_uri (or jwks)"
             )
+    if policy.gateway.ratelimit.admission == "extauthz":
+        yield ("gateway", "ratelimit", "admission"), (
+            "native: no request goes to extauthz, which would decide the token admission: use ratelimit"
+        )
     for i, model in enumerate(policy.models):
         if model.protocol == "openai":
             yield ("models", i, "protocol"), (

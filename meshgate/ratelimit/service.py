@@ -187,31 +187,49 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         started = time.perf_counter()
         try:
             entry = self._entry(raw)
-            decision = await self.limiter.decide(entry.request)
         except InvalidRequest as exc:
+            self.metrics.latency.observe(time.perf_counter() - started)
             if isinstance(exc, MalformedRequest):
                 self._malformed.warn(f"ratelimit: {exc} ({len(raw)} bytes), answered INVALID_ARGUMENT")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            decision = await self.decide(entry.request, started=started)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except StoreFull:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "rate limit store full")
+        except StoreUnavailable:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "rate limit store unavailable")
+        if entry.unreported:  # estimate charges: counted per quota (audit.py)
+            self.refusals.unreported(entry.request, decision, entry.unreported)
+        return self._replies.answer(entry, decision), entry, decision
+
+    async def decide(self, request: Request, *, started: float | None = None) -> Decision:
+        """One decision as ShouldRateLimit makes it, also for a caller in this process (extauthz's token
+        admission, admission.py): the store's health followed, a refusal counted and logged per quota,
+        and with `started` (a ShouldRateLimit call's start) its latency observed (an admission's time is
+        in extauthz's own check latency). Raises StoreFull and StoreUnavailable (counted), InvalidRequest."""
+        try:
+            decision = await self.limiter.decide(request)
         except StoreFull as exc:  # not an outage: the store answers, health stays as it is
             self.metrics.store_errors.labels(self.store_name).inc()
             self._full.warn(f"ratelimit: {exc}; new counters answered UNAVAILABLE")
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "rate limit store full")
+            raise
         except StoreUnavailable as exc:
             self.metrics.store_errors.labels(self.store_name).inc()
             if self.on_store is None or self.on_store.up:  # once per outage, not once per call
                 log.warning("ratelimit store unavailable: %s", exc)
             if self.on_store is not None:
                 await self.on_store.set(False)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "rate limit store unavailable")
+            raise
         finally:
-            self.metrics.latency.observe(time.perf_counter() - started)
+            if started is not None:
+                self.metrics.latency.observe(time.perf_counter() - started)
         if self.on_store is not None and not self.on_store.up:
             await self.on_store.set(True)
         if decision.over_limit:  # counted and logged per quota (audit.py)
-            self.refusals.refused(entry.request, decision)
-        if entry.unreported:  # estimate charges: counted per quota (audit.py)
-            self.refusals.unreported(entry.request, decision, entry.unreported)
-        return self._replies.answer(entry, decision), entry, decision
+            self.refusals.refused(request, decision)
+        return decision
 
     async def ShouldRateLimit(
         self, request: rls_pb2.RateLimitRequest, context: grpc.aio.ServicerContext[object, object]

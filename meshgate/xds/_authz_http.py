@@ -27,6 +27,8 @@ from envoy.type.matcher.v3 import string_pb2
 
 from meshgate import contract
 from meshgate.policy.model import GatewaySettings, Policy
+from meshgate.ratelimit.admission import REFUSAL_HEADERS
+from meshgate.ratelimit.decision import HEADER_NAMES, POLICY_HEADER
 
 from ._bodies import EXTAUTHZ_FILTER
 from ._clusters import service_cluster
@@ -44,8 +46,20 @@ UPSTREAM_HEADERS = (
 )
 """What an allowed Check sets upstream (responses.to_response, add_decision_id): nothing else of the
 answer reaches the model (the metadata headers stay in Envoy)."""
-CLIENT_HEADERS = ("content-type", "www-authenticate", contract.DECISION_ID_HEADER)
-"""What a denial sends the client besides its status and body (responses.deny, add_decision_id)."""
+RATE_LIMIT_HEADERS = tuple(
+    name.lower() for names in HEADER_NAMES.values() for name in (*names, POLICY_HEADER)
+)
+"""The rate limit headers of the token admission in the Check (meshgate/ratelimit/admission.py), on an
+allowed request's answer (`allowed_client_headers_on_success`) and on its 429."""
+CLIENT_HEADERS = (
+    "content-type",
+    "www-authenticate",
+    contract.DECISION_ID_HEADER,
+    *RATE_LIMIT_HEADERS,
+    *REFUSAL_HEADERS,
+)
+"""What a denial sends the client besides its status and body (responses.deny, add_decision_id, the
+admission's 429)."""
 
 
 def uses_http(policy: Policy) -> bool:
@@ -61,6 +75,7 @@ def http_service(gateway: GatewaySettings, options: CompileOptions) -> ext_authz
     response = ext_authz_pb2.AuthorizationResponse()
     response.allowed_upstream_headers.patterns.extend(_exact(*UPSTREAM_HEADERS))
     response.allowed_client_headers.patterns.extend(_exact(*CLIENT_HEADERS))
+    response.allowed_client_headers_on_success.patterns.extend(_exact(*dict.fromkeys(RATE_LIMIT_HEADERS)))
     response.dynamic_metadata_from_headers.patterns.add(prefix=contract.HTTP_METADATA_PREFIX)
     service = ext_authz_pb2.HttpService(
         server_uri=http_uri_pb2.HttpUri(

@@ -29,11 +29,13 @@ def estimate(prompt: str) -> int:
     return -(-len(prompt) // CHARS_PER_TOKEN)
 
 
+@pytest.mark.parametrize("admission", ["ratelimit", "extauthz"])  # (gateway.ratelimit.admission)
 def test_n_streams_in_flight_overshoot_by_at_most_n_minus_one_asks(
-    harness: Stack, meshgate_factory: Callable[..., Meshgate], envoy_factory: Callable[..., Envoy]
+    harness: Stack, meshgate_factory: Callable[..., Meshgate], envoy_factory: Callable[..., Envoy], admission: str
 ) -> None:
     limit, n, max_tokens = 100, 4, 30
-    gateway = start_gateway(harness, meshgate_factory, envoy_factory, limit=limit, backend_args=("--hold-streams",))
+    gateway = start_gateway(harness, meshgate_factory, envoy_factory, limit=limit, backend_args=("--hold-streams",),
+                            admission=admission)  # fmt: skip
     prompt = "Now is better than never."
     ask = estimate(prompt) + max_tokens  # each fits alone (ask <= limit); n of them do not
     assert ask <= limit < n * ask

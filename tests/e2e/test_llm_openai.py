@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from meshgate.xds.bootstrap import envoy_bootstrap
-from tests.e2e.test_llm_usage import ChatStandIn, Gateway
+from tests.e2e.test_llm_usage import SETUPS, ChatStandIn, Gateway
 from tests.harness.envoy import Envoy
 from tests.harness.meshgate import Meshgate
 from tests.harness.procs import free_port
@@ -38,8 +38,9 @@ def sha256(key: str) -> str:
 
 
 def policy(
-    port: int, chats: dict[str, tuple[tuple[str, ChatStandIn, str | None], ...]], transport: str = "grpc"
-) -> dict[str, Any]:
+    port: int, chats: dict[str, tuple[tuple[str, ChatStandIn, str | None], ...]], transport: str = "grpc",
+    admission: str = "ratelimit",
+) -> dict[str, Any]:  # fmt: skip
     """Tenants acme (a token quota) and globex; API keys and JWTs; `chats`: OpenAI model name ->
     (version, backend, served_name) per version; a private OpenAI model of globex and a KServe model
     (neither listed for acme); extauthz called over `transport`."""
@@ -58,7 +59,8 @@ def policy(
     ]  # fmt: skip
     return {
         "version": 1,
-        "gateway": {"port": port, "address": "127.0.0.1", "ext_authz": {"transport": transport}},
+        "gateway": {"port": port, "address": "127.0.0.1", "ext_authz": {"transport": transport},
+                    "ratelimit": {"admission": admission}},
         "issuers": [{
             "name": "test", "issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["RS256"],
             "claims": {"tenant": "tenant", "user": "sub", "roles": "roles"}, "jwks": public_jwks(),
@@ -81,9 +83,10 @@ def gateway_for(
     envoy_factory: Callable[..., Envoy],
     chats: dict[str, tuple[tuple[str, ChatStandIn, str | None], ...]],
     transport: str = "grpc",
+    admission: str = "ratelimit",
 ) -> Gateway:
     port = free_port()
-    mg = meshgate_factory(policy(port, chats, transport))
+    mg = meshgate_factory(policy(port, chats, transport, admission))
     envoy = envoy_factory(envoy_bootstrap("llm-openai", xds=mg.address("xds")))
     first = next(iter(chats.values()))[0][1]
     return Gateway(port, mg, envoy, first)
@@ -94,17 +97,19 @@ def client(gateway: Gateway, api_key: str, *, prefix: str = "/v1", **kwargs: Any
                          max_retries=0, timeout=20, **kwargs)  # fmt: skip
 
 
-@pytest.fixture(params=["grpc", "http"])
+@pytest.fixture(params=list(SETUPS))
 def gateway(
     request: pytest.FixtureRequest,
     harness: Stack,
     meshgate_factory: Callable[..., Meshgate],
     envoy_factory: Callable[..., Envoy],
 ) -> Gateway:
-    """The gateway, extauthz over gRPC and over HTTP (gateway.ext_authz.transport)."""
+    """The gateway, extauthz over gRPC and over HTTP, and over HTTP deciding the token admission itself
+    (test_llm_usage.SETUPS)."""
     backend = harness.add(ChatStandIn(harness.workdir)).start()
     chats = {MODEL: (("v1", backend, None),)}
-    return gateway_for(harness, meshgate_factory, envoy_factory, chats, transport=request.param)
+    transport, admission = SETUPS[request.param]
+    return gateway_for(harness, meshgate_factory, envoy_factory, chats, transport=transport, admission=admission)
 
 
 def ask(c: openai.OpenAI, model: str = MODEL, max_tokens: int = 4) -> Any:

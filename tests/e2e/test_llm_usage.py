@@ -62,13 +62,16 @@ class ChatStandIn:
 
 
 def llm_policy(
-    gateway_port: int, backend: ChatStandIn, *, limit: int = LIMIT, transport: str = "grpc", **model: Any
-) -> dict[str, Any]:
+    gateway_port: int, backend: ChatStandIn, *, limit: int = LIMIT, transport: str = "grpc",
+    admission: str = "ratelimit", **model: Any,
+) -> dict[str, Any]:  # fmt: skip
     """acme and globex, each with a per-tenant token quota; one OpenAI model; JWTs from an inline JWKS;
-    extauthz called over `transport` (gateway.ext_authz.transport)."""
+    extauthz called over `transport` (gateway.ext_authz.transport), the tokens asked checked by
+    `admission` (gateway.ratelimit.admission)."""
     return {
         "version": 1,
-        "gateway": {"port": gateway_port, "ext_authz": {"transport": transport}},
+        "gateway": {"port": gateway_port, "ext_authz": {"transport": transport},
+                    "ratelimit": {"admission": admission}},
         "issuers": [{
             "name": "test", "issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["RS256"],
             "claims": {"tenant": "tenant", "user": "sub", "roles": "roles"}, "jwks": public_jwks(),
@@ -142,29 +145,34 @@ def start_gateway(
     limit: int = LIMIT,
     backend_args: tuple[str, ...] = (),
     transport: str = "grpc",
+    admission: str = "ratelimit",
     **model: Any,
 ) -> Gateway:
     """The chat stand-in (with `backend_args`), meshgate with `llm_policy` (`model`: more fields of the
     model) and Envoy fed by its ADS."""
     backend = harness.add(ChatStandIn(harness.workdir, *backend_args)).start()
     port = free_port()
-    policy = harness.workdir / "policy.yaml"
-    policy.write_text(yaml.safe_dump(llm_policy(port, backend, limit=limit, transport=transport, **model), sort_keys=False))
+    policy = harness.workdir / f"policy-{port}.yaml"  # (one file per gateway: meshgate watches it)
+    policy.write_text(yaml.safe_dump(llm_policy(port, backend, limit=limit, transport=transport, admission=admission, **model), sort_keys=False))
     mg = meshgate_factory(policy)
     envoy = envoy_factory(envoy_bootstrap("llm", xds=mg.address("xds")))
     return Gateway(port, mg, envoy, backend)
 
 
-@pytest.fixture(params=["grpc", "http"])
+SETUPS = {"grpc": ("grpc", "ratelimit"), "http": ("http", "ratelimit"), "http+admission": ("http", "extauthz")}
+"""transport, admission: extauthz over gRPC or HTTP (the tokens asked reach the rate limit filter
+through each transport's metadata: contract.asked_tokens), or over HTTP deciding the admission itself."""
+
+
+@pytest.fixture(params=list(SETUPS))
 def gateway(
     request: pytest.FixtureRequest,
     harness: Stack,
     meshgate_factory: Callable[..., Meshgate],
     envoy_factory: Callable[..., Envoy],
 ) -> Iterator[Gateway]:
-    """The gateway, with extauthz called over gRPC and over HTTP (the tokens asked reach the rate limit
-    filter through each transport's metadata: contract.asked_tokens)."""
-    yield start_gateway(harness, meshgate_factory, envoy_factory, transport=request.param)
+    transport, admission = SETUPS[request.param]
+    yield start_gateway(harness, meshgate_factory, envoy_factory, transport=transport, admission=admission)
 
 
 def words(text: str) -> int:
