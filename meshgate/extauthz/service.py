@@ -37,6 +37,7 @@ from .jwks import JwksRefresher, RemoteKeys
 from .metrics import CheckMetrics
 from .request import CheckInput, Decision, Unavailable
 from .responses import HEADER_PREFIX, WireTemplate, add_decision_id, to_check_input, to_response
+from .servicer import Servicer
 from .step import Step, admit, admits, with_admission
 from .table import AuthzTable, compile_table
 from .target import OPENAI_PREFIXES, PATHS
@@ -173,7 +174,7 @@ class ExtAuthzService:
         request is parsed by the servicer (a malformed one is INVALID_ARGUMENT, not grpc's UNKNOWN)."""
         handlers = {
             "Check": grpc.unary_unary_rpc_method_handler(
-                _Servicer(self).Check, request_deserializer=None, response_serializer=None
+                Servicer(self).Check, request_deserializer=None, response_serializer=None
             )
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_GRPC_SERVICE, handlers),))
@@ -405,34 +406,6 @@ def check_response(
         forward_authorization=table.auth.forward_authorization,
         openai=openai,
     )
-
-
-class _Servicer:
-    """Authorization's one method, registered by ExtAuthzService.add_to_server."""
-
-    def __init__(self, service: ExtAuthzService) -> None:
-        self._service = service
-
-    async def Check(self, raw: bytes, context: grpc.aio.ServicerContext[object, object]) -> bytes:
-        try:
-            request = _parse(raw)
-        except DecodeError as exc:
-            self._service.malformed(exc, context.peer())
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request is not a CheckRequest")
-            raise AssertionError("unreachable: abort raises") from None
-        error: Exception
-        try:
-            return await self._service.check_async(request, context)
-        except Unavailable as exc:
-            reason, detail, error = "unavailable", str(exc), exc
-        except Exception as exc:
-            reason, detail, error = "internal", "internal error", exc
-        self._service.unavailable(reason, error)
-        await context.abort(grpc.StatusCode.UNAVAILABLE, detail)
-        raise AssertionError("unreachable: abort raises")
-
-
-_parse = external_auth_pb2.CheckRequest.FromString
 
 
 def _any_issuer_keys(table: AuthzTable) -> bool:

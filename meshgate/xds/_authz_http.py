@@ -47,7 +47,7 @@ UPSTREAM_HEADERS = (
 """What an allowed Check sets upstream (responses.to_response, add_decision_id): nothing else of the
 answer reaches the model (the metadata headers stay in Envoy)."""
 RATE_LIMIT_HEADERS = tuple(
-    name.lower() for names in HEADER_NAMES.values() for name in (*names, POLICY_HEADER)
+    dict.fromkeys(name.lower() for names in HEADER_NAMES.values() for name in (*names, POLICY_HEADER))
 )
 """The rate limit headers of the token admission in the Check (meshgate/ratelimit/admission.py), on an
 allowed request's answer (`allowed_client_headers_on_success`) and on its 429."""
@@ -75,7 +75,7 @@ def http_service(gateway: GatewaySettings, options: CompileOptions) -> ext_authz
     response = ext_authz_pb2.AuthorizationResponse()
     response.allowed_upstream_headers.patterns.extend(_exact(*UPSTREAM_HEADERS))
     response.allowed_client_headers.patterns.extend(_exact(*CLIENT_HEADERS))
-    response.allowed_client_headers_on_success.patterns.extend(_exact(*dict.fromkeys(RATE_LIMIT_HEADERS)))
+    response.allowed_client_headers_on_success.patterns.extend(_exact(*RATE_LIMIT_HEADERS))
     response.dynamic_metadata_from_headers.patterns.add(prefix=contract.HTTP_METADATA_PREFIX)
     service = ext_authz_pb2.HttpService(
         server_uri=http_uri_pb2.HttpUri(

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from meshgate.extauthz import ExtAuthzService
 from meshgate.extauthz.request import CODES, Unavailable
-from meshgate.extauthz.service import _Servicer
+from meshgate.extauthz.servicer import Servicer
 from meshgate.policy.store import PolicyStore
 from tests.fuzz._grpc import Aborted, FakeContext
 from tests.fuzz._requests import BODIES, HUGE, PATHS, TEXT, deep_json
@@ -142,7 +142,7 @@ def test_check_answers_or_is_unavailable(
 @example(raw=b"\x7f\xff\xff\xff")
 def test_servicer_on_raw_bytes_answers_or_gives_a_clean_status(service: ExtAuthzService, raw: bytes) -> None:
     try:
-        out = asyncio.run(_Servicer(service).Check(raw, FakeContext()))  # type: ignore[arg-type]
+        out = asyncio.run(Servicer(service).Check(raw, FakeContext()))  # type: ignore[arg-type]
     except Aborted as aborted:
         assert aborted.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE)
         assert aborted.details != "internal error", "an unexpected exception inside the check"
