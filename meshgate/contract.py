@@ -55,6 +55,7 @@ __all__ = [
     "REFUSED_KEY",
     "REPORTED_KEY",
     "REQUESTS",
+    "RESET_HEADER",
     "STREAM_HEADER",
     "STREAM_OPTIONS_HEADER",
     "TENANT_HEADER",
@@ -78,6 +79,7 @@ __all__ = [
     "descriptor_headers",
     "extauthz_admits",
     "metadata",
+    "openai_429",
     "quota_limit",
     "quota_plan",
     "reads_usage",
@@ -354,6 +356,21 @@ OPENAI_PREFIXES = ("/v1/", "/openai/v1/")
 Every error the gateway or extauthz gives under them is in OpenAI's shape (docs/llm.md)."""
 MODEL_LISTS = tuple(prefix + "models" for prefix in OPENAI_PREFIXES)
 """OpenAI's model list paths (and, under each, `/{model}`): answered by extauthz itself."""
+RESET_HEADER = "x-ratelimit-reset"
+"""meshgate ratelimit's X-RateLimit-Reset (seconds to the window's end): an OpenAI 429's Retry-After."""
+
+
+def openai_429(quotas: str, reset: str) -> dict[str, object]:
+    """The body of the gateway's OpenAI 429: `quotas` (the names that refused) and `reset` (the seconds
+    to wait) are values (extauthz's admission) or Envoy formatters (the local replies of meshgate's
+    gateway and of the Istio rendering)."""
+    return {"error": {
+        "message": f"Rate limit reached for quota {quotas}; retry after {reset} s",
+        "type": "rate_limit_error",
+        "param": None,
+        "code": "rate_limit_exceeded",
+        "quota": quotas,
+    }}  # fmt: skip
 
 
 RATELIMIT_NAMESPACE = "envoy.filters.http.ratelimit"

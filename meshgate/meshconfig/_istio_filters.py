@@ -11,6 +11,11 @@
      HTTP_FILTER MERGE patch into the filter's typed config (pilot/pkg/networking/core/envoyfilter/
      listener_patch.go, MergeAnyWithAny). The meshConfig provider's own `clearRouteCache` (istio/api
      #3339) is not yet carried into the filter by istiod (istio/istio#61558), hence this patch.
+- `meshgate-openai-429` (with quotas and an OpenAI model): NETWORK_FILTER MERGE of the HTTP connection
+  manager's `local_reply_config`: a request under OpenAI's paths that the rate limit filter refused
+  (response flag RL) gets OpenAI's 429 body naming the quotas that refused it, and `Retry-After`, the
+  mapper of meshgate's own gateway (meshgate/xds/_openai.py; the body is `contract.openai_429`):
+  OpenAI's SDKs then raise RateLimitError with the quota in its body, not a bare "Error code: 429".
 - `meshgate-ratelimit` (only with quotas): the rate limit filter before the router (as istio.io's
   "Enabling Rate Limits using Envoy"), without Envoy's own X-RateLimit headers (meshgate's rate limit
   service adds the policy's), and on each model route (HTTP_ROUTE MERGE, matched by the route's name,
@@ -62,6 +67,8 @@ def envoy_filters(policy: Policy) -> list[Obj]:
             if limits:
                 patches += [_route_patch(policy, name, limits) for name in _route_names(model)]
         objs.append(_envoy_filter(policy, "meshgate-ratelimit", patches))
+        if any(m.protocol == "openai" for m in policy.models):
+            objs.append(_envoy_filter(policy, "meshgate-openai-429", [_openai_429()]))
     return objs
 
 
@@ -80,6 +87,30 @@ def _strip_client_headers() -> Obj:
     mutation = {"remove_on_match": {"key_matcher": {"prefix": contract.HEADER_PREFIX}}}
     early = {"name": _EARLY, "typed_config": {"@type": _EARLY_TYPE, "mutations": [mutation]}}
     value = {"typed_config": {"@type": _HCM, "early_header_mutation_extensions": [early]}}
+    return {
+        "applyTo": "NETWORK_FILTER",
+        "match": {"context": "GATEWAY", "listener": _listener()},
+        "patch": {"operation": "MERGE", "value": value},
+    }
+
+
+def _openai_429() -> Obj:
+    """The local reply mapper of an OpenAI request refused by the rate limit filter (as `_openai`)."""
+    under_openai = [
+        {"header_filter": {"header": {"name": ":path", "string_match": {"prefix": prefix}}}}
+        for prefix in contract.OPENAI_PREFIXES
+    ]
+    limited = {"response_flag_filter": {"flags": ["RL"]}}
+    refused = contract.metadata(contract.RATELIMIT_NAMESPACE, contract.REFUSED_KEY)
+    reset = f"%RESP({contract.RESET_HEADER})%"
+    mapper = {
+        "filter": {"and_filter": {"filters": [limited, {"or_filter": {"filters": under_openai}}]}},
+        "body_format_override": {"json_format": contract.openai_429(refused, reset)},
+        "headers_to_add": [
+            {"header": {"key": "retry-after", "value": reset}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        ],
+    }
+    value = {"typed_config": {"@type": _HCM, "local_reply_config": {"mappers": [mapper]}}}
     return {
         "applyTo": "NETWORK_FILTER",
         "match": {"context": "GATEWAY", "listener": _listener()},

@@ -102,7 +102,6 @@ def _istio(policy: Policy) -> list[Gap]:
                 "(istio-proxy has no transform filter to rewrite the body)",
             )
         )
-    out += _openai_429(policy, "istio")
     if policy.tenants and any(m.protocol == "openai" for m in policy.models):
         out.append(
             Gap(

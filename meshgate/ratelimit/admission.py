@@ -34,7 +34,7 @@ __all__ = ["Admission", "AdmissionPlan", "Refusal", "refusal_body"]
 
 RATE_LIMITED_HEADER = ("x-envoy-ratelimited", "true")
 """What Envoy's rate limit filter adds to its 429 (unless disable_x_envoy_ratelimited_header)."""
-RESET_HEADER = "x-ratelimit-reset"
+RESET_HEADER = contract.RESET_HEADER
 REFUSAL_HEADERS = (RATE_LIMITED_HEADER[0], "retry-after")
 """The headers of a refusal beside the rate limit headers (and content-type)."""
 
@@ -71,14 +71,7 @@ class AdmissionPlan:
 def refusal_body(quotas: str, reset: str) -> str:
     """The OpenAI 429 the gateway's local reply gives a request the rate limit filter refused
     (meshgate/xds/_openai.py `local_reply`), for the same quotas and reset."""
-    error = {
-        "message": f"Rate limit reached for quota {quotas}; retry after {reset} s",
-        "type": "rate_limit_error",
-        "param": None,
-        "code": "rate_limit_exceeded",
-        "quota": quotas,
-    }
-    return json.dumps({"error": error}, separators=(",", ":"))
+    return json.dumps(contract.openai_429(quotas, reset), separators=(",", ":"))
 
 
 class Admission:

@@ -38,7 +38,7 @@ __all__ = ["SERVED_NAME_FILTER", "local_reply", "served_name", "served_name_filt
 
 SERVED_NAME_FILTER = "meshgate.llm.served_name"
 RATE_LIMITED = "RL"  # Envoy's response flag for a request the rate limit service refused
-RESET_HEADER = "x-ratelimit-reset"  # meshgate ratelimit's X-RateLimit-Reset (seconds to the window end)
+RESET_HEADER = contract.RESET_HEADER
 _REFUSED = contract.metadata(contract.RATELIMIT_NAMESPACE, contract.REFUSED_KEY)
 
 
@@ -65,13 +65,7 @@ def local_reply() -> hcm_pb2.LocalReplyConfig:
 
     def mapper(*filters: accesslog_pb2.AccessLogFilter, quota: str) -> hcm_pb2.ResponseMapper:
         body = struct_pb2.Struct()
-        body.update({"error": {
-            "message": f"Rate limit reached for quota {quota}; retry after %RESP({RESET_HEADER})% s",
-            "type": "rate_limit_error",
-            "param": None,
-            "code": "rate_limit_exceeded",
-            "quota": quota,
-        }})  # fmt: skip
+        body.update(contract.openai_429(quota, f"%RESP({RESET_HEADER})%"))
         return hcm_pb2.ResponseMapper(
             filter=accesslog_pb2.AccessLogFilter(and_filter=accesslog_pb2.AndFilter(filters=filters)),
             body_format_override=substitution_format_string_pb2.SubstitutionFormatString(json_format=body),
