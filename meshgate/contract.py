@@ -75,6 +75,7 @@ __all__ = [
     "USER_HEADER",
     "VERSION_HEADER",
     "QuotaPlan",
+    "admitted_in_check",
     "asked_tokens",
     "descriptor_headers",
     "extauthz_admits",
@@ -83,9 +84,9 @@ __all__ = [
     "quota_limit",
     "quota_plan",
     "reads_usage",
+    "request_entries",
     "rule_label",
     "tier_limit",
-    "token_check_entries",
 ]
 
 # --- headers the gateway sets ----------------------------------------------------------------------
@@ -180,18 +181,29 @@ def descriptor_headers(quota: Quota) -> tuple[tuple[str, str], ...]:
 
 
 def extauthz_admits(policy: Policy) -> bool:
-    """Whether extauthz's Check decides the token quotas' admission (gateway.ratelimit.admission),
-    in place of the rate limit filter's request-time check descriptors."""
+    """Whether extauthz's Check decides quotas at admission (gateway.ratelimit.admission), in place of
+    the rate limit filter's request-time descriptors (`admitted_in_check` says which)."""
     return policy.gateway.ratelimit.admission == "extauthz" and policy.gateway.enforcement != "native"
 
 
-def token_check_entries(quota: Quota, identity: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    """The entries of a token quota's request-time check descriptor, as the gateway's rate limit actions
-    build it from the identity headers (meshgate/xds/_quotas.py) and as extauthz builds it when it
-    decides the admission itself (meshgate/ratelimit/admission.py): the quota, its identity entries
-    with the values extauthz sets (`identity`: descriptor key -> value), the check phase."""
+def admitted_in_check(policy: Policy, quota: Quota) -> bool:
+    """Whether extauthz's Check decides `quota` at request time: with `admission: extauthz`, a token
+    quota's check always (its models are OpenAI ones, which every enforcement sends to extauthz), and a
+    `requests` quota with `enforcement: ext_authz` (where every request reaches the Check; in `auto` a
+    request decided natively never would, so its requests quotas stay on the rate limit filter)."""
+    if not extauthz_admits(policy):
+        return False
+    return quota.unit == "tokens" or policy.gateway.enforcement == "ext_authz"
+
+
+def request_entries(quota: Quota, identity: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The entries of a quota's request-time descriptor, as the gateway's rate limit actions build it
+    from the identity headers (meshgate/xds/_quotas.py) and as extauthz builds it when it decides the
+    admission itself (meshgate/ratelimit/admission.py): the quota, its identity entries with the values
+    extauthz sets (`identity`: descriptor key -> value), and for a token quota the check phase."""
     entries = [(key, identity[key]) for key in descriptor_keys(quota)]
-    return ((QUOTA_KEY, quota.name), *entries, (PHASE_KEY, CHECK))
+    phase = ((PHASE_KEY, CHECK),) if quota.unit == "tokens" else ()
+    return ((QUOTA_KEY, quota.name), *entries, *phase)
 
 
 def rule_label(quota: str, keys: tuple[str, ...], tenant: str | None) -> str:

@@ -631,11 +631,11 @@ class RateLimitSettings(_Strict):
     shadow_mode: bool = False
     """Global shadow mode: count and report OVER_LIMIT per descriptor, but never refuse a request."""
     admission: Literal["ratelimit", "extauthz"] = "ratelimit"
-    """Who checks, before an LLM request goes on, that the tokens it asks fit its token quotas:
-    `ratelimit` (the rate limit filter's request-time call) or `extauthz` (its Check decides it with the
-    same limiter and store, in the same process: one call to meshgate instead of two before the first
-    token; meshgate's own gateway only, docs/llm.md "Admission in the Check"). The charge at stream end
-    is the rate limit filter's either way."""
+    """Who decides the quotas at admission, before a request goes on: `ratelimit` (the rate limit
+    filter's request-time call) or `extauthz` (the Check decides them with the same limiter and store,
+    in the same process: one call to meshgate instead of two before the model; the token checks always,
+    the `requests` quotas too with `enforcement: ext_authz`; docs/llm.md "Admission in the Check").
+    Charges at stream end stay the rate limit filter's."""
     store_timeout: Duration = 0.05
     """Bound on each Redis call; past it ShouldRateLimit answers UNAVAILABLE (read at start)."""
     store_pipeline_window: Annotated[Duration, AfterValidator(_check_pipeline_window)] = 0.0

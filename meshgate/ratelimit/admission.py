@@ -1,13 +1,16 @@
-"""Token admission inside extauthz's Check (`gateway.ratelimit.admission: extauthz`).
+"""Quota admission inside extauthz's Check (`gateway.ratelimit.admission: extauthz`).
 
-With two calls (the default, `ratelimit`), a request to an LLM model is checked by extauthz, then by
-the rate limit filter, whose request-time descriptors test that the tokens asked fit each token quota
-(`meshgate.phase=check`, docs/llm.md): two calls to meshgate before the model gets the request. With
-`extauthz`, meshgate's gateway leaves those check descriptors out (meshgate/xds/_quotas.py) and the
-Check decides them itself, in the same process, with the same limiter and store: the descriptors are
-the ones Envoy would have built (the quota, then the identity entries extauthz sets as headers, then
-the phase: `contract.token_check_entries`), so the counters, rules, tiers, shadow mode, metrics and
-refusal log are the rate limiter's own. The stream-end charge stays with the rate limit filter.
+With two calls (the default, `ratelimit`), a request is checked by extauthz, then by the rate limit
+filter, whose request-time descriptors count it against its `requests` quotas and test that the tokens
+it asks fit its token quotas (`meshgate.phase=check`, docs/llm.md): two calls to meshgate before the
+model gets the request. With `extauthz`, meshgate's gateway leaves out the request-time descriptors of
+the quotas `contract.admitted_in_check` names (the token checks; the `requests` quotas too with
+`enforcement: ext_authz`) (meshgate/xds/_quotas.py), and the Check decides them itself, in the same
+process, with the same limiter and store, all in one request (all or nothing, as Envoy's one call):
+the descriptors are the ones Envoy would have built (the quota, the identity entries extauthz sets as
+headers, a token check's phase: `contract.request_entries`), so the counters, rules, tiers, shadow
+mode, metrics and refusal log are the rate limiter's own. Stream-end charges stay with the rate limit
+filter.
 
 A refusal is answered as the gateway answers the rate limit filter's 429 (`refusal`): status 429,
 `x-envoy-ratelimited: true`, the rate limit headers of `gateway.ratelimit.response_headers`, and under
@@ -49,7 +52,7 @@ class Refusal:
 
 @dataclass(frozen=True, slots=True)
 class AdmissionPlan:
-    """Per model, the token quotas whose check phase extauthz decides (empty: not this policy)."""
+    """Per model, the quotas extauthz decides at admission (empty: not this policy)."""
 
     domain: str
     quotas: Mapping[str, tuple[Quota, ...]]
@@ -62,7 +65,7 @@ class AdmissionPlan:
             return cls(rl.domain, {}, not rl.failure_mode_deny)
         plan = contract.quota_plan(policy)
         quotas = {
-            m.name: tuple(q for q in plan.quotas_of(policy, m.name) if q.unit == "tokens")
+            m.name: tuple(q for q in plan.quotas_of(policy, m.name) if contract.admitted_in_check(policy, q))
             for m in policy.models
         }
         return cls(rl.domain, {k: v for k, v in quotas.items() if v}, not rl.failure_mode_deny)
@@ -75,7 +78,7 @@ def refusal_body(quotas: str, reset: str) -> str:
 
 
 class Admission:
-    """Decides the token quotas' check phase for extauthz, with the rate limiter of this process."""
+    """Decides the quotas' admission for extauthz, with the rate limiter of this process."""
 
     def __init__(self, servicer: RateLimitServicer) -> None:
         self._servicer = servicer
@@ -94,8 +97,11 @@ class Admission:
         the descriptor keys (tenant, user, tier, model), as extauthz sets them in headers. Raises
         StoreUnavailable (StoreFull is one) when the store cannot answer and the policy fails closed."""
         plan = self.plan
-        descriptors = tuple(
-            Descriptor(contract.token_check_entries(quota, identity), hits_addend=tokens)
+        descriptors = tuple(  # (a requests quota: the request's hits, 1)
+            Descriptor(
+                contract.request_entries(quota, identity),
+                hits_addend=tokens if quota.unit == "tokens" else None,
+            )
             for quota in plan.quotas[identity["model"]]
         )
         try:

@@ -106,10 +106,10 @@ def model_rate_limits(
     limits: list[rc.RateLimit] = []
     native = native_quotas(policy)
     asked = contract.asked_tokens(policy.gateway.ext_authz.transport)
-    admitted = contract.extauthz_admits(policy)  # extauthz checks the asked tokens (ratelimit/admission.py)
     for quota in contract.quota_plan(policy).quotas_of(policy, model.name):
         if quota.name in native:
             continue
+        admitted = contract.admitted_in_check(policy, quota)  # decided in the Check (ratelimit/admission.py)
         if quota.unit == "tokens":
             check = [*_actions(quota), _generic(contract.PHASE_KEY, contract.CHECK)]
             charge = [*_actions(quota), _generic(contract.PHASE_KEY, contract.CHARGE)]
@@ -117,7 +117,7 @@ def model_rate_limits(
                 limits.append(_limit(check, asked, on_done=False))
             limits.append(_limit(charge, contract.USED_TOKENS, on_done=True))
             limits.append(_limit([*charge, *_estimate_flags()], asked, on_done=True))
-        else:
+        elif not admitted:
             limits.append(rc.RateLimit(actions=_actions(quota)))
     if reads_usage(model):
         limits += _chargeback()

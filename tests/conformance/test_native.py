@@ -49,11 +49,12 @@ from tests.unit.test_extauthz_support import (
     rsa_key,
 )
 
-MODES = ("ext_authz", "auto", "native", "http", "auto-http")
+MODES = ("ext_authz", "auto", "native", "http", "auto-http", "http-admit")
 """`http`: enforcement ext_authz, extauthz called over HTTP (gateway.ext_authz.transport: http), the
 same decisions by another transport (meshgate/extauthz/http.py): every case must match, none is fast;
-`auto-http`: auto, what it delegates called over HTTP."""
-HTTP_MODES = ("http", "auto-http")
+`auto-http`: auto, what it delegates called over HTTP; `http-admit`: `http` with the quotas decided in
+the Check (gateway.ratelimit.admission: extauthz, meshgate/ratelimit/admission.py)."""
+HTTP_MODES = ("http", "auto-http", "http-admit")
 METERED = 3  # requests a day per user of globex (free tier: x1) on model `metered`
 FAST_COUNTER = f"vhost.models.route.{FAST_STATS}.upstream_rq_completed"
 
@@ -63,8 +64,10 @@ def gateway_policy(doc: dict[str, Any], mode: str, *, upstream: int, port: int) 
     native, without what a native policy cannot hold (meshgate.policy.native)."""
     doc["gateway"] = {"address": "127.0.0.1", "port": port, "enforcement": mode}
     if mode in HTTP_MODES:
-        enforcement = {"http": "ext_authz", "auto-http": "auto"}[mode]
+        enforcement = {"http": "ext_authz", "auto-http": "auto", "http-admit": "ext_authz"}[mode]
         doc["gateway"].update(enforcement=enforcement, ext_authz={"transport": "http"})
+        if mode == "http-admit":
+            doc["gateway"]["ratelimit"] = {"admission": "extauthz"}
     if mode == "native":
         doc["api_keys"] = []
         doc["models"] = [m for m in doc["models"] if m.get("protocol", "v2-rest") == "v2-rest"]
@@ -280,20 +283,21 @@ def _send(port: int, case: Case, headers: dict[str, str]) -> Answer:
     return answer
 
 
-@pytest.mark.parametrize("mode", ["auto", "native", "http", "auto-http"])
+@pytest.mark.parametrize("mode", ["auto", "native", "http", "auto-http", "http-admit"])
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_same_decision(gateways: Gateways, mode: str, case: Case) -> None:
     if mode == "native" and not case.native:
         pytest.skip("needs what a native policy cannot hold (an API key, a model named in a body)")
     headers = case.headers()  # one token for both gateways
     reference = _send(gateways.ports["ext_authz"], case, headers)
-    before = gateways.fast(mode) if mode != "http" else 0
+    enforced_by_extauthz = mode in ("http", "http-admit")
+    before = gateways.fast(mode) if not enforced_by_extauthz else 0
     native = _send(gateways.ports[mode], case, headers)
-    if mode != "http":
+    if not enforced_by_extauthz:
         assert gateways.fast(mode) - before == int(case.fast), f"{mode}: {case.name}: fast path taken or not"
     if case.code is not None:  # both gateways equal and right: not merely equally wrong
         assert (reference.status, reference.error) == (401, case.code), case.name
-    trims = mode == "http" or (mode == "auto-http" and not case.fast)  # (a fast route: Envoy sets them)
+    trims = enforced_by_extauthz or (mode == "auto-http" and not case.fast)  # (a fast route: Envoy sets them)
     if trims and case.name in HTTP_TRIMS:  # the one known difference (docs/extauthz.md)
         user = reference.model_sees[contract.USER_HEADER]
         assert user != user.strip() and native.model_sees[contract.USER_HEADER] == user.strip()
@@ -305,7 +309,7 @@ def test_same_decision(gateways: Gateways, mode: str, case: Case) -> None:
         )
 
 
-@pytest.mark.parametrize("mode", ["auto", "native", "http", "auto-http"])
+@pytest.mark.parametrize("mode", ["auto", "native", "http", "auto-http", "http-admit"])
 def test_same_quota_decisions(gateways: Gateways, mode: str) -> None:
     """A per-user quota of METERED a day (native: Envoy's local rate limit; ext_authz: meshgate
     ratelimit): the same requests pass, the same one is refused, with the same answer."""

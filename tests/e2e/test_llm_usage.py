@@ -33,6 +33,7 @@ from tests.unit.test_extauthz_support import AUDIENCE, ISSUER, mint, public_jwks
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "zen-chat"
 QUOTA = "tokens-per-day"
+REQUESTS_QUOTA = "requests-per-day"
 LIMIT = 400
 DOMAIN = "meshgate"
 
@@ -63,11 +64,17 @@ class ChatStandIn:
 
 def llm_policy(
     gateway_port: int, backend: ChatStandIn, *, limit: int = LIMIT, transport: str = "grpc",
-    admission: str = "ratelimit", **model: Any,
+    admission: str = "ratelimit", requests_limit: int | None = None, **model: Any,
 ) -> dict[str, Any]:  # fmt: skip
-    """acme and globex, each with a per-tenant token quota; one OpenAI model; JWTs from an inline JWKS;
-    extauthz called over `transport` (gateway.ext_authz.transport), the tokens asked checked by
-    `admission` (gateway.ratelimit.admission)."""
+    """acme and globex, each with a per-tenant token quota (and with `requests_limit`, a per-user quota of
+    that many requests a day, REQUESTS_QUOTA); one OpenAI model; JWTs from an inline JWKS; extauthz
+    called over `transport` (gateway.ext_authz.transport), admission by `admission`
+    (gateway.ratelimit.admission)."""
+    quotas = [{"name": QUOTA, "per": "tenant", "unit": "tokens", "limit": limit, "window": "day"}]
+    if requests_limit is not None:
+        quotas.append({"name": REQUESTS_QUOTA, "per": ["tenant", "user"], "limit": requests_limit,
+                       "window": "day"})  # fmt: skip
+    names = [q["name"] for q in quotas]
     return {
         "version": 1,
         "gateway": {"port": gateway_port, "ext_authz": {"transport": transport},
@@ -76,11 +83,11 @@ def llm_policy(
             "name": "test", "issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["RS256"],
             "claims": {"tenant": "tenant", "user": "sub", "roles": "roles"}, "jwks": public_jwks(),
         }],
-        "tenants": [{"name": "acme", "quotas": [QUOTA]}, {"name": "globex", "quotas": [QUOTA]}],
+        "tenants": [{"name": "acme", "quotas": names}, {"name": "globex", "quotas": names}],
         "roles": [{"name": "invoker", "models": ["*"]}],
         "models": [{"name": MODEL, "protocol": "openai", "versions": [
             {"name": "v1", "endpoints": [f"{backend.host}:{backend.port}"]}], **model}],
-        "quotas": [{"name": QUOTA, "per": "tenant", "unit": "tokens", "limit": limit, "window": "day"}],
+        "quotas": quotas,
     }  # fmt: skip
 
 
@@ -146,6 +153,7 @@ def start_gateway(
     backend_args: tuple[str, ...] = (),
     transport: str = "grpc",
     admission: str = "ratelimit",
+    requests_limit: int | None = None,
     **model: Any,
 ) -> Gateway:
     """The chat stand-in (with `backend_args`), meshgate with `llm_policy` (`model`: more fields of the
@@ -153,7 +161,8 @@ def start_gateway(
     backend = harness.add(ChatStandIn(harness.workdir, *backend_args)).start()
     port = free_port()
     policy = harness.workdir / f"policy-{port}.yaml"  # (one file per gateway: meshgate watches it)
-    policy.write_text(yaml.safe_dump(llm_policy(port, backend, limit=limit, transport=transport, admission=admission, **model), sort_keys=False))
+    policy.write_text(yaml.safe_dump(llm_policy(port, backend, limit=limit, transport=transport, admission=admission,
+                                     requests_limit=requests_limit, **model), sort_keys=False))
     mg = meshgate_factory(policy)
     envoy = envoy_factory(envoy_bootstrap("llm", xds=mg.address("xds")))
     return Gateway(port, mg, envoy, backend)

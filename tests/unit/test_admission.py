@@ -41,9 +41,10 @@ CHAT = "/v1/chat/completions"
 XRL = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
 
 
-def admission_doc(**ratelimit: Any) -> dict[str, Any]:
+def admission_doc(enforcement: str = "auto", **ratelimit: Any) -> dict[str, Any]:
     """policy_doc with the quotas above for both tenants (tier free: limits as written), an OpenAI model
-    `mini` no token quota counts, and `gateway.ratelimit` (admission extauthz unless told)."""
+    `mini` no token quota counts, and `gateway.ratelimit` (admission extauthz unless told). In `auto`
+    (the default here) only the token quotas are decided in the Check; in `ext_authz` `rpm` too."""
     doc = policy_doc()
     for tenant in doc["tenants"]:
         tenant.update(tier="free", quotas=["tph", "tpd", "rpm"])
@@ -51,7 +52,7 @@ def admission_doc(**ratelimit: Any) -> dict[str, Any]:
         {"name": "mini", "protocol": "openai", "versions": [{"name": "v1", "endpoints": ["127.0.0.1:9202"]}]}
     )
     doc["quotas"] = [dict(q) for q in QUOTAS]
-    doc["gateway"] = {"ratelimit": {"admission": "extauthz", **ratelimit}}
+    doc["gateway"] = {"enforcement": enforcement, "ratelimit": {"admission": "extauthz", **ratelimit}}
     return doc
 
 
@@ -123,14 +124,14 @@ def assert_refused_429(response: external_auth_pb2.CheckResponse, quota: str) ->
 # --- 1. the descriptors, and the gateway's config ---------------------------------------------------
 
 
-def test_token_check_entries_are_quota_identity_in_descriptor_order_then_phase() -> None:
+def test_request_entries_are_quota_identity_in_descriptor_order_then_phase() -> None:
     policy = make_policy(admission_doc())
     tph, tpd = (q for q in policy.quotas if q.unit == "tokens")
     assert tpd.per == ("model", "user", "tenant")  # written out of order: the entries follow DESCRIPTOR_KEYS
-    assert contract.token_check_entries(tpd, ACME) == (
+    assert contract.request_entries(tpd, ACME) == (
         ("quota", "tpd"), ("tenant", "acme"), ("user", "alice"), ("model", "llama-chat"), ("meshgate.phase", "check"),
     )  # fmt: skip
-    assert contract.token_check_entries(tph, {**ACME, "tenant": "globex"}) == (
+    assert contract.request_entries(tph, {**ACME, "tenant": "globex"}) == (
         ("quota", "tph"), ("tenant", "globex"), ("meshgate.phase", "check"),
     )  # fmt: skip
 
@@ -151,20 +152,24 @@ def _limits(policy: Policy) -> list[tuple[str, str, str, bool]]:
 
 @pytest.mark.parametrize("transport", ["grpc", "http"])
 def test_the_gateway_leaves_the_check_descriptors_out_when_extauthz_admits(transport: str) -> None:
-    def limits(admission: str) -> list[tuple[str, str, str, bool]]:
-        doc = admission_doc(admission=admission)
+    def limits(admission: str, enforcement: str = "ext_authz") -> list[tuple[str, str, str, bool]]:
+        doc = admission_doc(enforcement, admission=admission)
         doc["gateway"]["ext_authz"] = {"transport": transport}
         return _limits(make_policy(doc))
 
     asked = contract.asked_tokens(transport)
     two_calls, in_check = limits("ratelimit"), limits("extauthz")
     assert ("tph", "check", asked, False) in two_calls and ("tpd", "check", asked, False) in two_calls
-    assert [lim for lim in two_calls if lim[1] != "check"] == in_check  # the rest is the same
-    assert not any(lim[1] == "check" for lim in in_check)
+    # with enforcement ext_authz the requests quota rpm goes into the Check too; the rest is the same
+    assert [lim for lim in two_calls if lim[1] != "check" and lim[0] != "rpm"] == in_check
+    assert not any(lim[1] == "check" or lim[0] == "rpm" for lim in in_check)
+    assert ("rpm", "", "", False) in two_calls
     for quota in ("tph", "tpd"):  # the charge and the estimate charge stay, at stream end
         charges = [lim for lim in in_check if lim[0] == quota]
         assert [(lim[1], lim[3]) for lim in charges] == [("charge", True), ("charge", True)]
-    assert ("rpm", "", "", False) in in_check
+    # auto: only the token checks move (rpm is a native quota there: Envoy's local rate limit)
+    auto_two, auto_in = limits("ratelimit", "auto"), limits("extauthz", "auto")
+    assert [lim for lim in auto_two if lim[1] != "check"] == auto_in
 
 
 # --- 2. the plan and the policy ---------------------------------------------------------------------
@@ -176,6 +181,9 @@ def test_the_plan_holds_each_models_token_quotas_only_when_extauthz_admits() -> 
     assert {m: [q.name for q in qs] for m, qs in plan.quotas.items()} == {"llama-chat": ["tph", "tpd"]}
     assert plan.domain == "meshgate" and plan.fail_open is False  # failure_mode_deny defaults to true
     assert AdmissionPlan.of(make_policy(admission_doc(failure_mode_deny=False))).fail_open is True
+    every = AdmissionPlan.of(make_policy(admission_doc(enforcement="ext_authz")))
+    names = {m: [q.name for q in qs] for m, qs in every.quotas.items()}
+    assert names["llama-chat"] == ["tph", "tpd", "rpm"] and names["mini"] == names["resnet"] == ["rpm"]
     admission = Admission(ratelimit_service().servicer)
     assert not admission.applies("llama-chat")  # no policy yet
     admission.plan = admission.prepare(make_policy(admission_doc()))
@@ -316,6 +324,36 @@ def test_check_message_adds_the_headers_when_admitted_and_answers_429_when_over(
     assert_refused_429(over, "tph")
     assert over.status.code == 8  # RESOURCE_EXHAUSTED
     assert mini.HasField("ok_response") and len(mini.ok_response.response_headers_to_add) == 0
+
+
+def test_requests_quotas_too_with_enforcement_ext_authz_all_or_nothing(tmp_path: Path) -> None:
+    """Every request reaches the Check: the requests quota rpm (2 a minute here) is decided there with
+    the token quotas, in one request to the limiter (a refused request consumes none of its counters)."""
+    doc = admission_doc("ext_authz")
+    next(q for q in doc["quotas"] if q["name"] == "rpm")["limit"] = 2
+    svc = gateway(tmp_path, doc)
+    infer = CheckInput(
+        method="POST", path="/v2/models/resnet/infer", headers={"authorization": f"Bearer {mint()}"}
+    )
+
+    async def main() -> list[external_auth_pb2.CheckResponse]:
+        return [
+            await svc.check_message(chat(500)),  # over tph: refused, rpm not consumed
+            await svc.check_message(infer),
+            await svc.check_message(chat(5)),
+            await svc.check_message(infer),  # rpm spent (2)
+            await svc.check_message(chat(5)),
+        ]
+
+    over_tokens, first, chat_ok, third, chat_over = asyncio.run(main())
+    assert_refused_429(over_tokens, "tph")
+    assert first.HasField("ok_response") and chat_ok.HasField("ok_response")
+    assert options(first.ok_response.response_headers_to_add)["x-ratelimit-remaining"] == "1"
+    for refused in (third, chat_over):  # rpm over: the KServe request's 429 has no body (not OpenAI)
+        assert refused.denied_response.status.code == 429
+    assert third.denied_response.body == ""
+    assert options(third.denied_response.headers)["x-envoy-ratelimited"] == "true"
+    assert_refused_429(chat_over, "rpm")
 
 
 def test_check_async_answers_the_same_on_the_wire_and_check_never_admits(tmp_path: Path) -> None:
