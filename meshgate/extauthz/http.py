@@ -49,8 +49,11 @@ REMOVE_HEADER = "x-envoy-auth-headers-to-remove"
 _REASONS = {200: "OK", 400: "Bad Request", 413: "Payload Too Large", 431: "Request Header Fields Too Large"}
 
 
-def to_http(response: external_auth_pb2.CheckResponse, *, keep_alive: bool = True) -> bytes:
-    """The HTTP/1.1 answer Envoy's ext_authz `http_service` client reads as `response`."""
+def to_http(
+    response: external_auth_pb2.CheckResponse, *, keep_alive: bool = True, head: bool = False
+) -> bytes:
+    """The HTTP/1.1 answer Envoy's ext_authz `http_service` client reads as `response`. `head`: the
+    request was a HEAD (Envoy sends the client's method): the answer has no body (its length stays)."""
     headers: list[tuple[str, str]] = []
     body = b""
     if response.HasField("ok_response"):
@@ -70,16 +73,19 @@ def to_http(response: external_auth_pb2.CheckResponse, *, keep_alive: bool = Tru
         status = int(denied.status.code)
         headers += [(h.header.key, h.header.value) for h in denied.headers]
         body = denied.body.encode()
-    return _message(status, headers, body, keep_alive=keep_alive)
+    return _message(status, headers, body, keep_alive=keep_alive, head=head)
 
 
-def _message(status: int, headers: list[tuple[str, str]], body: bytes, *, keep_alive: bool) -> bytes:
+def _message(
+    status: int, headers: list[tuple[str, str]], body: bytes, *, keep_alive: bool, head: bool = False
+) -> bytes:
     lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}"]
     lines += [f"{name}: {value}" for name, value in headers]
     lines.append(f"content-length: {len(body)}")
     if not keep_alive:
         lines.append("connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + body
+    # (a HEAD's answer has no body: bytes after its head would be read as the next answer)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + (b"" if head else body)
 
 
 class HttpCheckServer:
@@ -123,7 +129,7 @@ class HttpCheckServer:
         self.in_flight += 1
         self.started += 1
         try:
-            return to_http(await self._check(req))
+            return to_http(await self._check(req), head=req.method == "HEAD")
         except Unavailable as exc:
             self._on_unavailable("unavailable", exc)
         except Exception as exc:

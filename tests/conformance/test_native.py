@@ -246,6 +246,11 @@ CASES = [
     Case("OpenAI chat, an API key", lambda: _bearer(API_KEY), path="/v1/chat/completions", body=CHAT,
          native=False),
     Case("OpenAI chat, not JSON", _jwt(), path="/v1/chat/completions", body=["not", "an object"], native=False),
+    # HEAD: an answer without a body (over HTTP, a denial's body must not follow its head)
+    Case("HEAD without credentials", lambda: {}, path="/v2/models/resnet", method="HEAD"),
+    Case("HEAD without credentials, again", lambda: {}, path="/v2/models/resnet", method="HEAD"),
+    Case("HEAD, valid", _issued(), path="/v2/models/resnet", method="HEAD", fast=True),
+    Case("HEAD model list without credentials", lambda: {}, path="/v1/models", method="HEAD"),
 ]  # fmt: skip
 
 

@@ -102,6 +102,15 @@ def test_deny_keeps_its_status_headers_and_body() -> None:
     assert json.loads(answer.body) == {"error": error}
 
 
+def test_a_head_requests_answer_has_its_length_and_no_body() -> None:
+    """Envoy sends the client's method; after the head of a HEAD's answer it reads no body, so bytes
+    there would be read as the next answer on the connection."""
+    response = responses.deny(401, "missing_credentials", "no credentials")
+    full, head = to_http(response), to_http(response, head=True)
+    assert head == full[: full.index(b"\r\n\r\n") + 4]
+    assert int(dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:-2])["content-length"]) > 0
+
+
 def test_answer_is_200_with_its_body() -> None:
     body = json.dumps({"object": "list", "data": [{"id": "llama", "note": "é"}]})
     (answer,) = parse(to_http(responses.answer(body)))
@@ -184,6 +193,29 @@ def exchange(
 def request(path: str = "/", body: bytes = b"", *, method: str = "POST", extra: str = "") -> bytes:
     head = f"{method} {path} HTTP/1.1\r\nhost: meshgate\r\n{extra}content-length: {len(body)}\r\n\r\n"
     return head.encode() + body
+
+
+def test_a_head_request_is_answered_without_a_body_and_the_next_one_follows() -> None:
+    async def deny(req: CheckInput) -> external_auth_pb2.CheckResponse:
+        return responses.deny(401, "missing_credentials", "no credentials")
+
+    async def scenario() -> bytes:
+        async with serving(FakeCheck(deny)) as (_, port):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request("/a", method="HEAD") + request("/b"))
+            data = b""
+            while data.count(b"HTTP/1.1 401") < 2 or not data.endswith(b"}"):
+                chunk = await asyncio.wait_for(reader.read(65536), GUARD_S)
+                assert chunk, data
+                data += chunk
+            writer.close()
+            return data
+
+    data = asyncio.run(scenario())
+    head_answer, rest = data.split(b"\r\n\r\n", 1)
+    assert b"content-length: " in head_answer and rest.startswith(b"HTTP/1.1 401")  # no body between
+    (second,) = parse(rest)
+    assert json.loads(second.body)["error"] == "missing_credentials"
 
 
 def test_request_becomes_check_input() -> None:
