@@ -78,8 +78,10 @@ from tests.harness.meshgate import Meshgate  # noqa: E402
 from tests.harness.procs import StartupError, free_port, wait_for_tcp  # noqa: E402
 from tests.harness.stack import Stack  # noqa: E402
 
-ROWS = ("raw", "hand", "routing", "ext_authz", "native", "auto")
-MESHGATE_ROWS = ("routing", "ext_authz", "native", "auto")
+ROWS = ("raw", "hand", "routing", "ext_authz", "ext_authz_http", "native", "auto")
+MESHGATE_ROWS = ("routing", "ext_authz", "ext_authz_http", "native", "auto")
+# ext_authz_http: enforcement ext_authz, the Check over HTTP deciding the quota too (transport http,
+# admission extauthz): one HTTP call to meshgate per request instead of two gRPC ones
 UNGUARDED = ("raw", "routing")  # rows without enforcement: only the 200 is proved
 
 
@@ -195,8 +197,10 @@ def http_filters(envoy: Envoy) -> list[str]:
 
 def start_meshgate_row(name: str, stack: Stack, work: Path, keys: Keys, upstream: int) -> Row:
     row = Row(name, port=free_port())
-    enforcement = "ext_authz" if name == "routing" else name
+    enforcement = "ext_authz" if name in ("routing", "ext_authz_http") else name
     doc = policy_doc(enforcement=enforcement, gateway_port=row.port, upstream_port=upstream, jwks=keys.jwks)
+    if name == "ext_authz_http":
+        doc["gateway"].update(ext_authz={"transport": "http"}, ratelimit={"admission": "extauthz"})
     env = {"MESHGATE_XDS_FILTERS": "none"} if name == "routing" else None
     meshgate = Meshgate(doc, workdir=work / name, extra_args=["--no-watch"], env=env)
     failed = "not available" if name in ("native", "auto") else "broken"
