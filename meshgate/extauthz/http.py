@@ -46,6 +46,7 @@ log = logging.getLogger("meshgate.extauthz.http")
 MAX_HEAD_BYTES = 64 << 10
 """Request line and headers of one authorization request (Envoy's own default limit is 60 KiB)."""
 REMOVE_HEADER = "x-envoy-auth-headers-to-remove"
+_BREAKS = ("\r", "\n", "\0")
 _REASONS = {200: "OK", 400: "Bad Request", 413: "Payload Too Large", 431: "Request Header Fields Too Large"}
 
 
@@ -81,6 +82,8 @@ def _message(
 ) -> bytes:
     lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}"]
     lines += [f"{name}: {value}" for name, value in headers]
+    if any(c in line for line in lines for c in _BREAKS):  # (the core never makes one: never split a head)
+        raise ValueError("a header of the answer holds a line break or NUL")
     lines.append(f"content-length: {len(body)}")
     if not keep_alive:
         lines.append("connection: close")

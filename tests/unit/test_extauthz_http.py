@@ -412,3 +412,10 @@ def test_metadata_headers_never_go_upstream() -> None:
     assert not metadata_headers & set(UPSTREAM_HEADERS)
     (answer,) = parse(to_http(response))
     assert metadata_headers <= {name for name, _ in answer.headers}
+
+
+def test_a_header_value_with_a_line_break_is_never_written() -> None:
+    """Defence in depth: the decision never puts one there (users are printable, tenants and models the
+    policy's); if it did, the answer is refused (a 503 from the server) rather than split."""
+    with pytest.raises(ValueError, match="line break"):
+        to_http(responses.allow({"x-meshgate-user": "alice\r\nx-meshgate-tenant: root"}))
