@@ -246,6 +246,8 @@ CASES = [
     Case("OpenAI chat, an API key", lambda: _bearer(API_KEY), path="/v1/chat/completions", body=CHAT,
          native=False),
     Case("OpenAI chat, not JSON", _jwt(), path="/v1/chat/completions", body=["not", "an object"], native=False),
+    Case("OpenAI chat, a 900 KiB prompt (the body in many reads)", _jwt(), path="/v1/chat/completions",
+         body={**CHAT, "messages": [{"role": "user", "content": "word " * (180 << 10)}]}, native=False),
     # HEAD: an answer without a body (over HTTP, a denial's body must not follow its head)
     Case("HEAD without credentials", lambda: {}, path="/v2/models/resnet", method="HEAD"),
     Case("HEAD without credentials, again", lambda: {}, path="/v2/models/resnet", method="HEAD"),
