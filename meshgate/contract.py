@@ -186,14 +186,18 @@ def extauthz_admits(policy: Policy) -> bool:
     return policy.gateway.ratelimit.admission == "extauthz" and policy.gateway.enforcement != "native"
 
 
-def admitted_in_check(policy: Policy, quota: Quota) -> bool:
-    """Whether extauthz's Check decides `quota` at request time: with `admission: extauthz`, a token
-    quota's check always (its models are OpenAI ones, which every enforcement sends to extauthz), and a
-    `requests` quota with `enforcement: ext_authz` (where every request reaches the Check; in `auto` a
-    request decided natively never would, so its requests quotas stay on the rate limit filter)."""
+def admitted_in_check(policy: Policy, quota: Quota, model: Model) -> bool:
+    """Whether extauthz's Check decides `quota` at request time on `model`'s routes: with `admission:
+    extauthz`, a token quota's check always (its models are OpenAI ones, which every enforcement sends to
+    extauthz), and a `requests` quota on an OpenAI model with `enforcement: ext_authz`. Elsewhere the
+    rate limit filter keeps it: in `auto` a request decided natively never reaches the Check (and a
+    native quota is Envoy's), and a KServe/Triton model has routes that answer after the Check (413 for
+    a body over its limit, a refused stream) where the filter counts nothing."""
     if not extauthz_admits(policy):
         return False
-    return quota.unit == "tokens" or policy.gateway.enforcement == "ext_authz"
+    if quota.unit == "tokens":
+        return True
+    return policy.gateway.enforcement == "ext_authz" and model.protocol == "openai"
 
 
 def request_entries(quota: Quota, identity: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

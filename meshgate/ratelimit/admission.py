@@ -4,13 +4,13 @@ With two calls (the default, `ratelimit`), a request is checked by extauthz, the
 filter, whose request-time descriptors count it against its `requests` quotas and test that the tokens
 it asks fit its token quotas (`meshgate.phase=check`, docs/llm.md): two calls to meshgate before the
 model gets the request. With `extauthz`, meshgate's gateway leaves out the request-time descriptors of
-the quotas `contract.admitted_in_check` names (the token checks; the `requests` quotas too with
-`enforcement: ext_authz`) (meshgate/xds/_quotas.py), and the Check decides them itself, in the same
-process, with the same limiter and store, all in one request (all or nothing, as Envoy's one call):
-the descriptors are the ones Envoy would have built (the quota, the identity entries extauthz sets as
-headers, a token check's phase: `contract.request_entries`), so the counters, rules, tiers, shadow
-mode, metrics and refusal log are the rate limiter's own. Stream-end charges stay with the rate limit
-filter.
+the quotas `contract.admitted_in_check` names (the token checks; with `enforcement: ext_authz` the
+`requests` quotas of OpenAI models too; meshgate/xds/_quotas.py), and the Check decides them itself,
+in the same process, with the same limiter and store, all in one request (all or nothing, as Envoy's
+one call): the descriptors are the ones Envoy would have built (the quota, the identity entries
+extauthz sets as headers, a token check's phase: `contract.request_entries`), so the counters, rules,
+tiers, shadow mode, metrics and refusal log are the rate limiter's own. Stream-end charges stay with
+the rate limit filter.
 
 A refusal is answered as the gateway answers the rate limit filter's 429 (`refusal`): status 429,
 `x-envoy-ratelimited: true`, the rate limit headers of `gateway.ratelimit.response_headers`, and under
@@ -65,7 +65,9 @@ class AdmissionPlan:
             return cls(rl.domain, {}, not rl.failure_mode_deny)
         plan = contract.quota_plan(policy)
         quotas = {
-            m.name: tuple(q for q in plan.quotas_of(policy, m.name) if contract.admitted_in_check(policy, q))
+            m.name: tuple(
+                q for q in plan.quotas_of(policy, m.name) if contract.admitted_in_check(policy, q, m)
+            )
             for m in policy.models
         }
         return cls(rl.domain, {k: v for k, v in quotas.items() if v}, not rl.failure_mode_deny)
