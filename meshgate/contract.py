@@ -16,7 +16,7 @@ those steps share lives here, and each side imports it from here.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from fnmatch import fnmatchcase
@@ -186,18 +186,17 @@ def extauthz_admits(policy: Policy) -> bool:
     return policy.gateway.ratelimit.admission == "extauthz" and policy.gateway.enforcement != "native"
 
 
-def admitted_in_check(policy: Policy, quota: Quota, model: Model) -> bool:
+def admitted_in_check(policy: Policy, quota: Quota, model: Model, native: Container[str]) -> bool:
     """Whether extauthz's Check decides `quota` at request time on `model`'s routes: with `admission:
-    extauthz`, a token quota's check always (its models are OpenAI ones, which every enforcement sends to
-    extauthz), and a `requests` quota on an OpenAI model with `enforcement: ext_authz`. Elsewhere the
-    rate limit filter keeps it: in `auto` a request decided natively never reaches the Check (and a
-    native quota is Envoy's), and a KServe/Triton model has routes that answer after the Check (413 for
-    a body over its limit, a refused stream) where the filter counts nothing."""
+    extauthz`, a token quota's check, and a `requests` quota of an OpenAI model that Envoy does not
+    enforce itself (`native`: the names of the quotas it does, `auto`). An OpenAI request always reaches
+    the Check (its model is in its body: `ext_authz` and `auto` alike). Elsewhere the rate limit filter
+    keeps it: a KServe/Triton request may be decided natively in `auto`, and such a model has routes
+    that answer after the Check (413 for a body over its limit, a refused stream) where the filter
+    counts nothing."""
     if not extauthz_admits(policy):
         return False
-    if quota.unit == "tokens":
-        return True
-    return policy.gateway.enforcement == "ext_authz" and model.protocol == "openai"
+    return quota.unit == "tokens" or (model.protocol == "openai" and quota.name not in native)
 
 
 def request_entries(quota: Quota, identity: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

@@ -633,9 +633,8 @@ class RateLimitSettings(_Strict):
     admission: Literal["ratelimit", "extauthz"] = "ratelimit"
     """Who decides the quotas at admission, before a request goes on: `ratelimit` (the rate limit
     filter's request-time call) or `extauthz` (the Check decides them with the same limiter and store,
-    in the same process: one call to meshgate instead of two before the model; the token checks always,
-    with `enforcement: ext_authz` the `requests` quotas of OpenAI models too; docs/llm.md "Admission in
-    the Check").
+    in the same process: one call to meshgate instead of two before the model; the token checks and the
+    `requests` quotas of OpenAI models; docs/llm.md "Admission in the Check").
     Charges at stream end stay the rate limit filter's."""
     store_timeout: Duration = 0.05
     """Bound on each Redis call; past it ShouldRateLimit answers UNAVAILABLE (read at start)."""

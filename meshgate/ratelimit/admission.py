@@ -4,8 +4,8 @@ With two calls (the default, `ratelimit`), a request is checked by extauthz, the
 filter, whose request-time descriptors count it against its `requests` quotas and test that the tokens
 it asks fit its token quotas (`meshgate.phase=check`, docs/llm.md): two calls to meshgate before the
 model gets the request. With `extauthz`, meshgate's gateway leaves out the request-time descriptors of
-the quotas `contract.admitted_in_check` names (the token checks; with `enforcement: ext_authz` the
-`requests` quotas of OpenAI models too; meshgate/xds/_quotas.py), and the Check decides them itself,
+the quotas `contract.admitted_in_check` names (the token checks, and the `requests` quotas of OpenAI
+models Envoy does not count itself; meshgate/xds/_quotas.py), and the Check decides them itself,
 in the same process, with the same limiter and store, all in one request (all or nothing, as Envoy's
 one call): the descriptors are the ones Envoy would have built (the quota, the identity entries
 extauthz sets as headers, a token check's phase: `contract.request_entries`), so the counters, rules,
@@ -63,10 +63,12 @@ class AdmissionPlan:
         rl = policy.gateway.ratelimit
         if not contract.extauthz_admits(policy):
             return cls(rl.domain, {}, not rl.failure_mode_deny)
-        plan = contract.quota_plan(policy)
+        from meshgate.xds._native_quotas import native_quotas  # (what Envoy's filters hold: as _checks)
+
+        plan, native = contract.quota_plan(policy), native_quotas(policy)
         quotas = {
             m.name: tuple(
-                q for q in plan.quotas_of(policy, m.name) if contract.admitted_in_check(policy, q, m)
+                q for q in plan.quotas_of(policy, m.name) if contract.admitted_in_check(policy, q, m, native)
             )
             for m in policy.models
         }

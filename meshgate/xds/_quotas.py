@@ -109,7 +109,7 @@ def model_rate_limits(
     for quota in contract.quota_plan(policy).quotas_of(policy, model.name):
         if quota.name in native:
             continue
-        admitted = contract.admitted_in_check(policy, quota, model)  # decided in the Check (admission.py)
+        admitted = contract.admitted_in_check(policy, quota, model, native)  # in the Check (admission.py)
         if quota.unit == "tokens":
             check = [*_actions(quota), _generic(contract.PHASE_KEY, contract.CHECK)]
             charge = [*_actions(quota), _generic(contract.PHASE_KEY, contract.CHARGE)]

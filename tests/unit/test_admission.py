@@ -136,11 +136,12 @@ def test_request_entries_are_quota_identity_in_descriptor_order_then_phase() -> 
     )  # fmt: skip
 
 
-def _limits(policy: Policy) -> list[tuple[str, str, str, bool]]:
-    """(quota, phase, hits_addend format, apply_on_stream_done) of llama-chat's per-route rate limits."""
-    model = next(m for m in policy.models if m.name == "llama-chat")
+def _limits(policy: Policy, name: str = "llama-chat") -> list[tuple[str, str, str, bool]]:
+    """(quota, phase, hits_addend format, apply_on_stream_done) of a model's per-route rate limits."""
+    model = next(m for m in policy.models if m.name == name)
     per_route = model_rate_limits(policy, model)
-    assert per_route is not None
+    if per_route is None:
+        return []
     found = []
     for limit in per_route.rate_limits:
         keys = {a.generic_key.descriptor_key: a.generic_key.descriptor_value for a in limit.actions}
@@ -185,6 +186,16 @@ def test_the_plan_holds_each_models_token_quotas_only_when_extauthz_admits() -> 
     names = {m: [q.name for q in qs] for m, qs in every.quotas.items()}
     # rpm on the OpenAI models only: a KServe model keeps it on the rate limit filter (its 413 routes)
     assert names == {"llama-chat": ["tph", "tpd", "rpm"], "mini": ["rpm"]}
+    # auto: rpm (fixed window) is Envoy's own there, never the Check's; a sliding one is the Check's
+    auto = AdmissionPlan.of(make_policy(admission_doc()))
+    assert {m: [q.name for q in qs] for m, qs in auto.quotas.items()} == {"llama-chat": ["tph", "tpd"]}
+    sliding = admission_doc()
+    next(q for q in sliding["quotas"] if q["name"] == "rpm")["algorithm"] = "sliding_window"
+    policy = make_policy(sliding)
+    names = {m: [q.name for q in qs] for m, qs in AdmissionPlan.of(policy).quotas.items()}
+    assert names == {"llama-chat": ["tph", "tpd", "rpm"], "mini": ["rpm"]}
+    kept = {m.name: {lim[0] for lim in _limits(policy, m.name)} for m in policy.models}
+    assert "rpm" in kept["resnet"] and "rpm" not in kept["mini"] and "rpm" not in kept["llama-chat"]
     admission = Admission(ratelimit_service().servicer)
     assert not admission.applies("llama-chat")  # no policy yet
     admission.plan = admission.prepare(make_policy(admission_doc()))
