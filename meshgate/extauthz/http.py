@@ -50,9 +50,7 @@ _BREAKS = ("\r", "\n", "\0")
 _REASONS = {200: "OK", 400: "Bad Request", 413: "Payload Too Large", 431: "Request Header Fields Too Large"}
 
 
-def to_http(
-    response: external_auth_pb2.CheckResponse, *, keep_alive: bool = True, head: bool = False
-) -> bytes:
+def to_http(response: external_auth_pb2.CheckResponse, *, head: bool = False) -> bytes:
     """The HTTP/1.1 answer Envoy's ext_authz `http_service` client reads as `response`. `head`: the
     request was a HEAD (Envoy sends the client's method): the answer has no body (its length stays)."""
     headers: list[tuple[str, str]] = []
@@ -74,7 +72,7 @@ def to_http(
         status = int(denied.status.code)
         headers += [(h.header.key, h.header.value) for h in denied.headers]
         body = denied.body.encode()
-    return _message(status, headers, body, keep_alive=keep_alive, head=head)
+    return _message(status, headers, body, keep_alive=True, head=head)
 
 
 def _message(

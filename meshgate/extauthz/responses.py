@@ -30,6 +30,7 @@ __all__ = [
     "allow",
     "answer",
     "deny",
+    "identity_values",
     "openai_error",
     "refused",
     "to_check_input",
@@ -201,13 +202,7 @@ def to_response(
     assert who is not None and target is not None
     if target.kind == "models":
         return answer(model_list(decision))
-    headers = {
-        contract.TENANT_HEADER: who.tenant,
-        contract.USER_HEADER: who.user,
-        contract.TIER_HEADER: who.tier,
-    }
-    if target.model:
-        headers[contract.MODEL_HEADER] = target.model
+    headers = {contract.IDENTITY_HEADERS[key]: value for key, value in identity_values(decision).items()}
     if target.version:
         headers[contract.VERSION_HEADER] = target.version
     remove = [*client_headers, api_key_header]
@@ -223,6 +218,18 @@ def to_response(
     if target.version:
         metadata["version"] = target.version
     return allow(headers, remove=remove, metadata=metadata)
+
+
+def identity_values(decision: Decision) -> dict[str, str]:
+    """What an allowed decision says of its caller and model, by key of contract.IDENTITY_HEADERS: the
+    values of the x-meshgate-* headers it sets, and so of the rate limit descriptors read from them
+    (the gateway's, and the admission in the Check's: step.py)."""
+    who, target = decision.identity, decision.target
+    assert who is not None and target is not None
+    values = {"tenant": who.tenant, "user": who.user, "tier": who.tier}
+    if target.model:
+        values["model"] = target.model
+    return values
 
 
 def add_decision_id(response: external_auth_pb2.CheckResponse, decision_id: str) -> None:

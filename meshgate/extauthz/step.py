@@ -13,7 +13,7 @@ from opentelemetry import trace
 
 from .core import Authorizer, Counting
 from .request import CheckInput, Decision, Unavailable
-from .responses import refused
+from .responses import identity_values, refused
 
 if TYPE_CHECKING:
     from meshgate.ratelimit.admission import Admission, Refusal
@@ -51,7 +51,8 @@ class Step:
 
 
 def admits(admission: Admission, decision: Decision) -> bool:
-    """Whether the token admission applies: an allowed request for a model with token quotas."""
+    """Whether the admission in the Check applies: an allowed request for a model with quotas decided
+    there (AdmissionPlan)."""
     target = decision.target
     return (
         decision.allowed and target is not None and target.kind == "model" and admission.applies(target.model)
@@ -61,15 +62,13 @@ def admits(admission: Admission, decision: Decision) -> bool:
 async def admit(admission: Admission, decision: Decision, *, openai: bool) -> Admitted:
     """Ask the rate limiter; a store that cannot answer (and the policy fails closed) leaves the Check
     undecided (Unavailable: Envoy's ext_authz error answer)."""
-    from meshgate.ratelimit.store import StoreUnavailable
+    from meshgate.ratelimit.store import StoreUnavailable  # (extauthz imports no rate limiter at load)
 
-    who, target = decision.identity, decision.target
-    assert who is not None and target is not None
-    identity = {"tenant": who.tenant, "user": who.user, "tier": who.tier, "model": target.model}
+    assert decision.target is not None
     try:
-        return await admission.admit(identity, target.tokens, openai=openai)
+        return await admission.admit(identity_values(decision), decision.target.tokens, openai=openai)
     except StoreUnavailable as exc:
-        raise Unavailable(f"token admission: {exc}") from exc
+        raise Unavailable(f"admission: {exc}") from exc
 
 
 def with_admission(

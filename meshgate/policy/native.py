@@ -36,7 +36,7 @@ def native_gaps(policy: Policy) -> Iterator[tuple[Path, str]]:
             )
     if policy.gateway.ratelimit.admission == "extauthz":
         yield ("gateway", "ratelimit", "admission"), (
-            "native: no request goes to extauthz, which would decide the token admission: use ratelimit"
+            "native: no request goes to extauthz, which would decide the admission: use ratelimit"
         )
     for i, model in enumerate(policy.models):
         if model.protocol == "openai":

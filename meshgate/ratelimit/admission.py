@@ -37,14 +37,13 @@ __all__ = ["Admission", "AdmissionPlan", "Refusal", "refusal_body"]
 
 RATE_LIMITED_HEADER = ("x-envoy-ratelimited", "true")
 """What Envoy's rate limit filter adds to its 429 (unless disable_x_envoy_ratelimited_header)."""
-RESET_HEADER = contract.RESET_HEADER
 REFUSAL_HEADERS = (RATE_LIMITED_HEADER[0], "retry-after")
 """The headers of a refusal beside the rate limit headers (and content-type)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """A request over a token quota: what the Check answers (status 429)."""
+    """A request over a quota decided in the Check: what the Check answers (status 429)."""
 
     headers: tuple[tuple[str, str], ...]
     body: str
@@ -123,7 +122,7 @@ class Admission:
 def _refusal(decision: Decision, headers: tuple[tuple[str, str], ...], *, openai: bool) -> Refusal:
     if not openai:  # the rate limit filter's own 429: no body
         return Refusal((*headers, RATE_LIMITED_HEADER), "")
-    reset = dict(headers).get(RESET_HEADER, "")
+    reset = dict(headers).get(contract.RESET_HEADER, "")
     more = [("content-type", "application/json"), RATE_LIMITED_HEADER]
     if reset:
         more.append(("retry-after", reset))

@@ -19,6 +19,7 @@ from meshgate.extauthz import responses
 from meshgate.extauthz.http import MAX_HEAD_BYTES, HttpCheckServer, to_http
 from meshgate.extauthz.request import CheckInput, Decision, Identity, Target, Unavailable
 from meshgate.xds._authz_http import CLIENT_HEADERS, UPSTREAM_HEADERS
+from tests.harness.procs import eventually
 
 GUARD_S = 10.0  # a bound on each read, so a broken server fails the test instead of hanging it
 
@@ -91,12 +92,12 @@ def test_deny_keeps_its_status_headers_and_body() -> None:
     response = responses.deny(
         401, "token_expired", "expired", headers={"www-authenticate": 'Bearer realm="m"'}, openai=True
     )
-    raw = to_http(response, keep_alive=False)
+    raw = to_http(response)
     (answer,) = parse(raw)
     assert answer.status == 401
     assert answer.header("content-type") == "application/json"
     assert answer.header("www-authenticate") == 'Bearer realm="m"'
-    assert answer.header("connection") == "close"
+    assert all(name != "connection" for name, _ in answer.headers)  # kept alive (a refused one closes: below)
     assert int(answer.header("content-length")) == len(answer.body)
     error = {"message": "expired", "type": "authentication_error", "param": None, "code": "token_expired"}
     assert json.loads(answer.body) == {"error": error}
@@ -268,8 +269,10 @@ def test_pipelined_answers_keep_request_order() -> None:
     async def reply(req: CheckInput) -> external_auth_pb2.CheckResponse:
         if req.path == "/slow":
             await second_started.wait()  # done only after the second request is
-            for _ in range(5):  # and a few loop turns after its answer was ready
-                await asyncio.sleep(0)
+            assert check.server is not None
+            server = check.server
+            await eventually(lambda: server.in_flight == 1)  # and after its answer was ready,
+            await asyncio.sleep(0)  # and its flush ran (one loop turn: its done callbacks were queued)
         else:
             assert check.server is not None
             in_flight_seen.append(check.server.in_flight)
