@@ -81,8 +81,8 @@ from tests.harness.stack import Stack  # noqa: E402
 ROWS = ("raw", "hand", "routing", "ext_authz", "ext_authz_http", "native", "auto")
 MESHGATE_ROWS = ("routing", "ext_authz", "ext_authz_http", "native", "auto")
 # ext_authz_http: enforcement ext_authz, the Check over HTTP (transport http, admission extauthz); the
-# bench's per-user quota is a KServe model's, which stays on the rate limit filter (contract.admitted_in_check):
-# an HTTP Check and a gRPC rate limit call per request
+# bench's per-user quota is a KServe model's, which stays on the rate limit filter
+# (contract.admitted_in_check): an HTTP Check and a gRPC rate limit call per request
 UNGUARDED = ("raw", "routing")  # rows without enforcement: only the 200 is proved
 
 
