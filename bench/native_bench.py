@@ -1,7 +1,7 @@
 """Envoy-native enforcement against ext_authz, through real Envoys (issue 20; a benchmark, not a test).
 
     .venv/bin/python bench/native_bench.py [--rounds 3] [--seconds 5] [--connections 16]
-                                           [--rows raw,hand,routing,ext_authz,native,auto]
+                                           [--rows raw,hand,routing,ext_authz,native,auto] [--models 1]
 
 Needs `wrk` (Debian: `apt-get install -y wrk`); the bench is not run in CI. Every process listens on
 127.0.0.1 and is stopped by PID at the end. Every Envoy is Envoy 1.40 from `meshgate.binaries`, run
@@ -21,10 +21,11 @@ header set (GET `/v2/models/bench/infer`, `authorization: Bearer <one valid RS25
 
 The meshgate rows serve one policy (policy_doc): one issuer with an inline JWKS (RS256), one tenant, one
 role allowed the model, one v2-rest model (no health probes), and a per-user request quota of 10^9 a
-second (never refuses); each row has its own `meshgate serve` (counters in memory: no Redis) and
-gateway Envoy. The upstream of every row is one more Envoy answering 200 with a direct_response, the
-same answer for every row; the proofs below ask it (`x-bench-echo`) to echo the identity headers it
-received.
+second (never refuses); with `--models N`, N such models, the timed one last (a gateway serving many
+models: docs/native.md "Many models"); each row has its own `meshgate serve` (counters in memory: no
+Redis) and gateway Envoy. The upstream of every row is one more Envoy answering 200 with a
+direct_response, the same answer for every row; the proofs below ask it (`x-bench-echo`) to echo the
+identity headers it received.
 
 Before timing, each row proves it works: a GET and a POST with the token get 200; in every row but raw
 and routing the upstream saw the tenant and user, a request without a token gets 401 and one whose
@@ -196,10 +197,14 @@ def http_filters(envoy: Envoy) -> list[str]:
     return names
 
 
-def start_meshgate_row(name: str, stack: Stack, work: Path, keys: Keys, upstream: int) -> Row:
+def start_meshgate_row(
+    name: str, stack: Stack, work: Path, keys: Keys, upstream: int, *, models: int = 1
+) -> Row:
     row = Row(name, port=free_port())
     enforcement = "ext_authz" if name in ("routing", "ext_authz_http") else name
-    doc = policy_doc(enforcement=enforcement, gateway_port=row.port, upstream_port=upstream, jwks=keys.jwks)
+    doc = policy_doc(
+        enforcement=enforcement, gateway_port=row.port, upstream_port=upstream, jwks=keys.jwks, models=models
+    )
     if name == "ext_authz_http":
         doc["gateway"].update(ext_authz={"transport": "http"}, ratelimit={"admission": "extauthz"})
     env = {"MESHGATE_XDS_FILTERS": "none"} if name == "routing" else None
@@ -238,7 +243,7 @@ def _last_line(text: str) -> str:
     return re.sub(r"^\[?\d{4}-\d\d-\d\d[ T][\d:.,]+\]?\s*", "", lines[-1])[:300] if lines else "(no log)"
 
 
-def start_rows(names: list[str], stack: Stack, work: Path, keys: Keys) -> list[Row]:
+def start_rows(names: list[str], stack: Stack, work: Path, keys: Keys, *, models: int = 1) -> list[Row]:
     upstream = stack.add(Envoy(upstream_bootstrap(), workdir=work, log_level="warning", name="upstream"))
     upstream_port = upstream.start().listener_port("upstream")
     rows: list[Row] = []
@@ -251,7 +256,8 @@ def start_rows(names: list[str], stack: Stack, work: Path, keys: Keys) -> list[R
             for n in ("raw", "hand")
             if n in names
         ]
-    rows += [start_meshgate_row(n, stack, work, keys, upstream_port) for n in names if n in MESHGATE_ROWS]
+    meshgate_rows = [n for n in names if n in MESHGATE_ROWS]
+    rows += [start_meshgate_row(n, stack, work, keys, upstream_port, models=models) for n in meshgate_rows]
     return rows
 
 
@@ -322,6 +328,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5, help="seconds of each timed wrk run")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (-c), one thread")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
+    parser.add_argument(
+        "--models", type=int, default=1, help="models the meshgate rows' policy serves, the timed one last"
+    )
     args = parser.parse_args()
     names = [n for n in args.rows.split(",") if n]
     if unknown := sorted(set(names) - set(ROWS)):
@@ -334,14 +343,15 @@ def main() -> int:
     ).stdout
     print(
         f"envoy: {envoy_version.strip().split('version: ')[-1]}; wrk -t1 -c{args.connections}, "
-        f"{args.rounds} rounds of {args.seconds} s; load average {Path('/proc/loadavg').read_text().strip()}"
+        f"{args.rounds} rounds of {args.seconds} s; {args.models} model(s); "
+        f"load average {Path('/proc/loadavg').read_text().strip()}"
     )
     keys = Keys()
     token = keys.token()
     with tempfile.TemporaryDirectory(prefix="native-bench-") as tmp:
         stack = Stack(Path(tmp))
         try:
-            rows = start_rows(names, stack, Path(tmp), keys)
+            rows = start_rows(names, stack, Path(tmp), keys, models=args.models)
             for row in rows:
                 if row.status == "ok":
                     row.status = prove(row, keys, token)

@@ -160,10 +160,12 @@ def _local_ratelimit() -> dict[str, Any]:
 
 
 def policy_doc(
-    *, enforcement: str, gateway_port: int, upstream_port: int, jwks: dict[str, Any]
+    *, enforcement: str, gateway_port: int, upstream_port: int, jwks: dict[str, Any], models: int = 1
 ) -> dict[str, Any]:
-    """One issuer (inline JWKS), one tenant, one role, one v2-rest model, a per-user quota never reached."""
-    return {
+    """One issuer (inline JWKS), one tenant, one role, one v2-rest model, a per-user quota never reached;
+    with `models` > 1, as many v2-rest models in all, the timed one (MODEL) last, the role granting all
+    (what a request passes in a gateway serving many models: docs/native.md "Many models")."""
+    doc = {
         "version": 1,
         "gateway": {"address": "127.0.0.1", "port": gateway_port, "enforcement": enforcement},
         "issuers": [{"name": "bench", "issuer": ISSUER, "audiences": [AUDIENCE], "jwks": jwks}],
@@ -179,3 +181,8 @@ def policy_doc(
         ],
         "quotas": [{"name": "per-user", "per": ["user"], "limit": HUGE, "window": "second"}],
     }
+    if models > 1:
+        others = [{**doc["models"][0], "name": f"other-{i:03d}"} for i in range(1, models)]
+        doc["models"] = [*others, *doc["models"]]
+        doc["roles"] = [{"name": ROLE, "models": ["*"]}]
+    return doc

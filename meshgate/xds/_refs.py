@@ -13,6 +13,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf.message import Message  # type: ignore[import-untyped]
 
+from ._route_tree import flat_routes
 from ._types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 
 __all__ = ["references"]
@@ -58,7 +59,7 @@ def _listener(listener: listener_pb2.Listener) -> Iterator[Ref]:
 
 def _routes(config: route_pb2.RouteConfiguration) -> Iterator[Ref]:
     for vhost in config.virtual_hosts:
-        for route in vhost.routes:
+        for route in flat_routes(vhost):
             action = route.route
             if action.cluster:
                 yield CLUSTER, action.cluster

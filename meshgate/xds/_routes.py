@@ -30,10 +30,12 @@ from . import _names
 from ._authz_http import model_list_routes, uses_http
 from ._bodies import EXTAUTHZ_FILTER, grpc_route, json_type, size_routes, stream_body, stream_refusal
 from ._fast import grants_of, pinned_of, with_fast_routes
+from ._health import fallback_versions
 from ._names import Face
 from ._openai import SERVED_NAME_FILTER, served_name
 from ._pb import duration, pack, u32
 from ._quotas import model_rate_limits
+from ._route_tree import virtual_host
 from ._server import server_routes
 from ._usage import json_answer_limit, route_filters
 from ._usage_chunk import OPTIONS_HEADER
@@ -59,12 +61,14 @@ def route_configuration(
     """`now`: the time (Unix seconds) the native fast routes' iat bound is compiled from (`_fast`;
     None: the clock's); `fast_stats`: the fast routes count their requests (`_fast.FAST_STATS`)."""
     now = time.time() if now is None else now
-    routes = []
+    per_model: list[tuple[str, list[rc.Route]]] = []
     usage = ratelimit and any(reads_usage(m) for m in policy.models)
     served = has_served_names(policy)
     grants, pinned = grants_of(policy), pinned_of(policy)  # (native, auto: the fast routes' roles, algs)
     for model in policy.models:
         limits = model_rate_limits(policy, model, traced=traced) if ratelimit else None
+        routes: list[rc.Route] = []
+        per_model.append((model.name, routes))
         for route in size_routes(model) if model.serves("v2-rest") else ():
             if extauthz:  # (ext_authz runs before the answer: a 401 comes first)
                 route.typed_per_filter_config[EXTAUTHZ_FILTER].CopyFrom(pack(stream_body()))
@@ -86,18 +90,18 @@ def route_configuration(
             routes += with_fast_routes(  # `_fast`
                 policy, model, face_routes, now=now, grants=grants, pinned=pinned, stats=fast_stats
             )
-    routes += server_routes(policy, extauthz=extauthz)  # /v2/health/*, gRPC ServerReady, ... (no model)
+    no_model = server_routes(policy, extauthz=extauthz)  # /v2/health/*, gRPC ServerReady, ... (no model)
     if any(m.serves("v2-grpc") for m in policy.models):
-        routes.append(grpc_route(policy, extauthz=extauthz))  # ext_authz reads the message head there
+        no_model.append(grpc_route(policy, extauthz=extauthz))  # ext_authz reads the message head there
     if extauthz and uses_http(policy):
-        routes += model_list_routes(policy)  # answered by extauthz's HTTP server as their upstream
+        no_model += model_list_routes(policy)  # answered by extauthz's HTTP server as their upstream
     unrouted = _unrouted()
     if usage:
         _read_usage(unrouted)  # an OpenAI request matches it first: its model is only in the body
     if served:
         _enable(unrouted, SERVED_NAME_FILTER)  # in the chain, so the model route's name applies
-    routes.append(unrouted)
-    host = rc.VirtualHost(name=_names.VIRTUAL_HOST, domains=["*"], routes=routes)
+    no_model.append(unrouted)
+    host = virtual_host(_names.VIRTUAL_HOST, per_model, no_model)  # a matcher tree from 3 models on
     return route_pb2.RouteConfiguration(name=_names.ROUTE_CONFIG, virtual_hosts=[host])
 
 
@@ -182,7 +186,7 @@ def _pinned(model: Model, face: Face) -> Iterator[rc.Route]:
         backend = f"{base}/versions/{version.backend_version}" if version.backend_version else base
         for pin in version.pins:
             name = _route_name(model, face, f"pin|{pin}")
-            action = _action(model, face, cluster=cluster)
+            action = _action(model, face, cluster=cluster, version=version.name)
             if face.protocol == "v2-rest":
                 prefix = f"{base}/versions/{pin}"
                 if prefix != backend:
@@ -206,7 +210,12 @@ def _model_routes(model: Model, face: Face) -> Iterator[rc.Route]:
             route = rc.Route(
                 name=_route_name(model, face, f"ab|{ab.header}={ab.value}"),
                 match=pinned,
-                route=_action(model, face, cluster=_names.cluster(model.name, ab.version, face.suffix)),
+                route=_action(
+                    model,
+                    face,
+                    cluster=_names.cluster(model.name, ab.version, face.suffix),
+                    version=ab.version,
+                ),
             )
             name = _served_name(model, ab.version)
             if name is not None:
@@ -220,7 +229,8 @@ def _model_routes(model: Model, face: Face) -> Iterator[rc.Route]:
         yield route
 
 
-def _action(model: Model, face: Face, *, cluster: str = "") -> rc.RouteAction:
+def _action(model: Model, face: Face, *, cluster: str = "", version: str = "") -> rc.RouteAction:
+    """`version`: the one version `cluster` serves (none: weighted clusters)."""
     action = rc.RouteAction(timeout=duration(model.timeout))
     if model.idle_timeout is not None:  # a stalled stream ends here, a long one still within `timeout`
         action.idle_timeout.CopyFrom(duration(model.idle_timeout))
@@ -241,8 +251,10 @@ def _action(model: Model, face: Face, *, cluster: str = "") -> rc.RouteAction:
             )
         )
         policy.host_selection_retry_max_attempts = 3
-        policy.retry_priority.name = _PREVIOUS_PRIORITIES
-        policy.retry_priority.typed_config.CopyFrom(pack(PreviousPrioritiesConfig(update_frequency=1)))
+        if _fails_over(model, version):  # (else no priority 1: the plugin would cost each request ~2,000
+            # instructions for nothing, docs/native.md)
+            policy.retry_priority.name = _PREVIOUS_PRIORITIES
+            policy.retry_priority.typed_config.CopyFrom(pack(PreviousPrioritiesConfig(update_frequency=1)))
     if any(knative_host(v) for v in model.versions):  # Knative's gateway routes by Host (_clusters)
         action.auto_host_rewrite.value = True
     if face.protocol == "v2-grpc":
@@ -250,10 +262,19 @@ def _action(model: Model, face: Face, *, cluster: str = "") -> rc.RouteAction:
     return action
 
 
+def _fails_over(model: Model, version: str) -> bool:
+    """Whether the cluster of `version` (empty: the weighted clusters) has a priority 1 (`_health`)."""
+    found = model.version(version) if version else None
+    if found is None:
+        return len([v for v in model.versions if v.weight]) > 1
+    return bool(fallback_versions(model, found))
+
+
 def _canary(model: Model, face: Face) -> rc.RouteAction:
     weighted = [(v.name, v.weight) for v in model.versions if v.weight]
     if len(weighted) == 1:
-        action = _action(model, face, cluster=_names.cluster(model.name, weighted[0][0], face.suffix))
+        only = weighted[0][0]
+        action = _action(model, face, cluster=_names.cluster(model.name, only, face.suffix), version=only)
     else:
         action = _action(model, face)
         for name, weight in weighted:

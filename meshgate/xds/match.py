@@ -24,6 +24,8 @@ from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import header_mutation_pb2
 
+from ._route_tree import flat_routes
+
 __all__ = [
     "EXTAUTHZ_FILTER",
     "RATELIMIT_FILTER",
@@ -90,7 +92,7 @@ def route(config: route_pb2.RouteConfiguration, headers: Mapping[str, str]) -> R
     authority = headers.get(":authority", "")
     hosts = [v for v in config.virtual_hosts if any(d in ("*", authority) for d in v.domains)]
     for host in hosts[:1]:
-        for candidate in host.routes:
+        for candidate in flat_routes(host):
             if _matches(candidate.match, headers):
                 return _routed(candidate)
     return None

@@ -31,6 +31,7 @@ from meshgate.policy import Policy, load_policy, parse_policy
 from meshgate.ratelimit import Descriptor, Limiter, MemoryStore, Request
 from meshgate.ratelimit.compile import compile_policy
 from meshgate.ratelimit.config import merge_domains
+from meshgate.xds._route_tree import flat_routes
 from meshgate.xds._routes import NO_ROUTE, route_configuration
 from tests.conformance.corpus import CASES, policy_doc
 from tests.unit.test_meshconfig_render import _random_policy
@@ -164,7 +165,7 @@ def _descriptor(
 def _meshgate_limits(policy: Policy) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """(model, rate limits) of each route meshgate's xds compiles."""
     for vhost in route_configuration(policy).virtual_hosts:
-        for route in vhost.routes:
+        for route in flat_routes(vhost):
             if route.name == NO_ROUTE or _RATELIMIT not in route.typed_per_filter_config:
                 continue
             per_route = rate_limit_pb2.RateLimitPerRoute()

@@ -19,7 +19,7 @@ import httpx
 import yaml
 
 from meshgate.xds.bootstrap import envoy_bootstrap
-from tests.harness.envoy import Envoy
+from tests.harness.envoy import Envoy, dumped_routes
 from tests.harness.meshgate import Meshgate
 from tests.harness.model_server import ModelServer
 from tests.harness.procs import free_port, wait_until
@@ -82,7 +82,7 @@ def route_clusters(envoy: Envoy) -> set[str]:
     found: set[str] = set()
     for config in dump.get("configs", []):
         for host in config["route_config"].get("virtual_hosts", []):
-            for route in host.get("routes", []):
+            for route in dumped_routes(host):
                 if route.get("name") != f"{MODEL}|canary":
                     continue
                 action: dict[str, Any] = route["route"]

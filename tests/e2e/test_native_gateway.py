@@ -22,7 +22,7 @@ from meshgate.xds.bootstrap import bootstrap_dict
 from meshgate.xds.static import static_bootstrap
 from tests.conformance.test_native import gateway_policy
 from tests.conformance.upstream import EchoHTTP
-from tests.harness.envoy import Envoy
+from tests.harness.envoy import Envoy, dumped_routes
 from tests.harness.meshgate import Meshgate
 from tests.harness.procs import free_port, wait_until
 from tests.harness.stack import Stack
@@ -153,7 +153,7 @@ def test_route_refreshes_keep_the_quota_buckets_and_let_fresh_tokens_onto_the_fa
 def _iat_bound(envoy: Envoy) -> float:
     """The iat bound of the fast routes Envoy holds now (the lowest, should they differ)."""
     dump = envoy.config_dump(resource="dynamic_route_configs")
-    routes = dump["configs"][0]["route_config"]["virtual_hosts"][0]["routes"]
+    routes = dumped_routes(dump["configs"][0]["route_config"]["virtual_hosts"][0])
     return min(
         m["value"]["double_match"]["range"]["start"]
         for r in routes

@@ -209,3 +209,18 @@ class Envoy:
             return value if value >= minimum else None
 
         return wait_until(reached, timeout, what=f"{self.name} stat {name} >= {minimum}", proc=self.proc)
+
+
+def dumped_routes(vhost: dict[str, Any]) -> list[dict[str, Any]]:
+    """A virtual host's routes as Envoy's config_dump shows them: its route list, or, from its matcher
+    tree (meshgate/xds/_route_tree.py: from three models on), each model's routes (the lists by path,
+    less the routes of no model after them), then the routes of no model."""
+    if "matcher" not in vhost:
+        return list(vhost.get("routes", []))
+    tree = vhost["matcher"]
+    no_model = tree["on_no_match"]["matcher"]["on_no_match"]["action"]["typed_config"]["routes"]
+    last = {r["name"] for r in no_model}
+    out: list[dict[str, Any]] = []
+    for on_match in tree["matcher_tree"]["prefix_match_map"]["map"].values():
+        out += [r for r in on_match["action"]["typed_config"]["routes"] if r["name"] not in last]
+    return out + list(no_model)

@@ -11,6 +11,7 @@ from meshgate import contract
 from meshgate.extauthz.request import Target
 from meshgate.ratelimit.decision import Descriptor
 from meshgate.tracing import configure, enabled, export_settings, genai_request, genai_usage, incoming
+from meshgate.xds._route_tree import flat_routes
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -128,7 +129,7 @@ def test_when_the_gateway_traces_stream_end_calls_carry_the_requests_traceparent
     for options, traced in ((CompileOptions(tracing="collector:4317"), True), (CompileOptions(), False)):
         config = compile_snapshot(load_policy(EXAMPLE), options)[ROUTE]["meshgate_routes"].message
         charged = carried = 0
-        for route in config.virtual_hosts[0].routes:
+        for route in flat_routes(config.virtual_hosts[0]):
             limits = _stream_end(route)
             others = [limit for limit in limits if limit != trace_limit]
             charged += bool(others)

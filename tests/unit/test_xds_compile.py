@@ -9,6 +9,7 @@ from envoy.config.route.v3 import route_pb2
 
 from meshgate.policy import load_policy
 from meshgate.xds import CompileOptions, InconsistentSnapshot, Snapshot, compile_snapshot
+from meshgate.xds._route_tree import flat_routes
 from meshgate.xds._types import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from meshgate.xds.static import snapshot_json
 from tests.golden.plugin import assert_golden, update_requested
@@ -27,7 +28,7 @@ def test_golden(case: str, request: pytest.FixtureRequest) -> None:
 
 def routes(snapshot: Snapshot) -> list[route_pb2.Route]:
     config = snapshot[ROUTE]["meshgate_routes"].message
-    return list(config.virtual_hosts[0].routes)
+    return flat_routes(config.virtual_hosts[0])
 
 
 def test_example_routes_canary_ab_shadow() -> None:

@@ -23,6 +23,7 @@ from meshgate.policy import Policy, parse_policy
 from meshgate.xds import compile_snapshot
 from meshgate.xds._fast import CLOCK_MARGIN, FAST_STATS, IDENTITY_FILTER
 from meshgate.xds._native import BEARER_HEADER, JWT_FILTER, decision_table
+from meshgate.xds._route_tree import flat_routes
 from meshgate.xds._types import LISTENER, ROUTE
 from meshgate.xds.compile import refresh_routes
 from meshgate.xds.options import CompileOptions, options_from_env
@@ -46,7 +47,7 @@ def _policy(mode: str = "native", **changes: Any) -> Policy:
 
 def _routes(policy: Policy, now: float = NOW) -> list[rc.Route]:
     snapshot = compile_snapshot(policy, now=now)
-    return list(snapshot[ROUTE]["meshgate_routes"].message.virtual_hosts[0].routes)
+    return flat_routes(snapshot[ROUTE]["meshgate_routes"].message.virtual_hosts[0])
 
 
 def _hcm(policy: Policy) -> hcm_pb2.HttpConnectionManager:
@@ -130,7 +131,7 @@ def test_each_fast_copy_tests_the_path_first_and_counts_only_when_asked() -> Non
         assert not first.invert_match
     policy = _policy()
     counted = compile_snapshot(policy, CompileOptions(fast_stats=True), now=NOW)
-    routes = counted[ROUTE]["meshgate_routes"].message.virtual_hosts[0].routes
+    routes = flat_routes(counted[ROUTE]["meshgate_routes"].message.virtual_hosts[0])
     assert {r.stat_prefix for r in routes if "|fast|" in r.name} == {FAST_STATS}
     assert not {r.stat_prefix for r in routes if "|fast|" not in r.name} - {""}
     assert options_from_env({}, {"MESHGATE_XDS_FAST_STATS": "true"}).fast_stats

@@ -29,6 +29,7 @@ from meshgate.xds._native_quotas import (
     quota_filter,
 )
 from meshgate.xds._pb import pack
+from meshgate.xds._route_tree import flat_routes
 from meshgate.xds._types import ENDPOINT, LISTENER, ROUTE
 from meshgate.xds.service import XdsService
 from tests.unit.test_xds_support import model, policy
@@ -146,7 +147,7 @@ def test_one_filter_per_native_quota_right_before_the_router() -> None:
         assert f.typed_config == pack(configs[f.name])
     host = snapshot[ROUTE]["meshgate_routes"].message.virtual_hosts[0]
     assert not host.typed_per_filter_config
-    for route in host.routes:
+    for route in flat_routes(host):
         assert not set(route.typed_per_filter_config) & set(wanted)
 
 
@@ -199,7 +200,7 @@ def test_global_shadow_mode_puts_every_native_quota_in_shadow() -> None:
 
 def test_meshgate_ratelimit_keeps_only_what_is_not_native() -> None:
     snapshot = compile_snapshot(native_policy())
-    routes = {r.name: r for r in snapshot[ROUTE]["meshgate_routes"].message.virtual_hosts[0].routes}
+    routes = {r.name: r for r in flat_routes(snapshot[ROUTE]["meshgate_routes"].message.virtual_hosts[0])}
 
     def quotas_of(route: str) -> set[str]:
         limits = rate_limit_pb2.RateLimitPerRoute()
