@@ -1,6 +1,6 @@
 """In-process cost of one extauthz check (not a test): what meshgate's servicer adds to the gRPC transport.
 
-    python bench/extauthz_inproc.py [--checks 20000] [--fresh] [--profile]
+    python bench/extauthz_inproc.py [--checks 20000] [--fresh] [--profile] [--http]
 
 Runs, in one event loop and without sockets, what a grpc.aio server does in Python for each Check:
 parse the CheckRequest bytes, call the servicer's work, serialize the CheckResponse. Once for a no-op
@@ -9,6 +9,9 @@ bench's policy (RS256 issuer, RBAC, audit log on at INFO into /dev/null). The re
 sends for the bench's `POST /v2/models/resnet/infer` (same headers, body and attributes).
 `--fresh` uses a never-seen token per check (every signature verified), else one token (cache hits).
 `--profile` prints the top of a cProfile of the meshgate loop instead of timing it.
+`--http` times the HTTP transport's Check instead (`ExtAuthzService.check_http`: the request as the
+HTTP edge hands it over, the HTTP/1.1 answer's bytes out; no parse: httptools' is outside), beside the
+gRPC one on the same requests.
 
 Deterministic count (instructions per check, repeatable on a busy machine): run the meshgate loop alone
 (checks plus the audit flush) under callgrind, collecting only inside it, and divide "Collected" by N:
@@ -40,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))  # after PYTHONPATH: a tree put there is the one measured
 
 from meshgate.extauthz import ExtAuthzService  # noqa: E402
+from meshgate.extauthz.responses import to_check_input  # noqa: E402
 from meshgate.policy.store import PolicyStore  # noqa: E402
 from tests.unit.test_extauthz_support import make_policy, mint  # noqa: E402
 
@@ -128,6 +132,9 @@ async def main(args: argparse.Namespace) -> None:
         profiler.runcall(run_checks, service.check, requests)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         return
+    if args.http:
+        await _http(service, requests, args.checks)
+        return
     if args.only == "meshgate":  # sys.call_tracing: a C entry point used by nothing else, for callgrind
         sys.call_tracing(checks_and_audit, (service, requests))
         return
@@ -143,6 +150,24 @@ async def main(args: argparse.Namespace) -> None:
           f"meshgate adds {ours - base:.1f} us")  # fmt: skip
 
 
+async def _http(service: ExtAuthzService, requests: list[bytes], n: int) -> None:
+    inputs = [to_check_input(CheckRequest.FromString(raw)) for raw in requests]
+    for _ in range(200):
+        await service.check_http(inputs[0])
+    for _ in range(3):  # interleaved rounds: the two transports on the same machine state
+        started = time.process_time()
+        checks_and_audit(service, requests)
+        grpc_us = (time.process_time() - started) / n * 1e6
+        started = time.process_time()
+        for req in inputs:
+            await service.check_http(req)
+        service._audit.flush()
+        http_us = (time.process_time() - started) / n * 1e6
+        print(
+            f"{n} checks: gRPC (parse, check, bytes) {grpc_us:.1f} us/check; HTTP (check_http) {http_us:.1f}"
+        )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -151,4 +176,5 @@ if __name__ == "__main__":
     parser.add_argument("--fresh", action="store_true", help="a never-seen token per check")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the meshgate loop")
     parser.add_argument("--only", choices=["noop", "meshgate"], help="run that loop only, print nothing")
+    parser.add_argument("--http", action="store_true", help="time check_http beside the gRPC check")
     asyncio.run(main(parser.parse_args()))

@@ -29,10 +29,10 @@ from typing import Any
 from google.protobuf import json_format  # type: ignore[import-untyped]
 
 from . import contract
+from .extauthz.answers import check_response
 from .extauthz.core import decide
 from .extauthz.jwks import JwksRefresher
 from .extauthz.request import CheckInput, Decision, Unavailable
-from .extauthz.service import check_response
 from .extauthz.table import AuthzTable, compile_table
 from .extauthz.target import OPENAI_PREFIXES
 from .policy.model import Policy

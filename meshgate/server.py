@@ -341,7 +341,7 @@ async def run(config: ServeConfig) -> int:
         tracer_provider=provider,
     )
     http = HttpCheckServer(
-        wiring.extauthz.check_message, on_unavailable=wiring.extauthz.unavailable,
+        wiring.extauthz.check_http, on_unavailable=wiring.extauthz.unavailable,
         max_body_bytes=lambda: policies.policy.gateway.ext_authz.max_request_bytes,
     )  # fmt: skip
     if not await _compile_first(wiring, policies, first, digest):

@@ -4,7 +4,7 @@ Why (docs/extauthz.md, "Transports"): a gateway calls meshgate once per request;
 grpc.aio call costs ~1.45 ms to wake up through grpc's threads, a plain HTTP/1.1 answer on the event
 loop ~0.5 ms (`bench/extauthz_transport_idle.py`). `gateway.ext_authz.transport: http` makes meshgate's
 xds configure this transport; the decision, its cache, metrics, spans and audit line are the gRPC
-service's own (`ExtAuthzService.check_message`); only the envelope differs:
+service's own (`ExtAuthzService.check_http`); only the envelope differs:
 
 - in: Envoy's authorization request, the client's method, path (with its query) and headers
   (`allowed_headers`: meshgate's xds forwards them all) and the buffered body, as they came;
@@ -64,7 +64,7 @@ def to_http(response: external_auth_pb2.CheckResponse, *, head: bool = False) ->
             headers.append((REMOVE_HEADER, ",".join(ok.headers_to_remove)))
         namespace = response.dynamic_metadata.fields.get(contract.EXTAUTHZ_METADATA)
         if namespace is not None:
-            for key, value in namespace.struct_value.fields.items():
+            for key, value in sorted(namespace.struct_value.fields.items()):  # (the same order each time)
                 text = value.string_value if value.HasField("string_value") else f"{value.number_value:.0f}"
                 headers.append((contract.HTTP_METADATA_PREFIX + key, text))
     else:
@@ -90,7 +90,8 @@ def _message(
 
 
 class HttpCheckServer:
-    """Serves `check` (ExtAuthzService.check_message) over HTTP/1.1 on the running event loop."""
+    """Serves `check` (ExtAuthzService.check_http: a request in, its HTTP/1.1 answer out, `to_http`)
+    over HTTP/1.1 on the running event loop."""
 
     def __init__(
         self,
@@ -130,7 +131,8 @@ class HttpCheckServer:
         self.in_flight += 1
         self.started += 1
         try:
-            return to_http(await self._check(req), head=req.method == "HEAD")
+            answer: bytes = await self._check(req)
+            return answer
         except Unavailable as exc:
             self._on_unavailable("unavailable", exc)
         except Exception as exc:

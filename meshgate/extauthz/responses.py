@@ -8,7 +8,7 @@ denied_response with status 200, which Envoy sends to the client as it is (extau
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2
@@ -251,13 +251,21 @@ class WireTemplate:
     width: int
 
     @classmethod
-    def build(cls, response: external_auth_pb2.CheckResponse, *, width: int) -> WireTemplate:
-        """`response` (left unchanged) plus a decision id of `width` ASCII characters."""
+    def build(
+        cls,
+        response: external_auth_pb2.CheckResponse,
+        *,
+        width: int,
+        encode: Callable[[external_auth_pb2.CheckResponse], bytes] | None = None,
+    ) -> WireTemplate:
+        """`response` (left unchanged) plus a decision id of `width` ASCII characters, as `encode`
+        writes it (default: serialized, map entries sorted; `encode` must be as deterministic)."""
         # Serialized with two placeholders of that length: the bytes differ exactly where the id goes, so
         # the hole is where one has "a"s and the other "b"s, whatever the other fields hold (values from
         # tokens and bodies may contain "aaaa" too).
         a, b = b"a" * width, b"b" * width
-        first, second = _serialized_with_id(response, a.decode()), _serialized_with_id(response, b.decode())
+        encode = encode or _serialized
+        first, second = encode(_with_id(response, a.decode())), encode(_with_id(response, b.decode()))
         start = first.find(a)
         while start != -1 and second[start : start + width] != b:
             start = first.find(a, start + 1)
@@ -274,8 +282,12 @@ class WireTemplate:
         return self.head + raw + self.tail
 
 
-def _serialized_with_id(response: external_auth_pb2.CheckResponse, decision_id: str) -> bytes:
+def _with_id(response: external_auth_pb2.CheckResponse, decision_id: str) -> external_auth_pb2.CheckResponse:
     copy = external_auth_pb2.CheckResponse()
     copy.CopyFrom(response)
     add_decision_id(copy, decision_id)
-    return bytes(copy.SerializeToString(deterministic=True))  # map entries sorted: both copies alike
+    return copy
+
+
+def _serialized(response: external_auth_pb2.CheckResponse) -> bytes:
+    return bytes(response.SerializeToString(deterministic=True))  # map entries sorted: both copies alike

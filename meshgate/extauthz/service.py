@@ -28,15 +28,15 @@ from prometheus_client import CollectorRegistry
 from ..policy.model import Issuer, Policy
 from ..policy.store import Commit, PolicyStore
 from ..tracing import genai_request, incoming
+from .answers import Answers, Form, check_response
 from .audit import AuditLog
-from .bounds import RESPONSE_ENTRY_BYTES, RESPONSE_MEMO_BYTES, LogLimiter, clip
-from .cache import BoundedMemo, decision_bytes, strings_bytes
+from .bounds import LogLimiter, clip
 from .core import Authorizer, Counting
 from .counting import PromptCounters
 from .jwks import JwksRefresher, RemoteKeys
 from .metrics import CheckMetrics
 from .request import CheckInput, Decision, Unavailable
-from .responses import HEADER_PREFIX, WireTemplate, add_decision_id, to_check_input, to_response
+from .responses import HEADER_PREFIX, add_decision_id, to_check_input
 from .servicer import Servicer
 from .step import Step, admit, admits, with_admission
 from .table import AuthzTable, compile_table
@@ -45,7 +45,7 @@ from .target import OPENAI_PREFIXES, PATHS
 if TYPE_CHECKING:
     from ..ratelimit.admission import Admission
 
-__all__ = ["KEYS_COMPONENT", "ExtAuthzService", "HealthComponents", "check_response"]
+__all__ = ["KEYS_COMPONENT", "ExtAuthzService", "HealthComponents"]
 
 log = logging.getLogger("meshgate.extauthz")
 _TRACER_NAME = "meshgate.extauthz"
@@ -53,8 +53,6 @@ _PROVIDER_RECHECK_S = 1.0
 _ID_DIGITS = 12  # fixed width: a cached response has a hole of one size for the id (2**48 checks)
 _GRPC_SERVICE = "envoy.service.auth.v3.Authorization"
 KEYS_COMPONENT = "extauthz_keys"
-_MemoKey = tuple[int, tuple[str, ...], bool]  # decision id, client x-meshgate-* names, OpenAI path
-_Memo = BoundedMemo[_MemoKey, tuple[Decision, WireTemplate]]
 
 
 class HealthComponents(Protocol):
@@ -85,7 +83,7 @@ class ExtAuthzService:
         self._health = health
         self._keys_up: bool | None = None  # as last published
         self._health_tasks: set[asyncio.Task[None]] = set()
-        self._memo: _Memo = BoundedMemo(RESPONSE_MEMO_BYTES, max_entry_bytes=RESPONSE_ENTRY_BYTES)
+        self._answers = Answers()
         self._metrics = CheckMetrics(registry, caches=self.cache_bytes)
         self._not_decided = LogLimiter(log)
         self._failed = LogLimiter(log)
@@ -124,7 +122,7 @@ class ExtAuthzService:
             self._refresher.sync(remote)
             self._metrics.tenants = frozenset(authorizer.table.tenants)
             self._metrics.models = frozenset(authorizer.table.models)
-            self._memo.clear()
+            self._answers.clear()
             self._update_keys_health()
 
         return commit
@@ -139,7 +137,7 @@ class ExtAuthzService:
         decisions = (authorizer.cache.bytes, authorizer.cache.max_bytes) if authorizer else (0, 0)
         return {
             "decision": decisions,
-            "response": (self._memo.bytes, self._memo.max_bytes),
+            "response": self._answers.memo_bytes,
             "path": (PATHS.bytes, PATHS.max_bytes),
         }
 
@@ -204,13 +202,18 @@ class ExtAuthzService:
         """`check` as the servicer runs it: a long prompt is counted by its model's tokenizer in a
         thread (counting.py), while the event loop answers other Checks; with the token admission in
         the Check (gateway.ratelimit.admission: extauthz), the token quotas are checked too."""
-        wire: bytes = await self._check(self._begin(to_check_input(request), call), wire=True)
+        wire: bytes = await self._check(self._begin(to_check_input(request), call), form=Form.GRPC)
         return wire
 
-    async def check_message(self, req: CheckInput) -> external_auth_pb2.CheckResponse:
+    async def check_http(self, req: CheckInput) -> bytes:
         """Decide one request that came over HTTP (meshgate/extauthz/http.py), as `check_async` does:
-        the CheckResponse message, for the HTTP edge to write as its answer."""
-        message: external_auth_pb2.CheckResponse = await self._check(self._begin(req, None), wire=False)
+        the HTTP/1.1 answer (`http.to_http`; a cached decision's from its template, as over gRPC)."""
+        answer: bytes = await self._check(self._begin(req, None), form=Form.http(req))
+        return answer
+
+    async def check_message(self, req: CheckInput) -> external_auth_pb2.CheckResponse:
+        """Decide one request as `check_http` does: the CheckResponse message (tests, explain)."""
+        message: external_auth_pb2.CheckResponse = await self._check(self._begin(req, None), form=None)
         return message
 
     def check(self, request: external_auth_pb2.CheckRequest, call: Any = None) -> bytes:
@@ -223,12 +226,12 @@ class ExtAuthzService:
         try:
             if step.counting is not None:
                 step.decide(step.counting.count())
-            wire: bytes = self._answer(step, wire=True)
+            wire: bytes = self._answer(step, form=Form.GRPC)
             return wire
         finally:
             step.end()
 
-    async def _check(self, step: Step, *, wire: bool) -> Any:
+    async def _check(self, step: Step, *, form: Form | None) -> Any:
         try:
             if step.counting is not None:
                 step.decide(await self._counters.count(step.counting))
@@ -237,7 +240,7 @@ class ExtAuthzService:
             if admission is not None and decision is not None and admits(admission, decision):
                 openai = step.req.path.startswith(OPENAI_PREFIXES)
                 step.admitted = await admit(admission, decision, openai=openai)
-            return self._answer(step, wire=wire)
+            return self._answer(step, form=form)
         finally:
             step.end()
 
@@ -266,21 +269,23 @@ class ExtAuthzService:
             step.decision, step.cached = begun
         return step
 
-    def _answer(self, step: Step, *, wire: bool) -> Any:
-        """The serialized CheckResponse (`wire`), else the message (for the HTTP edge)."""
+    def _answer(self, step: Step, *, form: Form | None) -> Any:
+        """The answer's bytes in `form`, else (None) the CheckResponse message."""
         decision, req = step.decision, step.req
         assert decision is not None
         decision_id = f"{self._id_prefix}{next(self._ids):0{_ID_DIGITS}x}"
-        if wire and step.admitted is None:
-            response: Any = self._respond(step.authorizer, decision, req, decision_id, cached=step.cached)
+        if form is not None and step.admitted is None:
+            response: Any = self._answers.encoded(
+                step.authorizer, decision, req, decision_id, cached=step.cached, form=form
+            )
         else:
             client_headers = tuple([name for name in req.headers if name.startswith(HEADER_PREFIX)])
             openai = req.path.startswith(OPENAI_PREFIXES)
-            response = self._build(step.authorizer, decision, client_headers, openai)
+            response = check_response(step.authorizer.table, decision, client_headers, openai=openai)
             response = with_admission(response, step.admitted)
             add_decision_id(response, decision_id)
-            if wire:
-                response = bytes(response.SerializeToString())
+            if form is not None:
+                response = form.encode(response)
         self._observe(
             step.span, decision, req, decision_id=decision_id, cached=step.cached, started=step.started
         )
@@ -313,50 +318,6 @@ class ExtAuthzService:
         """Count (and log, at a bounded rate, no traceback) a request that is not a CheckRequest."""
         self._metrics.invalid.inc()
         self._malformed.log(logging.WARNING, "malformed CheckRequest from %s: %s", clip(peer), clip(str(exc)))
-
-    def _respond(
-        self, authorizer: Authorizer, decision: Decision, req: CheckInput, decision_id: str, *, cached: bool
-    ) -> bytes:
-        """The serialized response for `decision`. A decision served from the cache reuses the response
-        built for it before (keyed by the decision object and the client's x-meshgate-* header names): only
-        the id changes. A decision made now (a new token, a 401), or one whose response is too large for the
-        memo's per-entry bound, is built and serialized for this request only."""
-        client_headers = tuple([name for name in req.headers if name.startswith(HEADER_PREFIX)])
-        openai = req.path.startswith(OPENAI_PREFIXES)  # errors in OpenAI's shape there
-        if cached:
-            key = (id(decision), client_headers, openai)
-            memo = self._memo.get(key)
-            if memo is not None and memo[0] is decision:
-                return memo[1].render(decision_id)
-            if self._memoize(authorizer, decision, client_headers, key, width=len(decision_id)):
-                return self._memo.get(key)[1].render(decision_id)  # type: ignore[index]
-        response = self._build(authorizer, decision, client_headers, openai)
-        add_decision_id(response, decision_id)
-        return bytes(response.SerializeToString())
-
-    def _memoize(
-        self,
-        authorizer: Authorizer,
-        decision: Decision,
-        client_headers: tuple[str, ...],
-        key: _MemoKey,
-        *,
-        width: int,
-    ) -> bool:
-        """Keep the response template of a cached decision, unless it is over the per-entry bound (the
-        decision is counted too: the memo keeps it alive). Whether it was kept."""
-        size = strings_bytes(client_headers) + decision_bytes(decision)
-        if size > self._memo.max_entry_bytes:
-            return False
-        response = self._build(authorizer, decision, client_headers, key[2])
-        template = WireTemplate.build(response, width=width)
-        return self._memo.put(key, (decision, template), size + len(template.head) + len(template.tail))
-
-    @staticmethod
-    def _build(
-        authorizer: Authorizer, decision: Decision, client_headers: tuple[str, ...], openai: bool
-    ) -> external_auth_pb2.CheckResponse:
-        return check_response(authorizer.table, decision, client_headers, openai=openai)
 
     @property
     def table(self) -> AuthzTable | None:
@@ -392,20 +353,6 @@ class ExtAuthzService:
                 }
             )
         self._audit.record(decision, req, decision_id=decision_id, cached=cached)
-
-
-def check_response(
-    table: AuthzTable, decision: Decision, client_headers: tuple[str, ...], *, openai: bool
-) -> external_auth_pb2.CheckResponse:
-    """The CheckResponse a check sends for `decision` (headers, metadata).
-    `client_headers`: the x-meshgate-* header names the client sent; `openai`: under OpenAI's paths."""
-    return to_response(
-        decision,
-        client_headers=client_headers,
-        api_key_header=table.auth.api_key_header,
-        forward_authorization=table.auth.forward_authorization,
-        openai=openai,
-    )
 
 
 def _any_issuer_keys(table: AuthzTable) -> bool:

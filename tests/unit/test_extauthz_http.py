@@ -136,11 +136,11 @@ class FakeCheck:
         self.reply = reply
         self.server: HttpCheckServer | None = None
 
-    async def __call__(self, req: CheckInput) -> external_auth_pb2.CheckResponse:
+    async def __call__(self, req: CheckInput) -> bytes:
         self.seen.append(req)
         if self.reply is not None:
-            return await self.reply(req)
-        return responses.allow({"x-meshgate-user": req.path})
+            return to_http(await self.reply(req), head=req.method == "HEAD")
+        return to_http(responses.allow({"x-meshgate-user": req.path}), head=req.method == "HEAD")
 
 
 @asynccontextmanager

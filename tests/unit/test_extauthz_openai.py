@@ -4,7 +4,9 @@ a bearer that is not a JWT is an API key, errors in OpenAI's shape under OpenAI'
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 from prometheus_client import CollectorRegistry
 
 from meshgate.extauthz import CheckInput, ExtAuthzService, decide
+from meshgate.extauthz.http import to_http
 from meshgate.policy.store import PolicyStore
 from tests.unit.test_extauthz_support import (
     API_KEY,
@@ -129,7 +132,46 @@ def test_kserve_paths_keep_meshgate_errors_even_for_a_cached_decision(tmp_path: 
         openai = check(svc, "/v1/chat/completions", body, x_api_key=API_KEY_GLOBEX).denied_response
         kserve = check(svc, "/v2/models/simple/infer", x_api_key=API_KEY_GLOBEX).denied_response
         assert json.loads(openai.body)["error"]["code"] == "role_forbidden"
-        assert json.loads(kserve.body) == {"error": "role_forbidden", "message": json.loads(kserve.body)["message"]}
+        assert json.loads(kserve.body) == {
+            "error": "role_forbidden",
+            "message": json.loads(kserve.body)["message"],
+        }
+
+
+def test_http_answers_of_cached_decisions_are_the_answers_built_afresh(tmp_path: Path) -> None:
+    """Over HTTP (`check_http`) a cached decision's answer comes from its template (answers.py), per
+    form and path: byte for byte what to_http writes for the message, but for the decision id."""
+    svc = service(tmp_path)
+    token = mint()
+    requests = [
+        CheckInput(method="POST", path="/v2/models/resnet/infer", headers={"authorization": f"Bearer {token}"}),
+        CheckInput(method="HEAD", path="/v2/models/resnet/infer", headers={"authorization": f"Bearer {token}"}),
+        CheckInput(method="POST", path="/v2/models/simple/infer", headers={"x-api-key": API_KEY_GLOBEX}),
+        CheckInput(
+            method="POST", path="/v1/chat/completions", headers={"x-api-key": API_KEY_GLOBEX},
+            body=json.dumps({"model": "simple"}).encode(),
+        ),
+    ]  # fmt: skip
+
+    async def answers() -> list[tuple[bytes, bytes]]:
+        out = []
+        for _ in range(3):  # the decision is made, then cached (its template made, then used)
+            for req in requests:
+                fresh = to_http(await svc.check_message(req), head=req.method == "HEAD")
+                out.append((await svc.check_http(req), fresh))
+        return out
+
+    ids: set[bytes] = set()
+    for memo, fresh in asyncio.run(answers()):
+        found, made = _DECISION_ID.search(memo), _DECISION_ID.search(fresh)
+        assert found is not None and made is not None and found.group(1) != made.group(1)
+        assert memo.replace(found.group(1), made.group(1)) == fresh
+        ids.add(found.group(1))
+    assert len(ids) == 3 * len(requests)  # each answer its own id
+    assert svc.cache_bytes()["response"][0] > 0  # the templates are held
+
+
+_DECISION_ID = re.compile(rb"x-meshgate-decision-id: ([^\r]+)\r\n")
 
 
 # --- 3. the model list, and the other OpenAI endpoints -----------------------------------------------
@@ -163,7 +205,9 @@ def test_the_model_list_is_the_openai_models_the_caller_may_use(tmp_path: Path, 
     one = check(svc, f"{prefix}/models/zen-chat", method="GET", x_api_key=API_KEY_GLOBEX).denied_response
     assert one.status.code == 200 and json.loads(one.body)["id"] == "zen-chat"
     for hidden in ("llama-chat", "other-chat", "no-such-model", "resnet"):
-        denied = check(svc, f"{prefix}/models/{hidden}", method="GET", x_api_key=API_KEY_GLOBEX).denied_response
+        denied = check(
+            svc, f"{prefix}/models/{hidden}", method="GET", x_api_key=API_KEY_GLOBEX
+        ).denied_response
         assert denied.status.code == 404
         assert json.loads(denied.body)["error"]["code"] == "model_not_found"
     # no credential: 401, not a list

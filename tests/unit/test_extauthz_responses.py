@@ -10,6 +10,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 from google.rpc import code_pb2
 
 from meshgate.extauthz import CheckInput, Decision, Identity, Target
+from meshgate.extauthz.answers import Form
 from meshgate.extauthz.responses import (
     HEADER_PREFIX,
     WireTemplate,
@@ -154,3 +155,32 @@ def test_wire_template_is_the_response_with_the_decision_id(decision: Decision) 
         assert external_auth_pb2.CheckResponse.FromString(template.render(decision_id)) == expected
     with pytest.raises(ValueError):
         template.render("short")
+
+
+@pytest.mark.parametrize("form", list(Form))
+def test_every_form_has_a_template_equal_to_its_encoding(form: Form) -> None:
+    """The HTTP answers of cached decisions are spliced too: byte for byte what to_http writes."""
+    decisions = [
+        Decision(
+            code="ok", identity=WHO, target=Target(kind="model", model="resnet", version="v2", tokens=7)
+        ),
+        Decision.deny("model_forbidden", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+        Decision.deny("token_expired", "token has expired"),
+    ]
+    for decision in decisions:
+        response = to_response(
+            decision,
+            client_headers=["x-meshgate-debug"],
+            api_key_header="x-api-key",
+            forward_authorization=False,
+        )
+        template = WireTemplate.build(response, width=25, encode=form.encode)
+        for decision_id in ("0123456789ab-000000000001", "bbbbbbbbbbbb-aaaaaaaaaaaa"):
+            expected = external_auth_pb2.CheckResponse()
+            expected.CopyFrom(response)
+            add_decision_id(expected, decision_id)
+            assert template.render(decision_id) == form.encode(expected)
+        if form is Form.HTTP_HEAD:
+            assert template.render("0123456789ab-000000000001").endswith(
+                b"\r\n\r\n"
+            )  # no body after the head
