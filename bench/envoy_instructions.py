@@ -1,7 +1,7 @@
 """Envoy's instructions per request for each row of bench/native_bench.py, counted by callgrind (not a test).
 
     .venv/bin/python bench/envoy_instructions.py [--requests 500] [--rows raw,hand,routing,native,auto]
-        [--models 1]
+        [--models 1] [--tenants 1]
 
 wrk's req/s and /proc CPU time move by ±5-10 % between runs on a shared 2-core VM; the instructions one
 Envoy executes per request do not (two runs of one config differ by < 0.1 %), so this is the measure to
@@ -110,7 +110,7 @@ def count(
 
 
 def configs(
-    names: list[str], stack: Stack, work: Path, keys: Keys, *, models: int = 1
+    names: list[str], stack: Stack, work: Path, keys: Keys, *, models: int = 1, tenants: int = 1
 ) -> dict[str, tuple[dict[str, Any], int]]:
     """Row -> (a static bootstrap serving it alone, its port)."""
     upstream = stack.add(Envoy(upstream_bootstrap(), workdir=work, log_level="warning", name="upstream"))
@@ -122,7 +122,7 @@ def configs(
         if name in names:
             out[name] = one_listener(front, listeners[name])
     for name in (n for n in names if n in MESHGATE_ROWS):
-        row = start_meshgate_row(name, stack, work, keys, upstream_port, models=models)
+        row = start_meshgate_row(name, stack, work, keys, upstream_port, models=models, tenants=tenants)
         if row.status != "ok" or row.envoy is None:
             print(f"{name}: {row.status}")
             continue
@@ -141,6 +141,9 @@ def main() -> int:
     parser.add_argument(
         "--models", type=int, default=1, help="models the meshgate rows' policy serves, the timed one last"
     )
+    parser.add_argument(
+        "--tenants", type=int, default=1, help="tenants of the timed one's tier in that policy"
+    )
     args = parser.parse_args()
     names = [n.strip() for n in args.rows.split(",") if n.strip()]
     if unknown := sorted(set(names) - set(ROWS)):
@@ -155,7 +158,7 @@ def main() -> int:
         work = Path(tmp)
         stack = Stack(work)
         try:
-            rows = configs(names, stack, work, keys, models=args.models)
+            rows = configs(names, stack, work, keys, models=args.models, tenants=args.tenants)
             for name, (boot, port) in rows.items():
                 started = time.monotonic()
                 (work / "callgrind" / name).mkdir(parents=True)
@@ -164,7 +167,10 @@ def main() -> int:
         finally:
             stack.close()
     raw = results.get("raw", (0.0, {}))[0]
-    print(f"\n{args.requests} requests per row; the meshgate rows serve {args.models} model(s)\n")
+    print(
+        f"\n{args.requests} requests per row; the meshgate rows serve {args.models} model(s), "
+        f"{args.tenants} tenant(s) of one tier\n"
+    )
     print("| row | answers | instructions / request | raw / row |\n|---|---|---|---|")
     for name, (per, codes) in results.items():
         ratio = f"{raw / per:.2f}" if raw else "-"

@@ -198,12 +198,17 @@ def http_filters(envoy: Envoy) -> list[str]:
 
 
 def start_meshgate_row(
-    name: str, stack: Stack, work: Path, keys: Keys, upstream: int, *, models: int = 1
+    name: str, stack: Stack, work: Path, keys: Keys, upstream: int, *, models: int = 1, tenants: int = 1
 ) -> Row:
     row = Row(name, port=free_port())
     enforcement = "ext_authz" if name in ("routing", "ext_authz_http") else name
     doc = policy_doc(
-        enforcement=enforcement, gateway_port=row.port, upstream_port=upstream, jwks=keys.jwks, models=models
+        enforcement=enforcement,
+        gateway_port=row.port,
+        upstream_port=upstream,
+        jwks=keys.jwks,
+        models=models,
+        tenants=tenants,
     )
     if name == "ext_authz_http":
         doc["gateway"].update(ext_authz={"transport": "http"}, ratelimit={"admission": "extauthz"})

@@ -160,11 +160,19 @@ def _local_ratelimit() -> dict[str, Any]:
 
 
 def policy_doc(
-    *, enforcement: str, gateway_port: int, upstream_port: int, jwks: dict[str, Any], models: int = 1
+    *,
+    enforcement: str,
+    gateway_port: int,
+    upstream_port: int,
+    jwks: dict[str, Any],
+    models: int = 1,
+    tenants: int = 1,
 ) -> dict[str, Any]:
     """One issuer (inline JWKS), one tenant, one role, one v2-rest model, a per-user quota never reached;
     with `models` > 1, as many v2-rest models in all, the timed one (MODEL) last, the role granting all
-    (what a request passes in a gateway serving many models: docs/native.md "Many models")."""
+    (what a request passes in a gateway serving many models: docs/native.md "Many models"); with
+    `tenants` > 1, as many tenants of the timed one's tier, half of the others' names sorting before its
+    own and half after."""
     doc = {
         "version": 1,
         "gateway": {"address": "127.0.0.1", "port": gateway_port, "enforcement": enforcement},
@@ -181,6 +189,9 @@ def policy_doc(
         ],
         "quotas": [{"name": "per-user", "per": ["user"], "limit": HUGE, "window": "second"}],
     }
+    if tenants > 1:
+        others = [f"{'ab' if i % 2 else 'ad'}-{i:05d}" for i in range(1, tenants)]
+        doc["tenants"] += [{"name": name, "quotas": ["per-user"]} for name in others]
     if models > 1:
         others = [{**doc["models"][0], "name": f"other-{i:03d}"} for i in range(1, models)]
         doc["models"] = [*others, *doc["models"]]

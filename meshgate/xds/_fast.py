@@ -84,6 +84,14 @@ _BEARER = "Bearer "
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _VERSIONED = "/versions/"
 _Value: TypeAlias = value_pb2.ValueMatcher
+OR_MAX = 4
+"""Up to this many names a matcher compares one by one (~60 instructions each); more, one RE2
+alternation (constant in the count: 1,000 tenants cost a request ~62,000 instructions one by one)."""
+REGEX_CHARS = 1800
+"""The most characters of one alternation. The gateway's bootstrap allows RE2 programs of 2,048
+(`meshgate.xds.bootstrap.RUNTIME`), and an alternation of names compiles to fewer instructions than it
+has characters (Envoy 1.40's count: 1,791 characters of 63-character random names 1,740; of `t0000`,
+`t0001`... 69). More names are split over several fast copies, tried one after the other."""
 Grants: TypeAlias = Mapping[str, Mapping[str, Collection[str]]]
 
 
@@ -195,22 +203,42 @@ def _fast_copies(
     for issuer in policy.issuers:
         if not _readable(issuer):
             continue
-        for (tier, restricted), names in sorted(groups.items()):
-            fast = rc.Route()
-            fast.CopyFrom(route)
-            fast.name = f"{route.name}|fast|{issuer.name}|{tier}{'|no-origin' if restricted else ''}"
-            if stats:
-                fast.stat_prefix = FAST_STATS  # vhost.models.route.native_fast.upstream_rq_*: one count
-            claims = _claims(policy, issuer, names, roles, now, pinned=issuer.name in pinned)
-            fast.match.dynamic_metadata.extend(claims)
-            # Envoy matches a route's headers and metadata before its path: a request for another path
-            # fails first on this cheap copy of the path's test (each fast copy of each model before
-            # the request's route is tried twice per request, before and after jwt_authn)
-            guards = [_path_prefix(route.match.path_separated_prefix), *fast.match.headers]
-            del fast.match.headers[:]
-            fast.match.headers.extend([*guards, *_headers(policy, restricted)])
-            _decided_here(policy, fast, model, pin, issuer, tier)
-            yield fast
+        for (tier, restricted), all_names in sorted(groups.items()):
+            parts = alternations(all_names)
+            for part, names in enumerate(parts):
+                name = f"{route.name}|fast|{issuer.name}|{tier}{'|no-origin' if restricted else ''}"
+                name += f"|{part + 1}" if len(parts) > 1 else ""
+                claims = _claims(policy, issuer, names, roles, now, pinned=issuer.name in pinned)
+                yield _fast_copy(policy, model, route, name, pin, (issuer, tier, restricted), claims, stats)
+
+
+def _fast_copy(
+    policy: Policy,
+    model: Model,
+    route: rc.Route,
+    name: str,
+    pin: str,
+    group: tuple[Issuer, str, bool],
+    claims: Iterator[metadata_pb2.MetadataMatcher],
+    stats: bool,
+) -> rc.Route:
+    """One fast copy of `route`: for the tokens of `group` (issuer, tier, origins restricted) whose
+    payload `claims` match."""
+    issuer, tier, restricted = group
+    fast = rc.Route()
+    fast.CopyFrom(route)
+    fast.name = name
+    if stats:
+        fast.stat_prefix = FAST_STATS  # vhost.models.route.native_fast.upstream_rq_*: one count
+    fast.match.dynamic_metadata.extend(claims)
+    # Envoy matches a route's headers and metadata before its path: a request for another path
+    # fails first on this cheap copy of the path's test (each fast copy of each model before
+    # the request's route is tried twice per request, before and after jwt_authn)
+    guards = [_path_prefix(route.match.path_separated_prefix), *fast.match.headers]
+    del fast.match.headers[:]
+    fast.match.headers.extend([*guards, *_headers(policy, restricted)])
+    _decided_here(policy, fast, model, pin, issuer, tier)
+    return fast
 
 
 def _readable(issuer: Issuer) -> bool:
@@ -313,7 +341,32 @@ def _exact(text: str) -> value_pb2.ValueMatcher:
     return value_pb2.ValueMatcher(string_match=string_pb2.StringMatcher(exact=text))
 
 
+def alternations(names: Sequence[str]) -> list[list[str]]:
+    """`names` sorted, in parts of at most REGEX_CHARS characters as one alternation (`_any_of`)."""
+    parts: list[list[str]] = [[]]
+    size = 0
+    for name in sorted(names):
+        width = len(_escaped(name)) + 1
+        if parts[-1] and size + width > REGEX_CHARS:
+            parts.append([])
+            size = 0
+        parts[-1].append(name)
+        size += width
+    return parts
+
+
 def _any_of(texts: Sequence[str]) -> value_pb2.ValueMatcher:
+    """Matches a string equal to one of `texts`: one by one up to OR_MAX, else one RE2 alternation (a
+    full match) when it fits REGEX_CHARS, else one by one again."""
     if len(texts) == 1:  # (an OrMatcher needs two)
         return _exact(texts[0])
-    return _Value(or_match=value_pb2.OrMatcher(value_matchers=[_exact(t) for t in sorted(texts)]))
+    alternation = "|".join(_escaped(t) for t in sorted(texts))
+    if len(texts) <= OR_MAX or len(alternation) > REGEX_CHARS:
+        return _Value(or_match=value_pb2.OrMatcher(value_matchers=[_exact(t) for t in sorted(texts)]))
+    regex = string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=alternation))
+    return _Value(string_match=regex)
+
+
+def _escaped(text: str) -> str:
+    """`text` as an RE2 literal: every character but a letter, digit or `_` escaped."""
+    return "".join(c if c.isascii() and (c.isalnum() or c == "_") else f"\\{c}" for c in text)

@@ -83,6 +83,8 @@ def _doc(mode: str, *, upstream: int, port: int) -> dict[str, Any]:
     # any token, so the native gateway gets it with a kid of its own (meshgate.extauthz.keys.pinned_jwks)
     kidless = RSAAlgorithm.to_jwk(rsa_key("kidless").public_key(), as_dict=True)
     doc["issuers"][0]["jwks"]["keys"].append({**kidless, "use": "sig"})
+    # five tenants of one tier: their fast routes match the tenant with one RE2 alternation (_fast.OR_MAX)
+    doc["tenants"] += [{"name": name, "tier": "free"} for name in ("globex.eu", "globex-us", "hooli", "umbrella")]
     doc["models"] += [
         {"name": "vault", "visibility": "private", "owner": "acme", "versions": [{"name": "v1"}]},
         {"name": "metered", "versions": [{"name": "v1"}]},
@@ -183,6 +185,11 @@ CASES = [
     Case("tier from the token's claim", _jwt(tier="free")),
     Case("unknown tier claim", _jwt(tier="platinum")),
     Case("unknown tenant", _jwt(tenant="initech")),
+    Case("a tenant of the alternation", _issued(tenant="globex.eu", tier=None), fast=True),
+    # (issued a minute ago, as the fast ones: refused all the same, and not on a fast route)
+    Case("a tenant the alternation's '.' would match unescaped", _issued(tenant="globexxeu", tier=None)),
+    Case("a tenant that starts like one of the alternation", _issued(tenant="globex-u", tier=None)),
+    Case("a tenant that two of the alternation make", _issued(tenant="hooliumbrella", tier=None)),
     Case("no tenant claim", _jwt(tenant=None)),
     Case("no sub claim", _jwt(sub=None)),
     Case("unprintable user", _jwt(sub="al\nice")),

@@ -21,7 +21,15 @@ from meshgate import contract
 from meshgate.extauthz.keys import KIDLESS
 from meshgate.policy import Policy, parse_policy
 from meshgate.xds import compile_snapshot
-from meshgate.xds._fast import CLOCK_MARGIN, FAST_STATS, IDENTITY_FILTER
+from meshgate.xds._fast import (
+    CLOCK_MARGIN,
+    FAST_STATS,
+    IDENTITY_FILTER,
+    OR_MAX,
+    REGEX_CHARS,
+    _any_of,
+    alternations,
+)
 from meshgate.xds._native import BEARER_HEADER, JWT_FILTER, decision_table
 from meshgate.xds._route_tree import flat_routes
 from meshgate.xds._types import LISTENER, ROUTE
@@ -270,3 +278,28 @@ def test_keys_envoy_fetches_keep_the_alg_check() -> None:
     assert decision_table(policy)["issuers"]["https://issuer.test"]["pinned"] is False
     fast = next(r for r in _routes(policy) if "|fast|" in r.name)
     assert _md(fast)["header/alg"].value.or_match.value_matchers
+
+
+def test_a_few_names_are_compared_one_by_one_more_in_one_alternation() -> None:
+    assert _any_of(["acme"]).string_match.exact == "acme"
+    few = _any_of(["b", "a", "c", "d"][:OR_MAX])
+    assert [m.string_match.exact for m in few.or_match.value_matchers] == ["a", "b", "c", "d"][:OR_MAX]
+    names = ["globex", "acme", "a.b", "x-y", "u_1"]
+    many = _any_of(names)
+    assert many.string_match.safe_regex.regex == r"a\.b|acme|globex|u_1|x\-y"  # sorted, escaped, full match
+    huge = [f"t{i:04d}" for i in range(REGEX_CHARS // 5 + 1)]  # over one alternation's characters
+    assert len(_any_of(huge).or_match.value_matchers) == len(huge)
+
+
+def test_many_tenants_of_a_tier_are_split_over_fast_copies_within_the_regex_budget() -> None:
+    parts = alternations([f"tenant-{i:05d}" for i in range(1000)])
+    assert len(parts) > 1 and sorted(n for p in parts for n in p) == [f"tenant-{i:05d}" for i in range(1000)]
+    assert all(len(_any_of(p).string_match.safe_regex.regex) <= REGEX_CHARS for p in parts)
+    assert alternations(["b", "a"]) == [["a", "b"]]
+    tenants = [{"name": "acme", "tier": "gold"}, *({"name": f"t{i:04d}", "tier": "free"} for i in range(600))]
+    names = [r.name for r in _routes(_policy(tenants=tenants)) if "|fast|" in r.name and "|canary|" in r.name]
+    free = [n for n in names if "|free" in n]
+    assert len(free) == len(alternations([f"t{i:04d}" for i in range(600)])) > 1
+    assert free[0].endswith("|free|1") and [n for n in names if "|gold" in n] == [
+        n for n in names if n.endswith("gold")
+    ]
