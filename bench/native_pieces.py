@@ -75,6 +75,20 @@ def _no_remote_address(listener: Config) -> None:
     _hcm(listener).pop("use_remote_address", None)
 
 
+def _only_jwt_and_routing(listener: Config) -> None:
+    hcm = _hcm(listener)
+    hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] in (JWT, ROUTER)]
+
+
+def _only_jwt_and_routing_no_recheck(listener: Config) -> None:
+    _only_jwt_and_routing(listener)
+    for http_filter in _hcm(listener)["http_filters"]:
+        if http_filter["name"] == JWT:
+            for provider in http_filter["typed_config"]["providers"].values():
+                provider["clear_route_cache"] = False  # (no fast route can match then: the floor only)
+
+
+JWT, ROUTER = "envoy.filters.http.jwt_authn", "envoy.filters.http.router"
 PIECES: dict[str, Callable[[Config], None]] = {
     "the identity headers set": _no_identity_sets,
     "the quota filter": _without_filters("meshgate.quota.per-user"),
@@ -83,6 +97,10 @@ PIECES: dict[str, Callable[[Config], None]] = {
     "the guard filter": _without_filters("meshgate.native.guard"),
     "the retry policy": _no_retries,
     "use_remote_address": _no_remote_address,
+    # the floor: meshgate's routing and jwt_authn, every filter of the contract out (answers stay 200:
+    # nothing refuses)
+    "every filter but jwt_authn and the router": _only_jwt_and_routing,
+    "the same, and jwt_authn's route cache clearing": _only_jwt_and_routing_no_recheck,
 }
 
 
