@@ -111,6 +111,7 @@ class Stream:
         self.target: Snapshot | None = None
         self.stage = 0
         self.halted = False
+        self.reported = False  # the target's convergence reported
         self._on_nack = on_nack
         self._on_converged = on_converged
 
@@ -157,7 +158,7 @@ class Stream:
         if target is None:
             return []
         if target is not self.target:
-            self.target, self.stage, self.halted = target, 0, False
+            self.target, self.stage, self.halted, self.reported = target, 0, False, False
         if self.halted:
             return []
         while self.stage < len(_STAGES):
@@ -168,10 +169,14 @@ class Stream:
             if not self._settled(types, target):
                 return []
             self.stage += 1
-            if self.stage == len(_STAGES):
-                self._on_converged(self.cache.converged(target))
-        # converged: answer new subscriptions (e.g. routes asked for after the listener arrived)
-        return [s for t in ORDER if (s := self._step(t, target, removing=True)) is not None]
+        # staged: answer new subscriptions (e.g. routes asked for after the listener arrived); converged
+        # once the proxy holds all it will ask for (not on a plan before its first request, nor between
+        # its ACK of the clusters and its request for their endpoints)
+        steps = [s for t in ORDER if (s := self._step(t, target, removing=True)) is not None]
+        if not steps and not self.reported and self._settled(ORDER, target, whole=True):
+            self.reported = True
+            self._on_converged(self.cache.converged(target))
+        return steps
 
     def _step(self, type_url: str, target: Snapshot, *, removing: bool) -> Step | None:
         st = self.types.get(type_url)
@@ -202,10 +207,30 @@ class Stream:
         st.held = {n: r for n, r in {**st.held, **step.view}.items() if n in st.sent}
         self.status.sent(step.type_url, step.version)
 
-    def _settled(self, types: tuple[str, ...], target: Snapshot) -> bool:
+    def _will_ask(self, type_url: str, target: Snapshot) -> bool:
+        """Whether the proxy will ask for `type_url` of `target`: clusters and listeners (wildcards, asked
+        for at start), or a type that a resource it holds names (so that a plan made before its first
+        request, or between its ACK of the clusters and its request for their endpoints, is not taken
+        for convergence)."""
+        if type_url in (CLUSTER, LISTENER):
+            return bool(target[type_url])
+        named = target.named_types
+        return any(
+            type_url in named.get((held, name), ())
+            for held in (CLUSTER, LISTENER, ROUTE)
+            if held in self.types
+            for name in self.types[held].acked
+        )
+
+    def _settled(self, types: tuple[str, ...], target: Snapshot, *, whole: bool = False) -> bool:
+        """Whether the proxy holds `types` of `target` as far as it asked for them; `whole`: and it
+        asked for every one it will (the staging waits only on what was asked for: a client that never
+        asks for clusters still gets its routes)."""
         for type_url in types:
             st = self.types.get(type_url)
-            if st is None or not st.requested:
+            if st is None or not st.requested:  # not asked for (yet): for `whole`, only if it will not be
+                if whole and self._will_ask(type_url, target):
+                    return False
                 continue
             if st.nonce is not None:
                 return False

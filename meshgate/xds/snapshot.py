@@ -7,6 +7,7 @@ before anything can publish it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -124,6 +125,18 @@ class Snapshot:
                             f"{short(type_url)} {name!r} references missing {short(ref_type)} {ref_name!r}"
                         )
         return found
+
+    @functools.cached_property
+    def named_types(self) -> Mapping[tuple[str, str], frozenset[str]]:
+        """(type, name) of each resource -> the types of the resources it names (what a proxy holding it
+        asks for next: a cluster's endpoints and secrets, a listener's routes and secrets)."""
+        return MappingProxyType(
+            {
+                (type_url, name): frozenset(t for t, _ in references(type_url, resource.message))
+                for type_url in ORDER
+                for name, resource in self.resources[type_url].items()
+            }
+        )
 
     def __getitem__(self, type_url: str) -> Mapping[str, Resource]:
         return self.resources[type_url]

@@ -138,3 +138,22 @@ def test_changed_cluster_gets_its_endpoints_again() -> None:
     [eds] = h.plan()  # the endpoints did not change, but Envoy re-warms the changed clusters
     assert kinds([eds]) == ["ClusterLoadAssignment"]
     assert sorted(r.name for r in eds.changed) == ["model|a|v1", "model|a|v2"]
+
+
+def test_convergence_waits_for_every_type_envoy_will_ask_for() -> None:
+    """meshgate_xds_convergence_seconds ends when the proxy holds the whole snapshot: not on a plan made
+    before its first request, nor between CDS and the EDS and RDS requests that follow its ACK."""
+    h = Harness(snap({"v1": 100}))
+    assert h.plan() == [] and h.converged == []  # no request yet
+    h.request(CLUSTER)
+    h.ack_all(h.plan())
+    assert h.plan() == [] and h.converged == []  # clusters held; no endpoint asked for, no listener
+    h.request(LISTENER)
+    h.request(ENDPOINT, sorted(h.cache.serving()[ENDPOINT]))  # type: ignore[index]
+    while steps := h.plan():
+        h.ack_all(steps)
+    assert h.converged == []  # the listener's route configuration is not asked for yet
+    h.request(ROUTE, ["meshgate_routes"])
+    while steps := h.plan():
+        h.ack_all(steps)
+    assert len(h.converged) == 1
