@@ -119,7 +119,7 @@ def test_internal_error_is_unavailable_never_allow(tmp_path: Path, monkeypatch: 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("meshgate.extauthz.service.to_response", broken)
+    monkeypatch.setattr("meshgate.extauthz.answers.to_response", broken)
 
     async def scenario() -> None:
         async with serving(service) as stub:
