@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from meshgate import binaries
 from meshgate.policy.model import Policy
-from meshgate.xds import CompileOptions, XdsService, compile_snapshot
+from meshgate.xds import CompileOptions, XdsService
 from meshgate.xds.bootstrap import bootstrap_dict
 
 OPTIONS = CompileOptions(enable_extauthz=False, enable_ratelimit=False, listener_address="127.0.0.1")
@@ -92,7 +92,7 @@ async def run(models: int, rounds: int, *, delta: bool, workdir: Path) -> dict[s
         sock.bind(("127.0.0.1", 0))
         gateway_port = sock.getsockname()[1]
     policy = make_policy(models, weight={}, port_shift={}, gateway_port=gateway_port)
-    service.cache.publish(compile_snapshot(policy, OPTIONS))
+    service.prepare(policy)()  # as a policy load does: with the gateways' own cluster's endpoints (EDS)
     boot = bootstrap_dict("bench", xds=f"127.0.0.1:{port}", admin_port=0, delta=delta)
     path = workdir / f"bootstrap-{'delta' if delta else 'sotw'}.json"
     path.write_text(json.dumps(boot))
@@ -121,9 +121,9 @@ async def run(models: int, rounds: int, *, delta: bool, workdir: Path) -> dict[s
                     change = {"weight": {7: 20 + r}, "port_shift": {}}
                 else:  # keep the last weight: only the endpoints change
                     change = {"weight": {7: 20 + rounds - 1}, "port_shift": {7: 50 + r}}
-                snapshot = compile_snapshot(make_policy(models, gateway_port=gateway_port, **change), OPTIONS)
+                commit = service.prepare(make_policy(models, gateway_port=gateway_port, **change))
                 done = probe.expect()
-                service.schedule(snapshot)
+                commit()
                 times.append(await asyncio.wait_for(done, 60))
                 sizes.append(probe.bytes)
             results[kind] = {"median_s": statistics.median(times), "max_s": max(times), "bytes": max(sizes)}
