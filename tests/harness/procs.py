@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -47,19 +48,49 @@ class StartupError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (bind to port 0, read it back, close).
+    """A port that was free a moment ago (bound, then closed), below the kernel's ephemeral range.
 
+    Below that range, because a process that binds port 0 (meshgate's servers in the tests, any
+    outgoing connection's local port) gets a port from it: a port picked there could be taken between
+    this pick and its use (it happened in CI: a gateway listener's port taken by meshgate's extauthz).
     Never the same port twice in one test session, so two ports picked back to back (a model server's
     REST and gRPC) cannot collide. Prefer port 0 plus a report of the bound port where the server can
     give one (Envoy listeners and admin, meshgate's ready file).
     """
+    low = _ephemeral_low()
+    for port in _candidates(low):
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            port = int(sock.getsockname()[1])
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port")
+
+
+def _ephemeral_low() -> int | None:
+    """The first port of the kernel's ephemeral range (Linux), None where it cannot be read."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _candidates(low: int | None) -> Iterator[int]:
+    """Ports to try: random ones from 10000 to just below `low`, else (no room there) what port 0
+    gives."""
+    if low is not None and low - 10000 >= 1000:
+        rng = random.Random(os.getpid() ^ time.monotonic_ns())
+        for _ in range(10000):
+            yield rng.randrange(10000, low)
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            port = int(sock.getsockname()[1])
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
+            sock.bind(("127.0.0.1", 0))
+            yield int(sock.getsockname()[1])
 
 
 _watched: set[Proc] = set()
