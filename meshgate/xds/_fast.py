@@ -60,6 +60,7 @@ from meshgate.policy.model import Issuer, Model, Policy
 from ._bodies import EXTAUTHZ_FILTER
 from ._native import BEARER_HEADER, DECIDE_FILTER, GUARD_FILTER, JWT_FILTER, pinned_keys
 from ._pb import pack
+from .bootstrap import RE2_PROGRAM_SIZE
 
 __all__ = [
     "BEARER_HEADER",
@@ -87,9 +88,9 @@ _Value: TypeAlias = value_pb2.ValueMatcher
 OR_MAX = 4
 """Up to this many names a matcher compares one by one (~60 instructions each); more, one RE2
 alternation (constant in the count: 1,000 tenants cost a request ~62,000 instructions one by one)."""
-REGEX_CHARS = 1800
-"""The most characters of one alternation. The gateway's bootstrap allows RE2 programs of 2,048
-(`meshgate.xds.bootstrap.RUNTIME`), and an alternation of names compiles to fewer instructions than it
+REGEX_CHARS = RE2_PROGRAM_SIZE - 248  # (1,800)
+"""The most characters of one alternation. The gateway's bootstrap allows RE2 programs of
+`RE2_PROGRAM_SIZE` (2,048), and an alternation of names compiles to fewer instructions than it
 has characters (Envoy 1.40's count: 1,791 characters of 63-character random names 1,740; of `t0000`,
 `t0001`... 69). More names are split over several fast copies, tried one after the other."""
 Grants: TypeAlias = Mapping[str, Mapping[str, Collection[str]]]

@@ -13,16 +13,27 @@ import yaml
 from ._gateways import GATEWAYS_CLUSTER
 from ._pb import split_host_port
 
-__all__ = ["RECONNECT", "RUNTIME", "XDS_CLUSTER", "Reconnect", "XdsTLS", "bootstrap_dict", "envoy_bootstrap"]
+__all__ = [
+    "RE2_PROGRAM_SIZE",
+    "RECONNECT",
+    "RUNTIME",
+    "XDS_CLUSTER",
+    "Reconnect",
+    "XdsTLS",
+    "bootstrap_dict",
+    "envoy_bootstrap",
+]
 
 XDS_CLUSTER = "meshgate_xds"
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+RE2_PROGRAM_SIZE = 2048
+"""The largest RE2 program the gateway's routes may hold (Envoy's default, 100, is too small for them)."""
 RUNTIME: dict[str, Any] = {
     "layers": [
-        # the native fast routes' user matcher, a counted regex of program size ~800 (`_fast`); Envoy's
-        # default limit (100) would refuse the route configuration
-        {"name": "meshgate", "static_layer": {"re2.max_program_size.error_level": 2048}},
+        # the native fast routes' user matcher, a counted regex of program size ~800, and their
+        # alternations of names (`_fast.REGEX_CHARS`); Envoy's default limit would refuse the routes
+        {"name": "meshgate", "static_layer": {"re2.max_program_size.error_level": RE2_PROGRAM_SIZE}},
         {"name": "admin", "admin_layer": {}},  # (as without a layered_runtime: /runtime_modify works)
     ]
 }

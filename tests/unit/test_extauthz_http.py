@@ -9,12 +9,14 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import httptools
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2
 
 from meshgate import contract
+from meshgate.extauthz import http as http_module
 from meshgate.extauthz import responses
 from meshgate.extauthz.http import MAX_HEAD_BYTES, HttpCheckServer, to_http
 from meshgate.extauthz.request import CheckInput, Decision, Identity, Target, Unavailable
@@ -262,17 +264,23 @@ def test_keep_alive_answers_each_request_and_counts_them() -> None:
     assert (started, in_flight) == (2, 0)
 
 
-def test_pipelined_answers_keep_request_order() -> None:
+def test_pipelined_answers_keep_request_order(monkeypatch: pytest.MonkeyPatch) -> None:
     second_started = asyncio.Event()
     in_flight_seen: list[int] = []
+    held: list[bool] = []  # a flush ran while the fast answer was done and the slow one was not
+    flush = http_module._Connection._flush
+
+    def recorded(self: Any, done: object = None) -> None:
+        pending = list(self._answers)
+        held.append(len(pending) == 2 and pending[1].done() and not pending[0].done())
+        flush(self, done)
+
+    monkeypatch.setattr(http_module._Connection, "_flush", recorded)
 
     async def reply(req: CheckInput) -> external_auth_pb2.CheckResponse:
         if req.path == "/slow":
-            await second_started.wait()  # done only after the second request is
-            assert check.server is not None
-            server = check.server
-            await eventually(lambda: server.in_flight == 1)  # and after its answer was ready,
-            await asyncio.sleep(0)  # and its flush ran (one loop turn: its done callbacks were queued)
+            await second_started.wait()  # done only after the second request is,
+            await eventually(lambda: any(held))  # and after the fast answer's flush held it back
         else:
             assert check.server is not None
             in_flight_seen.append(check.server.in_flight)
