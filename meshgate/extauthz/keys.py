@@ -6,8 +6,6 @@ skipped: HMAC is accepted only with a shared secret configured on the issuer its
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -20,7 +18,6 @@ from jwt import PyJWK, PyJWKError
 from ..policy.model import SecretRef
 
 __all__ = [
-    "KIDLESS",
     "KeyEntry",
     "KeySet",
     "KeySource",
@@ -90,8 +87,17 @@ class KeySet:
         return cls(entries)
 
     def candidates(self, kid: str | None, alg: str) -> list[KeyEntry]:
-        """Keys that may verify a token with this kid and alg. No kid: every key that fits the alg."""
-        pool = self._by_kid.get(kid, []) if kid is not None else self._keys
+        """Keys that may verify a token with this kid and alg: the keys with that kid, then the keys
+        without one (a token without a kid: every key), each fitting the alg.
+
+        The rule of Envoy's jwt_authn (`source/common/jwt/verify.cc`, `verifyJwtWithoutTimeChecking`:
+        a key is passed over only when both it and the token name a kid and the two differ), so that a
+        policy accepts the same tokens natively as here (docs/native.md): a kid is a hint to find the key
+        (RFC 7515, 4.1.4), the signature is what is verified."""
+        if kid is None:
+            pool: Iterable[KeyEntry] = self._keys
+        else:
+            pool = (*self._by_kid.get(kid, ()), *self._by_kid.get(None, ()))
         return [k for k in pool if k.fits(alg)]
 
     def has_kid(self, kid: str) -> bool:
@@ -118,16 +124,12 @@ def _parse_key(jwk: Any) -> KeyEntry:
     return KeyEntry(kid=str(kid) if kid is not None else None, kty=str(kty), crv=crv, alg=alg, key=parsed.key)
 
 
-KIDLESS = "meshgate-kidless-"
-"""The kid `pinned_jwks` gives a key that has none (+ the SHA-256 of its JSON, 16 hex digits)."""
-
-
 def pinned_jwks(jwks: Mapping[str, Any], algorithms: Iterable[str]) -> list[dict[str, Any]]:
     """The keys of `jwks` as a verifier that only reads a key's `kid` and `alg` (Envoy's jwt_authn) must
     get them to accept exactly what `KeySet.candidates` accepts: one copy of each usable key per
     allowed algorithm it fits, with that `alg` (such a verifier takes any algorithm a key without one
-    can verify), and a kid for a key without one (such a verifier also tries a key without a kid for a
-    token that names another kid; `candidates` does not). Empty: no key fits an allowed algorithm."""
+    can verify, where the issuer allows fewer), its kid as it is (absent stays absent: both try a key
+    without a kid for any token). Empty: no key fits an allowed algorithm."""
     out = []
     for jwk in jwks.get("keys", ()):
         try:
@@ -135,11 +137,9 @@ def pinned_jwks(jwks: Mapping[str, Any], algorithms: Iterable[str]) -> list[dict
         except (PyJWKError, ValueError, TypeError):
             continue  # (KeySet.parse skips it too)
         material = {k: v for k, v in jwk.items() if k not in ("alg", "kid")}
-        kid = entry.kid
-        if kid is None:
-            digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
-            kid = KIDLESS + digest[:16]
-        out += [{**material, "kid": kid, "alg": alg} for alg in algorithms if entry.fits(alg)]
+        if entry.kid is not None:
+            material["kid"] = entry.kid  # (as `_parse_key` reads it: a string)
+        out += [{**material, "alg": alg} for alg in algorithms if entry.fits(alg)]
     return out
 
 

@@ -88,7 +88,12 @@ def verify_token(table: AuthzTable, token: str) -> Verified:
     if kid is not None and not isinstance(kid, str):
         raise TokenError("token_malformed", "kid must be a string")
     keys = _keys_for(issuer, alg, kid)
-    claims = _decode(token, issuer, alg, keys)
+    try:
+        claims = _decode(token, issuer, alg, keys)
+    except TokenError as exc:
+        if exc.code == "token_invalid_signature" and kid is not None:
+            _unknown_kid(issuer, kid)  # (a key without a kid failed a token naming a key not fetched yet)
+        raise
     return issuer, claims
 
 
@@ -121,11 +126,19 @@ def _keys_for(issuer: IssuerEntry, alg: str, kid: str | None) -> list[Any]:
         raise KeysUnavailable(f"keys of issuer {issuer.name} are not loaded yet")
     found: list[KeyEntry] = source.keys.candidates(kid, alg)
     if not found:
-        if kid is not None and not source.keys.has_kid(kid):
-            source.unknown_kid(kid)
+        if kid is not None and _unknown_kid(issuer, kid):
             raise TokenError("token_unknown_kid", f"no key {kid[:64]!r} for issuer {issuer.name}")
         raise TokenError("token_unknown_kid", f"no key of issuer {issuer.name} fits algorithm {alg}")
     return [k.key for k in found]
+
+
+def _unknown_kid(issuer: IssuerEntry, kid: str) -> bool:
+    """Whether no key of `issuer` has `kid`; if so its source is told (a refresher may fetch early)."""
+    source = issuer.keys
+    if source is None or source.keys is None or source.keys.has_kid(kid):
+        return False
+    source.unknown_kid(kid)
+    return True
 
 
 def _decode(token: str, issuer: IssuerEntry, alg: str, keys: list[Any]) -> Mapping[str, Any]:

@@ -155,7 +155,7 @@ def _provider(issuer: Issuer, policy: Policy) -> jwt_pb2.JwtProvider:
 
 def pinned_keys(issuer: Issuer) -> list[dict[str, Any]]:
     """An inline JWKS as jwt_authn must get it to verify only what extauthz verifies (`pinned_jwks`:
-    each key's kid and alg set), or [] (keys Envoy fetches itself; or no key fits an allowed
+    each key's alg set), or [] (keys Envoy fetches itself; or no key fits an allowed
     algorithm): then jwt_authn writes the token's header in the metadata and the decision checks its
     alg, the fast routes too."""
     if issuer.jwks is None:
@@ -263,8 +263,10 @@ def _issuer(issuer: Issuer) -> dict[str, Any]:
         keyset = KeySet.parse(jwks, source=f"issuer {issuer.name} jwks")
         kids = {k["kid"] for k in keys if isinstance(k, Mapping) and isinstance(k.get("kid"), str)}
         for alg in issuer.algorithms:
+            fitting = keyset.candidates(None, alg)
             fits[alg] = {
-                "any": bool(keyset.candidates(None, alg)),
+                "any": bool(fitting),
+                "kidless": any(key.kid is None for key in fitting),  # (tried for a token of any kid)
                 "kids": _set(kid for kid in kids if keyset.candidates(kid, alg)),
             }
     return {

@@ -264,10 +264,10 @@ local function token_failure(token, failed)
   local kid = field(header, "kid")
   local fits = issuer.fits[alg]
   if fits ~= nil then  -- inline keys: meshgate.extauthz.keys.KeySet.candidates, compiled
-    if kid ~= nil and not issuer.kids[kid] then
-      return deny("token_unknown_kid", "no key " .. repr(kid:sub(1, 64)) .. " for issuer " .. issuer.name)
-    end
-    if (kid == nil and not fits.any) or (kid ~= nil and not fits.kids[kid]) then
+    if (kid == nil and not fits.any) or (kid ~= nil and not fits.kids[kid] and not fits.kidless) then
+      if kid ~= nil and not issuer.kids[kid] then
+        return deny("token_unknown_kid", "no key " .. repr(kid:sub(1, 64)) .. " for issuer " .. issuer.name)
+      end
       return deny("token_unknown_kid", "no key of issuer " .. issuer.name .. " fits algorithm " .. alg)
     end
   end

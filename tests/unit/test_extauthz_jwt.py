@@ -205,3 +205,43 @@ def test_unknown_kid_asks_for_a_refetch() -> None:
                      headers={"authorization": f"Bearer {mint(kid='new-key')}"})  # fmt: skip
     assert decide(table, req).code == "token_unknown_kid"
     assert asked == ["new-key"]
+
+
+def _with_kidless_key() -> tuple[list[str], Callable[[str], Decision]]:
+    """The test policy's keys from a jwks_uri, plus an RSA key without a kid (rsa_key("kidless")): the
+    kids the source was told are unknown, and a check against that table."""
+    from jwt.algorithms import RSAAlgorithm
+
+    from meshgate.extauthz.keys import StaticKeys
+    from meshgate.extauthz.table import compile_table
+    from tests.unit.test_extauthz_support import make_policy, public_jwks
+
+    kidless = RSAAlgorithm.to_jwk(rsa_key("kidless").public_key(), as_dict=True)
+    asked: list[str] = []
+    source = StaticKeys("test", {"keys": [*public_jwks()["keys"], kidless]})
+    source.on_unknown_kid = asked.append
+    policy = make_policy(policy_doc(issuer={"jwks_uri": "http://127.0.0.1:1/jwks.json"}))
+    table = compile_table(policy, remote_keys=lambda issuer: source)
+
+    def run(token: str) -> Decision:
+        headers = {"authorization": f"Bearer {token}"}
+        return decide(table, CheckInput(method="POST", path="/v2/models/resnet/infer", headers=headers))
+
+    return asked, run
+
+
+def test_a_key_without_a_kid_verifies_a_token_of_any_kid() -> None:
+    """As Envoy's jwt_authn does (KeySet.candidates): the kid is a hint, the signature decides; a
+    token naming a kid no key has, signed by none of them, fails its signature and asks for a refetch
+    (a key rotated in since), a token naming a known kid tries that key first, then the kidless one."""
+    asked, run = _with_kidless_key()
+    assert run(mint(kid=None, key=rsa_key("kidless"))).allowed
+    assert run(mint(kid="another", key=rsa_key("kidless"))).allowed
+    assert run(mint(kid="rsa-1", key=rsa_key("kidless"))).allowed
+    assert run(mint(kid="rsa-1")).allowed
+    assert asked == []  # (verified: nothing to fetch)
+    refused = run(mint(kid="rotated-in", key=rsa_key("rotated")))
+    assert (refused.code, asked) == ("token_invalid_signature", ["rotated-in"])
+    # the kidless key is RSA: an ES256 token naming an unknown kid has no key to try at all
+    assert run(mint("ES256", kid="ec-9")).code == "token_unknown_kid"
+    assert asked == ["rotated-in", "ec-9"]

@@ -68,7 +68,7 @@ def test_decision_table_grants_and_owners() -> None:
     assert (resnet["owner"], chat["owner"]) == (False, "acme")
     assert table["tenants"]["globex"] == {"tier": "free", "origins": False}
     issuer = table["issuers"]["https://issuer.test"]
-    assert issuer["fits"]["ES256"] == {"any": True, "kids": {"ec-1": True}}
+    assert issuer["fits"]["ES256"] == {"any": True, "kidless": False, "kids": {"ec-1": True}}
     assert issuer["claims"]["tier"] == "tier"
     assert table["delegate_prefixes"] == []  # ext_authz mode: nothing is delegated by the script
 

@@ -18,7 +18,6 @@ from envoy.extensions.http.early_header_mutation.header_mutation.v3 import heade
 from jwt.algorithms import RSAAlgorithm
 
 from meshgate import contract
-from meshgate.extauthz.keys import KIDLESS
 from meshgate.policy import Policy, parse_policy
 from meshgate.xds import compile_snapshot
 from meshgate.xds._fast import (
@@ -251,22 +250,24 @@ def _provider(policy: Policy) -> jwt_pb2.JwtProvider:
     return config.providers["test"]
 
 
-def test_inline_keys_are_pinned_to_the_issuers_algorithms_and_each_has_a_kid() -> None:
-    """jwt_authn takes any algorithm a key without `alg` verifies, and tries a key without `kid` for a
-    token naming another kid; extauthz does neither. So Envoy gets one copy of each key per allowed
-    algorithm it fits, with that alg, and a kid for a key without one: then it needs no header in the
-    metadata, and neither the decision nor the fast routes check the alg."""
+def test_inline_keys_are_pinned_to_the_issuers_algorithms_and_keep_their_kid() -> None:
+    """jwt_authn takes any algorithm a key without `alg` verifies; extauthz only the issuer's. So Envoy
+    gets one copy of each key per allowed algorithm it fits, with that alg, and its kid as it is (a key
+    without one is tried for a token of any kid by both: KeySet.candidates); then it needs no header
+    in the metadata, and neither the decision nor the fast routes check the alg."""
     issuers = copy.deepcopy(policy_doc()["issuers"])
     kidless = RSAAlgorithm.to_jwk(rsa_key("kidless").public_key(), as_dict=True)
     issuers[0]["jwks"]["keys"].append(kidless)
     policy = _policy(issuers=issuers)
     provider = _provider(policy)
     keys = json.loads(provider.local_jwks.inline_string)["keys"]
-    pinned = {(k["kid"] if not k["kid"].startswith(KIDLESS) else KIDLESS, k["alg"]) for k in keys}
+    pinned = {(k.get("kid"), k["alg"]) for k in keys}
     assert pinned == {("rsa-1", "RS256"), ("rsa-1", "PS256"), ("ec-1", "ES256"), ("ed-1", "EdDSA"),
-                      (KIDLESS, "RS256"), (KIDLESS, "PS256")}  # fmt: skip
+                      (None, "RS256"), (None, "PS256")}  # fmt: skip
     assert len(keys) == len(pinned) and provider.header_in_metadata == ""
-    assert decision_table(policy)["issuers"]["https://issuer.test"]["pinned"] is True
+    issuer = decision_table(policy)["issuers"]["https://issuer.test"]
+    assert issuer["pinned"] is True
+    assert issuer["fits"]["RS256"]["kidless"] is True and issuer["fits"]["ES256"]["kidless"] is False
 
 
 def test_keys_envoy_fetches_keep_the_alg_check() -> None:
