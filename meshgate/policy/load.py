@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel, ValidationError
 
+from . import _fields
 from . import model as _model
 from ._checks import cross_check, warnings_of
 from ._yaml import LineMap, load_yaml
@@ -32,14 +33,14 @@ EMPTY_POLICY = (
 )
 
 _PATTERN_HELP = {
-    _model.NAME_PATTERN: (
+    _fields.NAME_PATTERN: (
         "lowercase letters, digits, '-', '_' or '.', starting and ending with a letter or digit, at most 63"
     ),
-    _model.MODEL_NAME_PATTERN: (
+    _fields.MODEL_NAME_PATTERN: (
         "letters, digits, '-', '_' or '.', starting and ending with a letter or digit, at most 128"
     ),
-    _model.GLOB_PATTERN: "letters, digits, '-', '_', '.' and the globs * ? [ ]",
-    _model.HEADER_PATTERN: "a lowercase HTTP header name",
+    _fields.GLOB_PATTERN: "letters, digits, '-', '_', '.' and the globs * ? [ ]",
+    _fields.HEADER_PATTERN: "a lowercase HTTP header name",
     "^[0-9a-f]{64}$": "64 lowercase hex digits (the SHA-256 of the key)",
     "^https?://": "an http:// or https:// URL",
 }
