@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import threading
 from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from meshgate import contract
+from tests.harness.http import QuietHTTPServer
 
 __all__ = ["USAGE_TOKENS", "EchoGRPC", "EchoHTTP"]
 
@@ -62,7 +63,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class EchoHTTP:
     def __init__(self) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.server = QuietHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, name="echo-http", daemon=True)

@@ -3,16 +3,26 @@ OpenAI-style backends). Used as a context manager: the server is shut down and i
 
 from __future__ import annotations
 
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Self
+from typing import Any, Self
 
-__all__ = ["ThreadedHTTP"]
+__all__ = ["QuietHTTPServer", "ThreadedHTTP"]
+
+
+class QuietHTTPServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer that leaves out the traceback of a client that went away (an Envoy stopped
+    with a keep-alive connection open); any other error is printed as usual."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class ThreadedHTTP:
     def __init__(self, handler: type[BaseHTTPRequestHandler], *, name: str) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server = QuietHTTPServer(("127.0.0.1", 0), handler)
         self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, name=name, daemon=True)
 

@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Self
 
 import jwt
@@ -20,6 +20,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from meshgate.extauthz.keys import KeySource
 from meshgate.extauthz.table import AuthzTable, compile_table
 from meshgate.policy import Policy, parse_policy
+from tests.harness.http import QuietHTTPServer
 
 ISSUER = "https://issuer.test"
 AUDIENCE = "meshgate"
@@ -183,7 +184,7 @@ class LateJwks:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
+        self.server = QuietHTTPServer(("127.0.0.1", 0), Handler, bind_and_activate=False)
         self.server.server_bind()  # the port is ours, nothing listens on it yet
         self.port = int(self.server.server_address[1])
         self.url = f"http://127.0.0.1:{self.port}/jwks.json"
