@@ -31,6 +31,8 @@ from urllib.parse import urlsplit
 from opentelemetry import context as otel_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from .clip import clip
+
 __all__ = ["configure", "enabled", "export_settings", "genai_request", "genai_usage", "incoming"]
 
 log = logging.getLogger("meshgate.tracing")
@@ -160,7 +162,10 @@ def genai_request(path: str, target: Any) -> dict[str, str | int]:
     operation = next((name for suffix, name in _OPERATIONS if bare.endswith(suffix)), None)
     if operation is None:
         return {}
-    out: dict[str, str | int] = {"gen_ai.operation.name": operation, "gen_ai.request.model": target.model}
+    out: dict[str, str | int] = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.request.model": clip(target.model),
+    }
     if target.max_tokens is not None:
         out["gen_ai.request.max_tokens"] = target.max_tokens
     return out
@@ -181,5 +186,5 @@ def genai_usage(descriptors: Any) -> dict[str, str | int]:
         attribute = _USAGE.get(entries.get(USAGE_KEY, ""))
         if attribute is not None and d.hits_addend is not None:
             out[attribute] = d.hits_addend
-            out["gen_ai.request.model"] = entries.get("model", "")
+            out["gen_ai.request.model"] = clip(entries.get("model", ""))
     return out

@@ -2,7 +2,8 @@
 
 Every cache has a byte budget (the caches count their own bytes; `meshgate_extauthz_cache_bytes` shows
 them); every client-chosen string that goes into a log line, a span or a denial message is clipped to
-`LOGGED_STRING_BYTES`; error logs a client can cause are rate-limited (`LogLimiter`).
+`LOGGED_STRING_BYTES` (`meshgate.clip`, the one rule of every server); error logs a client can cause
+are rate-limited (`LogLimiter`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+
+from ..clip import LOGGED_STRING_BYTES, clip
 
 __all__ = [
     "DECISION_CACHE_BYTES",
@@ -22,10 +25,6 @@ __all__ = [
     "LogLimiter",
     "clip",
 ]
-
-LOGGED_STRING_BYTES = 256
-"""A client-chosen string (model, version, user, request id, an error's text) is cut to this many bytes
-of UTF-8 in audit lines, spans, log lines and denial messages."""
 
 PATH_MEMO_BYTES = 2 << 20
 """The path -> target memo (read before authentication)."""
@@ -41,19 +40,6 @@ RESPONSE_MEMO_BYTES = 16 << 20
 """The serialized responses of cached decisions, by decision and client x-meshgate-* header names."""
 RESPONSE_ENTRY_BYTES = 16 << 10
 """A response larger than this (many client x-meshgate-* headers) is built for its request only."""
-
-_CUT_MARK = "..."
-
-
-def clip(value: str, limit: int = LOGGED_STRING_BYTES) -> str:
-    """`value` if its UTF-8 is at most `limit` bytes, else its first `limit` bytes (whole characters)
-    followed by "..."."""
-    if len(value) <= limit >> 2:  # at most 4 bytes a character: short strings need no encoding
-        return value
-    raw = value.encode("utf-8", "surrogatepass")
-    if len(raw) <= limit:
-        return value
-    return raw[:limit].decode("utf-8", "ignore") + _CUT_MARK
 
 
 class LogLimiter:

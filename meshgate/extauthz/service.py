@@ -348,7 +348,7 @@ class ExtAuthzService:
                     "meshgate.model": clip(model),
                     "meshgate.decision_id": decision_id,
                     "meshgate.cache_hit": cached,
-                    "http.request.method": req.method,
+                    "http.request.method": clip(req.method),
                     **genai_request(req.path, target),
                 }
             )

@@ -14,6 +14,7 @@ from typing import Any
 
 import jwt
 
+from ..clip import clip
 from .keys import KeyEntry
 from .request import Unavailable
 from .table import AuthzTable, IssuerEntry
@@ -77,7 +78,8 @@ def verify_token(table: AuthzTable, token: str) -> Verified:
         raise TokenError("token_malformed", f"token is not a well-formed JWT: {exc}") from None
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in KNOWN_ALGS:
-        raise TokenError("token_alg_not_allowed", f"algorithm {alg!r} is not accepted")
+        shown = repr(clip(alg)) if isinstance(alg, str) else clip(repr(alg))
+        raise TokenError("token_alg_not_allowed", f"algorithm {shown} is not accepted")
     iss = unverified.get("iss")
     issuer = table.issuers.get(iss) if isinstance(iss, str) else None
     if issuer is None:

@@ -29,7 +29,7 @@ from .decision import (
     limit_header,
 )
 from .keys import counter_base
-from .metrics import RateLimitMetrics
+from .metrics import OVERRIDE_KEY, RateLimitMetrics
 from .model import RateLimitConfig, Rule
 from .store import Slot, Store, StoreResult
 from .usage import usage_hits
@@ -288,13 +288,14 @@ class Limiter:
             return None
         base, tag = counter_base(domain, entries, rule.window)
         # a label made of the request's values falls back to the rule's path without them (metrics.py)
-        label, fallback = rule.full_key, None
-        if descriptor.limit is not None:
-            fallback = ".".join([domain, *(k for k, _ in entries)])
+        label = rule.full_key
+        fallbacks: tuple[str, ...] = ()
+        if descriptor.limit is not None:  # (its keys are the request's too: then a constant)
+            fallbacks = (".".join([domain, *(k for k, _ in entries)]), f"{domain}.{OVERRIDE_KEY}")
         if rule.detailed_metric:
-            label, fallback = ".".join([domain, *(f"{k}_{v}" for k, v in entries)]), rule.full_key
+            label, fallbacks = ".".join([domain, *(f"{k}_{v}" for k, v in entries)]), (rule.full_key,)
         return Target(
-            rule, entries, phase, base, tag, self.metrics.key(domain, label, fallback),
+            rule, entries, phase, base, tag, self.metrics.key(domain, label, *fallbacks),
             window=rule.window,
             limit=rule.requests_per_unit,
             sliding=rule.algorithm == "sliding_window",

@@ -12,7 +12,8 @@ the same numbers as their `total_hits` keys: usage.py).
 
 The per-key counters are themselves bounded (`METRIC_KEYS_BUDGET`): a label made of a request's values
 (detailed_metric, a limit override) longer than `LABEL_MAX` characters, or one more past the budget,
-is counted under the rule's label without the values (`Limiter` hands it in as `fallback`).
+is counted under the rule's label without the values (`Limiter` hands it in as a fallback); a limit
+override's keys are the request's too: past them, `OVERRIDE_KEY`.
 """
 
 from __future__ import annotations
@@ -26,11 +27,21 @@ from prometheus_client.registry import Collector
 
 from .bounds import MIB, Budget, sizeof
 
-__all__ = ["LABEL_MAX", "METRIC_KEYS_BUDGET", "KeyCounters", "Latency", "RateLimitMetrics", "Refusal"]
+__all__ = [
+    "LABEL_MAX",
+    "METRIC_KEYS_BUDGET",
+    "OVERRIDE_KEY",
+    "KeyCounters",
+    "Latency",
+    "RateLimitMetrics",
+    "Refusal",
+]
 
 Refusal = tuple[str, str, str, str]  # domain, quota, tenant, model
 
 LABEL_MAX = 256  # characters of a `key` label made of a request's values
+OVERRIDE_KEY = "limit_override"
+"""The `key` label (after the domain) of a limit override's hits once its own labels are spent."""
 METRIC_KEYS_BUDGET = 4 * MIB
 _KEY_COST = 400  # a KeyCounters, its (domain, key) tuple and dict slot, beside the two strings
 
@@ -97,16 +108,19 @@ class _LabelledCollector(Collector):
     def _families(self) -> tuple[CounterMetricFamily, CounterMetricFamily, CounterMetricFamily]:
         return (
             CounterMetricFamily(
-                "meshgate_ratelimit_refusals", "Requests refused (OVER_LIMIT) by each quota, per tenant and "
-                "model.", labels=("domain", "quota", "tenant", "model"),
+                "meshgate_ratelimit_refusals",
+                "Requests refused (OVER_LIMIT) by each quota, per tenant and model.",
+                labels=("domain", "quota", "tenant", "model"),
             ),
             CounterMetricFamily(
-                "meshgate_ratelimit_usage", "LLM usage the backends reported (chargeback), per kind "
+                "meshgate_ratelimit_usage",
+                "LLM usage the backends reported (chargeback), per kind "
                 "(requests, prompt_tokens, completion_tokens), tenant and model.",
                 labels=("kind", "tenant", "model"),
             ),
             CounterMetricFamily(
-                "meshgate_ratelimit_usage_unreported", "Token quota charges of the admission estimate at "
+                "meshgate_ratelimit_usage_unreported",
+                "Token quota charges of the admission estimate at "
                 "stream end: responses that reported no usage, per quota, tenant and model.",
                 labels=("domain", "quota", "tenant", "model"),
             ),
@@ -163,15 +177,24 @@ class _BudgetCollector(Collector):
         self._budgets = budgets
 
     def collect(self) -> Iterator[Metric]:
-        held = GaugeMetricFamily("meshgate_ratelimit_cache_bytes", "Estimated bytes a rate limit cache "
-                                 "(or the memory store's counters) holds.", labels=("cache",))
-        limit = GaugeMetricFamily("meshgate_ratelimit_cache_limit_bytes", "Byte budget of a rate limit "
-                                  "cache.", labels=("cache",))
-        clears = CounterMetricFamily("meshgate_ratelimit_cache_clears", "Times a rate limit cache was "
-                                     "emptied to stay within its budget.", labels=("cache",))
+        held = GaugeMetricFamily(
+            "meshgate_ratelimit_cache_bytes",
+            "Estimated bytes a rate limit cache (or the memory store's counters) holds.",
+            labels=("cache",),
+        )
+        limit = GaugeMetricFamily(
+            "meshgate_ratelimit_cache_limit_bytes", "Byte budget of a rate limit cache.", labels=("cache",)
+        )
+        clears = CounterMetricFamily(
+            "meshgate_ratelimit_cache_clears",
+            "Times a rate limit cache was emptied to stay within its budget.",
+            labels=("cache",),
+        )
         oversized = CounterMetricFamily(
-            "meshgate_ratelimit_cache_oversized", "Entries not kept: larger than a cache's entry limit, "
-            "or (counters) past the memory store's budget.", labels=("cache",),
+            "meshgate_ratelimit_cache_oversized",
+            "Entries not kept: larger than a cache's entry limit, "
+            "or (counters) past the memory store's budget.",
+            labels=("cache",),
         )
         for name, budget in sorted(self._budgets.items()):
             held.add_metric((name,), budget.used)
@@ -199,15 +222,20 @@ class RateLimitMetrics:
             registry.register(_BudgetCollector(self.budgets))
             registry.register(_LabelledCollector(self.refusals, self._usage, self.unreported))
         self.store_errors = Counter(
-            "meshgate_ratelimit_store_errors", "Store calls that failed (answered UNAVAILABLE).", ["store"],
+            "meshgate_ratelimit_store_errors",
+            "Store calls that failed (answered UNAVAILABLE).",
+            ["store"],
             registry=registry,
         )
         self.config_loads = Counter(
-            "meshgate_ratelimit_config_loads", "Rate limit config loads by result (ok, invalid).", ["result"],
+            "meshgate_ratelimit_config_loads",
+            "Rate limit config loads by result (ok, invalid).",
+            ["result"],
             registry=registry,
         )
         self.latency = Latency(
-            "meshgate_ratelimit_should_rate_limit_seconds", "ShouldRateLimit latency, store included.",
+            "meshgate_ratelimit_should_rate_limit_seconds",
+            "ShouldRateLimit latency, store included.",
             _LATENCY_BUCKETS,
         )
         if registry is not None:
@@ -223,19 +251,21 @@ class RateLimitMetrics:
         meshgate_ratelimit_usage_total{kind, tenant, model}. Names the policy declares only (usage.py)."""
         self._usage.setdefault((kind, tenant, model), counters)
 
-    def key(self, domain: str, key: str, fallback: str | None = None) -> KeyCounters:
+    def key(self, domain: str, key: str, *fallbacks: str | None) -> KeyCounters:
         """The counters of (domain, key), created on first use. Keys come from the config, except those
-        made of a request's values (`detailed_metric`, a limit override: they pass `fallback`, the
-        label without the values), which are bounded: a long one, or a new one once the keys' budget
-        is spent, is counted under `fallback`. Keys are never dropped (counters only go up)."""
+        made of a request's values (`detailed_metric`, a limit override: they pass `fallbacks`, labels
+        with less of the request in them, the last one the config's or a constant), which are bounded:
+        a long one, or a new one once the keys' budget is spent, is counted under the next fallback.
+        Keys are never dropped (counters only go up)."""
         found = self._keys.get((domain, key))
         if found is not None:
             return found
+        fallback, *rest = fallbacks or (None,)
         if fallback is not None and fallback != key:
             if len(key) > LABEL_MAX:
                 self._keys_budget.oversized += 1
-                return self.key(domain, fallback)
+                return self.key(domain, fallback, *rest)
             if not self._keys_budget.take(_KEY_COST + sizeof(domain) + sizeof(key)):
-                return self.key(domain, fallback)
+                return self.key(domain, fallback, *rest)
         found = self._keys[(domain, key)] = KeyCounters()
         return found

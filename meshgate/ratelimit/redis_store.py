@@ -34,7 +34,7 @@ import math
 import time
 from collections.abc import Sequence
 from typing import Any, cast
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -118,13 +118,18 @@ return #KEYS
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for logs and reprs."""
+    """The URL without its password, for logs and reprs: in the user info (`redis://u:pw@host`) or in
+    the query (`?password=pw`, which redis-py also reads)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        url = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(k.lower() == "password" for k, _ in query):
+        hidden = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in query], safe="*")
+        head = url.partition("?")[0]
+        url = f"{head}?{hidden}" + (f"#{parts.fragment}" if parts.fragment else "")
+    return url
 
 
 def _client(url: str, timeout: float) -> Any:

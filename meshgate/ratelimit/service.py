@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped,u
 from prometheus_client import CollectorRegistry
 
 from .. import contract
+from ..clip import clip
 from ..policy.model import Policy
 from ..policy.store import Commit, Rejection
 from ..tracing import genai_usage, incoming
@@ -172,7 +173,7 @@ class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):  # type: ignore[
         if span.is_recording():
             refused = [s.name for s in decision.statuses if s.over_limit]
             span.set_attributes({
-                "meshgate.ratelimit.domain": entry.request.domain,
+                "meshgate.ratelimit.domain": clip(entry.request.domain),
                 "meshgate.ratelimit.descriptors": len(entry.request.descriptors),
                 "meshgate.ratelimit.code": "OVER_LIMIT" if decision.over_limit else "OK",
                 "meshgate.quota": refused[0] if refused else "",

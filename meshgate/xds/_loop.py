@@ -10,6 +10,7 @@ from typing import Protocol, TypeVar
 from google.protobuf.message import Message  # type: ignore[import-untyped]
 
 from ._stream import Step, Stream
+from ._types import ORDER
 from .cache import SnapshotCache
 from .status import StatusBoard
 
@@ -69,6 +70,8 @@ async def run_stream(
         async for request in requests:
             if not streams:
                 streams.append(open_stream(handler.node_of(request)))
+            if request.type_url not in ORDER:
+                continue  # (a type meshgate does not serve: never answered, so no state kept for it)
             handler.on_request(streams[0], request)
             wake.set()
 

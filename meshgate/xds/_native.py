@@ -34,6 +34,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.type.matcher.v3 import metadata_pb2, value_pb2
 
 from meshgate import contract
+from meshgate.clip import LOGGED_STRING_BYTES
 from meshgate.policy.model import Issuer, Policy
 
 from . import _names
@@ -190,7 +191,6 @@ def _guard() -> rbac_pb2.RBAC:
 def decision_table(policy: Policy) -> dict[str, Any]:
     """Everything native.lua reads, from the same sources as extauthz's table (`P` in the script)."""
     # (imported here: importing meshgate.extauthz loads tritonclient, which `meshgate models` avoids)
-    from meshgate.extauthz.bounds import LOGGED_STRING_BYTES
     from meshgate.extauthz.core import MAX_USER_CHARS
     from meshgate.extauthz.request import CODES
     from meshgate.extauthz.responses import OPENAI_ERROR_TYPES

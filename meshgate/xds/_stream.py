@@ -18,18 +18,35 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..clip import clip
 from ._types import CLUSTER, ENDPOINT, LISTENER, ORDER, ROUTE, ROUTING, WARMING, short
+from ._wire import Malformed
 from .cache import SnapshotCache
 from .snapshot import Resource, Snapshot, type_version
 from .status import NodeStatus
 
-__all__ = ["Step", "Stream", "TypeState"]
+__all__ = ["MAX_NAMES", "MAX_NAME_BYTES", "Step", "Stream", "TooManyNames", "TypeState"]
 
 log = logging.getLogger("meshgate.xds")
 
 _WILDCARD_TYPES = (LISTENER, CLUSTER)
+MAX_NAMES = 65_536
+"""Names a stream may subscribe to, per type (a gateway of 1,000 models asks for a few thousand)."""
+MAX_NAME_BYTES = 4 << 20
+"""Bytes of those names, per type. A delta stream adds names request after request: past either bound
+the stream ends (INVALID_ARGUMENT), as it would on a malformed request."""
+
+
 _STAGES = (WARMING, ROUTING, WARMING)
 _nonces = itertools.count(1)
+
+
+class TooManyNames(Malformed):
+    """A subscription past MAX_NAMES or MAX_NAME_BYTES."""
+
+    def __init__(self, type_url: str) -> None:
+        limits = f"{MAX_NAMES} {short(type_url)} names or {MAX_NAME_BYTES} bytes of them"
+        Exception.__init__(self, f"subscribes to more than {limits}")
 
 
 @dataclass
@@ -61,6 +78,7 @@ class TypeState:
             self.wildcard = False
         self.names = names - {"*"}
         self._forget_unwanted()
+        self._bounded()
 
     def change(self, subscribe: set[str], unsubscribe: set[str], *, first: bool) -> None:
         """Delta: add and remove names."""
@@ -73,6 +91,12 @@ class TypeState:
         self.names |= subscribe - {"*"}
         self.names -= unsubscribe
         self._forget_unwanted()
+        if subscribe:
+            self._bounded()
+
+    def _bounded(self) -> None:
+        if len(self.names) > MAX_NAMES or sum(map(len, self.names)) > MAX_NAME_BYTES:
+            raise TooManyNames(self.type_url)
 
     def _forget_unwanted(self) -> None:
         if not self.wildcard:
@@ -141,15 +165,16 @@ class Stream:
         self.status.acked(st.type_url, st.version)
 
     def _nack(self, st: TypeState, error: str) -> None:
+        error, node = clip(error), clip(self.node)  # (the proxy's words: bounded wherever they go)
         st.nacked.add(st.version)
         st.error = error
-        log.warning("%s NACKed %s version %s: %s", self.node, short(st.type_url), st.version, error)
+        log.warning("%s NACKed %s version %s: %s", node, short(st.type_url), st.version, error)
         self.status.nacked(st.type_url, st.version, error)
         self._on_nack(st.type_url)
         st.sent, st.held, st.version = dict(st.acked), dict(st.acked_held), st.acked_version
         if st.inflight is not None:  # the snapshot that response belonged to (maybe no longer the target)
             self.halted = st.inflight is self.target
-            self.cache.reject(st.inflight, f"{self.node} NACKed {short(st.type_url)}: {error}")
+            self.cache.reject(st.inflight, f"{node} NACKed {short(st.type_url)}: {error}")
 
     # --- responses ----------------------------------------------------------------------------
     def plan(self) -> list[Step]:

@@ -86,7 +86,7 @@ local function json_string(s)  -- as Python's json.dumps writes it (ensure_ascii
   return table.concat(out)
 end
 
-local function clip(s)  -- meshgate.extauthz.bounds.clip: at most P.clip bytes (whole characters) + "..."
+local function clip(s)  -- meshgate.clip.clip: at most P.clip bytes (whole characters) + "..."
   if #s <= P.clip then return s end
   local cut = P.clip
   while cut > 0 and s:byte(cut + 1) ~= nil and s:byte(cut + 1) >= 0x80 and s:byte(cut + 1) < 0xC0 do
@@ -254,7 +254,7 @@ local function token_failure(token, failed)
   end
   local alg = field(header, "alg")
   if alg == nil or not P.algorithms[alg] then
-    return deny("token_alg_not_allowed", "algorithm " .. (alg and repr(alg) or "None") .. " is not accepted")
+    return deny("token_alg_not_allowed", "algorithm " .. (alg and repr(clip(alg)) or "None") .. " is not accepted")
   end
   local issuer = P.issuers[field(payload, "iss") or ""]
   if issuer == nil then return deny("token_unknown_issuer", "token issuer is not trusted") end

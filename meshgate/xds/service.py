@@ -17,6 +17,7 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 from prometheus_client import CollectorRegistry
 
+from meshgate.clip import clip
 from meshgate.models import EndpointHealth, EndpointKey, Readiness
 from meshgate.policy.model import Policy
 from meshgate.tracing import incoming
@@ -377,7 +378,7 @@ async def _pushes(
     async for response in responses:
         span = tracer.start_span("xds.push", context=parent, kind=trace.SpanKind.PRODUCER)
         span.set_attributes({
-            "meshgate.xds.node": node.id,
+            "meshgate.xds.node": clip(node.id),
             "meshgate.xds.protocol": protocol,
             "meshgate.xds.type": short(response.type_url),
             "meshgate.xds.version": response.system_version_info if protocol == "delta"

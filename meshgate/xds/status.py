@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..clip import clip
 from ._types import short
 
 __all__ = ["NodeStatus", "StatusBoard"]
@@ -50,7 +51,7 @@ class NodeStatus:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "node": self.node,
+            "node": clip(self.node),
             "protocol": self.protocol,
             "connected_at": self.connected_at,
             "types": {short(t): vars(entry).copy() for t, entry in sorted(self.types.items())},

@@ -210,6 +210,11 @@ def test_stopped_redis_is_unavailable_within_the_timeout_then_recovers(redis_ser
 def test_password_is_redacted() -> None:
     assert redact("redis://:s3cret@host:6379/0") == "redis://:***@host:6379/0"
     assert "s3cret" not in repr(RedisStore("redis://u:s3cret@127.0.0.1:1/0"))
+    # redis-py also reads a password from the query: hidden there too, the rest of the URL kept
+    assert redact("redis://host:6379/0?db=2&password=s3cret") == "redis://host:6379/0?db=2&password=***"
+    assert redact("unix:///run/redis.sock?Password=s3cret#x") == "unix:///run/redis.sock?Password=***#x"
+    assert redact("unix:///run/redis.sock?db=1") == "unix:///run/redis.sock?db=1"
+    assert "s3cret" not in repr(RedisStore("redis://127.0.0.1:1/0?password=s3cret"))
 
 
 def test_urls_pick_single_sentinel_or_cluster() -> None:

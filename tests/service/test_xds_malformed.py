@@ -21,7 +21,8 @@ from meshgate.admin import AdminService
 from meshgate.health import Health
 from meshgate.policy.store import PolicyStore
 from meshgate.xds import XdsService
-from meshgate.xds._types import CLUSTER
+from meshgate.xds._stream import MAX_NAMES
+from meshgate.xds._types import CLUSTER, ENDPOINT
 from meshgate.xds._wire import LogThrottle
 from tests.harness.procs import eventually
 from tests.service.test_xds_ads import BARE, snap
@@ -136,6 +137,56 @@ def test_a_bad_message_mid_stream_ends_only_that_stream(
                 response_deserializer=admin_pb2.Status.FromString,
             )
             assert (await status(admin_pb2.GetStatusRequest(), timeout=10.0)).policy_generation == 0
+
+    caplog.set_level(logging.INFO)
+    asyncio.run(scenario())
+    no_error_logged(caplog)
+
+
+def test_unserved_types_keep_no_state_and_too_many_names_end_the_stream(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A delta stream asking for 1,000 types meshgate does not serve keeps no state for them (each would
+    stay for the stream's life); one subscribing to more than MAX_NAMES names ends INVALID_ARGUMENT,
+    and the server answers the next stream as before."""
+
+    async def scenario() -> None:
+        served = Served(tmp_path)
+        async with served as channel:
+            node = base_pb2.Node(id="gw-types")
+            queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+            async def requests(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
+                while (item := await queue.get()) is not None:
+                    yield item
+
+            def delta(type_url: str, names: list[str] | None = None) -> bytes:
+                request = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, node=node)
+                request.resource_names_subscribe.extend(names or [])
+                return bytes(request.SerializeToString())
+
+            call = channel.stream_stream(ADS + "DeltaAggregatedResources")(requests(queue), timeout=10.0)
+            for i in range(1000):
+                queue.put_nowait(delta(f"type.googleapis.com/example.Unserved{i}"))
+            queue.put_nowait(delta(CLUSTER))
+            first = discovery_pb2.DeltaDiscoveryResponse.FromString(await call.read())
+            assert first.type_url == CLUSTER and first.resources
+            [status] = served.xds.board.streams()
+            assert status.stream is not None and set(status.stream.types) == {CLUSTER}
+            queue.put_nowait(delta(ENDPOINT, [f"c{i}" for i in range(MAX_NAMES + 1)]))
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await call.read()
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert (
+                raised.value.details()
+                == f"subscribes to more than {MAX_NAMES} ClusterLoadAssignment names or 4194304 bytes of them"
+            )
+            await eventually(lambda: served.xds.client_status() == [])
+            second: asyncio.Queue[bytes | None] = asyncio.Queue()
+            again = channel.stream_stream(ADS + "DeltaAggregatedResources")(requests(second), timeout=10.0)
+            second.put_nowait(delta(CLUSTER))
+            assert discovery_pb2.DeltaDiscoveryResponse.FromString(await again.read()).resources
+            second.put_nowait(None)
 
     caplog.set_level(logging.INFO)
     asyncio.run(scenario())

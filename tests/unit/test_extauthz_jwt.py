@@ -88,6 +88,11 @@ def _non_json_header() -> str:
 ATTACKS: list[tuple[str, Callable[[], str], str]] = [
     ("alg none", _alg_none, "token_alg_not_allowed"),
     ("alg None spelled differently", lambda: forge({"alg": "None"}, claims()), "token_alg_not_allowed"),
+    (
+        "alg unknown and long",
+        lambda: forge({"alg": "RS256" * 400, "kid": "rsa-1"}, claims()),
+        "token_alg_not_allowed",
+    ),
     ("RS256 token re-signed as HS256 with the public key", _hs256_with_public_key, "token_alg_not_allowed"),
     ("expired", lambda: mint(exp=int(time.time()) - 60, iat=int(time.time()) - 120), "token_expired"),
     ("nbf in the future", lambda: mint(nbf=int(time.time()) + 600), "token_not_yet_valid"),
@@ -115,6 +120,15 @@ def test_attack_is_refused(name: str, make: Callable[[], str], code: str) -> Non
     assert decision.status == 401
     assert decision.code == code, decision.message
     assert decision.identity is None
+
+
+def test_a_client_chosen_alg_is_clipped_in_the_message() -> None:
+    """The message quotes the token's alg: at most LOGGED_STRING_BYTES of it (meshgate.clip)."""
+    from meshgate.clip import LOGGED_STRING_BYTES
+
+    decision = check(forge({"alg": "RS256" * 400, "kid": "rsa-1"}, claims()))
+    assert decision.code == "token_alg_not_allowed" and "RS256RS256" in decision.message
+    assert len(decision.message) < LOGGED_STRING_BYTES + 40
 
 
 def test_jku_and_x5u_are_ignored_on_a_good_token() -> None:

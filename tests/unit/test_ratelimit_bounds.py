@@ -15,7 +15,7 @@ from meshgate.ratelimit import Descriptor, Limiter, MemoryStore, Request, StoreU
 from meshgate.ratelimit.bounds import Budget, request_bytes
 from meshgate.ratelimit.config import parse_config
 from meshgate.ratelimit.keys import BODY_MAX, TAG_MAX, counter_base
-from meshgate.ratelimit.metrics import LABEL_MAX, RateLimitMetrics
+from meshgate.ratelimit.metrics import LABEL_MAX, OVERRIDE_KEY, RateLimitMetrics
 from meshgate.ratelimit.model import RateLimitConfig
 from meshgate.ratelimit.service import to_request
 from meshgate.ratelimit.store import Slot, StoreFull
@@ -105,6 +105,28 @@ def test_metric_labels_made_of_request_values_are_bounded() -> None:
     asyncio.run(main())
     assert set(metrics._keys) == {("d", "d.v_short"), ("d", "d.v")}
     assert metrics._keys[("d", "d.v")].total == 2 and metrics._keys_budget.oversized == 2
+
+
+def test_a_limit_overrides_labels_are_bounded_too() -> None:
+    """A limit override's label is made of the request's keys and values, its fallback of its keys:
+    both the client's. A long one, and new ones past the budget, end under `<domain>.OVERRIDE_KEY`."""
+    domain, tree = parse_config("domain: d\ndescriptors: [{key: v}]", "d.yaml")
+    metrics = RateLimitMetrics(None)
+    limiter = Limiter(MemoryStore(), config=RateLimitConfig({domain: tree}), metrics=metrics)
+
+    def override(key: str) -> Request:
+        return Request("d", (Descriptor(((key, "1"),), limit=(9, "hour")),))
+
+    async def main() -> None:
+        await limiter.decide(override("k"))  # its own label
+        await limiter.decide(override("k" * LABEL_MAX))  # label too long: its keys' label is too
+        metrics._keys_budget.limit = metrics._keys_budget.used  # spent: new labels fold
+        for i in range(50):
+            await limiter.decide(override(f"key{i}"))
+
+    asyncio.run(main())
+    assert set(metrics._keys) == {("d", "d.k_1"), ("d", f"d.{OVERRIDE_KEY}")}
+    assert metrics._keys[("d", f"d.{OVERRIDE_KEY}")].total == 51
 
 
 def slot(key: str, *, expires: int = 60, hits: int = 1) -> Slot:

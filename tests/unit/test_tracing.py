@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from meshgate import contract
+from meshgate.clip import clip
 from meshgate.extauthz.request import Target
 from meshgate.ratelimit.decision import Descriptor
 from meshgate.tracing import configure, enabled, export_settings, genai_request, genai_usage, incoming
@@ -81,7 +82,10 @@ def test_the_calls_metadata_comes_before_the_request_headers() -> None:
     parent = incoming([("traceparent", TRACEPARENT), ("x-other", "1")], {"traceparent": other})
     assert parent is not None
     span = trace.get_current_span(parent).get_span_context()
-    assert (f"{span.trace_id:032x}", f"{span.span_id:016x}") == ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
+    assert (f"{span.trace_id:032x}", f"{span.span_id:016x}") == (
+        "0af7651916cd43dd8448eb211c80319c",
+        "b7ad6b7169203331",
+    )
     from_headers = trace.get_current_span(incoming([], {"traceparent": other})).get_span_context()
     assert f"{from_headers.trace_id:032x}" == "1" * 32
     assert incoming(None, {}) is None and incoming([("x", "y")]) is None
@@ -90,15 +94,33 @@ def test_the_calls_metadata_comes_before_the_request_headers() -> None:
 def test_genai_attributes_of_openai_calls_only() -> None:
     chat = Target(kind="model", model="zen-chat", max_tokens=5)
     assert genai_request("/v1/chat/completions", chat) == {
-        "gen_ai.operation.name": "chat", "gen_ai.request.model": "zen-chat", "gen_ai.request.max_tokens": 5}
-    assert genai_request("/openai/v1/embeddings?x=1", Target(kind="model", model="e"))["gen_ai.operation.name"] == "embeddings"
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": "zen-chat",
+        "gen_ai.request.max_tokens": 5,
+    }
+    assert (
+        genai_request("/openai/v1/embeddings?x=1", Target(kind="model", model="e"))["gen_ai.operation.name"]
+        == "embeddings"
+    )
     assert genai_request("/v2/models/demo/infer", Target(kind="model", model="demo")) == {}  # not an LLM call
     assert genai_request("/v1/models", Target(kind="models")) == {}
-    usage = [Descriptor((("meshgate.usage", "prompt_tokens"), ("tenant", "a"), ("model", "m")), None, 7),
-             Descriptor((("meshgate.usage", "completion_tokens"), ("tenant", "a"), ("model", "m")), None, 3),
-             Descriptor((("quota", "q"), ("tenant", "a")), None, 1)]
+    usage = [
+        Descriptor((("meshgate.usage", "prompt_tokens"), ("tenant", "a"), ("model", "m")), None, 7),
+        Descriptor((("meshgate.usage", "completion_tokens"), ("tenant", "a"), ("model", "m")), None, 3),
+        Descriptor((("quota", "q"), ("tenant", "a")), None, 1),
+    ]
     assert genai_usage(usage) == {
-        "gen_ai.usage.input_tokens": 7, "gen_ai.usage.output_tokens": 3, "gen_ai.request.model": "m"}
+        "gen_ai.usage.input_tokens": 7,
+        "gen_ai.usage.output_tokens": 3,
+        "gen_ai.request.model": "m",
+    }
+    # the model is the client's (a body, a descriptor): clipped as every logged client string
+    huge = "m" * 100_000
+    assert genai_request("/v1/chat/completions", Target(kind="model", model=huge))[
+        "gen_ai.request.model"
+    ] == clip(huge)
+    usage = [Descriptor((("meshgate.usage", "prompt_tokens"), ("tenant", "a"), ("model", huge)), None, 7)]
+    assert genai_usage(usage)["gen_ai.request.model"] == clip(huge) and len(clip(huge)) < 300
 
 
 def _stream_end(route: Any) -> list[list[tuple[str, str]]]:
@@ -155,5 +177,7 @@ def test_the_rate_limiter_reads_the_carried_trace_and_counts_nothing_for_it() ->
     span = trace.get_current_span(_carried_trace(pb.SerializeToString())).get_span_context()
     assert (f"{span.trace_id:032x}", f"{span.span_id:016x}") == (
         "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")  # fmt: skip
-    assert _carried_trace(rls_pb2.RateLimitRequest(domain="d", descriptors=[usage]).SerializeToString()) is None
+    assert (
+        _carried_trace(rls_pb2.RateLimitRequest(domain="d", descriptors=[usage]).SerializeToString()) is None
+    )
     assert _carried_trace(b"\xff\xff" + contract.TRACE_KEY.encode()) is None  # not a message: no trace

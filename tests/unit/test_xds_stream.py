@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 
+from meshgate.clip import LOGGED_STRING_BYTES, clip
 from meshgate.xds import CompileOptions, Snapshot, SnapshotCache, compile_snapshot
-from meshgate.xds._stream import Step, Stream
+from meshgate.xds._stream import MAX_NAMES, Step, Stream, TooManyNames
 from meshgate.xds._types import CLUSTER, ENDPOINT, LISTENER, ROUTE, short
 from meshgate.xds.delta import DeltaHandler
 from meshgate.xds.sotw import SotwHandler
@@ -113,6 +117,45 @@ def test_nack_reverts_halts_and_is_never_resent() -> None:
     assert h.cache.serving() is first
     assert h.plan() == []  # Envoy still has first's routes: nothing to send, bad is not resent
     assert h.stream.types[ROUTE].sent == {"meshgate_routes": first[ROUTE]["meshgate_routes"].version}
+
+
+def test_a_proxys_words_are_clipped_in_logs_and_status(caplog: pytest.LogCaptureFixture) -> None:
+    """A NACK's error message and the node id are the proxy's: at most LOGGED_STRING_BYTES of each in
+    the log lines, the stream's state and the status report."""
+    first = snap({"v1": 90, "v2": 10})
+    h = Harness(first)
+    h.stream.node = h.stream.status.node = "n" * 100_000
+    boot(h)
+    h.cache.publish(snap({"v1": 10, "v2": 90}))
+    [rds] = h.plan()
+    caplog.set_level(logging.INFO)
+    h.request(ROUTE, ["meshgate_routes"], nonce=rds.nonce, error="e" * 100_000)
+    assert h.nacks == [ROUTE] and h.stream.types[ROUTE].error == clip("e" * 100_000)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and all(len(line) < 3 * LOGGED_STRING_BYTES for line in lines)  # NACK, rejected
+    shown = h.stream.status.as_dict()
+    assert shown["node"] == clip("n" * 100_000) and shown["types"]["RouteConfiguration"]["error"] == clip(
+        "e" * 100_000
+    )
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_a_subscription_past_the_bounds_ends_the_stream(delta: bool) -> None:
+    """Past MAX_NAMES names, or MAX_NAME_BYTES bytes of names, of one type: TooManyNames (the servicer
+    ends the stream INVALID_ARGUMENT). A delta stream adds names request after request."""
+    h = Harness(snap({"v1": 100}), delta=delta)
+    h.request(ENDPOINT, [f"c{i}" for i in range(MAX_NAMES)])
+    if delta:
+        with pytest.raises(TooManyNames, match="more than 65536 ClusterLoadAssignment names"):
+            h.request(ENDPOINT, ["one-more"])
+    else:
+        with pytest.raises(TooManyNames):
+            h.request(ENDPOINT, [f"c{i}" for i in range(MAX_NAMES + 1)])
+    big = "x" * (1 << 20)
+    h = Harness(snap({"v1": 100}), delta=delta)
+    h.request(ENDPOINT, [f"{i}{big}" for i in range(3)])
+    with pytest.raises(TooManyNames):
+        h.request(ENDPOINT, [f"{i}{big}" for i in range(5)])
 
 
 def test_stale_nonce_is_not_an_ack() -> None:
