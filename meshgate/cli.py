@@ -17,13 +17,13 @@ __all__ = ["main"]
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .policy import PolicyError, load_policy, policy_warnings
+    from .policy import PolicyError
+    from .policy.load import load_policy_and_warnings
 
     failed = False
     for path in args.files:
         try:
-            policy = load_policy(path)
-            warnings = policy_warnings(path)
+            policy, warnings = load_policy_and_warnings(path)  # one read, one parse
         except PolicyError as exc:
             failed = True
             for issue in exc.issues:

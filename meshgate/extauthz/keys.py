@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jwt import PyJWK, PyJWKError
+from jwt import PyJWK, PyJWTError
 
 from ..policy.model import SecretRef
 
@@ -80,7 +80,7 @@ class KeySet:
         for i, jwk in enumerate(raw):
             try:
                 entries.append(_parse_key(jwk))
-            except (PyJWKError, ValueError, TypeError) as exc:
+            except (PyJWTError, ValueError, TypeError) as exc:  # (PyJWKError, InvalidKeyError...)
                 log.warning("%s: key %d skipped: %s", source, i, exc)
         if not entries:
             raise ValueError(f"{source}: no usable signing key (RSA, EC P-256/P-384 or Ed25519)")
@@ -134,7 +134,7 @@ def pinned_jwks(jwks: Mapping[str, Any], algorithms: Iterable[str]) -> list[dict
     for jwk in jwks.get("keys", ()):
         try:
             entry = _parse_key(jwk)
-        except (PyJWKError, ValueError, TypeError):
+        except (PyJWTError, ValueError, TypeError):
             continue  # (KeySet.parse skips it too)
         material = {k: v for k, v in jwk.items() if k not in ("alg", "kid")}
         if entry.kid is not None:

@@ -21,11 +21,12 @@ C-speed encodes of the text, no loop over its characters in Python. Token ids gi
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TokenCounter", "estimate_tokens", "prompt_texts"]
+__all__ = ["MAX_TOKENIZER_BYTES", "TokenCounter", "estimate_tokens", "prompt_texts"]
 
 # weights in twentieths of a token per character, by UTF-8 length (see the table above)
 _W1, _W2, _W3, _W4 = 5, 12, 20, 50
@@ -69,6 +70,10 @@ def prompt_texts(doc: dict[str, Any]) -> tuple[list[str], int]:
     return texts, ids
 
 
+MAX_TOKENIZER_BYTES = 64 << 20
+"""The largest `tokenizer.json` read (Hugging Face's are up to ~35 MB)."""
+
+
 class TokenCounter:
     """A model's own tokenizer (a Hugging Face `tokenizer.json`, read with the `tokenizers` library).
     Counts the prompt's text without special tokens or the chat template: a chat request's real prompt
@@ -77,6 +82,13 @@ class TokenCounter:
     def __init__(self, path: str) -> None:
         from tokenizers import Tokenizer  # imported only by policies that name a tokenizer
 
+        try:  # (a device or a FIFO would be read without end: a regular file of a bounded size only)
+            info = Path(path).stat()
+        except OSError as exc:
+            raise ValueError(f"cannot read tokenizer {path!r}: {exc.strerror}") from None
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_TOKENIZER_BYTES:
+            limit = f"{MAX_TOKENIZER_BYTES >> 20} MiB"
+            raise ValueError(f"cannot read tokenizer {path!r}: not a regular file of at most {limit}")
         try:
             self._tokenizer = Tokenizer.from_file(str(Path(path)))
         except Exception as exc:  # the library raises a bare Exception for a missing or bad file

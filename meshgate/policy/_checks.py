@@ -5,11 +5,12 @@ Each check yields (field path, message); `load.py` turns paths into file:line.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, cast
 
 from .. import contract
+from ._fields import UINT32_MAX
 from .errors import Path
 from .model import Model, Policy
 from .native import _USE_AUTO, native_gaps
@@ -27,6 +28,7 @@ def cross_check(policy: Policy) -> list[tuple[Path, str]]:
         _roles,
         _models,
         _quotas,
+        _inline_keys,
         _llm_fields,
         _token_quotas,
         _enforcement,
@@ -42,7 +44,25 @@ def warnings_of(policy: Policy) -> list[tuple[Path, str]]:
         if quota.unit == "tokens":
             counted = [m for m in policy.models if m.name in plan.models[quota.name]]
             found += _below_one_request(policy, i, counted)
+    found += _timeouts(policy)
     return found
+
+
+def _timeouts(p: Policy) -> Found:
+    """A duration longer than the one that bounds it: valid, but it never takes effect."""
+    for i, model in enumerate(p.models):
+        per_try = model.retries.per_try_timeout
+        if per_try is not None and per_try > model.timeout:
+            yield ("models", i, "retries", "per_try_timeout"), (
+                f"a try's timeout ({per_try:g}s) is longer than the route's ({model.timeout:g}s), which ends "
+                "the request first"
+            )
+        probe = model.health_check
+        if probe.enabled and probe.timeout > probe.interval:
+            yield ("models", i, "health_check", "timeout"), (
+                f"a probe's timeout ({probe.timeout:g}s) is longer than the time between probes "
+                f"({probe.interval:g}s)"
+            )
 
 
 def _enforcement(p: Policy) -> Found:
@@ -173,11 +193,35 @@ def _weights(model: Model, at: Path) -> Found:
             yield (*at, "versions"), f"version weights must add up to 100, got {total} ({parts})"
 
 
+def _inline_keys(p: Policy) -> Found:
+    """An inline `jwks` must hold a key extauthz can use (the same parse, KeySet.parse)."""
+    inline = [(i, issuer) for i, issuer in enumerate(p.issuers) if issuer.jwks is not None]
+    if not inline:
+        return
+    from ..extauthz.keys import KeySet  # (imported only here: meshgate.extauthz is slow to import)
+    from ..extauthz.table import plain
+
+    for i, issuer in inline:
+        try:
+            KeySet.parse(cast(Mapping[str, Any], plain(issuer.jwks)), source=f"issuer {issuer.name} jwks")
+        except ValueError as exc:
+            yield ("issuers", i, "jwks"), str(exc)
+
+
 def _quotas(p: Policy) -> Found:
     for i, quota in enumerate(p.quotas):
         for j, pattern in enumerate(quota.models):
             if pattern != "*" and not _match_models(p, pattern):
                 yield ("quotas", i, "models", j), f"{pattern!r} matches no model"
+        counted = [t for t in p.tenants if quota.name in t.quotas] if "tenant" in quota.per else []
+        for tenant in counted:  # (a quota not counted per tenant takes no multiplier)
+            limit = contract.quota_limit(p, quota, tenant.name)
+            if limit > UINT32_MAX:
+                yield ("quotas", i, "limit"), (
+                    f"{quota.limit} times the multiplier of tier {tenant.tier!r} (tenant {tenant.name!r}) is "
+                    f"{limit}, more than {UINT32_MAX} (what a rate limit holds)"
+                )
+                break
 
 
 def _llm_fields(p: Policy) -> Found:

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from ._fields import Duration, K8sName, Name, Strict, check_pipeline_window
+from ._fields import Count, Duration, K8sName, Name, Strict, check_pipeline_window
 
 __all__ = [
     "EnvoyGatewaySettings",
@@ -31,7 +31,7 @@ class ExtAuthzSettings(Strict):
     """How long Envoy waits for a Check answer."""
     failure_mode_allow: bool = False
     """Let requests through when extauthz cannot answer (default: refuse)."""
-    max_request_bytes: int = Field(default=1 << 20, gt=0)
+    max_request_bytes: Count = 1 << 20
     """Request body bytes sent to Check (to read the model from JSON/gRPC bodies)."""
     transport: Literal["grpc", "http"] = "grpc"
     """How the gateway's Envoy calls meshgate extauthz: `grpc` (envoy.service.auth.v3, `--extauthz`'s

@@ -11,7 +11,6 @@ from typing import Any, TextIO
 from pydantic import BaseModel, ValidationError
 
 from . import _fields
-from . import model as _model
 from ._checks import cross_check, warnings_of
 from ._yaml import LineMap, load_yaml
 from .errors import Issue, Path, PolicyError, describe_value, format_path
@@ -21,6 +20,7 @@ __all__ = [
     "EMPTY_POLICY",
     "load_or_report",
     "load_policy",
+    "load_policy_and_warnings",
     "parse_policy",
     "parse_policy_bytes",
     "policy_warnings",
@@ -42,7 +42,6 @@ _PATTERN_HELP = {
     _fields.GLOB_PATTERN: "letters, digits, '-', '_', '.' and the globs * ? [ ]",
     _fields.HEADER_PATTERN: "a lowercase HTTP header name",
     "^[0-9a-f]{64}$": "64 lowercase hex digits (the SHA-256 of the key)",
-    "^https?://": "an http:// or https:// URL",
 }
 
 _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
@@ -59,22 +58,33 @@ _TYPE_NAMES = {
 }
 
 
-def _all_field_names() -> set[str]:
-    names: set[str] = set()
-    for obj in vars(_model).values():
-        if isinstance(obj, type) and issubclass(obj, BaseModel):
-            names.update(obj.model_fields)
-    return names
+MAX_ISSUES = 100
+"""Problems listed for one document; past them, one line says how many more there are."""
 
 
-_FIELDS = _all_field_names()
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for arg in typing.get_args(annotation) if (m := _model_in(arg)) is not None), None)
+
+
+def _fields_at(path: Path) -> list[str]:
+    """The field names of the model at `path` (list indexes skipped), or [] where no model is."""
+    model: type[BaseModel] | None = Policy
+    for part in path:
+        if isinstance(part, int):
+            continue
+        info = model.model_fields.get(part) if model is not None else None
+        model = _model_in(info.annotation) if info is not None else None
+    return list(model.model_fields) if model is not None else []
 
 
 def _message(err: Any) -> str:
     kind, ctx, value = err["type"], err.get("ctx", {}), err.get("input")
     if kind == "extra_forbidden":
-        key = err["loc"][-1]
-        close = difflib.get_close_matches(str(key), _FIELDS, n=1)
+        path = _loc_path(err["loc"])
+        key = path[-1]
+        close = difflib.get_close_matches(str(key), _fields_at(path[:-1]), n=1)
         return f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
     if kind == "missing":
         return "required field is missing"
@@ -104,6 +114,11 @@ def _loc_path(loc: tuple[Any, ...]) -> Path:
 
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
     """Parse and validate one policy document. Raises PolicyError listing every problem."""
+    return _parse(text, source)[0]
+
+
+def _parse(text: str, source: str) -> tuple[Policy, LineMap]:
+    """`parse_policy`, and the line of each field of the document (for its warnings)."""
     data, lines = load_yaml(text, source)
     if not lines.has_document:
         raise PolicyError([Issue(source, 1, "<document>", EMPTY_POLICY)])
@@ -115,7 +130,7 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
     problems = cross_check(policy)
     if problems:
         raise PolicyError(Issue(source, lines.line(path), format_path(path), msg) for path, msg in problems)
-    return policy
+    return policy, lines
 
 
 def _sections() -> dict[str, type[BaseModel]]:
@@ -160,34 +175,48 @@ def _validate(data: dict[str, Any]) -> tuple[Policy | None, list[Any]]:
 
 def _issues(validation_errors: list[Any], lines: LineMap, source: str) -> list[Issue]:
     errors = [(_loc_path(err["loc"]), err) for err in validation_errors]
-    out = []
+    failed = {p[:n] for p, _ in errors for n in range(len(p))}  # (every proper prefix of a path)
+    out: list[Issue] = []
     for path, err in errors:
         # a list whose items failed is also reported "too short": the item errors say it better
-        if err["type"] == "too_short" and any(p[: len(path)] == path and p != path for p, _ in errors):
+        if err["type"] == "too_short" and path in failed:
             continue
+        if len(out) == MAX_ISSUES:
+            more = len(errors) - MAX_ISSUES
+            out.append(Issue(source, lines.line(path), "<document>", f"and at most {more} more problems"))
+            break
         out.append(Issue(source, lines.line(path), format_path(path), _message(err)))
     return out
 
 
 def load_policy(path: str | FsPath) -> Policy:
     """Read and parse a policy file. A file that cannot be read is a PolicyError too."""
-    source = str(path)
+    return parse_policy_bytes(_read(path), str(path))
+
+
+def _read(path: str | FsPath) -> bytes:
     try:
-        raw = FsPath(path).read_bytes()
+        return FsPath(path).read_bytes()
     except OSError as exc:
-        raise PolicyError([Issue(source, 0, "<file>", f"cannot read: {exc.strerror}")]) from None
-    return parse_policy_bytes(raw, source)
+        raise PolicyError([Issue(str(path), 0, "<file>", f"cannot read: {exc.strerror}")]) from None
 
 
 def parse_policy_bytes(raw: bytes, source: str) -> Policy:
     """Parse the bytes of a policy file (what `load_policy` read, or a watcher's settled copy)."""
+    return _parse_bytes(raw, source)[0]
+
+
+def _parse_bytes(raw: bytes, source: str) -> tuple[Policy, LineMap]:
+    """`parse_policy_bytes`, and the line of each field of the document."""
     if len(raw) > MAX_POLICY_BYTES:
         raise PolicyError([Issue(source, 0, "<file>", f"larger than {MAX_POLICY_BYTES} bytes")])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise PolicyError([Issue(source, 0, "<file>", f"not UTF-8: {exc.reason}")]) from None
-    return parse_policy(text, source)
+        line = raw.count(b"\n", 0, exc.start) + 1
+        problem = f"not UTF-8: byte {exc.start} ({exc.object[exc.start]:#04x}): {exc.reason}"
+        raise PolicyError([Issue(source, line, "<document>", problem)]) from None
+    return _parse(text, source)
 
 
 def load_or_report(path: str | FsPath, *, stream: TextIO | None = None) -> Policy | None:
@@ -203,7 +232,12 @@ def load_or_report(path: str | FsPath, *, stream: TextIO | None = None) -> Polic
 def policy_warnings(path: str | FsPath) -> list[Issue]:
     """What a valid policy file holds that is probably not meant (`meshgate validate` prints them), in
     line order. Raises PolicyError as `load_policy` does when the file is not a valid policy."""
-    policy = load_policy(path)
+    return load_policy_and_warnings(path)[1]
+
+
+def load_policy_and_warnings(path: str | FsPath) -> tuple[Policy, list[Issue]]:
+    """`load_policy` and `policy_warnings` from one read and one parse of the file."""
     source = str(path)
-    _, lines = load_yaml(FsPath(path).read_text(encoding="utf-8"), source)
-    return sorted(Issue(source, lines.line(p), format_path(p), msg) for p, msg in warnings_of(policy))
+    policy, lines = _parse_bytes(_read(path), source)
+    warnings = sorted(Issue(source, lines.line(p), format_path(p), msg) for p, msg in warnings_of(policy))
+    return policy, warnings

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from ._fields import (
+    Count,
     Duration,
     Glob,
     HeaderName,
@@ -23,6 +24,7 @@ from ._fields import (
     Origin,
     QuotaKey,
     Strict,
+    Url,
     Window,
     as_tuple,
     parse_duration,
@@ -122,6 +124,12 @@ class JwksCache(Strict):
     unknown_kid_refetch: Duration = 30.0
     """A token with an unknown `kid` triggers a refetch at most this often."""
 
+    @model_validator(mode="after")
+    def _ordered(self) -> JwksCache:
+        if self.min_ttl > self.max_ttl:
+            raise ValueError(f"min_ttl ({self.min_ttl:g}s) is longer than max_ttl ({self.max_ttl:g}s)")
+        return self
+
 
 class Issuer(Strict):
     """A JWT issuer. Keys come from exactly one of jwks_uri, jwks (inline), discovery, shared_secret."""
@@ -132,7 +140,7 @@ class Issuer(Strict):
     """The exact `iss` claim value; tokens are routed to this issuer by it."""
     audiences: tuple[str, ...] = Field(min_length=1)
     """Accepted `aud` values; a token must carry at least one."""
-    jwks_uri: str | None = Field(default=None, pattern=r"^https?://")
+    jwks_uri: Url | None = None
     """URL of the issuer's JWK set (http or https)."""
     jwks: Mapping[str, Any] | None = None
     """Inline JWK set (`{keys: [...]}`), for issuers whose keys are static."""
@@ -202,6 +210,18 @@ class AuthSettings(Strict):
     decision_cache_ttl: Duration = 60.0
     """Longest life of a cached extauthz decision; never past the token's exp."""
 
+    @field_validator("api_key_header")
+    @classmethod
+    def _usable_key_header(cls, name: str) -> str:
+        from ..contract import HEADER_PREFIX  # (contract imports this module)
+
+        if name in ("authorization", "host") or name.startswith(HEADER_PREFIX):
+            raise ValueError(
+                f"api_key_header {name!r} cannot carry an API key: `authorization` holds bearer tokens, "
+                f"`host` the authority, and every `{HEADER_PREFIX}*` header a client sends is removed"
+            )
+        return name
+
 
 # --- tenancy -----------------------------------------------------------------------------------
 
@@ -246,11 +266,11 @@ class Quota(Strict):
     """What one counter covers: any of tenant, user, model (a string or a list)."""
     unit: Literal["requests", "tokens"] = "requests"
     """Count requests, or LLM tokens (requested tokens at admission, actual at completion)."""
-    limit: int = Field(gt=0)
+    limit: Count
     """Allowed amount per window, before the tier multiplier."""
     window: Window
     """second, minute, hour or day."""
-    models: tuple[Glob, ...] = ("*",)
+    models: tuple[Glob, ...] = Field(default=("*",), min_length=1)
     """Glob patterns of models this quota counts; default all."""
     algorithm: Literal["fixed_window", "sliding_window"] = "fixed_window"
     """fixed_window (aligned to the epoch, like envoyproxy/ratelimit) or sliding_window."""

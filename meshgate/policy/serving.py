@@ -9,7 +9,19 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ._fields import Duration, HeaderName, HostPort, K8sName, ModelName, Name, Percent, Strict
+from ._fields import (
+    INT32_MAX,
+    UINT32_MAX,
+    Count,
+    Duration,
+    HeaderName,
+    HostPort,
+    K8sName,
+    ModelName,
+    Name,
+    Percent,
+    Strict,
+)
 
 __all__ = [
     "ABRoute",
@@ -64,9 +76,9 @@ class ModelVersion(Strict):
     """KServe ServingRuntime name; default: KServe picks the runtime for the model format."""
     gpus: int = Field(default=0, ge=0, le=64)
     """nvidia.com/gpu limit of each replica; 0: none."""
-    min_replicas: int = Field(default=1, ge=0)
+    min_replicas: int = Field(default=1, ge=0, le=INT32_MAX)
     """Fewest replicas; 0 (scale to zero) needs deployment_mode Knative."""
-    max_replicas: int | None = Field(default=None, ge=1)
+    max_replicas: int | None = Field(default=None, ge=1, le=INT32_MAX)
     """Most replicas; default: KServe's default."""
     deployment_mode: Literal["Standard", "Knative"] = "Standard"
     """KServe deployment mode: Standard (formerly RawDeployment) or Knative (formerly Serverless)."""
@@ -163,20 +175,20 @@ class Retries(Strict):
 
 
 class CircuitBreaker(Strict):
-    max_connections: int = Field(default=1024, gt=0)
+    max_connections: Count = 1024
     """Upper bound on connections to the version's backends."""
-    max_pending_requests: int = Field(default=1024, gt=0)
+    max_pending_requests: Count = 1024
     """Upper bound on queued requests."""
-    max_requests: int = Field(default=1024, gt=0)
+    max_requests: Count = 1024
     """Upper bound on concurrent requests."""
-    max_retries: int = Field(default=3, ge=0)
+    max_retries: int = Field(default=3, ge=0, le=UINT32_MAX)
     """Upper bound on concurrent retries."""
 
 
 class OutlierDetection(Strict):
     """Eject a model endpoint after consecutive 5xx answers (Istio DestinationRule outlierDetection)."""
 
-    consecutive_5xx_errors: int = Field(default=5, ge=1)
+    consecutive_5xx_errors: int = Field(default=5, ge=1, le=UINT32_MAX)
     """5xx answers in a row that eject an endpoint."""
     interval: Duration = 10.0
     """How often endpoints are scanned."""
@@ -218,7 +230,7 @@ class Model(Strict):
     `grpc_endpoints` (a KServe reference: `kserve.grpc_port`). Empty: the one `protocol`."""
     namespace: K8sName | None = None
     """Kubernetes namespace of its pods (meshgate render); default: first kserve.namespace, else default."""
-    context_limit_tokens: int | None = Field(default=None, gt=0)
+    context_limit_tokens: Count | None = None
     """Requests asking for more tokens (`max_tokens`) are refused."""
     tokenizer: str | None = Field(default=None, min_length=1)
     """protocol openai: path of the model's Hugging Face `tokenizer.json`; prompts are then counted
@@ -248,7 +260,7 @@ class Model(Strict):
     routed on the head of its first message: its later messages reach the same backend unchecked (they
     could name another model that backend serves), so enable it for a backend that serves only models
     every caller of this one may use. Off: the stream is refused (PERMISSION_DENIED `stream_forbidden`)."""
-    max_request_bytes: int = Field(default=1 << 26, gt=0)
+    max_request_bytes: Count = 1 << 26
     """v2-rest: the largest request body (its declared Content-Length) the gateway passes to the model,
     streamed, never buffered; larger: 413 `body_too_large`; a POST without Content-Length: 411.
     Default 64 MiB, Triton's own `--http-max-input-size` default."""

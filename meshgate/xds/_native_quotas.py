@@ -38,6 +38,7 @@ from envoy.type.v3 import percent_pb2, token_bucket_pb2
 from google.protobuf import wrappers_pb2  # type: ignore[import-untyped]
 
 from meshgate import contract
+from meshgate.policy._fields import UINT32_MAX
 from meshgate.policy.errors import Path
 from meshgate.policy.model import Policy, Quota
 from meshgate.ratelimit.model import UNIT_SECONDS
@@ -65,7 +66,7 @@ QUOTA_HEADER = contract.QUOTA_HEADER
 meshgate ratelimit's 429 names it in its RateLimit-Policy header and body)."""
 MAX_DYNAMIC = 10_000
 """Buckets Envoy keeps per configured descriptor (users, or user x model, of one tenant and quota)."""
-_MAX_TOKENS = 2**32 - 1  # TokenBucket.max_tokens is a uint32
+_MAX_TOKENS = UINT32_MAX  # TokenBucket.max_tokens is a uint32 (a larger limit: refused by the policy)
 _ALL = percent_pb2.FractionalPercent(numerator=100, denominator=percent_pb2.FractionalPercent.HUNDRED)
 _NONE = percent_pb2.FractionalPercent(numerator=0, denominator=percent_pb2.FractionalPercent.HUNDRED)
 _RESET_HEADERS = {"x-ratelimit": ("x-ratelimit-remaining", "x-ratelimit-reset"),
@@ -104,12 +105,6 @@ def _quota_gaps(policy: Policy, index: int, quota: Quota) -> Iterator[tuple[Path
                 "Envoy's local rate limit is a token bucket that refills continuously: it can hold a "
                 "fixed window's average, not a sliding window's bound"
             ),
-        )
-    tenants = [t.name for t in policy.tenants if quota.name in t.quotas] if "tenant" in quota.per else [None]
-    if any(contract.quota_limit(policy, quota, tenant) > _MAX_TOKENS for tenant in tenants):
-        yield (
-            at("limit"),
-            f"a limit (tier multiplier applied) above {_MAX_TOKENS} does not fit Envoy's bucket",
         )
 
 

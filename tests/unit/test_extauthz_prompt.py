@@ -117,6 +117,10 @@ def test_an_unreadable_tokenizer_refuses_the_policy(tmp_path: Path) -> None:
     for path in (broken, tmp_path / "missing.json"):
         with pytest.raises(ValueError, match=r"model llama-chat tokenizer: cannot read tokenizer"):
             table_with_tokenizer(path)
+    # a device or a directory is refused before it is read (/dev/zero would be read until memory ends)
+    for path in (Path("/dev/zero"), tmp_path):
+        with pytest.raises(ValueError, match=r"cannot read tokenizer .*: not a regular file of at most 64 MiB"):
+            table_with_tokenizer(path)
 
 
 def test_a_count_finished_elsewhere_is_cached_unless_the_cache_was_cleared_meanwhile(tmp_path: Path) -> None:

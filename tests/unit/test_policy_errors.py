@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from meshgate.policy import PolicyError, load_policy, policy_warnings
+from meshgate.policy import PolicyError, load_policy, parse_policy, policy_warnings
+from meshgate.policy.load import MAX_ISSUES
 
 BAD = Path(__file__).parent.parent / "fixtures" / "policies" / "bad"
 WARN = Path(__file__).parent.parent / "fixtures" / "policies" / "warn"
@@ -44,9 +45,34 @@ EXPECTED = {
     "duplicate_yaml_key": ["4: tenants[0].tier: duplicate key 'tier'"],
     "invalid_yaml": ["3: <document>: invalid YAML: did not find expected ',' or ']'"],
     "bad_endpoint": [
-        "4: models[0].versions[0].endpoints[0]: invalid endpoint '127.0.0.1': "
-        "expected host:port with a port from 1 to 65535"
+        "4: models[0].versions[0].endpoints[0]: invalid endpoint '127.0.0.1': expected host:port (a DNS "
+        "name, an IPv4 address or [an IPv6 address], no scheme or path) with a port from 1 to 65535"
     ],
+    "hostile_values": [
+        "2: tiers[0].multiplier: input should be a finite number, got float inf",
+        "7: models[0].timeout: duration '99999999999999999999d' is longer than 365d",
+        "8: models[0].circuit_breaker.max_requests: must be <= 4294967295, got 100000000000",
+        *(
+            f"10: models[0].versions[0].endpoints[{i}]: invalid endpoint {e!r}: expected host:port (a DNS "
+            "name, an IPv4 address or [an IPv6 address], no scheme or path) with a port from 1 to 65535"
+            for i, e in enumerate(["http://127.0.0.1:9101", "my host:9101", "host:\u0669\u0661"])
+        ),
+        "12: quotas[0].limit: must be <= 4294967295, got 100000000000",
+        "14: issuers[0].jwks_uri: invalid URL 'http://': expected http:// or https://, a host, and no white space",
+        "16: gateway.ext_authz.timeout: invalid duration '\u0663\u0660s': use a number and a unit (ms, s, m, h, "
+        "d), e.g. 250ms or 30s",
+    ],
+    "limit_times_tier": [
+        "6: quotas[0].limit: 10000000 times the multiplier of tier 'gold' (tenant 'acme') is 10000000000, more "
+        "than 4294967295 (what a rate limit holds)"
+    ],
+    "unusable_settings": [
+        "1: auth.api_key_header: api_key_header 'x-meshgate-key' cannot carry an API key: `authorization` holds "
+        "bearer tokens, `host` the authority, and every `x-meshgate-*` header a client sends is removed",
+        "3: issuers[0].jwks_cache: min_ttl (86400s) is longer than max_ttl (300s)",
+        "5: quotas[0].models: needs at least 1 item(s)",
+    ],
+    "unusable_jwks": ["5: issuers[0].jwks: issuer idp jwks: no usable signing key (RSA, EC P-256/P-384 or Ed25519)"],
     "bad_sha256": [
         "6: api_keys[0].sha256: invalid value 'not-a-hash': expected 64 lowercase hex digits (the SHA-256 of the key)"
     ],
@@ -124,6 +150,11 @@ def test_render_refuses_an_invalid_policy_with_its_errors() -> None:
 
 # valid policies that are probably not meant: `meshgate validate` prints them as warnings, exit 0
 WARNED = {
+    "timeouts_never_reached": [
+        "4: models[0].retries.per_try_timeout: a try's timeout (600s) is longer than the route's (30s), which "
+        "ends the request first",
+        "5: models[0].health_check.timeout: a probe's timeout (5s) is longer than the time between probes (2s)",
+    ],
     "token_quota_below_one_request": [
         "15: quotas[0].limit: limit 1000 for tenant globex is below the context limit 4096 of model 'chat': "
         "a request without max_tokens asks for up to 4096 tokens and would always be refused; raise the "
@@ -146,3 +177,28 @@ def test_policy_warnings_exact_messages(name: str) -> None:
     assert done.returncode == 0
     lines = [line.split(": ", 2) for line in WARNED[name]]  # number, field, message
     assert done.stderr.splitlines() == [f"{path}:{n}: {field}: warning: {message}" for n, field, message in lines]
+
+
+def _issues_of(text: str) -> list[str]:
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text, "p.yaml")
+    return [str(issue) for issue in caught.value.issues]
+
+
+def test_a_hint_names_a_field_of_the_mapping_the_unknown_key_is_in() -> None:
+    """"did you mean" picks among the fields where the key is: `tenant` at the top is `tenants` (a
+    field `tenant` exists, of an API key), `weight` in a shadow has no close field there."""
+    assert _issues_of("tenant: []\n") == ["p.yaml:1: tenant: unknown key 'tenant' (did you mean 'tenants'?)"]
+    shadow = "models:\n  - name: m\n    versions: [{name: v1}]\n    shadow: {version: v1, weight: 5}\n"
+    assert "p.yaml:4: models[0].shadow.weight: unknown key 'weight'" in _issues_of(shadow)
+    tenants = "tenants:\n  - {name: acme, tiers: gold}\n"
+    assert _issues_of(tenants) == ["p.yaml:2: tenants[0].tiers: unknown key 'tiers' (did you mean 'tier'?)"]
+
+
+def test_many_problems_are_listed_up_to_a_bound() -> None:
+    """300 unknown keys: MAX_ISSUES listed, then one line for the rest (a file of 300,000 took 98 s)."""
+    text = "".join(f"tenantz{i}: 1\n" for i in range(300))
+    issues = _issues_of(text)
+    assert len(issues) == MAX_ISSUES + 1
+    assert issues[0] == "p.yaml:1: tenantz0: unknown key 'tenantz0' (did you mean 'tenants'?)"
+    assert issues[-1] == f"p.yaml:{MAX_ISSUES + 1}: <document>: and at most {300 - MAX_ISSUES} more problems"

@@ -18,7 +18,7 @@ from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from meshgate import contract
-from meshgate.policy import Policy
+from meshgate.policy import Policy, PolicyError
 from meshgate.xds import compile_snapshot
 from meshgate.xds._gateways import GATEWAYS_CLUSTER, Gateways, gateways_assignment
 from meshgate.xds._native_quotas import (
@@ -112,13 +112,13 @@ def test_gaps_name_the_field_and_why() -> None:
     gaps = dict(native_quota_gaps(native_policy()))
     assert set(gaps) == {("quotas", 3, "unit"), ("quotas", 4, "algorithm")}
     assert "stream end" in gaps[("quotas", 3, "unit")] and "sliding" in gaps[("quotas", 4, "algorithm")]
-    huge = policy(
-        model("iris", {"v1": 100}),
-        tiers=[{"name": "big", "multiplier": 4}],
-        tenants=[{"name": "acme", "tier": "big", "quotas": ["q"]}],
-        quotas=[{"name": "q", "per": "tenant", "limit": 2**31, "window": "day"}],
-    )
-    assert [path for path, _ in native_quota_gaps(huge)] == [("quotas", 0, "limit")]  # 2^33 does not fit
+    with pytest.raises(PolicyError, match=r"quotas\[0\].limit: 2147483648 times the multiplier of tier 'big'"):
+        policy(  # 2^33 fits neither Envoy's bucket nor ratelimit's answer: refused whatever the enforcement
+            model("iris", {"v1": 100}),
+            tiers=[{"name": "big", "multiplier": 4}],
+            tenants=[{"name": "acme", "tier": "big", "quotas": ["q"]}],
+            quotas=[{"name": "q", "per": "tenant", "limit": 2**31, "window": "day"}],
+        )
 
 
 def test_which_quotas_are_native_per_enforcement() -> None:
