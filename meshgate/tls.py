@@ -13,6 +13,8 @@ from pathlib import Path
 
 import grpc
 
+from .files import read_bounded
+
 __all__ = ["ServerTLS", "server_credentials"]
 
 log = logging.getLogger("meshgate.tls")
@@ -39,8 +41,11 @@ class _Files:
         return tuple((s.st_mtime_ns, s.st_size) for s in stats)
 
     def configuration(self) -> grpc.ServerCertificateConfiguration:
-        ca = self.tls.client_ca_file.read_bytes() if self.tls.client_ca_file else None
-        pair = (self.tls.key_file.read_bytes(), self.tls.cert_file.read_bytes())
+        ca = read_bounded(self.tls.client_ca_file, what="client CA file") if self.tls.client_ca_file else None
+        pair = (
+            read_bounded(self.tls.key_file, what="key file"),
+            read_bounded(self.tls.cert_file, what="certificate file"),
+        )
         return grpc.ssl_server_certificate_configuration([pair], root_certificates=ca)
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
@@ -49,12 +54,12 @@ class _Files:
             stamp = self.stamp()
             if stamp == self.seen:
                 return None
+            config = self.configuration()  # (first: regular files of a bounded size, read_bounded)
             # a rotation caught half-way (new key, old certificate) must not reach gRPC: check the pair
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
                 self.tls.cert_file, self.tls.key_file
             )
-            config = self.configuration()
-        except (OSError, ssl.SSLError) as exc:  # try again on the next handshake
+        except (OSError, ValueError, ssl.SSLError) as exc:  # try again on the next handshake
             log.warning("TLS files unusable, keeping the current certificate: %s", exc)
             return None
         self.seen = stamp
@@ -63,7 +68,8 @@ class _Files:
 
 
 def server_credentials(tls: ServerTLS) -> grpc.ServerCredentials:
-    """Credentials for `add_secure_port`; raises OSError when a file cannot be read at start."""
+    """Credentials for `add_secure_port`; raises OSError or ValueError when a file cannot be read at start
+    (`meshgate.files.read_bounded`)."""
     files = _Files(tls)
     return grpc.dynamic_ssl_server_credentials(
         files.configuration(),

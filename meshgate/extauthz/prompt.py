@@ -21,10 +21,11 @@ C-speed encodes of the text, no loop over its characters in Python. Token ids gi
 
 from __future__ import annotations
 
-import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from ..files import regular_size
 
 __all__ = ["MAX_TOKENIZER_BYTES", "TokenCounter", "estimate_tokens", "prompt_texts"]
 
@@ -82,13 +83,7 @@ class TokenCounter:
     def __init__(self, path: str) -> None:
         from tokenizers import Tokenizer  # imported only by policies that name a tokenizer
 
-        try:  # (a device or a FIFO would be read without end: a regular file of a bounded size only)
-            info = Path(path).stat()
-        except OSError as exc:
-            raise ValueError(f"cannot read tokenizer {path!r}: {exc.strerror}") from None
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_TOKENIZER_BYTES:
-            limit = f"{MAX_TOKENIZER_BYTES >> 20} MiB"
-            raise ValueError(f"cannot read tokenizer {path!r}: not a regular file of at most {limit}")
+        regular_size(path, MAX_TOKENIZER_BYTES, "tokenizer")  # (the library reads it: a file, bounded)
         try:
             self._tokenizer = Tokenizer.from_file(str(Path(path)))
         except Exception as exc:  # the library raises a bare Exception for a missing or bad file

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,6 +17,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from prometheus_client import CollectorRegistry
 
 from meshgate.clip import clip
+from meshgate.files import read_bounded
 from meshgate.models import EndpointHealth, EndpointKey, Readiness
 from meshgate.policy.model import Policy
 from meshgate.tracing import incoming
@@ -46,7 +46,7 @@ ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 
 def _read(path: str) -> bytes:
-    return Path(path).read_bytes()
+    return read_bounded(path, what="certificate file")
 
 
 class XdsService:
