@@ -32,6 +32,7 @@ __all__ = [
     "Percent",
     "QuotaKey",
     "Strict",
+    "Timeout",
     "Url",
     "Window",
     "as_tuple",
@@ -118,6 +119,8 @@ HEADER_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Timeout = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+"""A duration that must pass: 0 would mean no timeout to Envoy, or a busy loop to a refresher."""
 Url = Annotated[str, AfterValidator(_check_url)]
 Count = Annotated[int, Field(gt=0, le=UINT32_MAX)]
 """A positive count Envoy holds in a uint32."""

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from ._fields import Count, Duration, K8sName, Name, Strict, check_pipeline_window
+from ._fields import Count, Duration, K8sName, Name, Strict, Timeout, check_pipeline_window
 
 __all__ = [
     "EnvoyGatewaySettings",
@@ -27,7 +27,7 @@ __all__ = [
 class ExtAuthzSettings(Strict):
     """How the gateway calls meshgate extauthz."""
 
-    timeout: Duration = 0.25
+    timeout: Timeout = 0.25
     """How long Envoy waits for a Check answer."""
     failure_mode_allow: bool = False
     """Let requests through when extauthz cannot answer (default: refuse)."""
@@ -44,7 +44,7 @@ class RateLimitSettings(Strict):
 
     domain: Name = "meshgate"
     """Rate limit domain of the policy's quotas."""
-    timeout: Duration = 0.1
+    timeout: Timeout = 0.1
     """How long Envoy waits for ShouldRateLimit."""
     failure_mode_deny: bool = True
     """Refuse requests when ratelimit cannot answer (default: refuse)."""
@@ -58,7 +58,7 @@ class RateLimitSettings(Strict):
     in the same process: one call to meshgate instead of two before the model; the token checks and the
     `requests` quotas of OpenAI models; docs/llm.md "Admission in the Check").
     Charges at stream end stay the rate limit filter's."""
-    store_timeout: Duration = 0.05
+    store_timeout: Timeout = 0.05
     """Bound on each Redis call; past it ShouldRateLimit answers UNAVAILABLE (read at start)."""
     store_pipeline_window: Annotated[Duration, AfterValidator(check_pipeline_window)] = 0.0
     """How long a command waits on an idle Redis connection for others to share its write: 0 (it is

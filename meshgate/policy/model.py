@@ -24,6 +24,7 @@ from ._fields import (
     Origin,
     QuotaKey,
     Strict,
+    Timeout,
     Url,
     Window,
     as_tuple,
@@ -117,11 +118,11 @@ class ClaimMap(Strict):
 class JwksCache(Strict):
     """How long fetched keys are trusted. Cache-Control max-age is honoured within [min_ttl, max_ttl]."""
 
-    min_ttl: Duration = 300.0
+    min_ttl: Timeout = 300.0
     """Fetched keys are kept at least this long, whatever Cache-Control says."""
-    max_ttl: Duration = 86400.0
+    max_ttl: Timeout = 86400.0
     """Fetched keys are refetched after at most this long."""
-    unknown_kid_refetch: Duration = 30.0
+    unknown_kid_refetch: Timeout = 30.0
     """A token with an unknown `kid` triggers a refetch at most this often."""
 
     @model_validator(mode="after")

@@ -13,7 +13,6 @@ from ._fields import (
     INT32_MAX,
     UINT32_MAX,
     Count,
-    Duration,
     HeaderName,
     HostPort,
     K8sName,
@@ -21,6 +20,7 @@ from ._fields import (
     Name,
     Percent,
     Strict,
+    Timeout,
 )
 
 __all__ = [
@@ -170,7 +170,7 @@ class Retries(Strict):
     """Retries after the first try (0 disables)."""
     retry_on: tuple[str, ...] = ("connect-failure", "refused-stream", "unavailable")
     """Envoy retry_on conditions."""
-    per_try_timeout: Duration | None = None
+    per_try_timeout: Timeout | None = None
     """Timeout of each try; unset: the route timeout."""
 
 
@@ -190,9 +190,9 @@ class OutlierDetection(Strict):
 
     consecutive_5xx_errors: int = Field(default=5, ge=1, le=UINT32_MAX)
     """5xx answers in a row that eject an endpoint."""
-    interval: Duration = 10.0
+    interval: Timeout = 10.0
     """How often endpoints are scanned."""
-    base_ejection_time: Duration = 30.0
+    base_ejection_time: Timeout = 30.0
     """How long an ejected endpoint stays out (times the number of ejections)."""
     max_ejection_percent: int = Field(default=50, ge=0, le=100)
     """At most this percent of the endpoints are ejected at once."""
@@ -203,9 +203,9 @@ class HealthCheck(Strict):
 
     enabled: bool = True
     """Probe the endpoints; off: never probed, their health stays unknown (Envoy routes to them)."""
-    interval: Duration = Field(default=5.0, gt=0)
+    interval: Timeout = 5.0
     """Time between two probes of one endpoint."""
-    timeout: Duration = Field(default=1.0, gt=0)
+    timeout: Timeout = 1.0
     """A probe that takes longer fails."""
     healthy_threshold: int = Field(default=2, ge=1, le=100)
     """Consecutive successful probes that turn an unhealthy endpoint healthy."""
@@ -249,9 +249,9 @@ class Model(Strict):
     """Header matches that pin a version (A/B tests); evaluated before weights."""
     upstream_tls: UpstreamTLS = UpstreamTLS()
     """TLS from the gateway to the backends."""
-    timeout: Duration = 60.0
+    timeout: Timeout = 60.0
     """Route timeout of a request: until its response has ended (a stream's last byte included)."""
-    idle_timeout: Duration | None = None
+    idle_timeout: Timeout | None = None
     """Longest silence of a request's stream (between two chunks of a response); Envoy then ends it.
     Unset: only `timeout` applies. For LLM streams set `timeout` to the longest generation and this to
     the longest pause between tokens (docs/llm.md)."""

@@ -72,6 +72,11 @@ EXPECTED = {
         "3: issuers[0].jwks_cache: min_ttl (86400s) is longer than max_ttl (300s)",
         "5: quotas[0].models: needs at least 1 item(s)",
     ],
+    "zero_timeouts": [  # (0 is no timeout to Envoy, and a refetch per request of an unknown kid)
+        "2: gateway.ext_authz.timeout: must be > 0, got '0ms'",
+        "4: issuers[0].jwks_cache.unknown_kid_refetch: must be > 0, got '0s'",
+        "7: models[0].timeout: must be > 0, got '0s'",
+    ],
     "unusable_jwks": ["5: issuers[0].jwks: issuer idp jwks: no usable signing key (RSA, EC P-256/P-384 or Ed25519)"],
     "bad_sha256": [
         "6: api_keys[0].sha256: invalid value 'not-a-hash': expected 64 lowercase hex digits (the SHA-256 of the key)"
