@@ -11,7 +11,7 @@ from typing import Any, cast
 
 from .. import contract
 from ._fields import UINT32_MAX
-from .errors import Path
+from .errors import Path, format_path
 from .model import Model, Policy
 from .native import _USE_AUTO, native_gaps
 
@@ -99,6 +99,23 @@ def _unique_names(p: Policy) -> Found:
     for m, model in enumerate(p.models):
         for path, msg in _duplicates("versions", model.versions, "name", "version name"):
             yield ("models", m, *path), msg
+        for v, version in enumerate(model.versions):
+            for field in ("endpoints", "grpc_endpoints"):
+                yield from _repeated(("models", m, "versions", v, field), getattr(version, field))
+    for t, tenant in enumerate(p.tenants):
+        yield from _repeated(("tenants", t, "quotas"), tenant.quotas)
+        yield from _repeated(("tenants", t, "allowed_origins"), tenant.allowed_origins)
+    for k, key in enumerate(p.api_keys):
+        yield from _repeated(("api_keys", k, "roles"), key.roles)
+
+
+def _repeated(at: Path, items: Iterable[str]) -> Found:
+    """A list that names one thing twice (a quota counted twice, an endpoint weighted twice)."""
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if item in seen:
+            yield (*at, i), f"{item!r} is listed twice (first at {format_path((*at, seen[item]))})"
+        seen.setdefault(item, i)
 
 
 def _api_keys(p: Policy) -> Found:

@@ -72,6 +72,11 @@ EXPECTED = {
         "3: issuers[0].jwks_cache: min_ttl (86400s) is longer than max_ttl (300s)",
         "5: quotas[0].models: needs at least 1 item(s)",
     ],
+    "listed_twice": [  # (a quota counted twice a request, an endpoint given twice the traffic)
+        "5: tenants[0].quotas[1]: 'q' is listed twice (first at tenants[0].quotas[0])",
+        "9: models[0].versions[0].endpoints[1]: '127.0.0.1:9101' is listed twice (first at "
+        "models[0].versions[0].endpoints[0])",
+    ],
     "zero_timeouts": [  # (0 is no timeout to Envoy, and a refetch per request of an unknown kid)
         "2: gateway.ext_authz.timeout: must be > 0, got '0ms'",
         "4: issuers[0].jwks_cache.unknown_kid_refetch: must be > 0, got '0s'",
