@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ..policy._fields import ISVC_NAME_MAX
 from ..policy.model import Model, ModelVersion, Policy, Tenant
 
 __all__ = [
@@ -40,12 +41,16 @@ _NOT_DNS = re.compile(r"[^a-z0-9-]+")
 
 
 def k8s_name(*parts: str, limit: int = 63) -> str:
-    """A DNS-1123 label from policy names. Unchanged when already valid; otherwise cleaned and given a
-    short hash of the original so that two different names never map to one object name."""
+    """A DNS-1035 label (what a Service's name must be: a letter first) from policy names, joined by
+    '-'. Unchanged when already valid; otherwise cleaned (a name that starts with a digit gets `m-`) and
+    given a short hash of the original. Joined names can still meet (model `a` version `b`, model
+    `a-b`): `render` refuses two objects of one name."""
     raw = "-".join(parts)
     clean = _NOT_DNS.sub("-", raw.lower()).strip("-")
-    if clean == raw and len(raw) <= limit:
+    if clean == raw and len(raw) <= limit and raw[:1].isalpha():
         return raw
+    if not clean[:1].isalpha():
+        clean = f"m-{clean}"
     digest = hashlib.sha256(raw.encode()).hexdigest()[:6]
     return f"{clean[: limit - 7].rstrip('-')}-{digest}"
 
@@ -63,8 +68,9 @@ def model_name(model: Model) -> str:
 
 
 def version_name(model: Model, version: ModelVersion) -> str:
-    """Name of a version's InferenceService (and, in Standard mode, of meshgate's Service of its pods)."""
-    return k8s_name(model.name, version.name)
+    """Name of a version's InferenceService (and, in Standard mode, of meshgate's Service of its pods):
+    at most ISVC_NAME_MAX characters, as the policy's `kserve.service`."""
+    return k8s_name(model.name, version.name, limit=ISVC_NAME_MAX)
 
 
 def version_service(model: Model, version: ModelVersion) -> str:

@@ -51,7 +51,11 @@ def cmd_render(args: argparse.Namespace) -> int:
         return 2
     if not _report_gaps(policy, targets, strict=args.strict):
         return 1
-    rendered = {target: render(policy, target) for target in targets}
+    try:
+        rendered = {target: render(policy, target) for target in targets}
+    except ValueError as exc:  # NameClash, ServiceNameClash: objects that would replace each other
+        print(f"meshgate render: {args.policy}: {exc}; nothing written", file=sys.stderr)
+        return 1
     schemas = SchemaSet.from_dir(args.schemas) if args.schemas else None
     problems = [p for objs in rendered.values() for p in validate_objects(objs, schemas)]
     if problems:

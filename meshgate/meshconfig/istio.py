@@ -22,6 +22,7 @@ Helm values for the istiod chart, merged into the providers the cluster already 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ from ..policy.model import Model, Policy
 from ._common import (
     LABEL_VERSION,
     Obj,
+    k8s_name,
     meshgate_host,
     metadata,
     model_host,
@@ -48,6 +50,7 @@ __all__ = ["GATEWAY_NAME", "NO_ROUTE", "mesh_config", "render_istio"]
 GATEWAY_NAME = "meshgate"
 NO_ROUTE = "meshgate.no-route"
 _NET = "networking.istio.io/v1"
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # (DNS-1123)
 _SEC = "security.istio.io/v1"
 
 
@@ -129,8 +132,13 @@ def _base_matches(model: Model) -> list[Obj]:
     return [by_header]
 
 
-def _destination(model: Model, subset: str) -> Obj:
-    return {"host": model_host(model), "subset": subset, "port": {"number": model_port(model)[1]}}
+def _destination(model: Model, version: str) -> Obj:
+    return {"host": model_host(model), "subset": _subset(version), "port": {"number": model_port(model)[1]}}
+
+
+def _subset(version: str) -> str:
+    """A version's subset name: Istio takes a DNS-1123 label only (a version `v1_0` or `v1.1` is not)."""
+    return version if _LABEL.match(version) else k8s_name(version)
 
 
 def _http_route(model: Model, name: str, matches: list[Obj], weights: list[tuple[str, int]]) -> Obj:
@@ -201,7 +209,7 @@ def _destination_rule(model: Model) -> Obj:
             "baseEjectionTime": proto_duration(od.base_ejection_time),
             "maxEjectionPercent": od.max_ejection_percent,
         }
-    subsets = [{"name": v.name, "labels": {LABEL_VERSION: v.name}} for v in model.versions]
+    subsets = [{"name": _subset(v.name), "labels": {LABEL_VERSION: v.name}} for v in model.versions]
     spec = {"host": model_host(model), "trafficPolicy": traffic, "subsets": subsets}
     meta = metadata(model_name(model), model_namespace(model), model_labels(model))
     return {"apiVersion": _NET, "kind": "DestinationRule", "metadata": meta, "spec": spec}

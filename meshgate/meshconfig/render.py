@@ -9,7 +9,7 @@ from typing import Any, Literal
 import yaml
 
 from ..policy.model import Policy
-from ._common import Obj
+from ._common import LABEL_MODEL, LABEL_VERSION, Obj
 from .envoy_gateway import render_envoy_gateway
 from .istio import mesh_config, render_istio
 from .kserve import render_kserve
@@ -18,6 +18,7 @@ from .validate import Problem, SchemaSet
 __all__ = [
     "SINGLE_TARGETS",
     "TARGETS",
+    "NameClash",
     "Target",
     "dump_yaml",
     "file_name",
@@ -72,12 +73,42 @@ def _sort_key(obj: Obj) -> tuple[int, str, str, str, str]:
     return rank, obj["apiVersion"], meta.get("namespace", ""), meta["name"], kind
 
 
+class NameClash(ValueError):
+    """Two objects of one kind, namespace and name: names joined from the policy's met (model `a`
+    version `b` and model `a-b` both make `a-b`), and the one applied last would replace the other."""
+
+
 def render(policy: Policy, target: Target) -> list[Obj]:
     """Every object for `target` (one of SINGLE_TARGETS), in a stable apply order. Pure: same policy,
-    same list. Istio and Envoy Gateway objects are never mixed: `render_all` keeps them apart."""
+    same list. Istio and Envoy Gateway objects are never mixed: `render_all` keeps them apart. Raises
+    NameClash (or kserve's ServiceNameClash) rather than render two objects of one name."""
     if target not in _RENDERERS:
         raise ValueError(f"render one target at a time ({', '.join(SINGLE_TARGETS)}); for all: render_all")
-    return sorted(_RENDERERS[target](policy), key=_sort_key)
+    objs = sorted(_RENDERERS[target](policy), key=_sort_key)
+    _refuse_duplicates(objs)
+    return objs
+
+
+def _refuse_duplicates(objs: list[Obj]) -> None:
+    seen: dict[tuple[str, str, str, str], Obj] = {}
+    for obj in objs:
+        meta = obj["metadata"]
+        key = (obj["apiVersion"].rpartition("/")[0], obj["kind"], meta.get("namespace", ""), meta["name"])
+        first = seen.setdefault(key, obj)
+        if first is not obj:
+            raise NameClash(
+                f"two {key[1]} objects named {key[3]!r} (namespace {key[2] or '-'}), of {_of(first)} and "
+                f"of {_of(obj)}: names joined from the policy's meet (model `a` version `b` and model "
+                "`a-b` both make `a-b`); rename a model or a version"
+            )
+
+
+def _of(obj: Obj) -> str:
+    labels = obj["metadata"].get("labels", {})
+    found = ", ".join(
+        f"{k.rpartition('/')[2]} {v}" for k, v in labels.items() if k in (LABEL_MODEL, LABEL_VERSION)
+    )
+    return found or "the policy"
 
 
 def render_all(policy: Policy) -> dict[str, list[Obj]]:

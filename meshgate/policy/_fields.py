@@ -14,6 +14,8 @@ __all__ = [
     "GLOB_PATTERN",
     "HEADER_PATTERN",
     "INT32_MAX",
+    "ISVC_NAME_MAX",
+    "ISVC_NAME_PATTERN",
     "K8S_NAME_PATTERN",
     "MAX_DURATION",
     "MODEL_NAME_PATTERN",
@@ -24,6 +26,7 @@ __all__ = [
     "Glob",
     "HeaderName",
     "HostPort",
+    "IsvcName",
     "JwtAlgorithm",
     "K8sName",
     "ModelName",
@@ -117,6 +120,11 @@ MODEL_NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,126}[A-Za-z0-9])?$"
 GLOB_PATTERN = r"^[A-Za-z0-9_.*?\[\]-]+$"
 HEADER_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+ISVC_NAME_MAX = 45
+"""The longest InferenceService name: the Services KServe and Knative make of it (`<name>-predictor`,
+`<name>-predictor-00001`) must fit a 63-character name."""
+ISVC_NAME_PATTERN = rf"^[a-z]([-a-z0-9]{{0,{ISVC_NAME_MAX - 2}}}[a-z0-9])?$"
+"""An InferenceService name: KServe's own pattern (a letter first), at most ISVC_NAME_MAX characters."""
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Timeout = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
@@ -131,6 +139,7 @@ HostPort = Annotated[str, AfterValidator(_check_host_port)]
 Origin = Annotated[str, AfterValidator(_check_origin)]
 HeaderName = Annotated[str, Field(pattern=HEADER_PATTERN)]
 K8sName = Annotated[str, Field(pattern=K8S_NAME_PATTERN)]
+IsvcName = Annotated[str, Field(pattern=ISVC_NAME_PATTERN)]
 Percent = Annotated[float, Field(gt=0, le=100)]
 JwtAlgorithm = Literal[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256", "HS384", "HS512"

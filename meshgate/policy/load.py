@@ -41,6 +41,11 @@ _PATTERN_HELP = {
     ),
     _fields.GLOB_PATTERN: "letters, digits, '-', '_', '.' and the globs * ? [ ]",
     _fields.HEADER_PATTERN: "a lowercase HTTP header name",
+    _fields.K8S_NAME_PATTERN: "a Kubernetes name: lowercase letters, digits and '-', at most 63",
+    _fields.ISVC_NAME_PATTERN: (
+        "an InferenceService name: lowercase letters, digits and '-', starting with a letter, at most 45 "
+        "(KServe's <name>-predictor-00001 must fit 63)"
+    ),
     "^[0-9a-f]{64}$": "64 lowercase hex digits (the SHA-256 of the key)",
 }
 

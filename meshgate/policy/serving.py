@@ -15,6 +15,7 @@ from ._fields import (
     Count,
     HeaderName,
     HostPort,
+    IsvcName,
     K8sName,
     ModelName,
     Name,
@@ -45,9 +46,9 @@ class KServeRef(Strict):
     `<service>-predictor`; Knative, its predictor's Knative route (the activator wakes a version
     scaled to zero)."""
 
-    service: Name
+    service: IsvcName
     """Name of the KServe InferenceService."""
-    namespace: Name = "default"
+    namespace: K8sName = "default"
     """Its namespace."""
     port: int = Field(default=80, gt=0, lt=65536)
     """Port of its predictor Service (Standard: KServe publishes the first container port on 80).
