@@ -42,7 +42,11 @@ def cmd_render(args: argparse.Namespace) -> int:
     if policy is None:
         return 1
     if args.mesh_config:
-        existing = read_mesh_config(args.existing_mesh_config) if args.existing_mesh_config else None
+        try:
+            existing = read_mesh_config(args.existing_mesh_config) if args.existing_mesh_config else None
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            print(f"meshgate render: --existing-mesh-config: {exc}", file=sys.stderr)
+            return 2
         sys.stdout.write(mesh_config_yaml(policy, existing))
         return 0
     targets = list(SINGLE_TARGETS) if args.target == "all" else [args.target]

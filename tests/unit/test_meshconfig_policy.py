@@ -184,3 +184,15 @@ def test_the_policies_in_the_docs_render_and_validate() -> None:
         names = {(o["kind"], o["metadata"]["name"]) for o in objs}
         model = policy.models[0]
         assert ("InferenceService", f"{model.name}-v1") in names  # the name the docs wait for
+
+
+def test_an_unreadable_existing_mesh_config_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    broken = tmp_path / "mesh.yaml"
+    broken.write_text("a: [1\n")
+    policy = Path(__file__).parents[2] / "examples" / "policy.yaml"
+    for given in (broken, tmp_path / "missing.yaml"):
+        command = [sys.executable, "-m", "meshgate", "render", "--policy", str(policy), "--mesh-config",
+                   "--existing-mesh-config", str(given)]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.startswith("meshgate render: --existing-mesh-config: ")
