@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import _args
+
 if TYPE_CHECKING:
     from .tls import ServerTLS
 
@@ -46,7 +48,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(
         policy=Path(args.policy),
         listen={
-            "extauthz": args.extauthz, "ratelimit": args.ratelimit, "xds": args.xds,
+            "extauthz": args.extauthz,
+            "ratelimit": args.ratelimit,
+            "xds": args.xds,
             "extauthz_http": args.extauthz_http,
         },
         metrics=args.metrics,
@@ -197,20 +201,18 @@ def _server_tls(args: argparse.Namespace) -> ServerTLS | None:
     return ServerTLS(cert_file=Path(args.tls_cert), key_file=Path(args.tls_key), client_ca_file=ca)
 
 
-def _seconds(value: str) -> float:
-    seconds = float(value)
-    if not seconds >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {value!r}")
-    return seconds
-
-
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"MESHGATE_{name.upper()}", default)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshgate", description=__doc__)
-    parser.add_argument("--log-level", default=_env("log_level", "info"), help="debug, info, warning, error")
+    parser.add_argument(
+        "--log-level",
+        type=_args.log_level,
+        default=_env("log_level", "info"),
+        help="debug, info, warning, error",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     validate = sub.add_parser("validate", help="check policy files; print every error; exit 1 on any")
@@ -258,18 +260,32 @@ def _parser() -> argparse.ArgumentParser:
         description="Every flag also reads MESHGATE_<FLAG> from the environment (e.g. MESHGATE_POLICY).",
     )
     serve.add_argument("--policy", default=_env("policy", "policy.yaml"), help="policy file (watched)")
-    serve.add_argument("--extauthz", default=_env("extauthz", "0.0.0.0:9001"), help="ext_authz gRPC address")
+    serve.add_argument(
+        "--extauthz",
+        type=_args.listen_address,
+        default=_env("extauthz", "0.0.0.0:9001"),
+        help="ext_authz gRPC address",
+    )
     serve.add_argument(
         "--extauthz-http",
+        type=_args.listen_address,
         default=_env("extauthz_http", "0.0.0.0:9003"),
         help="ext_authz HTTP address (gateway.ext_authz.transport: http)",
     )
     serve.add_argument(
-        "--ratelimit", default=_env("ratelimit", "0.0.0.0:9002"), help="ratelimit gRPC address"
+        "--ratelimit",
+        type=_args.listen_address,
+        default=_env("ratelimit", "0.0.0.0:9002"),
+        help="ratelimit gRPC address",
     )
-    serve.add_argument("--xds", default=_env("xds", "0.0.0.0:18000"), help="ADS gRPC address")
     serve.add_argument(
-        "--metrics", default=_env("metrics", "0.0.0.0:9090"), help="Prometheus /metrics address"
+        "--xds", type=_args.listen_address, default=_env("xds", "0.0.0.0:18000"), help="ADS gRPC address"
+    )
+    serve.add_argument(
+        "--metrics",
+        type=_args.listen_address,
+        default=_env("metrics", "0.0.0.0:9090"),
+        help="Prometheus /metrics address",
     )
     serve.add_argument(
         "--redis-url",
@@ -298,22 +314,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--reload-settle",
-        type=_seconds,
-        default=_seconds(_env("reload_settle", "1")),
+        type=_args.seconds,
+        default=_env("reload_settle", "1"),
         metavar="SECONDS",
         help="a changed policy, ratelimit config or certificate file is read again this long after it "
         "changed and applied only if its bytes are the same (docs/policy.md)",
     )
     serve.add_argument(
         "--drain-delay",
-        type=float,
-        default=float(_env("drain_delay", "2")),
+        type=_args.seconds,
+        default=_env("drain_delay", "2"),
         help="seconds NOT_SERVING before the servers stop accepting",
     )
     serve.add_argument(
         "--grace",
-        type=float,
-        default=float(_env("grace", "10")),
+        type=_args.seconds,
+        default=_env("grace", "10"),
         help="seconds in-flight calls get to finish",
     )
     serve.add_argument(
@@ -329,8 +345,13 @@ def _parser() -> argparse.ArgumentParser:
         help="print the minimal Envoy bootstrap (ADS to meshgate); run it with envoy -c",
     )
     boot.add_argument("--node-id", required=True, help="the Envoy node id meshgate reports it under")
-    boot.add_argument("--xds", default="127.0.0.1:18000", help="meshgate's ADS address as Envoy reaches it")
-    boot.add_argument("--admin-port", type=int, default=9901, help="Envoy admin port on 127.0.0.1")
+    boot.add_argument(
+        "--xds",
+        type=_args.address,
+        default="127.0.0.1:18000",
+        help="meshgate's ADS address, as Envoy reaches it",
+    )
+    boot.add_argument("--admin-port", type=_args.port, default=9901, help="Envoy admin port on 127.0.0.1")
     boot.add_argument("--sotw", action="store_true", help="state-of-the-world ADS instead of delta")
     boot.add_argument("--tls-ca", help="TLS to the ADS address: trust this CA (PEM file)")
     boot.add_argument("--tls-cert", help="with --tls-key: mutual TLS, Envoy presents this certificate (PEM)")
@@ -340,9 +361,12 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="ask a running meshgate what it serves; exit 1 unless SERVING")
     status.add_argument(
-        "--addr", default=_env("admin_addr", "127.0.0.1:18000"), help="any meshgate gRPC port"
+        "--addr",
+        type=_args.address,
+        default=_env("admin_addr", "127.0.0.1:18000"),
+        help="any meshgate gRPC port",
     )
-    status.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    status.add_argument("--timeout", type=_args.timeout, default=5.0, help="seconds")
     status.set_defaults(func=_cmd_status)
 
     explain = sub.add_parser(
@@ -356,7 +380,9 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("path", help="the request's path (and query), e.g. /v2/models/demo/infer")
     source = explain.add_mutually_exclusive_group(required=True)
     source.add_argument("--policy", help="explain with this policy file")
-    source.add_argument("--addr", help="explain with a running meshgate (any of its gRPC ports)")
+    source.add_argument(
+        "--addr", type=_args.address, help="explain with a running meshgate (any of its gRPC ports)"
+    )
     explain.add_argument("-X", "--method", help="HTTP method (default: POST with a body, else GET)")
     explain.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
                          help="a request header (repeatable)")  # fmt: skip
@@ -365,7 +391,7 @@ def _parser() -> argparse.ArgumentParser:
     body.add_argument("--data-file", metavar="FILE", help="the request body, read from FILE")
     body.add_argument("--data", metavar="TEXT", help="the request body")
     explain.add_argument("--json", action="store_true", help="print the explanation as JSON")
-    explain.add_argument("--timeout", type=float, default=5.0, help="seconds (with --addr)")
+    explain.add_argument("--timeout", type=_args.timeout, default=5.0, help="seconds (with --addr)")
     explain.set_defaults(func=_cmd_explain)
 
     models = sub.add_parser(
@@ -374,9 +400,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Exit 0: every probed version has a ready endpoint; 1: some has none; 2: unreachable.",
     )
     models.add_argument(
-        "--addr", default=_env("admin_addr", "127.0.0.1:18000"), help="any meshgate gRPC port"
+        "--addr",
+        type=_args.address,
+        default=_env("admin_addr", "127.0.0.1:18000"),
+        help="any meshgate gRPC port",
     )
-    models.add_argument("--timeout", type=float, default=5.0, help="seconds")
+    models.add_argument("--timeout", type=_args.timeout, default=5.0, help="seconds")
     models.set_defaults(func=_cmd_models)
     models_sub = models.add_subparsers(dest="models_command")
     check = models_sub.add_parser(
@@ -393,7 +422,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )

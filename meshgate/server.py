@@ -133,8 +133,10 @@ def ratelimit_store(redis_url: str | None, policy: Policy) -> tuple[Store, str]:
 
     rl = policy.gateway.ratelimit
     store = RedisStore(
-        redis_url, timeout=rl.store_timeout,
-        pipeline_window=rl.store_pipeline_window, pipeline_limit=rl.store_pipeline_limit,
+        redis_url,
+        timeout=rl.store_timeout,
+        pipeline_window=rl.store_pipeline_window,
+        pipeline_limit=rl.store_pipeline_limit,
     )
     log.info("ratelimit counters in %r", store)
     return store, "redis"
@@ -171,14 +173,20 @@ def build_services(
     extauthz = ExtAuthzService(policies, registry=registry, health=health, tracer_provider=traced)
     store, store_name = ratelimit_store(config.redis_url, first)
     ratelimit = RateLimitService(
-        store, store_name=store_name, health=health, registry=registry,
-        config_dir=config.ratelimit_config, policy_source=str(config.policy), tracer_provider=traced,
+        store,
+        store_name=store_name,
+        health=health,
+        registry=registry,
+        config_dir=config.ratelimit_config,
+        policy_source=str(config.policy),
+        tracer_provider=traced,
     )
     policies.subscribe("ratelimit", ratelimit.prepare)
     extauthz.admission = Admission(ratelimit.servicer)  # (gateway.ratelimit.admission: extauthz)
     listen = {
         role: local_address(config.listen[role], ports[role])
-        for role in ("extauthz", "ratelimit", HTTP_ROLE) if role in ports
+        for role in ("extauthz", "ratelimit", HTTP_ROLE)
+        if role in ports
     }
     options = options_from_env(listen, dict(os.environ))
     xds = XdsService(
@@ -193,7 +201,9 @@ def build_services(
     # the inference protocol's server-level gRPC calls, which the gateway routes to the extauthz port
     server_api = ServerApi(ready=lambda: health.ok)
     roles: dict[str, list[Service]] = {
-        "extauthz": [extauthz, server_api], "ratelimit": [ratelimit], "xds": [prober, xds],
+        "extauthz": [extauthz, server_api],
+        "ratelimit": [ratelimit],
+        "xds": [prober, xds],
     }
     return Wiring(roles=roles, prober=prober, extauthz=extauthz, ratelimit=ratelimit, xds=xds, inputs=inputs)
 
@@ -253,20 +263,36 @@ def _listen(config: ServeConfig) -> tuple[list[tuple[grpc.aio.Server, list[str]]
         if credentials is not None and "xds" in roles:
             if roles != ["xds"]:
                 raise OSError(f"with TLS, xds needs an address of its own ({address} is shared with {roles})")
-            port = server.add_secure_port(address, credentials)
+            port = _bind_port(server.add_secure_port, address, roles, credentials)
         else:
-            port = server.add_insecure_port(address)
-        if port == 0:
-            raise OSError(f"cannot listen on {address}")
+            port = _bind_port(server.add_insecure_port, address, roles)
         servers.append((server, roles))
         for role in roles:
             ports[role] = port
     return servers, ports
 
 
+def _bind_port(add: Any, address: str, roles: list[str], *args: Any) -> int:
+    """`add(address, *args)`, gRPC's add_*_port: an error naming the address and its role (gRPC raises a
+    bare "Failed to bind" where older releases returned 0)."""
+    try:
+        port = int(add(address, *args))
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen on {address} ({', '.join(roles)}): in use, or not this host's address")
+    return port
+
+
 async def _start(
-    servers: Servers, wiring: Wiring, *, config: ServeConfig, ports: Mapping[str, int], policies: PolicyStore,
-    health: Health, gate: CallGate,
+    servers: Servers,
+    wiring: Wiring,
+    *,
+    config: ServeConfig,
+    ports: Mapping[str, int],
+    policies: PolicyStore,
+    health: Health,
+    gate: CallGate,
 ) -> None:
     """Add health, admin and each role's services to its server (through the gate), then serve."""
     for server, roles in servers:
@@ -282,6 +308,20 @@ async def _start(
         await server.start()
         for role in roles:
             log.info("%s listening on %s:%d", role, _split(config.listen[role])[0], ports[role])
+
+
+def _metrics_server(address: str, registry: CollectorRegistry) -> Any:
+    host, port = _split(address)
+    try:
+        return start_http_server(port, addr=host, registry=registry)[0]
+    except OSError as exc:
+        raise OSError(f"cannot listen on {address} (metrics): {exc.strerror or exc}") from None
+
+
+def _check_ready_file(path: Path | None) -> None:
+    """Before anything starts: where the ready file goes must be a directory that exists."""
+    if path is not None and (not path.parent.is_dir() or path.is_dir()):
+        raise OSError(f"--ready-file {path}: not a file in an existing directory")
 
 
 def _write_ready_file(path: Path, ports: dict[str, int]) -> None:
@@ -330,14 +370,25 @@ async def run(config: ServeConfig) -> int:
     health = Health(registry=registry)
     try:
         provider = tracing.configure(os.environ)  # OTEL_*: off when unset
+        _check_ready_file(config.ready_file)
+        if config.redis_url:
+            from .ratelimit.redis_store import check_redis_url
+
+            check_redis_url(config.redis_url)
         servers, bound = _listen(config)
         http_socket = _bind(config.listen[HTTP_ROLE])
         bound[HTTP_ROLE] = http_socket.getsockname()[1]
+        metrics_server = _metrics_server(config.metrics, registry)
     except (OSError, ValueError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     wiring = build_services(
-        config, ports=bound, first=first, policies=policies, health=health, registry=registry,
+        config,
+        ports=bound,
+        first=first,
+        policies=policies,
+        health=health,
+        registry=registry,
         tracer_provider=provider,
     )
     http = HttpCheckServer(
@@ -361,14 +412,15 @@ async def run(config: ServeConfig) -> int:
     # everything built so far lives as long as the process: keep it out of the cyclic GC's scans
     # (measured: about half of the 5 µs per check the collector cost extauthz)
     gc.freeze()
-    host, port = _split(config.metrics)
-    metrics_server, _ = start_http_server(port, addr=host, registry=registry)
     ports["metrics"] = metrics_server.server_port
-    log.info("metrics listening on %s:%d", host, ports["metrics"])
+    log.info("metrics listening on %s:%d", _split(config.metrics)[0], ports["metrics"])
     await health.publish()
 
     reloader = Reloader(
-        wiring.inputs, settle=config.reload_settle, watch=config.watch, freeze_gc=True,
+        wiring.inputs,
+        settle=config.reload_settle,
+        watch=config.watch,
+        freeze_gc=True,
         resync=DEFAULT_RESYNC if config.watch else 0.0,  # --no-watch: SIGHUP only
     )
     await reloader.run()
@@ -388,8 +440,14 @@ async def run(config: ServeConfig) -> int:
 
 
 async def _stop(
-    config: ServeConfig, servers: Servers, wiring: Wiring, *,
-    reloader: Reloader, health: Health, gate: CallGate, http: HttpCheckServer,
+    config: ServeConfig,
+    servers: Servers,
+    wiring: Wiring,
+    *,
+    reloader: Reloader,
+    health: Health,
+    gate: CallGate,
+    http: HttpCheckServer,
 ) -> None:
     """NOT_SERVING, the drain delay, then streams end and unary calls finish (at most the grace), then
     the servers stop: new calls are refused, calls still running get what is left of the grace."""

@@ -71,6 +71,13 @@ def server_credentials(tls: ServerTLS) -> grpc.ServerCredentials:
     """Credentials for `add_secure_port`; raises OSError or ValueError when a file cannot be read at start
     (`meshgate.files.read_bounded`)."""
     files = _Files(tls)
+    try:  # (gRPC itself only says "Failed to bind" for a certificate it cannot use)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+        if tls.client_ca_file is not None:
+            context.load_verify_locations(tls.client_ca_file)
+    except ssl.SSLError as exc:
+        raise ValueError(f"TLS files {tls.cert_file}, {tls.key_file} unusable: {exc.reason or exc}") from None
     return grpc.dynamic_ssl_server_credentials(
         files.configuration(),
         files.fetch,  # gRPC documents a None return as "no change"

@@ -72,7 +72,14 @@ def cmd_render(args: argparse.Namespace) -> int:
         return 0
     for target, objs in rendered.items():
         directory = Path(args.output) / target if len(targets) > 1 else Path(args.output)
-        for path in write_dir(render_files(objs), directory):
+        try:
+            written = write_dir(render_files(objs), directory)
+        except OSError as exc:
+            print(
+                f"meshgate render: -o {args.output}: {exc.strerror or exc} ({exc.filename})", file=sys.stderr
+            )
+            return 1
+        for path in written:
             print(path)
     return 0
 

@@ -47,7 +47,7 @@ from ._resp import RespConnection, RespError, pack
 from .bounds import MIB, Budget, sizeof
 from .store import Slot, StoreResult, StoreUnavailable
 
-__all__ = ["LUA", "TAKE_BACK", "RedisStore", "redact"]
+__all__ = ["LUA", "TAKE_BACK", "RedisStore", "check_redis_url", "redact"]
 
 log = logging.getLogger("meshgate.ratelimit")
 
@@ -130,6 +130,15 @@ def redact(url: str) -> str:
         head = url.partition("?")[0]
         url = f"{head}?{hidden}" + (f"#{parts.fragment}" if parts.fragment else "")
     return url
+
+
+def check_redis_url(url: str) -> None:
+    """ValueError naming `--redis-url` (password hidden) when `url` is no Redis URL meshgate can use;
+    nothing is connected (the clients are built, not opened)."""
+    try:
+        _client(url, timeout=1.0)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise ValueError(f"--redis-url {redact(url)}: {exc}") from None
 
 
 def _client(url: str, timeout: float) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from tests.harness.procs import free_port, http_get, wait_until
 from tests.harness.stack import Stack
 
 ROOT = Path(__file__).parents[2]
-EXAMPLE = (ROOT / "examples" / "policy.yaml").read_text()
+EXAMPLE_PATH = ROOT / "examples" / "policy.yaml"
+EXAMPLE = EXAMPLE_PATH.read_text()
 LINES = EXAMPLE.splitlines(keepends=True)
 VARIANT = EXAMPLE.replace("name: globex", "name: initech").replace("[acme, globex]", "[acme, initech]")
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -73,7 +75,9 @@ def test_truncating_the_live_policy_is_refused(
     path.open("w").close()  # `> policy.yaml`, and nothing written after it
     wait_until(
         lambda: _metric(mg, "meshgate_policy_reloads_total", 'result="invalid"') >= 1,
-        15, what="the empty policy refused", proc=mg.proc,
+        15,
+        what="the empty policy refused",
+        proc=mg.proc,
     )
     assert _metric(mg, "meshgate_policy_generation") == 1
     assert _metric(mg, "meshgate_policy_last_reload_ok") == 0
@@ -127,7 +131,10 @@ def test_a_first_policy_that_does_not_compile_exits_1_with_a_clear_error(
     mg.proc.start()
     assert mg.proc.wait_exit(20) == 1
     log = mg.proc.tail(200)
-    assert f"cannot start: policy {path} is valid but xds could not compile it: FileNotFoundError" in log
+    assert (
+        f"cannot start: policy {path} is valid but xds could not compile it: ValueError: cannot read certificate "
+        f"file '{tmp_path}/missing.crt': No such file or directory"
+    ) in log
     assert "Traceback" not in log
     assert not mg.ready_file.exists()
 
@@ -136,10 +143,48 @@ def test_a_ratelimit_config_directory_that_does_not_load_exits_1(harness: Stack,
     limits = tmp_path / "limits"
     limits.mkdir()
     (limits / "broken.yaml").write_text("domain: edge\ndescriptors: [{key: a, rate_limit: {unit: eon}}]\n")
-    mg = harness.add(Meshgate(ROOT / "examples" / "policy.yaml", workdir=tmp_path,
-                              extra_args=["--ratelimit-config", str(limits)]))
+    mg = harness.add(
+        Meshgate(
+            ROOT / "examples" / "policy.yaml",
+            workdir=tmp_path,
+            extra_args=["--ratelimit-config", str(limits)],
+        )
+    )
     mg.proc.start()
     assert mg.proc.wait_exit(20) == 1
     log = mg.proc.tail(200)
     assert f"cannot start: ratelimit config rejected: {limits / 'broken.yaml'}" in log
     assert "Traceback" not in log
+
+
+def test_serve_refuses_to_start_naming_what_it_cannot_use(harness: Stack, tmp_path: Path) -> None:
+    """A port in use, a Redis URL redis-py cannot read, TLS files that are no certificate, a ready file
+    in no directory: exit 1 at once with one line naming the flag or the address (gRPC said only
+    "Failed to bind", others were tracebacks), the Redis password hidden."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    taken = f"127.0.0.1:{busy.getsockname()[1]}"
+    cases = {
+        "xds port in use": (["--xds", taken], f"cannot start: cannot listen on {taken} (xds): in use"),
+        "metrics port in use": (["--metrics", taken], f"cannot start: cannot listen on {taken} (metrics): "),
+        "a Redis URL of no scheme it knows": (
+            ["--redis-url", "bogus://:s3cret@x/0"], "cannot start: --redis-url bogus://:***@x/0: Redis URL must"),
+        "TLS files that are not PEM": (
+            ["--tls-cert", str(EXAMPLE_PATH), "--tls-key", str(EXAMPLE_PATH)],
+            f"cannot start: TLS files {EXAMPLE_PATH}, {EXAMPLE_PATH} unusable: "),
+        "a ready file in no directory": (
+            ["--ready-file", str(tmp_path / "no" / "r.json")], "cannot start: --ready-file "),
+    }  # fmt: skip
+    try:
+        for name, (args, expected) in cases.items():
+            mg = harness.add(
+                Meshgate(EXAMPLE_PATH, workdir=tmp_path / name.replace(" ", "-"), extra_args=args)
+            )
+            mg.proc.start()
+            assert mg.proc.wait_exit(20) == 1, name
+            said = [line for line in mg.proc.tail(200).splitlines() if not line.startswith("--- start")]
+            log = "\n".join(said)  # (what meshgate wrote: the harness's own line repeats the command)
+            assert expected in log and "Traceback" not in log and "s3cret" not in log, name
+    finally:
+        busy.close()

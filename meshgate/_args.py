@@ -1,0 +1,71 @@
+"""Types of the command line's flags (argparse calls them on the flag's text and on a MESHGATE_* default):
+a bad value is refused with the flag named (`argument --xds: ...`), never a traceback later."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+__all__ = ["address", "listen_address", "log_level", "port", "seconds", "timeout"]
+
+_DAY = 86400.0
+
+
+def _host_port(value: str, *, lowest: int) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    bracketed = host.startswith("[") == host.endswith("]")
+    digits = port.isascii() and port.isdigit()
+    if not sep or not bracketed or not digits or not lowest <= int(port) <= 65535 or " " in host:
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:PORT with a port from {lowest} to 65535, got {value!r}"
+        )
+    return host, int(port)
+
+
+def listen_address(value: str) -> str:
+    """An address to listen on: HOST:PORT, [IPV6]:PORT or :PORT (every interface); port 0: any free one."""
+    _host_port(value, lowest=0)
+    return value
+
+
+def address(value: str) -> str:
+    """An address to connect to: a host and a port from 1 to 65535."""
+    host, _ = _host_port(value, lowest=1)
+    if not host.strip("[]"):
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a host, got {value!r}")
+    return value
+
+
+def port(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {value!r}")
+    return number
+
+
+def seconds(value: str) -> float:
+    """A number of seconds from 0 to a day (a drain or grace of 1e308 would never end)."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 <= number <= _DAY:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds from 0 to {_DAY:g}, got {value!r}")
+    return number
+
+
+def timeout(value: str) -> float:
+    """A client's timeout: more than 0 seconds, at most a day."""
+    number = seconds(value)
+    if number == 0:
+        raise argparse.ArgumentTypeError(f"expected a timeout of more than 0 seconds, got {value!r}")
+    return number
+
+
+def log_level(value: str) -> str:
+    if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise argparse.ArgumentTypeError(f"expected debug, info, warning or error, got {value!r}")
+    return value.upper()
