@@ -8,6 +8,7 @@ and the quota counters are read as checks that add nothing: meshgate/explain.py)
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,8 @@ from .policy.model import ModelVersion, Policy
 from .policy.store import PolicyStore, Rejection
 from .xds._wire import Malformed, abort_malformed, parse, register
 from .xds.status import StatusBoard
+
+log = logging.getLogger("meshgate.admin")
 
 if TYPE_CHECKING:  # (explain imports extauthz, whose Triton body reader loads tritonclient.grpc: the demo
     # KServe server imports this module and must not load it, see tests/unit/test_models_cli.py)
@@ -138,9 +141,15 @@ async def add_operations(status: admin_pb2.Status, store: PolicyStore, ops: Oper
     if ops.proxies is not None:
         status.proxies.extend(_proxies(ops.proxies))
     if ops.quotas is not None and store.loaded:
-        rows, more = await ops.quotas()
-        status.quotas.extend(_quota(row) for row in rows)
-        status.quotas_not_listed = more
+        from .ratelimit.store import StoreUnavailable
+
+        try:
+            rows, more = await ops.quotas()
+        except StoreUnavailable as exc:  # (the status says so: `ratelimit` is down; the rest still reads)
+            log.warning("status without the quotas' use: %s", exc)
+        else:
+            status.quotas.extend(_quota(row) for row in rows)
+            status.quotas_not_listed = more
     found = [r for r in (ops.rejections() if ops.rejections else []) if r is not None]
     if found:
         last = max(found, key=lambda r: r.at)
@@ -218,9 +227,14 @@ class AdminService:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "nothing to explain with yet")
             raise AssertionError("unreachable: abort raises")
         from .explain import HttpRequest
+        from .ratelimit.store import StoreUnavailable
 
         http = HttpRequest(request.method or "GET", request.path or "/", dict(request.headers), request.body)
-        return admin_pb2.Explanation(json=json.dumps(await self._ops.explain(http)))
+        try:
+            return admin_pb2.Explanation(json=json.dumps(await self._ops.explain(http)))
+        except StoreUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"the quotas' counters cannot be read: {exc}")
+            raise AssertionError("unreachable: abort raises") from None
 
 
 # --- what `meshgate status` prints ------------------------------------------------------------------

@@ -30,7 +30,10 @@ from tests.harness.procs import child_env, free_port, wait_until
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 POLICY = {
     "version": 1,
-    "tenants": [{"name": "acme", "quotas": ["per-day", "per-user"]}, {"name": "globex", "quotas": ["per-day"]}],
+    "tenants": [
+        {"name": "acme", "quotas": ["per-day", "per-user"]},
+        {"name": "globex", "quotas": ["per-day"]},
+    ],
     "tiers": [],
     "models": [{"name": "demo", "versions": [{"name": "v1", "endpoints": ["127.0.0.1:9"]}]}],
     "quotas": [
@@ -54,7 +57,9 @@ class NackingStream:
         self.channel = grpc.insecure_channel(address)
         self._out: queue.Queue[discovery_pb2.DiscoveryRequest | None] = queue.Queue()
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
-        self.responses: Iterator[discovery_pb2.DiscoveryResponse] = stub.StreamAggregatedResources(self._requests())
+        self.responses: Iterator[discovery_pb2.DiscoveryResponse] = stub.StreamAggregatedResources(
+            self._requests()
+        )
         self.node = base_pb2.Node(id=node)
 
     def _requests(self) -> Iterator[discovery_pb2.DiscoveryRequest]:
@@ -62,7 +67,9 @@ class NackingStream:
             yield request
 
     def nack_routes(self) -> str:
-        self._out.put(discovery_pb2.DiscoveryRequest(node=self.node, type_url=ROUTE, resource_names=["meshgate_routes"]))
+        self._out.put(
+            discovery_pb2.DiscoveryRequest(node=self.node, type_url=ROUTE, resource_names=["meshgate_routes"])
+        )
         response = next(self.responses)
         self._out.put(discovery_pb2.DiscoveryRequest(
             node=self.node, type_url=ROUTE, resource_names=["meshgate_routes"], response_nonce=response.nonce,
@@ -124,3 +131,33 @@ def test_status_shows_envoys_acks_nacks_quotas_and_the_last_rejected_reload(
         assert "policy generation 1" in text
     finally:
         nacker.close()
+
+
+def test_status_answers_while_redis_is_down(tmp_path: Path) -> None:
+    """The store down is when an operator asks: status still answers (ratelimit DOWN, no quota use, the
+    rest as ever) where it failed UNKNOWN; explain --addr says the counters cannot be read."""
+    key = "status-test-key"
+    doc = {
+        **POLICY,
+        "roles": [{"name": "invoker", "models": ["*"]}],
+        "api_keys": [
+            {
+                "id": "k",
+                "tenant": "acme",
+                "roles": ["invoker"],
+                "sha256": hashlib.sha256(key.encode()).hexdigest(),
+            }
+        ],
+    }
+    mg = Meshgate(doc, workdir=tmp_path, redis_url=f"redis://:s3cret@127.0.0.1:{free_port()}/0")
+    try:
+        mg.start()
+        shown = status(mg)
+        assert "ratelimit_store=DOWN" in shown and "per-day" not in shown and "s3cret" not in shown
+        argv = [*binaries.meshgate_argv(), "explain", "--addr", mg.address("extauthz"), "-H", f"x-api-key: {key}",
+                "/v2/models/demo/infer"]  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=child_env(), check=False)
+        assert done.returncode != 0 and "the quotas' counters cannot be read" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and "s3cret" not in done.stderr
+    finally:
+        mg.proc.stop()
