@@ -334,7 +334,7 @@ def _first_policy(policies: PolicyStore) -> tuple[Policy, str]:
     """The policy to start with, and the digest of its bytes. Raises PolicyError."""
     state = policies.read()
     if state.data is None:
-        raise PolicyError([Issue(str(policies.path), 0, "<file>", "cannot read")])
+        raise PolicyError([Issue(str(policies.path), 0, "<file>", f"cannot read: {state.error}")])
     return parse_policy_bytes(state.data, str(policies.path)), hashlib.sha256(state.data).hexdigest()
 
 

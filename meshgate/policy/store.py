@@ -166,8 +166,9 @@ class PolicyStore:
         """Parse the bytes read and compile them: the commit, or None (unchanged, or refused: logged
         and counted)."""
         if state.data is None:
-            log.error("policy rejected, keeping generation %d: %s: cannot read", self.generation, self.path)
-            self._rejected("invalid", [f"{self.path}: cannot read"])
+            why = f"{self.path}: cannot read: {state.error}"
+            log.error("policy rejected, keeping generation %d: %s", self.generation, why)
+            self._rejected("invalid", [why])
             return None
         try:
             policy = parse_policy_bytes(state.data, str(self.path))

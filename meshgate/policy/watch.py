@@ -37,6 +37,8 @@ from typing import Any, Protocol, TypeVar
 
 import watchfiles
 
+from .load import MAX_POLICY_BYTES
+
 __all__ = ["FileState", "FilesInput", "Input", "Paths", "Reloader", "read_files"]
 
 log = logging.getLogger("meshgate.reload")
@@ -54,22 +56,29 @@ DEFAULT_SETTLE = 1.0
 """Seconds an input's bytes must stay unchanged before they are parsed (`--reload-settle`)."""
 
 
+MAX_READ_BYTES = MAX_POLICY_BYTES + 1
+"""The most of a watched file read: one byte past the largest policy, which is then refused as too
+large (a file named by mistake, /dev/zero, is not read without end)."""
+
+
 @dataclass(frozen=True)
 class FileState:
-    """One file as read: its identity and size/mtime (None if missing), and its bytes."""
+    """One file as read: its identity and size/mtime (None if missing), and its bytes (at most
+    MAX_READ_BYTES); `error` says why a file could not be read."""
 
     path: str
     stat: tuple[int, int, int, int] | None
     data: bytes | None
+    error: str = ""
 
     @classmethod
     def read(cls, path: Path) -> FileState:
         try:
             with path.open("rb") as f:
                 s = os.fstat(f.fileno())
-                data = f.read()
-        except OSError:
-            return cls(str(path), None, None)
+                data = f.read(MAX_READ_BYTES)
+        except OSError as exc:
+            return cls(str(path), None, None, exc.strerror or type(exc).__name__)
         return cls(str(path), (s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns), data)
 
 

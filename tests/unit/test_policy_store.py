@@ -115,3 +115,14 @@ def test_a_compile_error_names_the_subscriber_and_keeps_the_policy(tmp_path: Pat
     assert store.reload() is False
     assert not store.loaded
     assert _reloads(registry, "compile_error") == 1
+
+
+def test_a_watched_file_is_read_up_to_a_bound_and_a_failure_says_why(tmp_path: Path) -> None:
+    """/dev/zero as the policy was read until memory ran out; now one byte past the largest policy
+    (then refused as too large). A file that cannot be read says why (it said only "cannot read")."""
+    from meshgate.policy.watch import MAX_READ_BYTES, FileState
+
+    zero = FileState.read(Path("/dev/zero"))
+    assert zero.data is not None and len(zero.data) == MAX_READ_BYTES
+    missing = FileState.read(tmp_path / "missing.yaml")
+    assert (missing.data, missing.error) == (None, "No such file or directory")
