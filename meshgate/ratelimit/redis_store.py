@@ -41,7 +41,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from ._resp import RespConnection, RespError, pack
 from .bounds import MIB, Budget, sizeof
@@ -50,6 +50,9 @@ from .store import Slot, StoreResult, StoreUnavailable
 __all__ = ["LUA", "TAKE_BACK", "RedisStore", "check_redis_url", "redact"]
 
 log = logging.getLogger("meshgate.ratelimit")
+_REDIS_ERRORS = (RedisError, RedisClusterException)
+"""What redis-py raises for a store it cannot use (RedisClusterException, e.g. no node of a Cluster
+reachable, is no RedisError: it ended the health probe, which then said `up` for ever)."""
 
 COMMANDS_BUDGET = 8 * MIB  # the packed EVALSHA kept per request (see _evalsha and bounds.py)
 _MARGIN = 0.002  # seconds off each sample of Redis's clock (a safety margin: samples are lower bounds)
@@ -347,7 +350,7 @@ class RedisStore:
         try:
             async with asyncio.timeout_at(deadline):
                 reply = await self._eval(*_keys_args(slots, now, self._deadline_ms(deadline)))
-        except (TimeoutError, RedisError, OSError) as exc:
+        except (TimeoutError, *_REDIS_ERRORS, OSError) as exc:
             raise self._unavailable(exc) from exc
         return self._result(reply)
 
@@ -389,7 +392,7 @@ class RedisStore:
         try:
             async with asyncio.timeout_at(None if self._resp is not None else deadline):
                 await self._command("PING", deadline=deadline)
-        except (RedisError, RespError, OSError, TimeoutError) as exc:
+        except (*_REDIS_ERRORS, RespError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"redis {redact(self.url)}: {type(exc).__name__}: {exc}") from exc
 
     async def close(self) -> None:

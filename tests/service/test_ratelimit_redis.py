@@ -471,3 +471,22 @@ def test_cluster_all_or_nothing_within_a_tenant(redis_cluster: ClusterTopology) 
     assert not any(d.over_limit for d in decisions[:50]) and decisions[50].over_limit  # gold: 50 per user
     assert tenant_remaining[49] == 950 and tenant_remaining[50] == 950  # refused: tenant-rpm not charged
     assert tenant_remaining[51] == 949
+
+
+def test_a_cluster_no_node_of_which_answers_is_unavailable() -> None:
+    """redis-py raises RedisClusterUnreachableError, which is no RedisError: it ended the health probe
+    (ratelimit_store then said up for ever) and failed each call unwrapped. Now StoreUnavailable."""
+    from tests.harness.procs import free_port
+
+    async def main() -> None:
+        store = RedisStore(f"redis+cluster://:s3cret@127.0.0.1:{free_port()}", timeout=0.2)
+        try:
+            with pytest.raises(StoreUnavailable, match="RedisClusterUnreachableError") as caught:
+                await store.ping()
+            assert "s3cret" not in str(caught.value)
+            with pytest.raises(StoreUnavailable, match="RedisClusterUnreachableError"):
+                await store.apply([Slot("k", "k", 10, 1, 60, 0, True, True)], time.time())
+        finally:
+            await store.close()
+
+    asyncio.run(main())
