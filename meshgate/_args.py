@@ -5,10 +5,24 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 
-__all__ = ["address", "listen_address", "log_level", "port", "seconds", "timeout"]
+__all__ = [
+    "TOKEN",
+    "address",
+    "header",
+    "listen_address",
+    "log_level",
+    "method",
+    "port",
+    "request_path",
+    "seconds",
+    "timeout",
+]
 
 _DAY = 86400.0
+TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+"""An HTTP method or header name (RFC 9110 token)."""
 
 
 def _host_port(value: str, *, lowest: int) -> tuple[str, int]:
@@ -69,3 +83,24 @@ def log_level(value: str) -> str:
     if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise argparse.ArgumentTypeError(f"expected debug, info, warning or error, got {value!r}")
     return value.upper()
+
+
+def method(value: str) -> str:
+    if not TOKEN.match(value):
+        raise argparse.ArgumentTypeError(f"expected an HTTP method (a token, e.g. POST), got {value!r}")
+    return value
+
+
+def request_path(value: str) -> str:
+    if not value.startswith("/") or any(c in value for c in "\r\n\0 "):
+        raise argparse.ArgumentTypeError(f"expected a path starting with '/' (and its query), got {value!r}")
+    return value
+
+
+def header(line: str) -> tuple[str, str]:
+    """`Name: value` -> (name, value); ValueError for a name that is no token or a value with CR, LF or
+    NUL (which would be another header)."""
+    name, sep, value = line.partition(":")
+    if not sep or not TOKEN.match(name.strip()) or any(c in value for c in "\r\n\0"):
+        raise ValueError(f"a header is 'Name: value' on one line, got {line[:64]!r}")
+    return name.strip().lower(), value.strip()

@@ -125,13 +125,12 @@ def _explain_request(args: argparse.Namespace) -> Any:
 
     lines = list(args.header)
     if args.headers_file:
-        lines += [line for line in Path(args.headers_file).read_text().splitlines() if line.strip()]
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, sep, value = line.partition(":")
-        if not sep or not name.strip():
-            raise ValueError(f"a header is 'Name: value', got {line.split(':')[0]!r}...")
-        headers[name.strip().lower()] = value.strip()
+        try:
+            text = Path(args.headers_file).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"--headers-file {args.headers_file}: not UTF-8 text") from None
+        lines += [line for line in text.splitlines() if line.strip()]
+    headers = dict(_args.header(line) for line in lines)
     body = Path(args.data_file).read_bytes() if args.data_file else (args.data or "").encode()
     return HttpRequest(args.method or ("POST" if body else "GET"), args.path, headers, body)
 
@@ -159,8 +158,19 @@ def _explain_remote(args: argparse.Namespace, request: Any) -> dict[str, Any] | 
 def _cmd_envoy_bootstrap(args: argparse.Namespace) -> int:
     from .xds.bootstrap import XdsTLS, envoy_bootstrap
 
-    if (args.tls_cert is None) != (args.tls_key is None) or (args.tls_cert and not args.tls_ca):
-        print("envoy-bootstrap: --tls-cert and --tls-key go together, and need --tls-ca", file=sys.stderr)
+    if (args.tls_cert is None) != (args.tls_key is None) or (
+        (args.tls_cert or args.tls_sni) and not args.tls_ca
+    ):
+        print(
+            "envoy-bootstrap: --tls-cert and --tls-key go together; they and --tls-sni need --tls-ca",
+            file=sys.stderr,
+        )
+        return 2
+    if not args.node_id.strip():
+        print(
+            "envoy-bootstrap: --node-id must name the node (meshgate reports the Envoy under it)",
+            file=sys.stderr,
+        )
         return 2
     tls = None
     if args.tls_ca:
@@ -377,13 +387,17 @@ def _parser() -> argparse.ArgumentParser:
         "left). Nothing is counted. Credentials are used, never printed; pass them with --headers-file to "
         "keep them off the command line. See docs/operations.md.",
     )
-    explain.add_argument("path", help="the request's path (and query), e.g. /v2/models/demo/infer")
+    explain.add_argument(
+        "path", type=_args.request_path, help="the request's path (and query), e.g. /v2/models/demo/infer"
+    )
     source = explain.add_mutually_exclusive_group(required=True)
     source.add_argument("--policy", help="explain with this policy file")
     source.add_argument(
         "--addr", type=_args.address, help="explain with a running meshgate (any of its gRPC ports)"
     )
-    explain.add_argument("-X", "--method", help="HTTP method (default: POST with a body, else GET)")
+    explain.add_argument(
+        "-X", "--method", type=_args.method, help="HTTP method (default: POST with a body, else GET)"
+    )
     explain.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
                          help="a request header (repeatable)")  # fmt: skip
     explain.add_argument("--headers-file", metavar="FILE", help="request headers, one 'Name: value' a line")

@@ -57,3 +57,22 @@ def test_a_bad_environment_default_names_its_flag(
     assert (
         "argument --grace: expected a number of seconds from 0 to 86400, got 'abc'" in capsys.readouterr().err
     )
+
+
+def test_explain_takes_an_http_request_it_could_be_sent() -> None:
+    """A method that is no token, a path without '/', a header that would be two (CR LF) or whose name
+    is no token: refused (they were explained as if sent)."""
+    assert (
+        _args.method("POST") == "POST"
+        and _args.request_path("/v2/models/m/infer?x=1") == "/v2/models/m/infer?x=1"
+    )
+    for bad_method in ("BAD METHOD", "", "GET\r\n"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _args.method(bad_method)
+    for bad_path in ("noslash", "", "http://h/x", "/a\r\nb"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _args.request_path(bad_path)
+    assert _args.header("X-Api-Key:  k ") == ("x-api-key", "k")
+    for bad_header in ("x: a\r\nb: c", "bad name: v", "novalue", ": v"):
+        with pytest.raises(ValueError, match="a header is 'Name: value' on one line"):
+            _args.header(bad_header)
