@@ -371,6 +371,7 @@ async def run(config: ServeConfig) -> int:
     try:
         provider = tracing.configure(os.environ)  # OTEL_*: off when unset
         _check_ready_file(config.ready_file)
+        options_from_env({}, dict(os.environ))  # (MESHGATE_XDS_*: checked before anything starts)
         if config.redis_url:
             from .ratelimit.redis_store import check_redis_url
 

@@ -61,6 +61,9 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"meshgate render: {args.policy}: {exc}; nothing written", file=sys.stderr)
         return 1
     schemas = SchemaSet.from_dir(args.schemas) if args.schemas else None
+    if schemas is not None and not schemas:
+        print(f"meshgate render: --schemas {args.schemas}: no CRD found there", file=sys.stderr)
+        return 2
     problems = [p for objs in rendered.values() for p in validate_objects(objs, schemas)]
     if problems:
         for problem in problems:

@@ -98,6 +98,10 @@ class SchemaSet:
         self._schemas = dict(schemas)
         self._validators: dict[Key, Draft4Validator] = {}
 
+    def __len__(self) -> int:
+        """How many CRD versions it holds."""
+        return len(self._schemas)
+
     @classmethod
     def from_dir(cls, directory: str | Path) -> SchemaSet:
         """Read every CRD in *.yaml / *.yml (multi-document) and *.json (one CRD or a list) under it."""

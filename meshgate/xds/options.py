@@ -63,7 +63,13 @@ def options_from_env(listen: dict[str, str], env: dict[str, str]) -> CompileOpti
         host, _, port = listen.get(role, "127.0.0.1:0").rpartition(":")
         return f"{'127.0.0.1' if host in ('', '0.0.0.0', '[::]', '::') else host}:{port}"
 
-    filters = {f.strip() for f in env.get("MESHGATE_XDS_FILTERS", "extauthz,ratelimit").split(",")}
+    raw_filters = env.get("MESHGATE_XDS_FILTERS", "extauthz,ratelimit")
+    filters = {f.strip() for f in raw_filters.split(",")} - {""}
+    if not filters <= {"extauthz", "ratelimit"} and filters != {"none"}:
+        raise ValueError(
+            f"MESHGATE_XDS_FILTERS: {raw_filters[:40]!r} is not extauthz, ratelimit, both, or none"
+        )
+    sampling = _number(env, "MESHGATE_XDS_TRACING_SAMPLING", 100.0, 0.0, 100.0, "a percent")
     return CompileOptions(
         extauthz=advertised("extauthz"),
         ratelimit=advertised("ratelimit"),
@@ -71,7 +77,7 @@ def options_from_env(listen: dict[str, str], env: dict[str, str]) -> CompileOpti
         enable_extauthz="extauthz" in filters,
         enable_ratelimit="ratelimit" in filters,
         tracing=env.get("MESHGATE_XDS_TRACING") or None,
-        tracing_sampling=float(env.get("MESHGATE_XDS_TRACING_SAMPLING", "100")),
+        tracing_sampling=sampling,
         jwks_ca_file=env.get("MESHGATE_XDS_JWKS_CA") or CompileOptions.jwks_ca_file,
         fast_refresh=_seconds(env, "MESHGATE_XDS_FAST_REFRESH", CompileOptions.fast_refresh, 1.0, 3600.0),
         fast_stats=_flag(env, "MESHGATE_XDS_FAST_STATS", CompileOptions.fast_stats),
@@ -89,6 +95,10 @@ def _flag(env: dict[str, str], name: str, default: bool) -> bool:
 
 
 def _seconds(env: dict[str, str], name: str, default: float, low: float, high: float) -> float:
+    return _number(env, name, default, low, high, "a number of seconds")
+
+
+def _number(env: dict[str, str], name: str, default: float, low: float, high: float, what: str) -> float:
     raw = env.get(name)
     if not raw:
         return default
@@ -97,5 +107,5 @@ def _seconds(env: dict[str, str], name: str, default: float, low: float, high: f
     except ValueError:
         value = float("nan")
     if not low <= value <= high:  # (nan fails too)
-        raise ValueError(f"{name}: {raw[:40]!r} is not a number of seconds from {low:g} to {high:g}")
+        raise ValueError(f"{name}: {raw[:40]!r} is not {what} from {low:g} to {high:g}")
     return value

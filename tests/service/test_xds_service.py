@@ -114,3 +114,21 @@ def test_options_from_the_environment(filters: str) -> None:
     assert options.ratelimit == "rl.example:81"
     assert options.enable_extauthz == ("extauthz" in filters)
     assert options.enable_ratelimit == ("ratelimit" in filters)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("MESHGATE_XDS_FILTERS", "bogus", "is not extauthz, ratelimit, both, or none"),
+        ("MESHGATE_XDS_FILTERS", "extauthz,none", "is not extauthz, ratelimit, both, or none"),
+        ("MESHGATE_XDS_TRACING_SAMPLING", "500", "is not a percent from 0 to 100"),
+        ("MESHGATE_XDS_TRACING_SAMPLING", "x", "is not a percent from 0 to 100"),
+    ],
+)
+def test_a_bad_xds_setting_is_refused_naming_it(name: str, value: str, message: str) -> None:
+    """A filter name it does not know configured neither filter (an unguarded gateway); a sampling of
+    500 % was passed to Envoy."""
+    from meshgate.xds.options import options_from_env
+
+    with pytest.raises(ValueError, match=f"{name}: '{value}' {message}"):
+        options_from_env({}, {name: value})
