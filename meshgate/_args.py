@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from collections.abc import Callable
 
 __all__ = [
     "TOKEN",
@@ -51,23 +52,21 @@ def address(value: str) -> str:
 
 
 def port(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if not 1 <= number <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {value!r}")
-    return number
+    return int(_within(value, int, 1, 65535, "a port"))
 
 
 def seconds(value: str) -> float:
     """A number of seconds from 0 to a day (a drain or grace of 1e308 would never end)."""
+    return _within(value, float, 0, _DAY, "a number of seconds")
+
+
+def _within(value: str, parse: Callable[[str], float], low: float, high: float, what: str) -> float:
     try:
-        number = float(value)
+        number = parse(value)
     except ValueError:
         number = math.nan
-    if not 0 <= number <= _DAY:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds from 0 to {_DAY:g}, got {value!r}")
+    if not low <= number <= high:  # (nan fails too)
+        raise argparse.ArgumentTypeError(f"expected {what} from {low:g} to {high:g}, got {value!r}")
     return number
 
 
