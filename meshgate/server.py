@@ -14,11 +14,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
-import json
 import logging
 import os
 import signal
-import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +24,19 @@ from typing import Any, Protocol
 
 import grpc
 from opentelemetry.trace import TracerProvider
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from . import tracing
+from ._listen import (
+    ROLES,
+    bind_socket,
+    check_ready_file,
+    listen,
+    local_address,
+    metrics_server,
+    split_address,
+    write_ready_file,
+)
 from .admin import AdminService, live_operations
 from .extauthz import ExtAuthzService
 from .extauthz.http import HttpCheckServer
@@ -45,7 +53,7 @@ from .ratelimit.config import ConfigError
 from .ratelimit.service import RateLimitService
 from .ratelimit.store import MemoryStore, Store
 from .shutdown import CallGate
-from .tls import ServerTLS, server_credentials
+from .tls import ServerTLS
 from .xds import XdsService, options_from_env
 
 __all__ = [
@@ -61,7 +69,6 @@ __all__ = [
 
 log = logging.getLogger("meshgate.server")
 
-ROLES = ("extauthz", "ratelimit", "xds")
 HTTP_ROLE = "extauthz_http"
 """extauthz over HTTP (extauthz/http.py): its own port, not a gRPC server's."""
 Servers = list[tuple[grpc.aio.Server, list[str]]]
@@ -221,69 +228,6 @@ def certificates_input(xds: XdsService) -> Input:
     )
 
 
-def local_address(listen: str, port: int) -> str:
-    """`host:port` of a server as a local peer reaches it (0.0.0.0 and :: read as 127.0.0.1)."""
-    host = _split(listen)[0]
-    return f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-
-
-def _split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def _bind(address: str) -> socket.socket:
-    """A listening TCP socket for extauthz over HTTP (bound before any service exists, as `_listen`)."""
-    host, port = _split(address)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(1024)
-    except OSError as exc:
-        sock.close()
-        raise OSError(f"cannot listen on {address}: {exc}") from exc
-    sock.setblocking(False)
-    return sock
-
-
-def _listen(config: ServeConfig) -> tuple[list[tuple[grpc.aio.Server, list[str]]], dict[str, int]]:
-    """Bind one grpc.aio server per distinct address (port 0: one each), before any service exists,
-    so services (xds) can be built knowing where the others really listen."""
-    by_address: dict[tuple[str, str], list[str]] = {}
-    for role in ROLES:
-        address = config.listen[role]
-        key = (address, role if _split(address)[1] == 0 else "")
-        by_address.setdefault(key, []).append(role)
-    credentials = server_credentials(config.tls) if config.tls else None
-    servers, ports = [], {}
-    for (address, _), roles in by_address.items():
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        if credentials is not None and "xds" in roles:
-            if roles != ["xds"]:
-                raise OSError(f"with TLS, xds needs an address of its own ({address} is shared with {roles})")
-            port = _bind_port(server.add_secure_port, address, roles, credentials)
-        else:
-            port = _bind_port(server.add_insecure_port, address, roles)
-        servers.append((server, roles))
-        for role in roles:
-            ports[role] = port
-    return servers, ports
-
-
-def _bind_port(add: Any, address: str, roles: list[str], *args: Any) -> int:
-    """`add(address, *args)`, gRPC's add_*_port: an error naming the address and its role (gRPC raises a
-    bare "Failed to bind" where older releases returned 0)."""
-    try:
-        port = int(add(address, *args))
-    except RuntimeError:
-        port = 0
-    if port == 0:
-        raise OSError(f"cannot listen on {address} ({', '.join(roles)}): in use, or not this host's address")
-    return port
-
-
 async def _start(
     servers: Servers,
     wiring: Wiring,
@@ -307,27 +251,7 @@ async def _start(
                     health.add_service(name)
         await server.start()
         for role in roles:
-            log.info("%s listening on %s:%d", role, _split(config.listen[role])[0], ports[role])
-
-
-def _metrics_server(address: str, registry: CollectorRegistry) -> Any:
-    host, port = _split(address)
-    try:
-        return start_http_server(port, addr=host, registry=registry)[0]
-    except OSError as exc:
-        raise OSError(f"cannot listen on {address} (metrics): {exc.strerror or exc}") from None
-
-
-def _check_ready_file(path: Path | None) -> None:
-    """Before anything starts: where the ready file goes must be a directory that exists."""
-    if path is not None and (not path.parent.is_dir() or path.is_dir()):
-        raise OSError(f"--ready-file {path}: not a file in an existing directory")
-
-
-def _write_ready_file(path: Path, ports: dict[str, int]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({**ports, "pid": os.getpid()}))
-    tmp.replace(path)
+            log.info("%s listening on %s:%d", role, split_address(config.listen[role])[0], ports[role])
 
 
 def _first_policy(policies: PolicyStore) -> tuple[Policy, str]:
@@ -370,16 +294,16 @@ async def run(config: ServeConfig) -> int:
     health = Health(registry=registry)
     try:
         provider = tracing.configure(os.environ)  # OTEL_*: off when unset
-        _check_ready_file(config.ready_file)
+        check_ready_file(config.ready_file)
         options_from_env({}, dict(os.environ))  # (MESHGATE_XDS_*: checked before anything starts)
         if config.redis_url:
             from .ratelimit.redis_store import check_redis_url
 
             check_redis_url(config.redis_url)
-        servers, bound = _listen(config)
-        http_socket = _bind(config.listen[HTTP_ROLE])
+        servers, bound = listen(config)
+        http_socket = bind_socket(config.listen[HTTP_ROLE])
         bound[HTTP_ROLE] = http_socket.getsockname()[1]
-        metrics_server = _metrics_server(config.metrics, registry)
+        metrics = metrics_server(config.metrics, registry)
     except (OSError, ValueError) as exc:
         log.error("cannot start: %s", exc)
         return 1
@@ -408,13 +332,15 @@ async def run(config: ServeConfig) -> int:
     gate = CallGate()
     await _start(servers, wiring, config=config, ports=bound, policies=policies, health=health, gate=gate)
     await http.start(http_socket)
-    log.info("extauthz (HTTP) listening on %s:%d", _split(config.listen[HTTP_ROLE])[0], bound[HTTP_ROLE])
+    log.info(
+        "extauthz (HTTP) listening on %s:%d", split_address(config.listen[HTTP_ROLE])[0], bound[HTTP_ROLE]
+    )
     ports = dict(bound)
     # everything built so far lives as long as the process: keep it out of the cyclic GC's scans
     # (measured: about half of the 5 µs per check the collector cost extauthz)
     gc.freeze()
-    ports["metrics"] = metrics_server.server_port
-    log.info("metrics listening on %s:%d", _split(config.metrics)[0], ports["metrics"])
+    ports["metrics"] = metrics.server_port
+    log.info("metrics listening on %s:%d", split_address(config.metrics)[0], ports["metrics"])
     await health.publish()
 
     reloader = Reloader(
@@ -428,12 +354,12 @@ async def run(config: ServeConfig) -> int:
     stop = asyncio.Event()
     _install_signals(stop, reloader)
     if config.ready_file is not None:
-        _write_ready_file(config.ready_file, ports)
+        write_ready_file(config.ready_file, ports)
     log.info("meshgate serving policy generation %d", policies.generation)
 
     await stop.wait()
     await _stop(config, servers, wiring, reloader=reloader, health=health, gate=gate, http=http)
-    metrics_server.shutdown()
+    metrics.shutdown()
     if provider is not None:
         await asyncio.to_thread(provider.shutdown)  # the last spans are exported
     log.info("stopped")
