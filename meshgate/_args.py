@@ -81,7 +81,7 @@ def timeout(value: str) -> float:
 def log_level(value: str) -> str:
     if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise argparse.ArgumentTypeError(f"expected debug, info, warning or error, got {value!r}")
-    return value.upper()
+    return value.lower()
 
 
 def method(value: str) -> str:

@@ -39,7 +39,7 @@ def test_seconds_timeouts_ports_and_levels() -> None:
             _args.seconds(bad)
     with pytest.raises(argparse.ArgumentTypeError, match="more than 0"):
         _args.timeout("0")
-    assert _args.port("9901") == 9901 and _args.log_level("debug") == "DEBUG"
+    assert _args.port("9901") == 9901 and _args.log_level("DEBUG") == "debug"
     for bad_port in ("0", "-1", "99999999999", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
             _args.port(bad_port)
