@@ -12,6 +12,14 @@ from . import _args
 __all__ = ["build_parser", "env"]
 
 Handler = Callable[[argparse.Namespace], int]
+_LISTEN = (
+    ("extauthz", "0.0.0.0:9001", "ext_authz gRPC address"),
+    ("extauthz_http", "0.0.0.0:9003", "ext_authz HTTP address (gateway.ext_authz.transport: http)"),
+    ("ratelimit", "0.0.0.0:9002", "ratelimit gRPC address"),
+    ("xds", "0.0.0.0:18000", "ADS gRPC address"),
+    ("metrics", "0.0.0.0:9090", "Prometheus /metrics address"),
+)
+"""serve's listen flags (`--<name>`, MESHGATE_<NAME>): name, default, help."""
 
 
 def env(name: str, default: str) -> str:
@@ -74,33 +82,9 @@ def build_parser(handlers: Mapping[str, Handler], description: str | None) -> ar
         description="Every flag also reads MESHGATE_<FLAG> from the environment (e.g. MESHGATE_POLICY).",
     )
     serve.add_argument("--policy", default=env("policy", "policy.yaml"), help="policy file (watched)")
-    serve.add_argument(
-        "--extauthz",
-        type=_args.listen_address,
-        default=env("extauthz", "0.0.0.0:9001"),
-        help="ext_authz gRPC address",
-    )
-    serve.add_argument(
-        "--extauthz-http",
-        type=_args.listen_address,
-        default=env("extauthz_http", "0.0.0.0:9003"),
-        help="ext_authz HTTP address (gateway.ext_authz.transport: http)",
-    )
-    serve.add_argument(
-        "--ratelimit",
-        type=_args.listen_address,
-        default=env("ratelimit", "0.0.0.0:9002"),
-        help="ratelimit gRPC address",
-    )
-    serve.add_argument(
-        "--xds", type=_args.listen_address, default=env("xds", "0.0.0.0:18000"), help="ADS gRPC address"
-    )
-    serve.add_argument(
-        "--metrics",
-        type=_args.listen_address,
-        default=env("metrics", "0.0.0.0:9090"),
-        help="Prometheus /metrics address",
-    )
+    for name, address, what in _LISTEN:
+        flag = "--" + name.replace("_", "-")
+        serve.add_argument(flag, type=_args.listen_address, default=env(name, address), help=what)
     serve.add_argument(
         "--redis-url",
         default=os.environ.get("MESHGATE_REDIS_URL"),
@@ -174,13 +158,7 @@ def build_parser(handlers: Mapping[str, Handler], description: str | None) -> ar
     boot.set_defaults(func=handlers["envoy_bootstrap"])
 
     status = sub.add_parser("status", help="ask a running meshgate what it serves; exit 1 unless SERVING")
-    status.add_argument(
-        "--addr",
-        type=_args.address,
-        default=env("admin_addr", "127.0.0.1:18000"),
-        help="any meshgate gRPC port",
-    )
-    status.add_argument("--timeout", type=_args.timeout, default=5.0, help="seconds")
+    _client_flags(status)
     status.set_defaults(func=handlers["status"])
 
     explain = sub.add_parser(
@@ -217,13 +195,7 @@ def build_parser(handlers: Mapping[str, Handler], description: str | None) -> ar
         help="models, versions, weights, shadow and live endpoint health of a running meshgate",
         description="Exit 0: every probed version has a ready endpoint; 1: some has none; 2: unreachable.",
     )
-    models.add_argument(
-        "--addr",
-        type=_args.address,
-        default=env("admin_addr", "127.0.0.1:18000"),
-        help="any meshgate gRPC port",
-    )
-    models.add_argument("--timeout", type=_args.timeout, default=5.0, help="seconds")
+    _client_flags(models)
     models.set_defaults(func=handlers["models"])
     models_sub = models.add_subparsers(dest="models_command")
     check = models_sub.add_parser(
@@ -235,3 +207,14 @@ def build_parser(handlers: Mapping[str, Handler], description: str | None) -> ar
     check.add_argument("--model", action="append", help="check only this model (repeatable)")
     check.set_defaults(func=handlers["models_check"])
     return parser
+
+
+def _client_flags(parser: argparse.ArgumentParser) -> None:
+    """`--addr` and `--timeout` of a command that asks a running meshgate (status, models)."""
+    parser.add_argument(
+        "--addr",
+        type=_args.address,
+        default=env("admin_addr", "127.0.0.1:18000"),
+        help="any meshgate gRPC port",
+    )
+    parser.add_argument("--timeout", type=_args.timeout, default=5.0, help="seconds")

@@ -41,11 +41,24 @@ class _Files:
         return tuple((s.st_mtime_ns, s.st_size) for s in stats)
 
     def configuration(self) -> grpc.ServerCertificateConfiguration:
-        ca = read_bounded(self.tls.client_ca_file, what="client CA file") if self.tls.client_ca_file else None
+        """The files as gRPC takes them: regular files of a bounded size (`read_bounded`) whose
+        certificate and key OpenSSL takes as a pair (a rotation caught half-way, new key and old
+        certificate, must not reach gRPC, which would only say "Failed to bind"); else ValueError."""
+        tls = self.tls
+        ca = read_bounded(tls.client_ca_file, what="client CA file") if tls.client_ca_file else None
         pair = (
-            read_bounded(self.tls.key_file, what="key file"),
-            read_bounded(self.tls.cert_file, what="certificate file"),
+            read_bounded(tls.key_file, what="key file"),
+            read_bounded(tls.cert_file, what="certificate file"),
         )
+        try:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+            if tls.client_ca_file is not None:
+                context.load_verify_locations(tls.client_ca_file)
+        except ssl.SSLError as exc:
+            raise ValueError(
+                f"TLS files {tls.cert_file}, {tls.key_file} unusable: {exc.reason or exc}"
+            ) from None
         return grpc.ssl_server_certificate_configuration([pair], root_certificates=ca)
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
@@ -54,12 +67,8 @@ class _Files:
             stamp = self.stamp()
             if stamp == self.seen:
                 return None
-            config = self.configuration()  # (first: regular files of a bounded size, read_bounded)
-            # a rotation caught half-way (new key, old certificate) must not reach gRPC: check the pair
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-                self.tls.cert_file, self.tls.key_file
-            )
-        except (OSError, ValueError, ssl.SSLError) as exc:  # try again on the next handshake
+            config = self.configuration()
+        except (OSError, ValueError) as exc:  # try again on the next handshake
             log.warning("TLS files unusable, keeping the current certificate: %s", exc)
             return None
         self.seen = stamp
@@ -71,13 +80,6 @@ def server_credentials(tls: ServerTLS) -> grpc.ServerCredentials:
     """Credentials for `add_secure_port`; raises OSError or ValueError when a file cannot be read at start
     (`meshgate.files.read_bounded`)."""
     files = _Files(tls)
-    try:  # (gRPC itself only says "Failed to bind" for a certificate it cannot use)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(tls.cert_file, tls.key_file)
-        if tls.client_ca_file is not None:
-            context.load_verify_locations(tls.client_ca_file)
-    except ssl.SSLError as exc:
-        raise ValueError(f"TLS files {tls.cert_file}, {tls.key_file} unusable: {exc.reason or exc}") from None
     return grpc.dynamic_ssl_server_credentials(
         files.configuration(),
         files.fetch,  # gRPC documents a None return as "no change"

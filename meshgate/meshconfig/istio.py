@@ -28,6 +28,7 @@ from typing import Any
 
 from meshgate import contract
 
+from ..policy._fields import K8S_NAME_PATTERN
 from ..policy.model import Model, Policy
 from ._common import (
     LABEL_VERSION,
@@ -50,7 +51,7 @@ __all__ = ["GATEWAY_NAME", "NO_ROUTE", "mesh_config", "render_istio"]
 GATEWAY_NAME = "meshgate"
 NO_ROUTE = "meshgate.no-route"
 _NET = "networking.istio.io/v1"
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # (DNS-1123)
+_LABEL = re.compile(K8S_NAME_PATTERN)  # (a DNS-1123 label)
 _SEC = "security.istio.io/v1"
 
 

@@ -66,7 +66,6 @@ QUOTA_HEADER = contract.QUOTA_HEADER
 meshgate ratelimit's 429 names it in its RateLimit-Policy header and body)."""
 MAX_DYNAMIC = 10_000
 """Buckets Envoy keeps per configured descriptor (users, or user x model, of one tenant and quota)."""
-_MAX_TOKENS = UINT32_MAX  # TokenBucket.max_tokens is a uint32 (a larger limit: refused by the policy)
 _ALL = percent_pb2.FractionalPercent(numerator=100, denominator=percent_pb2.FractionalPercent.HUNDRED)
 _NONE = percent_pb2.FractionalPercent(numerator=0, denominator=percent_pb2.FractionalPercent.HUNDRED)
 _RESET_HEADERS = {"x-ratelimit": ("x-ratelimit-remaining", "x-ratelimit-reset"),
@@ -171,7 +170,7 @@ def _config(policy: Policy, quota: Quota) -> lrl_pb2.LocalRateLimit:
         stat_prefix=_stat_prefix(quota_filter(quota.name)),
         # a request no quota counts takes a token from this bucket, which never runs dry
         token_bucket=token_bucket_pb2.TokenBucket(
-            max_tokens=_MAX_TOKENS, tokens_per_fill=u32(_MAX_TOKENS), fill_interval=duration(1)
+            max_tokens=UINT32_MAX, tokens_per_fill=u32(UINT32_MAX), fill_interval=duration(1)
         ),
         always_consume_default_token_bucket=wrappers_pb2.BoolValue(value=False),
         filter_enabled=base_pb2.RuntimeFractionalPercent(default_value=_ALL),
